@@ -1,0 +1,22 @@
+"""corelm: fast LLM inference on ordinary CPUs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from corelm import _C
+
+__version__ = "0.1.0"
+
+
+def info() -> dict[str, Any]:
+    """The CPU model, its features, the thread count and the kernel path each op takes."""
+    return _C.info()
+
+
+def set_num_threads(n: int) -> None:
+    """Size corelm's thread pool (``n < 1``: one thread per physical core)."""
+    _C.set_num_threads(n)
+
+
+__all__ = ["info", "set_num_threads", "__version__"]

@@ -1,0 +1,86 @@
+"""Typed access to the native kernels (``corelm._C``).
+
+Weights are matrices of ``n`` rows by ``k`` columns stored as raw bytes in GGUF's block
+layouts, so a memory-mapped GGUF tensor is used as it is. Activations are float32.
+Every function validates its arguments in native code and raises ``TypeError`` (dtype),
+``ValueError`` (shape, contiguity, block size) or ``IndexError`` (token ids).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+from corelm import _C
+
+# Ops that take and return float32 arrays, re-exported as they are.
+rmsnorm = _C.rmsnorm
+layernorm = _C.layernorm
+softmax = _C.softmax
+rope = _C.rope
+silu = _C.silu
+gelu_tanh = _C.gelu_tanh
+gelu_erf = _C.gelu_erf
+swiglu = _C.swiglu
+add = _C.add
+mul = _C.mul
+attention = _C.attention
+
+
+class WeightType(enum.IntEnum):
+    """Weight types the kernels multiply directly; values are GGML's type ids."""
+
+    F32 = 0
+    F16 = 1
+    Q4_0 = 2
+    Q8_0 = 8
+    BF16 = 30
+
+    @property
+    def block_size(self) -> int:
+        return 32 if self in (WeightType.Q4_0, WeightType.Q8_0) else 1
+
+
+@dataclass(frozen=True)
+class Weight:
+    """An ``n`` x ``k`` matrix in one of the kernel weight types (raw GGUF-layout bytes)."""
+
+    data: np.ndarray
+    type: WeightType
+    n: int
+    k: int
+
+    def __post_init__(self) -> None:
+        expected = _C.row_bytes(int(self.type), self.k) * self.n
+        if self.data.nbytes != expected:
+            raise ValueError(
+                f"{self.type.name} weight of {self.n} x {self.k} needs {expected} bytes, got {self.data.nbytes}"
+            )
+
+    @classmethod
+    def from_float(cls, x: np.ndarray, type: WeightType) -> Weight:
+        """Quantize (or convert) a float32 [n, k] matrix; bytes equal GGUF's reference quantizer."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != 2:
+            raise ValueError(f"expected a 2-D matrix, got shape {x.shape}")
+        return cls(_C.quantize(x, int(type)), WeightType(type), x.shape[0], x.shape[1])
+
+    def to_float(self) -> np.ndarray:
+        """The matrix as float32 [n, k]."""
+        return _C.dequantize(self.data, int(self.type), self.n, self.k)
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+
+def matmul(x: np.ndarray, w: Weight, out: np.ndarray | None = None) -> np.ndarray:
+    """``x[..., k] @ w.T`` -> ``[..., n]`` float32. Integer weight types quantize x to 8-bit blocks."""
+    return _C.matmul(x, w.data, int(w.type), w.n, out)
+
+
+def embedding(w: Weight, ids: np.ndarray) -> np.ndarray:
+    """Rows ``ids`` of ``w`` as float32 ``[len(ids), k]``; raises IndexError for ids out of range."""
+    return _C.get_rows(w.data, int(w.type), w.n, w.k, np.ascontiguousarray(ids, dtype=np.int32))

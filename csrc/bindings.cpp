@@ -1,0 +1,301 @@
+// The only file that knows about Python. Every entry point validates its arrays (dtype,
+// shape, contiguity, index ranges) and raises a Python exception naming the problem before
+// any pointer reaches a kernel; the GIL is released while native code runs.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+
+#include "core/cpu_features.h"
+#include "core/dispatch.h"
+#include "core/formats.h"
+#include "core/ops.h"
+#include "core/probe.h"
+#include "core/threadpool.h"
+
+namespace py = pybind11;
+using namespace corelm;
+
+namespace {
+
+using Array = py::array;
+
+[[noreturn]] void fail(const std::string& msg) { throw py::value_error(msg); }
+
+std::string shape_str(const Array& a) {
+    std::string s = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+    return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+void check_contiguous(const Array& a, const char* name) {
+    if (!(a.flags() & py::array::c_style)) fail(std::string(name) + " must be C-contiguous (use np.ascontiguousarray)");
+}
+
+template <typename T>
+void check_dtype(const Array& a, const char* name, const char* dtype_name) {
+    if (!a.dtype().is(py::dtype::of<T>()))
+        throw py::type_error(std::string(name) + " must have dtype " + dtype_name + ", got " +
+                             std::string(py::str(a.dtype())));
+}
+
+// A float32, C-contiguous array of `ndim` dimensions (or any ndim >= 1 when ndim == 0).
+const float* f32_in(const Array& a, const char* name, int ndim = 0) {
+    check_dtype<float>(a, name, "float32");
+    check_contiguous(a, name);
+    if (ndim && a.ndim() != ndim)
+        fail(std::string(name) + " must be " + std::to_string(ndim) + "-D, got shape " + shape_str(a));
+    if (!ndim && a.ndim() < 1) fail(std::string(name) + " must have at least one dimension");
+    return static_cast<const float*>(a.data());
+}
+
+// An output array: the given one after checks, or a new one of `shape`.
+Array f32_out(const py::object& out, const std::vector<py::ssize_t>& shape) {
+    if (out.is_none()) return py::array_t<float>(shape);
+    Array o = py::cast<Array>(out);
+    check_dtype<float>(o, "out", "float32");
+    check_contiguous(o, "out");
+    if (!o.writeable()) fail("out must be writeable");
+    bool same = o.ndim() == py::ssize_t(shape.size());
+    for (size_t i = 0; same && i < shape.size(); ++i) same = o.shape(py::ssize_t(i)) == shape[i];
+    if (!same) fail("out has shape " + shape_str(o) + ", expected " + shape_str(py::array_t<float>(shape)));
+    return o;
+}
+
+WeightType weight_type(int t) {
+    if (!is_known_type(t)) fail("unsupported weight type id " + std::to_string(t));
+    return WeightType(t);
+}
+
+// Raw weight bytes for n rows of k elements of type t.
+const uint8_t* weight_bytes(const Array& w, WeightType t, int64_t n, int64_t k) {
+    check_contiguous(w, "weight");
+    if (n <= 0 || k <= 0) fail("weight dimensions must be positive, got n=" + std::to_string(n) + ", k=" + std::to_string(k));
+    const size_t rb = row_bytes(t, k);
+    if (rb == 0)
+        fail(std::string("k=") + std::to_string(k) + " is not a multiple of " + type_name(t) + "'s block size " +
+             std::to_string(block_size(t)));
+    if (size_t(w.nbytes()) != rb * size_t(n))
+        fail(std::string(type_name(t)) + " weight of " + std::to_string(n) + " x " + std::to_string(k) + " needs " +
+             std::to_string(rb * size_t(n)) + " bytes, got " + std::to_string(w.nbytes()));
+    return static_cast<const uint8_t*>(w.data());
+}
+
+// Leading dimensions flattened into rows; the last dimension is the row length.
+int64_t rows_of(const Array& a) {
+    return a.ndim() && a.shape(a.ndim() - 1) ? int64_t(a.size() / a.shape(a.ndim() - 1)) : 0;
+}
+
+std::vector<py::ssize_t> shape_of(const Array& a) { return {a.shape(), a.shape() + a.ndim()}; }
+
+py::dict info() {
+    const CpuFeatures& f = cpu_features();
+    py::dict d;
+    d["cpu"] = f.model;
+    py::dict flags;
+    for (const auto& [name, on] : f.flags()) flags[name] = on;
+    d["features"] = flags;
+    d["physical_cores"] = f.physical_cores;
+    d["threads"] = num_threads();
+    d["isa"] = active_isa();
+    d["supported_isas"] = supported_isas();
+    py::dict paths;
+    for (const auto& [kernel, path] : kernel_paths()) paths[kernel.c_str()] = path;
+    d["kernels"] = paths;
+    return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+    m.doc() = "corelm native core: CPU kernels for LLM inference";
+
+    m.def("info", &info, "CPU model, features, thread count and the path each kernel takes.");
+    m.def("isa", &active_isa, "The kernel path in use: 'ref', 'avx2' or 'avx512'.");
+    m.def("set_isa", &set_isa, py::arg("name"),
+          "Switch kernel path; returns a warning string (empty if none) when it had to fall back.");
+    m.def("supported_isas", &supported_isas, "Kernel paths this CPU can run, slowest first.");
+    m.def("set_num_threads", &set_num_threads, py::arg("n"), "Size the thread pool (n < 1: physical cores).");
+    m.def("num_threads", &num_threads);
+    m.def("read_bandwidth", [](size_t bytes, int reps, int streams) {
+        if (bytes < (1u << 20)) fail("the bandwidth probe needs at least 1 MiB");
+        py::gil_scoped_release nogil;
+        return read_bandwidth_gbs(bytes, reps, streams);
+    }, py::arg("bytes") = size_t(1) << 30, py::arg("reps") = 5, py::arg("streams") = 8,
+       "Best-of-reps read bandwidth (GB/s) of the thread pool over a buffer of `bytes`.");
+    m.def("row_bytes", [](int t, int64_t k) { return row_bytes(weight_type(t), k); }, py::arg("type"), py::arg("k"));
+
+    m.def("matmul", [](const Array& x, const Array& w, int type, int64_t n, const py::object& out) {
+        const WeightType t = weight_type(type);
+        const float* xp = f32_in(x, "x");
+        const int64_t k = x.shape(x.ndim() - 1), rows = rows_of(x);
+        const uint8_t* wp = weight_bytes(w, t, n, k);
+        std::vector<py::ssize_t> shape = shape_of(x);
+        shape.back() = n;
+        Array y = f32_out(out, shape);
+        float* yp = static_cast<float*>(y.mutable_data());
+        if (rows > 0) {
+            py::gil_scoped_release nogil;
+            ops::matmul(xp, rows, k, wp, t, n, yp);
+        }
+        return y;
+    }, py::arg("x"), py::arg("w"), py::arg("type"), py::arg("n"), py::arg("out") = py::none(),
+       "y[..., n] = x[..., k] @ W.T for W (n rows of k elements of `type`, raw bytes).");
+
+    m.def("quantize", [](const Array& x, int type) {
+        const WeightType t = weight_type(type);
+        const float* xp = f32_in(x, "x", 2);
+        const int64_t rows = x.shape(0), k = x.shape(1);
+        const size_t rb = row_bytes(t, k);
+        if (rb == 0) fail("k=" + std::to_string(k) + " is not a multiple of " + type_name(t) + "'s block size " + std::to_string(block_size(t)));
+        py::array_t<uint8_t> out({py::ssize_t(rows), py::ssize_t(rb)});
+        uint8_t* op = out.mutable_data();
+        py::gil_scoped_release nogil;
+        ops::quantize(xp, t, rows, k, op);
+        return out;
+    }, py::arg("x"), py::arg("type"), "Rows of fp32 to the raw bytes of `type` (GGUF layout): uint8[rows, row_bytes].");
+
+    m.def("dequantize", [](const Array& w, int type, int64_t n, int64_t k) {
+        const WeightType t = weight_type(type);
+        const uint8_t* wp = weight_bytes(w, t, n, k);
+        py::array_t<float> out({py::ssize_t(n), py::ssize_t(k)});
+        float* op = out.mutable_data();
+        py::gil_scoped_release nogil;
+        ops::dequantize(wp, t, n, k, op);
+        return out;
+    }, py::arg("w"), py::arg("type"), py::arg("n"), py::arg("k"), "Raw weight bytes of n x k to fp32.");
+
+    m.def("get_rows", [](const Array& w, int type, int64_t n, int64_t k, const Array& ids) {
+        const WeightType t = weight_type(type);
+        const uint8_t* wp = weight_bytes(w, t, n, k);
+        check_dtype<int32_t>(ids, "ids", "int32");
+        check_contiguous(ids, "ids");
+        if (ids.ndim() != 1) fail("ids must be 1-D, got shape " + shape_str(ids));
+        const auto* ip = static_cast<const int32_t*>(ids.data());
+        const int64_t len = ids.shape(0);
+        for (int64_t i = 0; i < len; ++i)
+            if (ip[i] < 0 || ip[i] >= n)
+                throw py::index_error("token id " + std::to_string(ip[i]) + " out of range [0, " + std::to_string(n) + ")");
+        py::array_t<float> out({py::ssize_t(len), py::ssize_t(k)});
+        float* op = out.mutable_data();
+        py::gil_scoped_release nogil;
+        ops::get_rows(wp, t, k, ip, len, op);
+        return out;
+    }, py::arg("w"), py::arg("type"), py::arg("n"), py::arg("k"), py::arg("ids"),
+       "Embedding lookup: rows ids of W (n x k, `type`) as fp32 [len(ids), k].");
+
+    m.def("attention", [](const Array& q, const Array& k_cache, const Array& v_cache, int64_t n_past, float scale,
+                          const py::object& out) {
+        const float* qp = f32_in(q, "q", 3);
+        const int64_t m_rows = q.shape(0), hq = q.shape(1), d = q.shape(2);
+        const bool f16 = k_cache.dtype().is(py::dtype::of<uint16_t>()) || k_cache.dtype().is(py::dtype("float16"));
+        if (!f16) check_dtype<float>(k_cache, "k_cache", "float32 or float16");
+        if (!k_cache.dtype().is(v_cache.dtype())) throw py::type_error("k_cache and v_cache must have the same dtype");
+        check_contiguous(k_cache, "k_cache");
+        check_contiguous(v_cache, "v_cache");
+        if (k_cache.ndim() != 3 || v_cache.ndim() != 3) fail("k_cache and v_cache must be 3-D [kv_heads, capacity, head_dim]");
+        if (shape_of(k_cache) != shape_of(v_cache)) fail("k_cache " + shape_str(k_cache) + " and v_cache " + shape_str(v_cache) + " differ in shape");
+        const int64_t hkv = k_cache.shape(0), t_cap = k_cache.shape(1);
+        if (k_cache.shape(2) != d) fail("head_dim of q (" + std::to_string(d) + ") and cache (" + std::to_string(k_cache.shape(2)) + ") differ");
+        if (d > kMaxHeadDim) fail("head_dim " + std::to_string(d) + " exceeds " + std::to_string(kMaxHeadDim));
+        if (hkv < 1 || hq % hkv) fail("query heads (" + std::to_string(hq) + ") must be a multiple of kv heads (" + std::to_string(hkv) + ")");
+        if (n_past < 0 || n_past + m_rows > t_cap)
+            fail("positions " + std::to_string(n_past) + ".." + std::to_string(n_past + m_rows) + " exceed the cache capacity " + std::to_string(t_cap));
+        Array y = f32_out(out, shape_of(q));
+        float* yp = static_cast<float*>(y.mutable_data());
+        if (m_rows > 0) {
+            py::gil_scoped_release nogil;
+            ops::attention(qp, k_cache.data(), v_cache.data(), f16, t_cap, m_rows, hq, hkv, d, n_past, scale, yp);
+        }
+        return y;
+    }, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("n_past"), py::arg("scale"), py::arg("out") = py::none(),
+       "Causal GQA: q [m, hq, d] at positions n_past.. against caches [hkv, capacity, d] (float32 or float16).");
+
+    m.def("rmsnorm", [](const Array& x, const Array& w, float eps, const py::object& out) {
+        const float* xp = f32_in(x, "x");
+        const float* wp = f32_in(w, "weight", 1);
+        const int64_t d = x.shape(x.ndim() - 1);
+        if (w.shape(0) != d) fail("weight has " + std::to_string(w.shape(0)) + " elements, rows have " + std::to_string(d));
+        Array y = f32_out(out, shape_of(x));
+        float* yp = static_cast<float*>(y.mutable_data());
+        py::gil_scoped_release nogil;
+        ops::rmsnorm(xp, wp, yp, rows_of(x), d, eps);
+        return y;
+    }, py::arg("x"), py::arg("weight"), py::arg("eps"), py::arg("out") = py::none());
+
+    m.def("layernorm", [](const Array& x, const Array& w, const Array& b, float eps, const py::object& out) {
+        const float* xp = f32_in(x, "x");
+        const float* wp = f32_in(w, "weight", 1);
+        const float* bp = f32_in(b, "bias", 1);
+        const int64_t d = x.shape(x.ndim() - 1);
+        if (w.shape(0) != d || b.shape(0) != d) fail("weight and bias must have " + std::to_string(d) + " elements");
+        Array y = f32_out(out, shape_of(x));
+        float* yp = static_cast<float*>(y.mutable_data());
+        py::gil_scoped_release nogil;
+        ops::layernorm(xp, wp, bp, yp, rows_of(x), d, eps);
+        return y;
+    }, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("eps"), py::arg("out") = py::none());
+
+    m.def("softmax", [](const Array& x, const py::object& out) {
+        const float* xp = f32_in(x, "x");
+        Array y = f32_out(out, shape_of(x));
+        float* yp = static_cast<float*>(y.mutable_data());
+        const int64_t n = x.shape(x.ndim() - 1);
+        py::gil_scoped_release nogil;
+        ops::softmax(xp, yp, rows_of(x), n);
+        return y;
+    }, py::arg("x"), py::arg("out") = py::none(), "Softmax over the last axis.");
+
+    m.def("rope", [](Array& x, const Array& pos, const Array& inv_freq, bool neox) {
+        f32_in(x, "x", 3);
+        if (!x.writeable()) fail("x must be writeable (rope works in place)");
+        check_dtype<int32_t>(pos, "positions", "int32");
+        check_contiguous(pos, "positions");
+        const float* fp = f32_in(inv_freq, "inv_freq", 1);
+        const int64_t rows = x.shape(0), heads = x.shape(1), d = x.shape(2), n_rot = 2 * inv_freq.shape(0);
+        if (pos.ndim() != 1 || pos.shape(0) != rows) fail("positions must be 1-D with one entry per row of x");
+        if (n_rot > d || d > kMaxHeadDim) fail("rotary dims " + std::to_string(n_rot) + " exceed head_dim " + std::to_string(d));
+        float* xp = static_cast<float*>(x.mutable_data());
+        const auto* pp = static_cast<const int32_t*>(pos.data());
+        py::gil_scoped_release nogil;
+        ops::rope(xp, pp, fp, rows, heads, d, n_rot, neox);
+    }, py::arg("x"), py::arg("positions"), py::arg("inv_freq"), py::arg("neox"),
+       "In place on x [rows, heads, head_dim]: rotate the first 2*len(inv_freq) dims by positions[row]*inv_freq; "
+       "neox=True pairs (i, i+n/2) (GPT-NeoX / Hugging Face), False pairs (2i, 2i+1) (GPT-J / llama.cpp normal).");
+
+    auto unary = [&m](const char* name, ops::Unary op) {
+        m.def(name, [op](const Array& x, const py::object& out) {
+            const float* xp = f32_in(x, "x");
+            Array y = f32_out(out, shape_of(x));
+            float* yp = static_cast<float*>(y.mutable_data());
+            py::gil_scoped_release nogil;
+            ops::unary(op, xp, yp, int64_t(x.size()));
+            return y;
+        }, py::arg("x"), py::arg("out") = py::none());
+    };
+    unary("silu", ops::Unary::silu);
+    unary("gelu_tanh", ops::Unary::gelu_tanh);
+    unary("gelu_erf", ops::Unary::gelu_erf);
+
+    auto binary = [&m](const char* name, ops::Binary op) {
+        m.def(name, [op](const Array& a, const Array& b, const py::object& out) {
+            const float* ap = f32_in(a, "a");
+            const float* bp = f32_in(b, "b");
+            const int64_t n = a.shape(a.ndim() - 1), rows = rows_of(a);
+            int64_t b_stride = n;
+            if (shape_of(a) != shape_of(b)) {
+                if (b.ndim() == 1 && b.shape(0) == n) b_stride = 0;
+                else fail("b of shape " + shape_str(b) + " does not match a " + shape_str(a) + " (or its last axis)");
+            }
+            Array y = f32_out(out, shape_of(a));
+            float* yp = static_cast<float*>(y.mutable_data());
+            py::gil_scoped_release nogil;
+            ops::binary(op, ap, bp, yp, rows, n, b_stride);
+            return y;
+        }, py::arg("a"), py::arg("b"), py::arg("out") = py::none());
+    };
+    binary("add", ops::Binary::add);
+    binary("mul", ops::Binary::mul);
+    binary("swiglu", ops::Binary::swiglu);
+}

@@ -1,0 +1,27 @@
+// What the CPU can do, probed once with cpuid (x86) or auxv (arm64).
+#pragma once
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace corelm {
+
+struct CpuFeatures {
+    std::string model;
+    bool avx2 = false, fma = false, f16c = false;
+    bool avx512f = false, avx512bw = false, avx512vl = false, avx512vnni = false, avx512bf16 = false;
+    bool avx_vnni = false;
+    bool amx_tile = false, amx_int8 = false, amx_bf16 = false;
+    bool neon = false, dotprod = false, i8mm = false;
+    int physical_cores = 1;
+
+    // Named flags in a stable order, for info().
+    std::vector<std::pair<const char*, bool>> flags() const;
+};
+
+const CpuFeatures& cpu_features();
+
+// Asks Linux for permission to use AMX tile data (once per process). False when refused.
+bool request_amx();
+
+}  // namespace corelm

@@ -1,0 +1,141 @@
+#include "dispatch.h"
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+
+#include "cpu_features.h"
+
+namespace corelm {
+
+namespace {
+
+struct Path {
+    const char* name;
+    void (*fill)(KernelTable&);
+    bool (*usable)(const CpuFeatures&);
+};
+
+// Slowest first; each path's missing kernels come from the one before it.
+const Path kPaths[] = {
+    {"ref", ref::fill, [](const CpuFeatures&) { return true; }},
+#if defined(__x86_64__) || defined(_M_X64)
+    {"avx2", avx2::fill, [](const CpuFeatures& f) { return f.avx2 && f.fma && f.f16c; }},
+    {"avx512", avx512::fill,
+     [](const CpuFeatures& f) {
+         return f.avx2 && f.fma && f.f16c && f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni;
+     }},
+#endif
+};
+constexpr int kNumPaths = int(sizeof(kPaths) / sizeof(kPaths[0]));
+
+struct Selection {
+    KernelTable table;
+    const char* source[64];  // path name per kernel, in CORELM_KERNELS order
+    int path = 0;
+};
+
+Selection build(int path) {
+    Selection s;
+    s.path = path;
+    for (int p = 0; p <= path; ++p) {
+        KernelTable t;
+        kPaths[p].fill(t);
+        int i = 0;
+#define CORELM_TAKE(kernel, type)                                              \
+    if (t.kernel) { s.table.kernel = t.kernel; s.source[i] = kPaths[p].name; } \
+    ++i;
+        CORELM_KERNELS(CORELM_TAKE)
+#undef CORELM_TAKE
+    }
+    return s;
+}
+
+int best_usable() {
+    int best = 0;
+    for (int p = 0; p < kNumPaths; ++p)
+        if (kPaths[p].usable(cpu_features())) best = p;
+    return best;
+}
+
+std::mutex g_mutex;
+Selection g_selections[kNumPaths];
+std::atomic<const Selection*> g_active{nullptr};
+
+const Selection* select(int path) {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        for (int p = 0; p < kNumPaths; ++p) g_selections[p] = build(p);
+    });
+    return &g_selections[path];
+}
+
+// Resolves a requested name to a path this CPU runs; `warning` explains any fallback.
+int resolve(const std::string& name, std::string& warning) {
+    const int best = best_usable();
+    for (int p = 0; p < kNumPaths; ++p) {
+        if (name != kPaths[p].name) continue;
+        if (p <= best && kPaths[p].usable(cpu_features())) return p;
+        warning = "corelm: this CPU cannot run the '" + name + "' kernels; using '" + kPaths[best].name + "'";
+        return best;
+    }
+    if (name == "amx") {
+        warning = "corelm: this build has no AMX kernels yet; using '" + std::string(kPaths[best].name) + "'";
+        return best;
+    }
+    warning = "corelm: unknown CORELM_ISA '" + name + "' (expected ref, avx2, avx512 or amx); using '" +
+              kPaths[best].name + "'";
+    return best;
+}
+
+const Selection& active() {
+    const Selection* s = g_active.load(std::memory_order_acquire);
+    if (s) return *s;
+    std::lock_guard<std::mutex> lock(g_mutex);
+    s = g_active.load();
+    if (!s) {
+        int path = best_usable();
+        if (const char* env = std::getenv("CORELM_ISA"); env && *env) {
+            std::string warning;
+            path = resolve(env, warning);
+            if (!warning.empty()) std::fprintf(stderr, "%s\n", warning.c_str());
+        }
+        s = select(path);
+        g_active.store(s, std::memory_order_release);
+    }
+    return *s;
+}
+
+}  // namespace
+
+const KernelTable& kernels() { return active().table; }
+
+std::string active_isa() { return kPaths[active().path].name; }
+
+std::string set_isa(const std::string& name) {
+    std::string warning;
+    const int path = resolve(name, warning);
+    std::lock_guard<std::mutex> lock(g_mutex);
+    g_active.store(select(path), std::memory_order_release);
+    return warning;
+}
+
+std::vector<std::string> supported_isas() {
+    std::vector<std::string> out;
+    for (int p = 0; p < kNumPaths; ++p)
+        if (kPaths[p].usable(cpu_features())) out.emplace_back(kPaths[p].name);
+    return out;
+}
+
+std::vector<std::pair<std::string, std::string>> kernel_paths() {
+    const Selection& s = active();
+    std::vector<std::pair<std::string, std::string>> out;
+    int i = 0;
+#define CORELM_NAME(kernel, type) out.emplace_back(#kernel, s.source[i++]);
+    CORELM_KERNELS(CORELM_NAME)
+#undef CORELM_NAME
+    return out;
+}
+
+}  // namespace corelm

@@ -1,0 +1,125 @@
+// Weight formats, defined once. Layouts are GGUF's (ggml-common.h) byte for byte, so a
+// memory-mapped GGUF tensor is a valid kernel operand without conversion.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <cmath>
+
+namespace corelm {
+
+// Type ids are GGML's (enum ggml_type), so GGUF tensor infos map straight onto them.
+enum class WeightType : int32_t {
+    F32 = 0,
+    F16 = 1,
+    Q4_0 = 2,
+    Q8_0 = 8,
+    BF16 = 30,
+};
+
+constexpr int kQK = 32;  // elements per Q4_0 / Q8_0 block
+constexpr int kMaxHeadDim = 256;  // attention and rope keep one head on the stack
+
+// Q8_0: 8.5 bits per weight. value = qs[i] * d
+struct block_q8_0 {
+    uint16_t d;      // scale, IEEE fp16
+    int8_t qs[kQK];
+};
+static_assert(sizeof(block_q8_0) == 34, "block_q8_0 must be 34 bytes");
+
+// Q4_0: 4.5 bits per weight. Element i < 16 is the low nibble of qs[i], element i >= 16 the
+// high nibble of qs[i - 16]; value = (q - 8) * d.
+struct block_q4_0 {
+    uint16_t d;
+    uint8_t qs[kQK / 2];
+};
+static_assert(sizeof(block_q4_0) == 18, "block_q4_0 must be 18 bytes");
+
+// Activations quantized on the fly for the integer dot products (never stored in files).
+// d is kept in fp32 (ggml's q8_0/q8_1 round it to fp16) so activation rounding is the only
+// quantization error the activations add; s = sum(qs) lets Q4_0's "-8" offset be applied
+// once per block instead of once per element.
+struct block_q8_act {
+    float d;
+    int32_t s;
+    int8_t qs[kQK];
+};
+static_assert(sizeof(block_q8_act) == 40, "block_q8_act must be 40 bytes");
+
+// Bytes of one row of k elements, or 0 when k does not fit the type's block size.
+inline size_t row_bytes(WeightType t, int64_t k) {
+    switch (t) {
+        case WeightType::F32: return size_t(k) * 4;
+        case WeightType::F16:
+        case WeightType::BF16: return size_t(k) * 2;
+        case WeightType::Q8_0: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q8_0);
+        case WeightType::Q4_0: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q4_0);
+    }
+    return 0;
+}
+
+inline int64_t block_size(WeightType t) {
+    return (t == WeightType::Q8_0 || t == WeightType::Q4_0) ? kQK : 1;
+}
+
+inline bool is_known_type(int32_t t) {
+    switch (WeightType(t)) {
+        case WeightType::F32: case WeightType::F16: case WeightType::BF16:
+        case WeightType::Q8_0: case WeightType::Q4_0: return true;
+    }
+    return false;
+}
+
+inline const char* type_name(WeightType t) {
+    switch (t) {
+        case WeightType::F32: return "F32";
+        case WeightType::F16: return "F16";
+        case WeightType::BF16: return "BF16";
+        case WeightType::Q8_0: return "Q8_0";
+        case WeightType::Q4_0: return "Q4_0";
+    }
+    return "unknown";
+}
+
+// ---- scalar fp16 / bf16 conversion (portable; SIMD paths use F16C / shifts) ----
+
+inline uint32_t f32_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+inline float bits_f32(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+
+inline float fp16_to_f32(uint16_t h) {
+    const uint32_t sign = uint32_t(h & 0x8000) << 16;
+    const uint32_t exp = (h >> 10) & 0x1f;
+    const uint32_t man = h & 0x3ff;
+    if (exp == 0x1f) return bits_f32(sign | 0x7f800000u | (man << 13));  // inf / nan
+    if (exp == 0) {  // zero or subnormal: value = man * 2^-24
+        const float v = float(man) * 5.9604644775390625e-08f;
+        return sign ? -v : v;
+    }
+    return bits_f32(sign | ((exp + 112) << 23) | (man << 13));
+}
+
+// Round to nearest even, as F16C's vcvtps2ph with imm 0 does.
+inline uint16_t f32_to_fp16(float f) {
+    const uint32_t x = f32_bits(f);
+    const uint16_t sign = uint16_t((x >> 16) & 0x8000);
+    const uint32_t ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) return sign | 0x7c00 | (ax > 0x7f800000u ? 0x200 : 0);  // inf/nan
+    if (ax >= 0x477ff000u) return sign | 0x7c00;  // rounds past 65504: overflow to inf
+    if (ax < 0x38800000u) {  // below the smallest normal fp16: subnormal or zero
+        const float v = bits_f32(ax) * 16777216.0f;  // scale by 2^24: exact
+        const uint32_t m = uint32_t(std::nearbyint(v));
+        return sign | uint16_t(m);
+    }
+    const uint32_t rounded = ax + 0xfffu + ((ax >> 13) & 1);
+    return sign | uint16_t((rounded - 0x38000000u) >> 13);
+}
+
+inline float bf16_to_f32(uint16_t h) { return bits_f32(uint32_t(h) << 16); }
+
+inline uint16_t f32_to_bf16(float f) {
+    const uint32_t x = f32_bits(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return uint16_t((x >> 16) | 0x40);  // quiet nan
+    return uint16_t((x + 0x7fffu + ((x >> 16) & 1)) >> 16);
+}
+
+}  // namespace corelm

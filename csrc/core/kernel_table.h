@@ -1,0 +1,91 @@
+// The kernel contract. Every instruction-set path (ref, avx2, avx512, ...) fills a
+// KernelTable with functions of these exact signatures; entries it leaves null are taken
+// from the next slower path (dispatch.cpp), so an ISA implements only what it speeds up.
+// Kernels do no threading and no allocation: drivers (ops.cpp) split the work and call
+// them on disjoint ranges.
+#pragma once
+#include <cstdint>
+
+#include "formats.h"
+
+namespace corelm {
+
+// y[0:m, n0:n1] = x[0:m, 0:k] . W[n0:n1, 0:k]^T  (W is stored as n rows of k elements)
+struct MatmulArgs {
+    const uint8_t* w;            // weight rows, `w_stride` bytes apart
+    size_t w_stride;
+    const float* x;              // fp32 activations, `ldx` floats apart (float weight types)
+    int64_t ldx;
+    const block_q8_act* xq;      // activations quantized per row (integer weight types)
+    int64_t m, n, k;
+    float* y;
+    int64_t ldy;
+};
+using MatmulFn = void (*)(const MatmulArgs&, int64_t n0, int64_t n1);
+
+// Causal grouped-query attention of m query rows at positions n_past .. n_past+m-1 against
+// a cache holding keys/values of positions 0 .. n_past+m-1. Work is split in tasks of
+// (query row, kv head): task t covers row t / hkv, kv head t % hkv, and its hq/hkv heads.
+struct AttentionArgs {
+    const float* q;              // [m, hq, d]
+    const void* k;               // [hkv, t_cap, d], fp32 or fp16
+    const void* v;               // [hkv, t_cap, d], same type as k
+    bool f16_cache;
+    int64_t t_cap;
+    int64_t m, hq, hkv, d, n_past;
+    float scale;
+    float* out;                  // [m, hq, d]
+};
+using AttentionFn = void (*)(const AttentionArgs&, int64_t task0, int64_t task1);
+
+using QuantizeActFn = void (*)(const float* x, block_q8_act* y, int64_t k);
+using RmsNormFn = void (*)(const float* x, const float* w, float* y, int64_t rows, int64_t d, float eps);
+using LayerNormFn = void (*)(const float* x, const float* w, const float* b, float* y,
+                             int64_t rows, int64_t d, float eps);
+using SoftmaxFn = void (*)(const float* x, float* y, int64_t rows, int64_t n);
+// In place on x [rows, heads, d]: rotates the first n_rot dims of every head by
+// pos[row] * inv_freq[i]; neox pairs (i, i + n_rot/2), otherwise (2i, 2i+1).
+using RopeFn = void (*)(float* x, const int32_t* pos, const float* inv_freq, int64_t rows,
+                        int64_t heads, int64_t d, int64_t n_rot, bool neox);
+using UnaryFn = void (*)(const float* x, float* y, int64_t n);
+using BinaryFn = void (*)(const float* a, const float* b, float* y, int64_t n);
+
+#define CORELM_KERNELS(X)                    \
+    X(quantize_act, QuantizeActFn)           \
+    X(matmul_f32, MatmulFn)                  \
+    X(matmul_f16, MatmulFn)                  \
+    X(matmul_bf16, MatmulFn)                 \
+    X(matmul_q8_0, MatmulFn)                 \
+    X(matmul_q4_0, MatmulFn)                 \
+    X(attention, AttentionFn)                \
+    X(rmsnorm, RmsNormFn)                    \
+    X(layernorm, LayerNormFn)                \
+    X(softmax, SoftmaxFn)                    \
+    X(rope, RopeFn)                          \
+    X(silu, UnaryFn)                         \
+    X(gelu_tanh, UnaryFn)                    \
+    X(gelu_erf, UnaryFn)                     \
+    X(swiglu, BinaryFn)                      \
+    X(add, BinaryFn)                         \
+    X(mul, BinaryFn)
+
+struct KernelTable {
+#define CORELM_FIELD(name, type) type name = nullptr;
+    CORELM_KERNELS(CORELM_FIELD)
+#undef CORELM_FIELD
+};
+
+// One per instruction-set path; each lives in its own translation units.
+namespace ref { void fill(KernelTable& t); }
+namespace avx2 { void fill(KernelTable& t); }
+namespace avx512 { void fill(KernelTable& t); }
+
+// Plain (reference) scalar helpers shared by the drivers: weight (de)quantization.
+namespace ref {
+void quantize_row_q8_0(const float* x, block_q8_0* y, int64_t k);
+void quantize_row_q4_0(const float* x, block_q4_0* y, int64_t k);
+void dequantize_row(WeightType t, const uint8_t* row, float* y, int64_t k);
+void quantize_row(WeightType t, const float* x, uint8_t* row, int64_t k);
+}  // namespace ref
+
+}  // namespace corelm

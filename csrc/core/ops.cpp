@@ -1,0 +1,121 @@
+#include "ops.h"
+
+#include <vector>
+
+#include "dispatch.h"
+#include "kernel_table.h"
+#include "threadpool.h"
+
+namespace corelm::ops {
+
+namespace {
+
+// Below this many multiply-adds (or elements) a job runs on the calling thread: waking the
+// pool costs more than it saves.
+constexpr int64_t kMinParallelWork = 1 << 15;
+
+void parallel(int64_t n, int64_t grain, int64_t work, const std::function<void(int64_t, int64_t)>& fn) {
+    if (work < kMinParallelWork) {
+        fn(0, n);
+        return;
+    }
+    thread_pool()->parallel_for(n, grain, fn);
+}
+
+MatmulFn matmul_kernel(const KernelTable& kt, WeightType t) {
+    switch (t) {
+        case WeightType::F32: return kt.matmul_f32;
+        case WeightType::F16: return kt.matmul_f16;
+        case WeightType::BF16: return kt.matmul_bf16;
+        case WeightType::Q8_0: return kt.matmul_q8_0;
+        case WeightType::Q4_0: return kt.matmul_q4_0;
+    }
+    return nullptr;
+}
+
+}  // namespace
+
+void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, WeightType t, int64_t n, float* y) {
+    const KernelTable& kt = kernels();
+    MatmulArgs a{w, row_bytes(t, k), x, k, nullptr, m, n, k, y, n};
+    // Reused across calls, so a decode loop allocates nothing once warm.
+    thread_local std::vector<block_q8_act> xq;
+    if (block_size(t) == kQK) {
+        const int64_t nb = k / kQK;
+        if (int64_t(xq.size()) < m * nb) xq.resize(size_t(m * nb));
+        block_q8_act* xqp = xq.data();
+        parallel(m, 1, m * k, [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; ++r) kt.quantize_act(x + r * k, xqp + r * nb, k);
+        });
+        a.xq = xqp;
+    }
+    const MatmulFn fn = matmul_kernel(kt, t);
+    parallel(n, 16, m * n * k, [&](int64_t n0, int64_t n1) { fn(a, n0, n1); });
+}
+
+void get_rows(const uint8_t* w, WeightType t, int64_t k, const int32_t* ids, int64_t len, float* y) {
+    const size_t stride = row_bytes(t, k);
+    for (int64_t i = 0; i < len; ++i) ref::dequantize_row(t, w + size_t(ids[i]) * stride, y + i * k, k);
+}
+
+void quantize(const float* x, WeightType t, int64_t rows, int64_t k, uint8_t* out) {
+    const size_t stride = row_bytes(t, k);
+    parallel(rows, 1, rows * k, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) ref::quantize_row(t, x + r * k, out + r * stride, k);
+    });
+}
+
+void dequantize(const uint8_t* w, WeightType t, int64_t rows, int64_t k, float* out) {
+    const size_t stride = row_bytes(t, k);
+    parallel(rows, 1, rows * k, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) ref::dequantize_row(t, w + r * stride, out + r * k, k);
+    });
+}
+
+void attention(const float* q, const void* k_cache, const void* v_cache, bool f16_cache, int64_t t_cap,
+               int64_t m, int64_t hq, int64_t hkv, int64_t d, int64_t n_past, float scale, float* out) {
+    const KernelTable& kt = kernels();
+    const AttentionArgs a{q, k_cache, v_cache, f16_cache, t_cap, m, hq, hkv, d, n_past, scale, out};
+    const int64_t work = m * hq * d * (n_past + m);
+    parallel(m * hkv, 1, work, [&](int64_t t0, int64_t t1) { kt.attention(a, t0, t1); });
+}
+
+void rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t d, float eps) {
+    const KernelTable& kt = kernels();
+    parallel(rows, 1, rows * d, [&](int64_t r0, int64_t r1) { kt.rmsnorm(x + r0 * d, w, y + r0 * d, r1 - r0, d, eps); });
+}
+
+void layernorm(const float* x, const float* w, const float* b, float* y, int64_t rows, int64_t d, float eps) {
+    const KernelTable& kt = kernels();
+    parallel(rows, 1, rows * d,
+             [&](int64_t r0, int64_t r1) { kt.layernorm(x + r0 * d, w, b, y + r0 * d, r1 - r0, d, eps); });
+}
+
+void softmax(const float* x, float* y, int64_t rows, int64_t n) {
+    const KernelTable& kt = kernels();
+    parallel(rows, 1, rows * n, [&](int64_t r0, int64_t r1) { kt.softmax(x + r0 * n, y + r0 * n, r1 - r0, n); });
+}
+
+void rope(float* x, const int32_t* pos, const float* inv_freq, int64_t rows, int64_t heads, int64_t d,
+          int64_t n_rot, bool neox) {
+    const KernelTable& kt = kernels();
+    parallel(rows, 1, rows * heads * d, [&](int64_t r0, int64_t r1) {
+        kt.rope(x + r0 * heads * d, pos + r0, inv_freq, r1 - r0, heads, d, n_rot, neox);
+    });
+}
+
+void unary(Unary op, const float* x, float* y, int64_t n) {
+    const KernelTable& kt = kernels();
+    const UnaryFn fn = op == Unary::silu ? kt.silu : op == Unary::gelu_tanh ? kt.gelu_tanh : kt.gelu_erf;
+    parallel(n, 1024, n * 8, [&](int64_t i0, int64_t i1) { fn(x + i0, y + i0, i1 - i0); });
+}
+
+void binary(Binary op, const float* a, const float* b, float* y, int64_t rows, int64_t n, int64_t b_stride) {
+    const KernelTable& kt = kernels();
+    const BinaryFn fn = op == Binary::add ? kt.add : op == Binary::mul ? kt.mul : kt.swiglu;
+    parallel(rows, 1, rows * n, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) fn(a + r * n, b + r * b_stride, y + r * n, n);
+    });
+}
+
+}  // namespace corelm::ops

@@ -1,0 +1,35 @@
+// The native core's C++ API: each op checks nothing (bindings.cpp validates), splits its
+// work over the thread pool and runs the active path's kernel on each part.
+#pragma once
+#include <cstdint>
+
+#include "formats.h"
+
+namespace corelm::ops {
+
+// y[m, n] = x[m, k] . W[n, k]^T for W of type t stored as n rows of row_bytes(t, k).
+void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, WeightType t, int64_t n, float* y);
+
+// Rows ids[i] of W (n rows of k) dequantized to fp32 y[len, k]. ids must be in range.
+void get_rows(const uint8_t* w, WeightType t, int64_t k, const int32_t* ids, int64_t len, float* y);
+
+void quantize(const float* x, WeightType t, int64_t rows, int64_t k, uint8_t* out);
+void dequantize(const uint8_t* w, WeightType t, int64_t rows, int64_t k, float* out);
+
+void attention(const float* q, const void* k_cache, const void* v_cache, bool f16_cache, int64_t t_cap,
+               int64_t m, int64_t hq, int64_t hkv, int64_t d, int64_t n_past, float scale, float* out);
+
+void rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t d, float eps);
+void layernorm(const float* x, const float* w, const float* b, float* y, int64_t rows, int64_t d, float eps);
+void softmax(const float* x, float* y, int64_t rows, int64_t n);
+void rope(float* x, const int32_t* pos, const float* inv_freq, int64_t rows, int64_t heads, int64_t d,
+          int64_t n_rot, bool neox);
+
+enum class Unary { silu, gelu_tanh, gelu_erf };
+void unary(Unary op, const float* x, float* y, int64_t n);
+
+enum class Binary { add, mul, swiglu };
+// y[r, i] = a[r, i] op b[r * b_stride + i]: b_stride 0 broadcasts one row of b over a's rows.
+void binary(Binary op, const float* a, const float* b, float* y, int64_t rows, int64_t n, int64_t b_stride);
+
+}  // namespace corelm::ops

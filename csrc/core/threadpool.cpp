@@ -1,0 +1,107 @@
+#include "threadpool.h"
+
+#include <memory>
+
+#include "cpu_features.h"
+
+namespace corelm {
+
+namespace {
+// Workers spin this many times before sleeping: a decode step issues hundreds of short
+// parallel calls, and a condition-variable wake-up per call costs more than the call.
+constexpr int kSpinIterations = 20000;
+
+inline void cpu_relax() {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+}
+}  // namespace
+
+ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
+    for (int i = 1; i < n_threads_; ++i) workers_.emplace_back(&ThreadPool::worker, this, i);
+}
+
+ThreadPool::~ThreadPool() {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        stop_ = true;
+        generation_.fetch_add(1);
+    }
+    wake_.notify_all();
+    for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::run_chunk(int index) {
+    const int64_t blocks = (n_ + grain_ - 1) / grain_;
+    const int64_t b0 = blocks * index / n_threads_, b1 = blocks * (index + 1) / n_threads_;
+    const int64_t begin = b0 * grain_, end = std::min(n_, b1 * grain_);
+    if (begin < end) (*fn_)(begin, end);
+}
+
+void ThreadPool::worker(int index) {
+    uint64_t seen = 0;
+    for (;;) {
+        int spins = 0;
+        while (generation_.load(std::memory_order_acquire) == seen && spins < kSpinIterations) {
+            cpu_relax();
+            ++spins;
+        }
+        if (generation_.load(std::memory_order_acquire) == seen) {
+            std::unique_lock<std::mutex> lock(mutex_);
+            wake_.wait(lock, [&] { return generation_.load() != seen; });
+        }
+        seen = generation_.load(std::memory_order_acquire);
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (stop_) return;
+        }
+        run_chunk(index);
+        pending_.fetch_sub(1, std::memory_order_acq_rel);
+    }
+}
+
+void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+    if (n <= 0) return;
+    if (grain < 1) grain = 1;
+    if (n_threads_ == 1 || n <= grain) {
+        fn(0, n);
+        return;
+    }
+    std::lock_guard<std::mutex> call(call_mutex_);
+    fn_ = &fn;
+    n_ = n;
+    grain_ = grain;
+    pending_.store(n_threads_ - 1, std::memory_order_release);
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        generation_.fetch_add(1, std::memory_order_acq_rel);
+    }
+    wake_.notify_all();
+    run_chunk(0);
+    while (pending_.load(std::memory_order_acquire) != 0) cpu_relax();
+}
+
+namespace {
+std::mutex g_pool_mutex;
+std::shared_ptr<ThreadPool> g_pool;
+}  // namespace
+
+std::shared_ptr<ThreadPool> thread_pool() {
+    std::lock_guard<std::mutex> lock(g_pool_mutex);
+    if (!g_pool) g_pool = std::make_shared<ThreadPool>(cpu_features().physical_cores);
+    return g_pool;
+}
+
+void set_num_threads(int n) {
+    std::lock_guard<std::mutex> lock(g_pool_mutex);
+    if (n < 1) n = cpu_features().physical_cores;
+    if (g_pool && g_pool->size() == n) return;
+    g_pool = std::make_shared<ThreadPool>(n);
+}
+
+int num_threads() { return thread_pool()->size(); }
+
+}  // namespace corelm

@@ -1,0 +1,85 @@
+// Reference matrix products: one output at a time, blocks in order. The integer types
+// multiply int8 activation blocks (block_q8_act) with the weights' integer codes exactly,
+// then scale per block, as every SIMD path does.
+#include "../../core/kernel_table.h"
+
+namespace corelm::ref {
+
+void quantize_act(const float* x, block_q8_act* y, int64_t k);
+
+namespace {
+
+template <typename Load>
+void matmul_float(const MatmulArgs& a, int64_t n0, int64_t n1, Load load) {
+    for (int64_t n = n0; n < n1; ++n) {
+        const uint8_t* w = a.w + n * a.w_stride;
+        for (int64_t m = 0; m < a.m; ++m) {
+            const float* x = a.x + m * a.ldx;
+            float acc = 0.0f;
+            for (int64_t i = 0; i < a.k; ++i) acc += load(w, i) * x[i];
+            a.y[m * a.ldy + n] = acc;
+        }
+    }
+}
+
+void matmul_f32(const MatmulArgs& a, int64_t n0, int64_t n1) {
+    matmul_float(a, n0, n1, [](const uint8_t* w, int64_t i) { return reinterpret_cast<const float*>(w)[i]; });
+}
+void matmul_f16(const MatmulArgs& a, int64_t n0, int64_t n1) {
+    matmul_float(a, n0, n1, [](const uint8_t* w, int64_t i) {
+        return fp16_to_f32(reinterpret_cast<const uint16_t*>(w)[i]);
+    });
+}
+void matmul_bf16(const MatmulArgs& a, int64_t n0, int64_t n1) {
+    matmul_float(a, n0, n1, [](const uint8_t* w, int64_t i) {
+        return bf16_to_f32(reinterpret_cast<const uint16_t*>(w)[i]);
+    });
+}
+
+// block_dot(weight block, activation block) -> (integer dot, weight scale)
+template <typename Block, typename BlockDot>
+void matmul_quant(const MatmulArgs& a, int64_t n0, int64_t n1, BlockDot block_dot) {
+    const int64_t nb = a.k / kQK;
+    for (int64_t n = n0; n < n1; ++n) {
+        const auto* w = reinterpret_cast<const Block*>(a.w + n * a.w_stride);
+        for (int64_t m = 0; m < a.m; ++m) {
+            const block_q8_act* x = a.xq + m * nb;
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; ++b) {
+                acc += float(block_dot(w[b], x[b])) * (fp16_to_f32(w[b].d) * x[b].d);
+            }
+            a.y[m * a.ldy + n] = acc;
+        }
+    }
+}
+
+void matmul_q8_0(const MatmulArgs& a, int64_t n0, int64_t n1) {
+    matmul_quant<block_q8_0>(a, n0, n1, [](const block_q8_0& w, const block_q8_act& x) {
+        int32_t s = 0;
+        for (int i = 0; i < kQK; ++i) s += int32_t(w.qs[i]) * x.qs[i];
+        return s;
+    });
+}
+
+void matmul_q4_0(const MatmulArgs& a, int64_t n0, int64_t n1) {
+    matmul_quant<block_q4_0>(a, n0, n1, [](const block_q4_0& w, const block_q8_act& x) {
+        int32_t s = 0;
+        for (int i = 0; i < kQK / 2; ++i) {
+            s += int32_t(w.qs[i] & 0x0f) * x.qs[i] + int32_t(w.qs[i] >> 4) * x.qs[i + kQK / 2];
+        }
+        return s - 8 * x.s;
+    });
+}
+
+}  // namespace
+
+void fill_matmul(KernelTable& t) {
+    t.quantize_act = quantize_act;
+    t.matmul_f32 = matmul_f32;
+    t.matmul_f16 = matmul_f16;
+    t.matmul_bf16 = matmul_bf16;
+    t.matmul_q8_0 = matmul_q8_0;
+    t.matmul_q4_0 = matmul_q4_0;
+}
+
+}  // namespace corelm::ref

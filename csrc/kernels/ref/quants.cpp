@@ -1,0 +1,118 @@
+// Reference weight (de)quantization and activation quantization. Weight quantizers follow
+// ggml-quants.c exactly (the `gguf` package's numpy quantizer is bit-identical to it).
+#include <algorithm>
+#include <cmath>
+
+#include "../../core/kernel_table.h"
+
+namespace corelm::ref {
+
+void quantize_row_q8_0(const float* x, block_q8_0* y, int64_t k) {
+    for (int64_t b = 0; b < k / kQK; ++b, x += kQK) {
+        float amax = 0.0f;
+        for (int i = 0; i < kQK; ++i) amax = std::max(amax, std::fabs(x[i]));
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[b].d = f32_to_fp16(d);
+        for (int i = 0; i < kQK; ++i) y[b].qs[i] = int8_t(std::round(x[i] * id));
+    }
+}
+
+void quantize_row_q4_0(const float* x, block_q4_0* y, int64_t k) {
+    for (int64_t b = 0; b < k / kQK; ++b, x += kQK) {
+        float amax = 0.0f, max = 0.0f;  // max keeps the sign of the largest magnitude
+        for (int i = 0; i < kQK; ++i) {
+            if (std::fabs(x[i]) > amax) { amax = std::fabs(x[i]); max = x[i]; }
+        }
+        const float d = max / -8.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[b].d = f32_to_fp16(d);
+        for (int i = 0; i < kQK / 2; ++i) {
+            const uint8_t lo = uint8_t(std::min(15, int(int8_t(x[i] * id + 8.5f))));
+            const uint8_t hi = uint8_t(std::min(15, int(int8_t(x[i + kQK / 2] * id + 8.5f))));
+            y[b].qs[i] = uint8_t(lo | (hi << 4));
+        }
+    }
+}
+
+void dequantize_row(WeightType t, const uint8_t* row, float* y, int64_t k) {
+    switch (t) {
+        case WeightType::F32:
+            std::copy_n(reinterpret_cast<const float*>(row), k, y);
+            return;
+        case WeightType::F16: {
+            const auto* h = reinterpret_cast<const uint16_t*>(row);
+            for (int64_t i = 0; i < k; ++i) y[i] = fp16_to_f32(h[i]);
+            return;
+        }
+        case WeightType::BF16: {
+            const auto* h = reinterpret_cast<const uint16_t*>(row);
+            for (int64_t i = 0; i < k; ++i) y[i] = bf16_to_f32(h[i]);
+            return;
+        }
+        case WeightType::Q8_0: {
+            const auto* b = reinterpret_cast<const block_q8_0*>(row);
+            for (int64_t j = 0; j < k / kQK; ++j) {
+                const float d = fp16_to_f32(b[j].d);
+                for (int i = 0; i < kQK; ++i) y[j * kQK + i] = float(b[j].qs[i]) * d;
+            }
+            return;
+        }
+        case WeightType::Q4_0: {
+            const auto* b = reinterpret_cast<const block_q4_0*>(row);
+            for (int64_t j = 0; j < k / kQK; ++j) {
+                const float d = fp16_to_f32(b[j].d);
+                for (int i = 0; i < kQK / 2; ++i) {
+                    y[j * kQK + i] = float((b[j].qs[i] & 0x0f) - 8) * d;
+                    y[j * kQK + i + kQK / 2] = float((b[j].qs[i] >> 4) - 8) * d;
+                }
+            }
+            return;
+        }
+    }
+}
+
+void quantize_row(WeightType t, const float* x, uint8_t* row, int64_t k) {
+    switch (t) {
+        case WeightType::F32:
+            std::copy_n(x, k, reinterpret_cast<float*>(row));
+            return;
+        case WeightType::F16: {
+            auto* h = reinterpret_cast<uint16_t*>(row);
+            for (int64_t i = 0; i < k; ++i) h[i] = f32_to_fp16(x[i]);
+            return;
+        }
+        case WeightType::BF16: {
+            auto* h = reinterpret_cast<uint16_t*>(row);
+            for (int64_t i = 0; i < k; ++i) h[i] = f32_to_bf16(x[i]);
+            return;
+        }
+        case WeightType::Q8_0:
+            quantize_row_q8_0(x, reinterpret_cast<block_q8_0*>(row), k);
+            return;
+        case WeightType::Q4_0:
+            quantize_row_q4_0(x, reinterpret_cast<block_q4_0*>(row), k);
+            return;
+    }
+}
+
+// Activation quantization: symmetric int8 per block of 32, d = amax / 127, round half to
+// even (what every SIMD path's float->int conversion does, so all paths agree bit for bit).
+void quantize_act(const float* x, block_q8_act* y, int64_t k) {
+    for (int64_t b = 0; b < k / kQK; ++b, x += kQK) {
+        float amax = 0.0f;
+        for (int i = 0; i < kQK; ++i) amax = std::max(amax, std::fabs(x[i]));
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 127.0f / amax : 0.0f;
+        int32_t s = 0;
+        for (int i = 0; i < kQK; ++i) {
+            const int q = int(std::nearbyint(x[i] * id));
+            y[b].qs[i] = int8_t(q);
+            s += q;
+        }
+        y[b].d = d;
+        y[b].s = s;
+    }
+}
+
+}  // namespace corelm::ref

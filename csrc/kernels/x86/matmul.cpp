@@ -1,0 +1,200 @@
+// x86 matrix products, compiled once per path (avx2, avx512; see simd.h). Outputs are
+// computed in register tiles of R weight rows x C activation rows so every weight loaded
+// from memory serves C activation rows (decode has C = 1 and streams weights; prefill
+// reuses each weight tile across the prompt).
+#include <cmath>
+
+#include "../../core/kernel_table.h"
+#include "simd.h"
+
+#ifndef CORELM_ISA_NS
+#error "compile with -DCORELM_ISA_NS=<path name>"
+#endif
+
+namespace corelm::CORELM_ISA_NS {
+
+using namespace corelm::x86;
+
+namespace {
+
+constexpr int kTileR = 4;  // weight rows per tile
+constexpr int kTileC = 4;  // activation rows per tile
+
+// ---- activation quantization (bit-identical to ref::quantize_act) ----
+
+void quantize_act(const float* x, block_q8_act* y, int64_t k) {
+    const __m256 sign_mask = _mm256_set1_ps(-0.0f);
+    for (int64_t b = 0; b < k / kQK; ++b, x += kQK) {
+        __m256 v[4];
+        __m256 amax = _mm256_setzero_ps();
+        for (int i = 0; i < 4; ++i) {
+            v[i] = _mm256_loadu_ps(x + 8 * i);
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_mask, v[i]));
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float am = _mm_cvtss_f32(m4);
+        const float id = am != 0.0f ? 127.0f / am : 0.0f;
+        const __m256 idv = _mm256_set1_ps(id);
+        __m256i q[4];
+        for (int i = 0; i < 4; ++i) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], idv));
+        // Sum of the codes, for Q4_0's -8 offset.
+        __m256i s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+        // Pack int32 -> int8; the packs interleave 128-bit lanes, the permute restores order.
+        const __m256i p16a = _mm256_packs_epi32(q[0], q[1]);
+        const __m256i p16b = _mm256_packs_epi32(q[2], q[3]);
+        __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+        p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y[b].qs), p8);
+        y[b].d = am / 127.0f;
+        y[b].s = _mm_cvtsi128_si32(s4);
+    }
+}
+
+// ---- integer weight types: decode a block to 32 signed codes, then one shared dot ----
+
+struct DecodeQ8_0 {
+    using Block = block_q8_0;
+    static __m256i codes(const Block& b) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs)); }
+};
+
+struct DecodeQ4_0 {
+    using Block = block_q4_0;
+    static __m256i codes(const Block& b) {
+        const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs));
+        const __m128i lo = _mm_and_si128(packed, _mm_set1_epi8(0x0f));
+        const __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), _mm_set1_epi8(0x0f));
+        const __m256i q = _mm256_set_m128i(hi, lo);
+        return _mm256_sub_epi8(q, _mm256_set1_epi8(8));
+    }
+};
+
+template <typename Decode, int R, int C>
+void tile_quant(const MatmulArgs& a, int64_t n, int64_t m) {
+    using Block = typename Decode::Block;
+    const int64_t nb = a.k / kQK;
+    const Block* w[R];
+    for (int r = 0; r < R; ++r) w[r] = reinterpret_cast<const Block*>(a.w + (n + r) * a.w_stride);
+    const block_q8_act* x[C];
+    for (int c = 0; c < C; ++c) x[c] = a.xq + (m + c) * nb;
+    __m256 acc[R][C];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        __m256i wabs[R], wq[R];
+        __m256 wd[R];
+        for (int r = 0; r < R; ++r) {
+            wq[r] = Decode::codes(w[r][b]);
+            wabs[r] = _mm256_abs_epi8(wq[r]);
+            wd[r] = _mm256_set1_ps(_cvtsh_ss(w[r][b].d));
+        }
+        for (int c = 0; c < C; ++c) {
+            const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[c][b].qs));
+            const __m256 xd = _mm256_set1_ps(x[c][b].d);
+            for (int r = 0; r < R; ++r) {
+                // |w| * (x with w's sign) == w * x, with the unsigned operand first.
+                const __m256i dot = dot_u8s8(_mm256_setzero_si256(), wabs[r], _mm256_sign_epi8(xq, wq[r]));
+                acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(wd[r], xd), acc[r][c]);
+            }
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) a.y[(m + c) * a.ldy + n + r] = hsum_f32x8(acc[r][c]);
+}
+
+// ---- float weight types ----
+
+struct LoadF32 {
+    using T = float;
+    static vf load(const T* p) { return vf_load(p); }
+    static float at(const T* p) { return *p; }
+};
+struct LoadF16 {
+    using T = uint16_t;
+    static vf load(const T* p) { return vf_load_f16(p); }
+    static float at(const T* p) { return _cvtsh_ss(*p); }
+};
+struct LoadBF16 {
+    using T = uint16_t;
+    static vf load(const T* p) { return vf_load_bf16(p); }
+    static float at(const T* p) { return bf16_to_f32(*p); }
+};
+
+template <typename Load, int R, int C>
+void tile_float(const MatmulArgs& a, int64_t n, int64_t m) {
+    using T = typename Load::T;
+    const T* w[R];
+    for (int r = 0; r < R; ++r) w[r] = reinterpret_cast<const T*>(a.w + (n + r) * a.w_stride);
+    const float* x[C];
+    for (int c = 0; c < C; ++c) x[c] = a.x + (m + c) * a.ldx;
+    vf acc[R][C];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) acc[r][c] = vf_zero();
+    const int64_t kv = a.k - a.k % kLanes;
+    for (int64_t i = 0; i < kv; i += kLanes) {
+        vf wv[R];
+        for (int r = 0; r < R; ++r) wv[r] = Load::load(w[r] + i);
+        for (int c = 0; c < C; ++c) {
+            const vf xv = vf_load(x[c] + i);
+            for (int r = 0; r < R; ++r) acc[r][c] = vf_fma(wv[r], xv, acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; ++r) {
+        for (int c = 0; c < C; ++c) {
+            float s = vf_sum(acc[r][c]);
+            for (int64_t i = kv; i < a.k; ++i) s += Load::at(w[r] + i) * x[c][i];
+            a.y[(m + c) * a.ldy + n + r] = s;
+        }
+    }
+}
+
+// ---- driver: cover y[0:m, n0:n1] with tiles, smaller ones at the edges ----
+
+using TileFn = void (*)(const MatmulArgs&, int64_t n, int64_t m);
+
+template <template <typename, int, int> class Tile, typename P, int R>
+constexpr TileFn pick_c(int c) {
+    return c == 4 ? Tile<P, R, 4>::run : c == 3 ? Tile<P, R, 3>::run : c == 2 ? Tile<P, R, 2>::run : Tile<P, R, 1>::run;
+}
+
+template <typename Decode, int R, int C>
+struct QuantTile { static void run(const MatmulArgs& a, int64_t n, int64_t m) { tile_quant<Decode, R, C>(a, n, m); } };
+template <typename Load, int R, int C>
+struct FloatTile { static void run(const MatmulArgs& a, int64_t n, int64_t m) { tile_float<Load, R, C>(a, n, m); } };
+
+template <template <typename, int, int> class Tile, typename P>
+void matmul_tiled(const MatmulArgs& a, int64_t n0, int64_t n1) {
+    static_assert(kTileR == 4 && kTileC == 4, "pick_c / the switch below spell out tiles up to 4");
+    for (int64_t n = n0; n < n1; n += kTileR) {
+        const int r = int(n1 - n < kTileR ? n1 - n : kTileR);
+        for (int64_t m = 0; m < a.m; m += kTileC) {
+            const int c = int(a.m - m < kTileC ? a.m - m : kTileC);
+            TileFn fn = r == 4 ? pick_c<Tile, P, 4>(c) : r == 3 ? pick_c<Tile, P, 3>(c)
+                      : r == 2 ? pick_c<Tile, P, 2>(c) : pick_c<Tile, P, 1>(c);
+            fn(a, n, m);
+        }
+    }
+}
+
+void matmul_q8_0(const MatmulArgs& a, int64_t n0, int64_t n1) { matmul_tiled<QuantTile, DecodeQ8_0>(a, n0, n1); }
+void matmul_q4_0(const MatmulArgs& a, int64_t n0, int64_t n1) { matmul_tiled<QuantTile, DecodeQ4_0>(a, n0, n1); }
+void matmul_f32(const MatmulArgs& a, int64_t n0, int64_t n1) { matmul_tiled<FloatTile, LoadF32>(a, n0, n1); }
+void matmul_f16(const MatmulArgs& a, int64_t n0, int64_t n1) { matmul_tiled<FloatTile, LoadF16>(a, n0, n1); }
+void matmul_bf16(const MatmulArgs& a, int64_t n0, int64_t n1) { matmul_tiled<FloatTile, LoadBF16>(a, n0, n1); }
+
+}  // namespace
+
+void fill_matmul(KernelTable& t) {
+    t.quantize_act = quantize_act;
+    t.matmul_f32 = matmul_f32;
+    t.matmul_f16 = matmul_f16;
+    t.matmul_bf16 = matmul_bf16;
+    t.matmul_q8_0 = matmul_q8_0;
+    t.matmul_q4_0 = matmul_q4_0;
+}
+
+}  // namespace corelm::CORELM_ISA_NS

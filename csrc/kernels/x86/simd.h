@@ -1,0 +1,68 @@
+// The small vector interface the x86 kernels are written against. Each x86 translation
+// unit is compiled with one path's flags; this header picks the matching implementation,
+// so matmul.cpp / attention.cpp are written once and built per path.
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace corelm::x86 {
+
+inline float hsum_f32x8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+#if defined(__AVX512F__)
+using vf = __m512;
+constexpr int kLanes = 16;
+inline vf vf_zero() { return _mm512_setzero_ps(); }
+inline vf vf_set1(float v) { return _mm512_set1_ps(v); }
+inline vf vf_load(const float* p) { return _mm512_loadu_ps(p); }
+inline void vf_store(float* p, vf v) { _mm512_storeu_ps(p, v); }
+inline vf vf_load_f16(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline vf vf_load_bf16(const uint16_t* p) {
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+inline vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+inline vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+inline float vf_sum(vf v) { return _mm512_reduce_add_ps(v); }
+#elif defined(__AVX2__)
+using vf = __m256;
+constexpr int kLanes = 8;
+inline vf vf_zero() { return _mm256_setzero_ps(); }
+inline vf vf_set1(float v) { return _mm256_set1_ps(v); }
+inline vf vf_load(const float* p) { return _mm256_loadu_ps(p); }
+inline void vf_store(float* p, vf v) { _mm256_storeu_ps(p, v); }
+inline vf vf_load_f16(const uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline vf vf_load_bf16(const uint16_t* p) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+inline vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+inline vf vf_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+inline float vf_sum(vf v) { return hsum_f32x8(v); }
+#else
+#error "x86 kernels need at least AVX2 + FMA + F16C"
+#endif
+
+// acc (8 x int32) += the sums of four adjacent u8 * s8 products. With AVX-512 VNNI this is
+// one vpdpbusd; AVX2 needs vpmaddubsw (saturating int16 pairs: callers keep |u| <= 128 and
+// |s| <= 127, so a pair never exceeds 32512) then vpmaddwd.
+inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(acc, u, s);
+#else
+    const __m256i pairs = _mm256_maddubs_epi16(u, s);
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+#endif
+}
+
+}  // namespace corelm::x86
