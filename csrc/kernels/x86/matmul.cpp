@@ -106,6 +106,86 @@ void tile_quant(const MatmulArgs& a, int64_t n, int64_t m) {
         for (int c = 0; c < C; ++c) a.y[(m + c) * a.ldy + n + r] = hsum_f32x8(acc[r][c]);
 }
 
+#if defined(__AVX512VNNI__)
+// AVX-512 decode (one activation row): a zmm holds the same block of four weight rows, one
+// per 128-bit lane, so one vpdpbusd serves four rows and scales are applied per lane group.
+// This is what lets a quantized GEMV keep up with memory instead of with instruction count.
+
+inline __m512 row_scales4(const uint16_t d0, const uint16_t d1, const uint16_t d2, const uint16_t d3, float xd) {
+    const __m128 d = _mm_cvtph_ps(_mm_setr_epi16(short(d0), short(d1), short(d2), short(d3), 0, 0, 0, 0));
+    const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    return _mm512_mul_ps(_mm512_permutexvar_ps(spread, _mm512_castps128_ps512(d)), _mm512_set1_ps(xd));
+}
+
+inline __m512i load4x128(const uint8_t* p0, const uint8_t* p1, const uint8_t* p2, const uint8_t* p3) {
+    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p0)));
+    v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p1)), 1);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p2)), 2);
+    return _mm512_inserti32x4(v, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p3)), 3);
+}
+
+// Sums each group of four lanes into y[0..3].
+inline void store_row_sums4(__m512 acc, float* y, int64_t stride) {
+    const __m512 s1 = _mm512_add_ps(acc, _mm512_permute_ps(acc, 0x4e));
+    const __m512 s2 = _mm512_add_ps(s1, _mm512_permute_ps(s1, 0xb1));
+    alignas(64) float lanes[16];
+    _mm512_store_ps(lanes, s2);
+    for (int r = 0; r < 4; ++r) y[r * stride] = lanes[4 * r];
+}
+
+template <>
+void tile_quant<DecodeQ4_0, 4, 1>(const MatmulArgs& a, int64_t n, int64_t m) {
+    const int64_t nb = a.k / kQK;
+    const block_q4_0* w[4];
+    for (int r = 0; r < 4; ++r) w[r] = reinterpret_cast<const block_q4_0*>(a.w + (n + r) * a.w_stride);
+    const block_q8_act* x = a.xq + m * nb;
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        // Nibble codes are unsigned 0..15, so they go straight into vpdpbusd; the -8 offset
+        // is applied once per block as -8 * sum(x), in lane 0 of each row's group.
+        const __m512i packed = load4x128(w[0][b].qs, w[1][b].qs, w[2][b].qs, w[3][b].qs);
+        const __m512i lo = _mm512_and_si512(packed, low4);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low4);
+        const __m512i xlo = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x[b].qs)));
+        const __m512i xhi = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x[b].qs + 16)));
+        __m512i isum = _mm512_maskz_set1_epi32(0x1111, -8 * x[b].s);
+        isum = _mm512_dpbusd_epi32(isum, lo, xlo);
+        isum = _mm512_dpbusd_epi32(isum, hi, xhi);
+        const __m512 scale = row_scales4(w[0][b].d, w[1][b].d, w[2][b].d, w[3][b].d, x[b].d);
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc);
+    }
+    store_row_sums4(acc, a.y + m * a.ldy + n, 1);
+}
+
+template <>
+void tile_quant<DecodeQ8_0, 4, 1>(const MatmulArgs& a, int64_t n, int64_t m) {
+    const int64_t nb = a.k / kQK;
+    const block_q8_0* w[4];
+    for (int r = 0; r < 4; ++r) w[r] = reinterpret_cast<const block_q8_0*>(a.w + (n + r) * a.w_stride);
+    const block_q8_act* x = a.xq + m * nb;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        // Four rows' halves: lane group r holds codes 0..15 (lo) or 16..31 (hi) of row r.
+        const __m512i wlo = load4x128(reinterpret_cast<const uint8_t*>(w[0][b].qs), reinterpret_cast<const uint8_t*>(w[1][b].qs),
+                                      reinterpret_cast<const uint8_t*>(w[2][b].qs), reinterpret_cast<const uint8_t*>(w[3][b].qs));
+        const __m512i whi = load4x128(reinterpret_cast<const uint8_t*>(w[0][b].qs + 16), reinterpret_cast<const uint8_t*>(w[1][b].qs + 16),
+                                      reinterpret_cast<const uint8_t*>(w[2][b].qs + 16), reinterpret_cast<const uint8_t*>(w[3][b].qs + 16));
+        const __m512i xlo = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x[b].qs)));
+        const __m512i xhi = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x[b].qs + 16)));
+        // |w| * (x with w's sign) == w * x with the unsigned operand first.
+        const __m512i zero = _mm512_setzero_si512();
+        const __m512i xs_lo = _mm512_mask_sub_epi8(xlo, _mm512_movepi8_mask(wlo), zero, xlo);
+        const __m512i xs_hi = _mm512_mask_sub_epi8(xhi, _mm512_movepi8_mask(whi), zero, xhi);
+        __m512i isum = _mm512_dpbusd_epi32(zero, _mm512_abs_epi8(wlo), xs_lo);
+        isum = _mm512_dpbusd_epi32(isum, _mm512_abs_epi8(whi), xs_hi);
+        const __m512 scale = row_scales4(w[0][b].d, w[1][b].d, w[2][b].d, w[3][b].d, x[b].d);
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc);
+    }
+    store_row_sums4(acc, a.y + m * a.ldy + n, 1);
+}
+#endif
+
 // ---- float weight types ----
 
 struct LoadF32 {

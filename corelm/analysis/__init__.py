@@ -1,0 +1,1 @@
+"""Measurement: kernel and model benchmarks, machine limits, roofline."""
