@@ -1,0 +1,336 @@
+"""Text <-> token ids, on top of Hugging Face `tokenizers`.
+
+GGUF vocabularies are converted so that ids match llama.cpp's tokenizer (src/llama-vocab.cpp):
+"llama" (SentencePiece) and "gpt2" (byte-level BPE) models are supported.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import threading
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import gguf
+import tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
+
+# llama.cpp token types (tokenizer.ggml.token_type)
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED = 1, 2, 3, 4
+
+# Pre-tokenizer regexes of llama.cpp's llm_tokenizer_bpe, keyed by the tokenizer.ggml.pre names
+# that select them: (regex, ignore_merges). Unknown names raise, as they do in llama.cpp.
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_LLAMA3 = (
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2 = (
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_BPE_PRE = {
+    **dict.fromkeys(("gpt-2", "phi-2"), (_GPT2, False)),
+    **dict.fromkeys(("llama-bpe", "llama3", "llama-v3", "falcon3", "pixtral"), (_LLAMA3, True)),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "megrez"), (_QWEN2, False)),
+}
+# llama.cpp turns BOS on by default for exactly the Llama 3 pre-tokenizer group.
+_BOS_BY_DEFAULT = {name for name, (regex, _) in _BPE_PRE.items() if regex is _LLAMA3}
+
+# Token texts llama.cpp treats as end of generation (and so as control tokens) whatever their
+# type. Left out: its per-model exceptions (gpt-oss, gemma4), and "</s>", which it lists for
+# paddleocr but which is ordinary text in Qwen2's vocabulary; where "</s>" is EOS, the
+# metadata says so.
+_EOG_NAMES = frozenset(
+    {
+        "<|eot_id|>",
+        "<|eom_id|>",
+        "<|im_end|>",
+        "<|end|>",
+        "<end_of_turn>",
+        "<|endoftext|>",
+        "<|end_of_text|>",
+        "<EOT>",
+        "_<EOT>",
+        "<end_of_utterance>",
+        "<｜end▁of▁sentence｜>",
+    }
+)
+
+
+def _byte_level_chars() -> dict[str, int]:
+    """GPT-2's printable stand-in character for each byte, as a char -> byte map."""
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    others = [b for b in range(256) if b not in printable]
+    return {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(others)}
+
+
+_BYTE_OF_CHAR = _byte_level_chars()
+
+
+class Tokenizer:
+    """Text <-> token ids, backed by a Hugging Face `tokenizers.Tokenizer` object."""
+
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int | None
+    eos_ids: frozenset[int]
+    add_bos: bool
+    chat_template: str | None
+
+    def __init__(
+        self,
+        hf: tokenizers.Tokenizer,
+        *,
+        byte_level: bool,
+        strip_leading_space: bool,
+        bos_id: int | None,
+        eos_id: int | None,
+        eos_ids: frozenset[int],
+        add_bos: bool,
+        chat_template: str | None = None,
+    ) -> None:
+        """Wrap `hf`; `byte_level` selects GPT-2 byte decoding, else SentencePiece-style
+        ('▁' is a space, <0xNN> is a byte); `strip_leading_space` mirrors a decoder that drops
+        the space SentencePiece put in front of the text."""
+        self._hf = hf
+        self._byte_level = byte_level
+        self._strip_leading_space = strip_leading_space
+        self._special_ids = frozenset(i for i, t in hf.get_added_tokens_decoder().items() if t.special)
+        # encode_special_tokens is a setting of the shared hf object, so flipping it per call
+        # must not interleave between threads.
+        self._lock = threading.Lock()
+        self.vocab_size = hf.get_vocab_size(with_added_tokens=True)
+        self.bos_id = bos_id
+        self.eos_id = eos_id
+        self.eos_ids = eos_ids
+        self.add_bos = add_bos
+        self.chat_template = chat_template
+
+    def encode(self, text: str, add_bos: bool | None = None, special: bool = True) -> list[int]:
+        """Token ids of `text`, with BOS first if `add_bos` (default: the vocabulary's own choice).
+
+        special=True parses control tokens written in the text (llama.cpp's parse_special);
+        user-defined tokens are always parsed, as in llama.cpp and Hugging Face."""
+        with self._lock:
+            self._hf.encode_special_tokens = not special
+            ids = self._hf.encode(text, add_special_tokens=False).ids
+        if self.add_bos if add_bos is None else add_bos:
+            if self.bos_id is None:
+                raise ValueError("BOS requested but this vocabulary has no BOS token")
+            ids.insert(0, self.bos_id)
+        return ids
+
+    def decode(self, ids: list[int], skip_special: bool = False) -> str:
+        """Text of `ids`; skip_special drops control tokens such as BOS and EOS."""
+        return self._hf.decode(ids, skip_special_tokens=skip_special)
+
+    def token_bytes(self, id: int) -> bytes:
+        """Raw bytes of one token (before the leading-space strip that decode() applies)."""
+        text = self._hf.id_to_token(id)
+        if text is None:
+            raise ValueError(f"token id {id} is out of range (vocabulary size {self.vocab_size})")
+        if self._byte_level:
+            try:
+                return bytes(_BYTE_OF_CHAR[c] for c in text)
+            except KeyError:  # e.g. an added token with a raw space: the ByteLevel decoder keeps it as is
+                return text.encode()
+        if len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
+            return bytes([int(text[3:5], 16)])
+        return text.replace("▁", " ").encode()
+
+    @classmethod
+    def from_gguf_metadata(cls, meta: dict[str, Any]) -> Tokenizer:
+        """Build from GGUF metadata (key -> python value), reproducing llama.cpp's tokenization."""
+        kind = meta.get("tokenizer.ggml.model")
+        if kind not in ("llama", "gpt2"):
+            raise ValueError(f"unsupported GGUF tokenizer model {kind!r}")
+        tokens: list[str] = meta.get("tokenizer.ggml.tokens") or []
+        if not tokens:
+            raise ValueError("GGUF metadata has no tokenizer.ggml.tokens")
+        vocab = {t: i for i, t in enumerate(tokens)}
+        if len(vocab) != len(tokens):
+            raise ValueError("tokenizer.ggml.tokens has duplicate tokens")
+        types = meta.get("tokenizer.ggml.token_type") or [_NORMAL] * len(tokens)
+
+        if kind == "llama":
+            space_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
+            scores = meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
+            unk = meta.get("tokenizer.ggml.unknown_token_id", 0)
+            hf = _spm_tokenizer(vocab, scores, tokens[unk] if unk < len(tokens) else None, space_prefix)
+            default_bos, default_eos, default_add_bos = 1, 2, True
+        else:
+            pre = meta.get("tokenizer.ggml.pre", "default")
+            if pre not in _BPE_PRE:
+                raise ValueError(f"unsupported GGUF pre-tokenizer {pre!r} (tokenizer.ggml.pre)")
+            regex, ignore_merges = _BPE_PRE[pre]
+            hf = _bpe_tokenizer(vocab, meta.get("tokenizer.ggml.merges") or [], regex, ignore_merges)
+            space_prefix = False
+            default_bos, default_eos, default_add_bos = None, None, pre in _BOS_BY_DEFAULT
+
+        eog = {vocab[name] for name in _EOG_NAMES if name in vocab}
+        # llama.cpp strips whitespace after Phi-3's special tokens (as Phi-3's own tokenizer.json does).
+        name = str(meta.get("general.name", "")).lower()
+        phi3 = "phi-3" in name or "phi3" in name
+        hf.add_tokens(
+            [
+                AddedToken(
+                    tokens[i],
+                    special=types[i] != _USER_DEFINED or i in eog,
+                    normalized=False,
+                    rstrip=phi3 and tokens[i] not in ("<unk>", "<s>", "<|endoftext|>"),
+                )
+                for i in range(len(tokens))
+                if types[i] in (_UNKNOWN, _CONTROL, _USER_DEFINED) or i in eog
+            ]
+        )
+
+        eos_id = meta.get("tokenizer.ggml.eos_token_id", default_eos)
+        eog |= {meta.get("tokenizer.ggml.eot_token_id"), meta.get("tokenizer.ggml.eom_token_id"), eos_id}
+        return cls(
+            hf,
+            byte_level=kind == "gpt2",
+            strip_leading_space=space_prefix,
+            bos_id=meta.get("tokenizer.ggml.bos_token_id", default_bos),
+            eos_id=eos_id,
+            eos_ids=frozenset(eog - {None}),
+            add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", default_add_bos)),
+            chat_template=meta.get("tokenizer.chat_template"),
+        )
+
+    @classmethod
+    def from_gguf(cls, path: str | PathLike[str]) -> Tokenizer:
+        """Build from the tokenizer stored in a GGUF file."""
+        return cls.from_gguf_metadata(_gguf_metadata(gguf.GGUFReader(path)))
+
+    @classmethod
+    def from_hf_dir(cls, path: str | PathLike[str]) -> Tokenizer:
+        """Build from a Hugging Face folder: tokenizer.json, plus tokenizer_config.json (BOS, EOS,
+        add_bos_token, chat_template) and generation_config.json (eos_token_id) when present."""
+        path = Path(path)
+        hf = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
+        # Saved truncation or padding (GPT-2's file truncates to 50 tokens) would corrupt prompts.
+        hf.no_truncation()
+        hf.no_padding()
+        config = _read_json(path / "tokenizer_config.json")
+        generation = _read_json(path / "generation_config.json")
+
+        decoder = json.loads(hf.decoder.__getstate__()) if hf.decoder else {}
+        parts = decoder.get("decoders", [decoder])
+        kinds = {d.get("type") for d in parts}
+        if not ("ByteLevel" in kinds or "ByteFallback" in kinds):
+            raise ValueError(f"unsupported tokenizer.json decoder {sorted(map(str, kinds))}")
+
+        bos_id = _token_id(hf, config.get("bos_token"))
+        eos_id = _token_id(hf, config.get("eos_token"))
+        generation_eos = generation.get("eos_token_id")
+        if not isinstance(generation_eos, list):
+            generation_eos = [generation_eos]
+        eos_ids = frozenset(i for i in [eos_id, *generation_eos] if i is not None)
+        if eos_id is None and eos_ids:
+            eos_id = generation_eos[0]
+        add_bos = config.get("add_bos_token")
+        if add_bos is None:
+            # Llama 3 style: BOS comes from tokenizer.json's post-processor, the config says nothing.
+            add_bos = bos_id is not None and hf.encode("", add_special_tokens=True).ids[:1] == [bos_id]
+        template = config.get("chat_template")
+        if template is None and (path / "chat_template.jinja").is_file():
+            template = (path / "chat_template.jinja").read_text(encoding="utf-8")
+        return cls(
+            hf,
+            byte_level="ByteLevel" in kinds,
+            strip_leading_space=any(d.get("type") == "Strip" and d.get("start", 0) > 0 for d in parts),
+            bos_id=bos_id,
+            eos_id=eos_id,
+            eos_ids=eos_ids,
+            add_bos=bool(add_bos),
+            chat_template=template if isinstance(template, str) else None,
+        )
+
+
+class StreamDecoder:
+    """Turns a stream of token ids into text pieces, never emitting half a UTF-8 character."""
+
+    def __init__(self, tok: Tokenizer, *, skip_special: bool = False) -> None:
+        """Decode ids of `tok`; pieces joined equal tok.decode(ids, skip_special)."""
+        self._tok = tok
+        self._skip = tok._special_ids if skip_special else frozenset()
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._strip = tok._strip_leading_space
+
+    def push(self, id: int) -> str:
+        """Text completed by this token ('' while a UTF-8 character is incomplete)."""
+        if id in self._skip:
+            return ""
+        return self._emit(self._utf8.decode(self._tok.token_bytes(id)))
+
+    def flush(self) -> str:
+        """Text still held back: a trailing incomplete UTF-8 sequence, as U+FFFD."""
+        return self._emit(self._utf8.decode(b"", final=True))
+
+    def _emit(self, text: str) -> str:
+        # decode() drops one space at the very start of the text, so the stream must too.
+        if self._strip and text:
+            self._strip = False
+            return text.removeprefix(" ")
+        return text
+
+
+def _spm_tokenizer(
+    vocab: dict[str, int], scores: list[float], unk: str | None, add_space_prefix: bool
+) -> tokenizers.Tokenizer:
+    """A BPE model that merges like llama.cpp's llm_tokenizer_spm (highest-scoring token first,
+    byte fallback), built the way transformers' LlamaConverter does."""
+    # Merges from the scores as in transformers' SentencePieceExtractor: every split of a piece
+    # into two pieces is a merge, ranked by the score of the piece it makes.
+    ranked = []
+    for piece, i in vocab.items():
+        splits = [(piece[:k], piece[k:]) for k in range(1, len(piece))]
+        pairs = sorted((vocab[a], vocab[b], a, b) for a, b in splits if a in vocab and b in vocab)
+        ranked += [(-scores[i], a, b) for _, _, a, b in pairs]
+    ranked.sort(key=lambda m: m[0])
+    model = models.BPE(
+        vocab=vocab, merges=[(a, b) for _, a, b in ranked], unk_token=unk, fuse_unk=True, byte_fallback=True
+    )
+    hf = tokenizers.Tokenizer(model)
+    space = [normalizers.Replace(" ", "▁")]
+    hf.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), *space] if add_space_prefix else space)
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    hf.decoder = decoders.Sequence([*steps, decoders.Strip(" ", 1, 0)] if add_space_prefix else steps)
+    return hf
+
+
+def _bpe_tokenizer(
+    vocab: dict[str, int], merges: list[str], regex: str, ignore_merges: bool
+) -> tokenizers.Tokenizer:
+    """A byte-level BPE model that splits words with llama.cpp's regex for the vocabulary."""
+    # llama.cpp splits at the first space after the first character, so a left part that is
+    # itself a space survives.
+    pairs = [(m[: m.find(" ", 1)], m[m.find(" ", 1) + 1 :]) for m in merges]
+    hf = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges))
+    hf.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(regex), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    hf.decoder = decoders.ByteLevel()
+    return hf
+
+
+def _gguf_metadata(reader: gguf.GGUFReader) -> dict[str, Any]:
+    """GGUF key -> python value (str, int, float, bool or list) from a gguf.GGUFReader."""
+    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _token_id(hf: tokenizers.Tokenizer, token: str | dict[str, Any] | None) -> int | None:
+    """Id of a tokenizer_config.json token, given as text or as a serialized AddedToken."""
+    if isinstance(token, dict):
+        token = token.get("content")
+    return hf.token_to_id(token) if token else None
