@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from corelm import _C
+from corelm.formats import ModelFileError
+from corelm.llm import LLM, load
 
 __version__ = "0.1.0"
 
@@ -19,4 +21,4 @@ def set_num_threads(n: int) -> None:
     _C.set_num_threads(n)
 
 
-__all__ = ["info", "set_num_threads", "__version__"]
+__all__ = ["LLM", "ModelFileError", "info", "load", "set_num_threads", "__version__"]

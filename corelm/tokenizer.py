@@ -127,6 +127,13 @@ class Tokenizer:
         """Text of `ids`; skip_special drops control tokens such as BOS and EOS."""
         return self._hf.decode(ids, skip_special_tokens=skip_special)
 
+    def token_text(self, id: int) -> str:
+        """The vocabulary entry of one token as stored (e.g. "<s>", "▁Hello", "Ġworld")."""
+        text = self._hf.id_to_token(id)
+        if text is None:
+            raise ValueError(f"token id {id} is out of range (vocabulary size {self.vocab_size})")
+        return text
+
     def token_bytes(self, id: int) -> bytes:
         """Raw bytes of one token (before the leading-space strip that decode() applies)."""
         text = self._hf.id_to_token(id)

@@ -1,0 +1,69 @@
+"""Choosing the next token from logits: penalties, then top-k / top-p / min-p filters on the
+untempered distribution, then temperature and a draw (llama.cpp's default order)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.8  # <= 0: greedy
+    top_k: int = 40  # <= 0: off
+    top_p: float = 0.95  # >= 1: off
+    min_p: float = 0.05  # <= 0: off
+    repeat_penalty: float = 1.0  # 1: off; divides positive (multiplies negative) logits of recent tokens
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_last_n: int = 64  # how many recent tokens the penalties look at
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or self.top_p <= 0 or self.top_p > 1 or not 0 <= self.min_p <= 1:
+            raise ValueError(f"invalid sampling parameters: {self}")
+        if self.repeat_penalty <= 0:
+            raise ValueError(f"repeat_penalty must be positive, got {self.repeat_penalty}")
+
+
+class Sampler:
+    """Stateful only through its random generator: the same seed gives the same tokens."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+
+    def apply_penalties(self, logits: np.ndarray, history: Sequence[int]) -> np.ndarray:
+        p = self.params
+        if not history or (p.repeat_penalty == 1.0 and p.presence_penalty == 0 and p.frequency_penalty == 0):
+            return logits
+        recent = np.asarray(history[-p.repeat_last_n:] if p.repeat_last_n > 0 else history, dtype=np.int64)
+        ids, counts = np.unique(recent, return_counts=True)
+        logits = logits.copy()
+        vals = logits[ids]
+        vals = np.where(vals > 0, vals / p.repeat_penalty, vals * p.repeat_penalty)
+        logits[ids] = vals - counts * p.frequency_penalty - p.presence_penalty
+        return logits
+
+    def __call__(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
+        p = self.params
+        logits = self.apply_penalties(np.asarray(logits, dtype=np.float32), history)
+        if p.temperature <= 0:
+            return int(np.argmax(logits))
+        ids = np.arange(logits.size)
+        if 0 < p.top_k < logits.size:
+            ids = np.argpartition(-logits, p.top_k - 1)[: p.top_k]
+        ids = ids[np.argsort(-logits[ids], kind="stable")]
+        z = logits[ids].astype(np.float64)
+        probs = np.exp(z - z[0])
+        probs /= probs.sum()
+        if p.top_p < 1.0:
+            keep = int(np.searchsorted(np.cumsum(probs), p.top_p)) + 1
+            ids, z, probs = ids[:keep], z[:keep], probs[:keep]
+        if p.min_p > 0:
+            keep = probs >= p.min_p * probs[0]
+            ids, z = ids[keep], z[keep]
+        w = np.exp((z - z[0]) / p.temperature)
+        return int(ids[self.rng.choice(ids.size, p=w / w.sum())])

@@ -1,0 +1,209 @@
+"""Architectures (one file each) and loading a model from a GGUF file or a Hugging Face folder."""
+
+from __future__ import annotations
+
+import logging
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+from tqdm import tqdm
+
+from corelm.formats import ModelFileError
+from corelm.formats.gguf import GGUFFile, load_gguf
+from corelm.formats.hf import is_hf_dir, load_hf_tensors, read_json
+from corelm.kernels import Weight, WeightType
+from corelm.models import gpt2, llama
+from corelm.models.base import Model, ModelConfig, as_weight, to_f32
+from corelm.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+# architecture -> (model class, module with HF_NAMES / config_from_hf)
+ARCHITECTURES: dict[str, tuple[type[Model], Any]] = {
+    "llama": (llama.Llama, llama),
+    "qwen2": (llama.Llama, llama),
+    "gpt2": (gpt2.GPT2, gpt2),
+}
+HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "gpt2": "gpt2"}
+KERNEL_TYPES = {int(t) for t in WeightType}
+QUANT_NAMES = {"f32": WeightType.F32, "f16": WeightType.F16, "bf16": WeightType.BF16,
+               "q8_0": WeightType.Q8_0, "q4_0": WeightType.Q4_0}
+
+
+def _progress(items, desc: str, total: int):
+    return tqdm(items, desc=desc, total=total, unit="tensor", leave=False, disable=total < 50)
+
+
+def _quant_type(quant: str | None) -> WeightType | None:
+    if quant is None:
+        return None
+    if quant.lower() not in QUANT_NAMES:
+        raise ValueError(f"unknown quant {quant!r}; choose one of {', '.join(QUANT_NAMES)}")
+    return QUANT_NAMES[quant.lower()]
+
+
+def _maybe_quantize(w: Weight, quant: WeightType | None) -> Weight:
+    if quant is None or w.type == quant or w.k % quant.block_size:
+        return w
+    return Weight.from_float(w.to_float(), quant)
+
+
+# ---- Hugging Face folders ----
+
+def _hf_name_table(names: dict[str, str], n_layer: int) -> dict[str, str]:
+    table = {}
+    for hf, gg in names.items():
+        if "{i}" in hf:
+            table.update({hf.format(i=i): gg.format(i=i) for i in range(n_layer)})
+        else:
+            table[hf] = gg
+    return table
+
+
+def load_hf(folder: Path, quant: str | None = None) -> tuple[Model, Tokenizer | None]:
+    cfg = read_json(folder / "config.json")
+    model_type = cfg.get("model_type")
+    if model_type not in HF_MODEL_TYPES:
+        raise ModelFileError(f"{folder}: unsupported architecture {model_type!r} "
+                             f"(supported: {', '.join(sorted(HF_MODEL_TYPES))})")
+    cls, module = ARCHITECTURES[HF_MODEL_TYPES[model_type]]
+    try:
+        config = module.config_from_hf(cfg)
+    except KeyError as e:
+        raise ModelFileError(f"{folder}/config.json: missing {e}") from e
+    qtype = _quant_type(quant)
+    table = _hf_name_table(module.HF_NAMES, config.n_layer)
+    transposed = getattr(module, "TRANSPOSED", ())
+    tensors = load_hf_tensors(folder)
+    weights: dict[str, Any] = {}
+    for hf_name, (dtype, array) in _progress(tensors.items(), "loading", len(tensors)):
+        name = table.get(hf_name) or table.get("transformer." + hf_name) or table.get("model." + hf_name)
+        if name is None:
+            log.debug("ignoring tensor %s", hf_name)
+            continue
+        if array.ndim == 2:
+            if name.endswith(transposed):
+                array = np.ascontiguousarray(to_f32(dtype, array).T)
+                dtype = "F32"
+            weights[name] = _maybe_quantize(as_weight(dtype, array), qtype)
+        else:
+            weights[name] = to_f32(dtype, array).reshape(-1)
+    tokenizer = Tokenizer.from_hf_dir(folder) if (folder / "tokenizer.json").is_file() else None
+    return cls(config, weights), tokenizer
+
+
+# ---- GGUF ----
+
+def config_from_gguf(meta: dict[str, Any], arch: str, vocab: int, tied: bool) -> ModelConfig:
+    def get(key: str, default: Any = None) -> Any:
+        value = meta.get(f"{arch}.{key}", default)
+        if value is None:
+            raise ModelFileError(f"GGUF metadata lacks {arch}.{key}")
+        return value
+
+    heads = int(get("attention.head_count"))
+    n_embd = int(get("embedding_length"))
+    rope: dict[str, Any] = {}
+    scaling = meta.get(f"{arch}.rope.scaling.type", "none")
+    if scaling == "linear":
+        rope = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
+    elif scaling not in ("none", None):
+        raise ModelFileError(f"unsupported rope scaling {scaling!r}")
+    eps_key = "attention.layer_norm_epsilon" if arch == "gpt2" else "attention.layer_norm_rms_epsilon"
+    return ModelConfig(
+        arch=arch, vocab_size=vocab, n_layer=int(get("block_count")), n_embd=n_embd, n_head=heads,
+        n_head_kv=int(get("attention.head_count_kv", heads)), n_ff=int(get("feed_forward_length")),
+        ctx=int(get("context_length")), norm_eps=float(get(eps_key)),
+        head_dim=int(get("attention.key_length", n_embd // heads)),
+        rope_theta=float(get("rope.freq_base", 10000.0)),
+        rope_neox=arch != "llama",  # llama.cpp's converter permutes llama's Q/K to adjacent pairs
+        rope_scaling=rope, tied_embeddings=tied, qkv_bias=arch != "llama",
+    )
+
+
+def _gguf_weight(t, quant: WeightType | None) -> Weight | np.ndarray:
+    if len(t.shape) == 1:
+        flat = t.data.reshape(-1)
+        if t.type == int(WeightType.F32):
+            return flat.view(np.float32)
+        return gguf.dequantize(flat, gguf.GGMLQuantizationType(t.type)).astype(np.float32).reshape(-1)
+    if len(t.shape) != 2:
+        raise ModelFileError(f"tensor {t.name!r} has shape {t.shape}; expected a matrix")
+    n, k = t.shape
+    if t.type in KERNEL_TYPES:
+        return _maybe_quantize(Weight(t.data, WeightType(t.type), n, k), quant)
+    # No native kernel for this type yet (k-quants): dequantize once at load.
+    qtype = gguf.GGMLQuantizationType(t.type)
+    dense = gguf.dequantize(t.data, qtype).astype(np.float32).reshape(n, k)
+    target = quant or (WeightType.Q8_0 if k % 32 == 0 else WeightType.F32)
+    log.info("%s: %s has no native kernel yet; converted to %s", t.name, qtype.name, target.name)
+    return Weight.from_float(dense, target)
+
+
+def load_gguf_model(path: Path, quant: str | None = None) -> tuple[Model, Tokenizer | None]:
+    f: GGUFFile = load_gguf(path)
+    arch = f.architecture
+    if arch not in ARCHITECTURES:
+        raise ModelFileError(f"{path}: unsupported architecture {arch!r} (supported: {', '.join(ARCHITECTURES)})")
+    if "token_embd.weight" not in f.tensors:
+        raise ModelFileError(f"{path}: no token_embd.weight tensor")
+    qtype = _quant_type(quant)
+    weights: dict[str, Any] = {}
+    for name, t in _progress(f.tensors.items(), "loading", len(f.tensors)):
+        weights[name] = _gguf_weight(t, qtype)
+    vocab = weights["token_embd.weight"].n
+    config = config_from_gguf(f.metadata, arch, vocab, tied="output.weight" not in weights)
+    cls, _ = ARCHITECTURES[arch]
+    tokenizer = Tokenizer.from_gguf_metadata(f.metadata) if "tokenizer.ggml.model" in f.metadata else None
+    try:
+        model = cls(config, weights)
+    except ValueError as e:
+        raise ModelFileError(f"{path}: {e}") from e
+    _check_shapes(model, path)
+    model.metadata = f.metadata
+    return model, tokenizer
+
+
+def _check_shapes(model: Model, path: Path) -> None:
+    """Matrix shapes must agree with the config, or a kernel call would be asked for nonsense."""
+    c = model.config
+    hd = c.head_dim
+    expected = {"token_embd.weight": (c.vocab_size, c.n_embd)}
+    for i in range(c.n_layer):
+        if c.arch == "gpt2":
+            expected.update({f"blk.{i}.attn_qkv.weight": (3 * c.n_embd, c.n_embd),
+                             f"blk.{i}.attn_output.weight": (c.n_embd, c.n_embd),
+                             f"blk.{i}.ffn_up.weight": (c.n_ff, c.n_embd), f"blk.{i}.ffn_down.weight": (c.n_embd, c.n_ff)})
+        else:
+            expected.update({f"blk.{i}.attn_q.weight": (c.n_head * hd, c.n_embd),
+                             f"blk.{i}.attn_k.weight": (c.n_head_kv * hd, c.n_embd),
+                             f"blk.{i}.attn_v.weight": (c.n_head_kv * hd, c.n_embd),
+                             f"blk.{i}.attn_output.weight": (c.n_embd, c.n_head * hd),
+                             f"blk.{i}.ffn_gate.weight": (c.n_ff, c.n_embd), f"blk.{i}.ffn_up.weight": (c.n_ff, c.n_embd),
+                             f"blk.{i}.ffn_down.weight": (c.n_embd, c.n_ff)})
+    for name, shape in expected.items():
+        w = model.w.get(name)
+        if w is not None and (w.n, w.k) != shape:
+            raise ModelFileError(f"{path}: tensor {name} is {w.n}x{w.k}, the config implies {shape[0]}x{shape[1]}")
+    for name, w in model.w.items():
+        if isinstance(w, np.ndarray) and name.endswith("norm.weight") and w.shape != (c.n_embd,):
+            raise ModelFileError(f"{path}: tensor {name} has {w.size} elements, expected {c.n_embd}")
+
+
+def load_model(path: str | PathLike[str], quant: str | None = None) -> tuple[Model, Tokenizer | None]:
+    """A model and its tokenizer (None when the file has none) from a GGUF file or an HF folder."""
+    path = Path(path)
+    if path.is_file():
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+        if magic != b"GGUF":
+            raise ModelFileError(f"{path}: not a GGUF file (expected a .gguf file or a Hugging Face folder)")
+        return load_gguf_model(path, quant)
+    if is_hf_dir(path):
+        return load_hf(path, quant)
+    if path.is_dir():
+        raise ModelFileError(f"{path}: a folder without config.json is not a Hugging Face model folder")
+    raise ModelFileError(f"{path}: no such file or folder")

@@ -1,0 +1,155 @@
+"""What every architecture shares: the config, the weights, and the transformer skeleton.
+
+Weights are keyed by llama.cpp's GGUF tensor names (token_embd.weight, blk.0.attn_q.weight,
+...) whatever file they came from; each architecture file maps Hugging Face names onto them.
+A forward pass is a sequence of native kernel calls over float32 activations [T, C]
+(T tokens of this step, C = n_embd).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from corelm import _C
+from corelm.engine.kv_cache import KVCache
+from corelm.kernels import Weight, embedding, matmul
+
+
+@dataclass
+class ModelConfig:
+    arch: str
+    vocab_size: int
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    n_ff: int
+    ctx: int  # context length the model was trained for
+    norm_eps: float
+    head_dim: int = 0  # 0: n_embd // n_head
+    rope_theta: float = 10000.0
+    rope_neox: bool = True  # split-half pairs (HF); llama GGUF files use adjacent pairs
+    rope_scaling: dict[str, Any] = field(default_factory=dict)  # HF rope_scaling ({} = none)
+    tied_embeddings: bool = False
+    qkv_bias: bool = False
+
+    def __post_init__(self) -> None:
+        if self.head_dim == 0:
+            self.head_dim = self.n_embd // self.n_head
+        for name in ("vocab_size", "n_layer", "n_embd", "n_head", "n_head_kv", "n_ff", "head_dim"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model config: {name} must be positive, got {getattr(self, name)}")
+        if self.n_head % self.n_head_kv:
+            raise ValueError(f"model config: {self.n_head} heads is not a multiple of {self.n_head_kv} kv heads")
+
+    def rope_inv_freq(self) -> np.ndarray:
+        """Inverse frequencies of the rotary pairs, with the config's scaling applied."""
+        d = self.head_dim
+        inv = 1.0 / self.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d)
+        kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default"))
+        if kind in ("default", None):
+            pass
+        elif kind == "linear":
+            inv = inv / float(self.rope_scaling["factor"])
+        elif kind == "llama3":
+            s = self.rope_scaling
+            factor, low, high = float(s["factor"]), float(s["low_freq_factor"]), float(s["high_freq_factor"])
+            old_ctx = float(s["original_max_position_embeddings"])
+            wavelen = 2 * math.pi / inv
+            scaled = np.where(wavelen > old_ctx / low, inv / factor, inv)
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            medium = (wavelen >= old_ctx / high) & (wavelen <= old_ctx / low)
+            inv = np.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+        else:
+            raise ValueError(f"unsupported rope scaling type {kind!r} (supported: linear, llama3)")
+        return inv.astype(np.float32)
+
+
+Weights = dict[str, Any]  # name -> Weight (matrices) or float32 ndarray (norms, biases)
+
+
+class Model:
+    """A decoder-only transformer: config, weights, and `forward` over a KV cache."""
+
+    def __init__(self, config: ModelConfig, weights: Weights) -> None:
+        self.config = config
+        self.w = weights
+        self.check_weights()
+
+    # Architectures list the tensors they need; loading fails early and clearly without them.
+    def required_weights(self) -> list[str]:
+        raise NotImplementedError
+
+    def check_weights(self) -> None:
+        missing = [n for n in self.required_weights() if n not in self.w]
+        if missing:
+            raise ValueError(f"{self.config.arch} model is missing tensors: {', '.join(missing[:8])}"
+                             + (" ..." if len(missing) > 8 else ""))
+
+    def new_cache(self, capacity: int, dtype: str = "float32") -> KVCache:
+        c = self.config
+        return KVCache(c.n_layer, c.n_head_kv, capacity, c.head_dim, dtype)
+
+    def embed(self, tokens: np.ndarray, pos: int) -> np.ndarray:
+        return embedding(self.w["token_embd.weight"], tokens)
+
+    def block(self, x: np.ndarray, layer: int, pos: int, cache: KVCache) -> None:
+        """One transformer block, updating x [T, C] in place."""
+        raise NotImplementedError
+
+    def final_norm(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def output_weight(self) -> Weight:
+        return self.w.get("output.weight") or self.w["token_embd.weight"]
+
+    def forward(self, tokens: np.ndarray, pos: int, cache: KVCache, all_logits: bool = False) -> np.ndarray:
+        """Logits [T, vocab] (all_logits) or [1, vocab] (last token) for tokens at positions pos.."""
+        tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+        if pos + len(tokens) > cache.capacity:
+            raise ValueError(f"context full: {pos} + {len(tokens)} tokens exceed the context of {cache.capacity}")
+        x = self.embed(tokens, pos)
+        for layer in range(self.config.n_layer):
+            self.block(x, layer, pos, cache)
+        if not all_logits:
+            x = x[-1:]
+        return matmul(self.final_norm(x), self.output_weight())
+
+    # ---- shared pieces ----
+
+    def linear(self, x: np.ndarray, name: str) -> np.ndarray:
+        """x @ W.T (+ bias when the model has one under the same name)."""
+        y = matmul(x, self.w[name + ".weight"])
+        bias = self.w.get(name + ".bias")
+        if bias is not None:
+            _C.add(y, bias, out=y)
+        return y
+
+    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, layer: int, pos: int, cache: KVCache) -> np.ndarray:
+        """q [T, H, D], k/v [T, Hkv, D] of this step -> attention output [T, H*D] over the cache."""
+        cache.write(layer, pos, k, v)
+        out = _C.attention(q, cache.keys(layer), cache.values(layer), pos, 1.0 / math.sqrt(self.config.head_dim))
+        return out.reshape(q.shape[0], -1)
+
+
+def as_weight(dtype_name: str, array: np.ndarray, quant: int | None = None) -> Weight:
+    """A 2-D float tensor (F32 / F16 / BF16 as stored) as a kernel Weight, optionally quantized."""
+    from corelm.kernels import WeightType
+
+    n, k = array.shape
+    if quant is not None:
+        return Weight.from_float(to_f32(dtype_name, array), WeightType(quant))
+    wtype = {"F32": WeightType.F32, "F16": WeightType.F16, "BF16": WeightType.BF16}.get(dtype_name)
+    if wtype is None:
+        return Weight.from_float(to_f32(dtype_name, array), WeightType.F32)
+    return Weight(np.ascontiguousarray(array).view(np.uint8).reshape(n, -1), wtype, n, k)
+
+
+def to_f32(dtype_name: str, array: np.ndarray) -> np.ndarray:
+    if dtype_name == "BF16":
+        return (array.astype(np.uint32) << 16).view(np.float32)
+    return np.ascontiguousarray(array, dtype=np.float32)

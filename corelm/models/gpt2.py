@@ -1,0 +1,69 @@
+"""GPT-2: learned positions, LayerNorm, GELU (tanh), fused QKV, tied embeddings.
+
+Per block: x += Wo·attn(split(Wqkv·ln1(x)) + b);  x += Wd·gelu(Wu·ln2(x) + bu) + bd
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from corelm import _C
+from corelm.engine.kv_cache import KVCache
+from corelm.kernels import embedding
+from corelm.models.base import Model, ModelConfig
+
+# HF's Conv1D stores weights [in, out]: the loader transposes the names listed here.
+TRANSPOSED = ("attn_qkv.weight", "attn_output.weight", "ffn_up.weight", "ffn_down.weight")
+
+HF_NAMES = {
+    "transformer.wte.weight": "token_embd.weight",
+    "transformer.wpe.weight": "position_embd.weight",
+    "transformer.ln_f.weight": "output_norm.weight",
+    "transformer.ln_f.bias": "output_norm.bias",
+    "lm_head.weight": "output.weight",
+    **{f"transformer.h.{{i}}.{hf}.{kind}": f"blk.{{i}}.{gg}.{kind}"
+       for hf, gg in (("ln_1", "attn_norm"), ("attn.c_attn", "attn_qkv"), ("attn.c_proj", "attn_output"),
+                      ("ln_2", "ffn_norm"), ("mlp.c_fc", "ffn_up"), ("mlp.c_proj", "ffn_down"))
+       for kind in ("weight", "bias")},
+}
+
+
+def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
+    n_embd = cfg["n_embd"]
+    return ModelConfig(
+        arch="gpt2", vocab_size=cfg["vocab_size"], n_layer=cfg["n_layer"], n_embd=n_embd,
+        n_head=cfg["n_head"], n_head_kv=cfg["n_head"], n_ff=cfg.get("n_inner") or 4 * n_embd,
+        ctx=cfg.get("n_positions", 1024), norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
+        tied_embeddings=True, qkv_bias=True,
+    )
+
+
+class GPT2(Model):
+    def required_weights(self) -> list[str]:
+        names = ["token_embd.weight", "position_embd.weight", "output_norm.weight", "output_norm.bias"]
+        for i in range(self.config.n_layer):
+            names += [f"blk.{i}.{t}.{kind}" for t in ("attn_norm", "attn_qkv", "attn_output", "ffn_norm",
+                                                       "ffn_up", "ffn_down") for kind in ("weight", "bias")]
+        return names
+
+    def embed(self, tokens: np.ndarray, pos: int) -> np.ndarray:
+        positions = np.arange(pos, pos + len(tokens), dtype=np.int32)
+        x = embedding(self.w["token_embd.weight"], tokens)
+        return _C.add(x, embedding(self.w["position_embd.weight"], positions), out=x)
+
+    def block(self, x: np.ndarray, layer: int, pos: int, cache: KVCache) -> None:
+        c, p, t = self.config, f"blk.{layer}.", x.shape[0]
+        h = _C.layernorm(x, self.w[p + "attn_norm.weight"], self.w[p + "attn_norm.bias"], c.norm_eps)
+        qkv = self.linear(h, p + "attn_qkv").reshape(t, 3, c.n_head, c.head_dim)
+        q, k, v = (np.ascontiguousarray(qkv[:, i]) for i in range(3))
+        a = self.attention(q, k, v, layer, pos, cache)
+        _C.add(x, self.linear(a, p + "attn_output"), out=x)
+        h = _C.layernorm(x, self.w[p + "ffn_norm.weight"], self.w[p + "ffn_norm.bias"], c.norm_eps)
+        f = self.linear(h, p + "ffn_up")
+        _C.gelu_tanh(f, out=f)
+        _C.add(x, self.linear(f, p + "ffn_down"), out=x)
+
+    def final_norm(self, x: np.ndarray) -> np.ndarray:
+        return _C.layernorm(x, self.w["output_norm.weight"], self.w["output_norm.bias"], self.config.norm_eps)

@@ -1,0 +1,87 @@
+"""Llama family: Llama 1/2/3, TinyLlama, SmolLM, Mistral (no sliding window); Qwen2 adds biases.
+
+Per block: x += Wo·attn(rope(Wq·n(x)), rope(Wk·n(x)), Wv·n(x));  x += Wd·(silu(Wg·n(x)) * Wu·n(x))
+with n = RMSNorm. Grouped-query attention: n_head query heads share n_head_kv key/value heads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from corelm import _C
+from corelm.engine.kv_cache import KVCache
+from corelm.models.base import Model, ModelConfig
+
+# Hugging Face parameter names -> GGUF names; "{i}" is the layer.
+HF_NAMES = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+    "model.layers.{i}.input_layernorm.weight": "blk.{i}.attn_norm.weight",
+    "model.layers.{i}.self_attn.q_proj.weight": "blk.{i}.attn_q.weight",
+    "model.layers.{i}.self_attn.k_proj.weight": "blk.{i}.attn_k.weight",
+    "model.layers.{i}.self_attn.v_proj.weight": "blk.{i}.attn_v.weight",
+    "model.layers.{i}.self_attn.q_proj.bias": "blk.{i}.attn_q.bias",
+    "model.layers.{i}.self_attn.k_proj.bias": "blk.{i}.attn_k.bias",
+    "model.layers.{i}.self_attn.v_proj.bias": "blk.{i}.attn_v.bias",
+    "model.layers.{i}.self_attn.o_proj.weight": "blk.{i}.attn_output.weight",
+    "model.layers.{i}.post_attention_layernorm.weight": "blk.{i}.ffn_norm.weight",
+    "model.layers.{i}.mlp.gate_proj.weight": "blk.{i}.ffn_gate.weight",
+    "model.layers.{i}.mlp.up_proj.weight": "blk.{i}.ffn_up.weight",
+    "model.layers.{i}.mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
+}
+
+
+def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
+    rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+    theta = rope.pop("rope_theta", None) or cfg.get("rope_theta", 10000.0)
+    window = cfg.get("sliding_window")
+    if cfg.get("use_sliding_window", window is not None) and window and window < cfg["max_position_embeddings"]:
+        raise ValueError(f"sliding-window attention (window {window}) is not supported")
+    heads = cfg["num_attention_heads"]
+    return ModelConfig(
+        arch=cfg["model_type"] if cfg["model_type"] == "qwen2" else "llama",
+        vocab_size=cfg["vocab_size"], n_layer=cfg["num_hidden_layers"], n_embd=cfg["hidden_size"],
+        n_head=heads, n_head_kv=cfg.get("num_key_value_heads") or heads, n_ff=cfg["intermediate_size"],
+        ctx=cfg.get("max_position_embeddings", 2048), norm_eps=cfg.get("rms_norm_eps", 1e-6),
+        head_dim=cfg.get("head_dim") or 0, rope_theta=float(theta), rope_neox=True, rope_scaling=rope,
+        tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        qkv_bias=cfg["model_type"] == "qwen2" or bool(cfg.get("attention_bias", False)),
+    )
+
+
+class Llama(Model):
+    def __init__(self, config: ModelConfig, weights: dict[str, Any]) -> None:
+        super().__init__(config, weights)
+        self.inv_freq = config.rope_inv_freq()
+        if "rope_freqs.weight" in weights:  # llama.cpp stores llama3 scaling as per-pair divisors
+            self.inv_freq = (self.inv_freq / weights["rope_freqs.weight"]).astype(np.float32)
+
+    def required_weights(self) -> list[str]:
+        names = ["token_embd.weight", "output_norm.weight"]
+        for i in range(self.config.n_layer):
+            names += [f"blk.{i}.{t}.weight" for t in
+                      ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
+                       "ffn_down")]
+        return names
+
+    def block(self, x: np.ndarray, layer: int, pos: int, cache: KVCache) -> None:
+        c, p, t = self.config, f"blk.{layer}.", x.shape[0]
+        h = _C.rmsnorm(x, self.w[p + "attn_norm.weight"], c.norm_eps)
+        q = self.linear(h, p + "attn_q").reshape(t, c.n_head, c.head_dim)
+        k = self.linear(h, p + "attn_k").reshape(t, c.n_head_kv, c.head_dim)
+        v = self.linear(h, p + "attn_v").reshape(t, c.n_head_kv, c.head_dim)
+        positions = np.arange(pos, pos + t, dtype=np.int32)
+        _C.rope(q, positions, self.inv_freq, c.rope_neox)
+        _C.rope(k, positions, self.inv_freq, c.rope_neox)
+        a = self.attention(q, k, v, layer, pos, cache)
+        _C.add(x, self.linear(a, p + "attn_output"), out=x)
+        h = _C.rmsnorm(x, self.w[p + "ffn_norm.weight"], c.norm_eps)
+        g = self.linear(h, p + "ffn_gate")
+        _C.swiglu(g, self.linear(h, p + "ffn_up"), out=g)
+        _C.add(x, self.linear(g, p + "ffn_down"), out=x)
+
+    def final_norm(self, x: np.ndarray) -> np.ndarray:
+        return _C.rmsnorm(x, self.w["output_norm.weight"], self.config.norm_eps)
