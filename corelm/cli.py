@@ -39,6 +39,92 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace) -> corelm.LLM:
+    return corelm.load(args.model, threads=args.threads, ctx=args.ctx, quant=args.quant)
+
+
+def _sampling(args: argparse.Namespace) -> dict:
+    return dict(
+        temperature=args.temp,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repeat_penalty=args.repeat_penalty,
+        seed=args.seed,
+        stop=args.stop or None,
+        ignore_eos=args.ignore_eos,
+    )
+
+
+def _speed_line(llm: corelm.LLM) -> str:
+    s = llm.last_stats
+    return (
+        f"[prompt {s.prompt_tokens} tokens, {s.prefill_tps:.1f} tok/s | generated {s.generated_tokens} tokens, "
+        f"{s.decode_tps:.1f} tok/s | stop: {s.finish_reason} | {corelm.info()['isa']}, "
+        f"{corelm.info()['threads']} threads]"
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    llm = _load(args)
+    print(args.prompt, end="", flush=True)
+    for piece in llm.stream(args.prompt, max_tokens=args.n_predict, **_sampling(args)):
+        print(piece, end="", flush=True)
+    print()
+    print(_speed_line(llm), file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    llm = _load(args)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("corelm chat: type a message; /reset clears the history, /exit or Ctrl-D quits.", file=sys.stderr)
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            break
+        if line.strip() in ("/exit", "/quit"):
+            break
+        if line.strip() == "/reset":
+            messages = messages[:1] if args.system else []
+            continue
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line})
+        reply = ""
+        for piece in llm.stream_chat(messages, max_tokens=args.n_predict, **_sampling(args)):
+            reply += piece
+            print(piece, end="", flush=True)
+        print()
+        print(_speed_line(llm), file=sys.stderr)
+        messages.append({"role": "assistant", "content": reply})
+    return 0
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a .gguf file or a Hugging Face model folder")
+    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
+    p.add_argument("-c", "--ctx", type=int, default=None, help="context size in tokens (default: the model's, <= 4096)")
+    p.add_argument(
+        "--quant",
+        choices=["q8_0", "q4_0", "bf16", "f16", "f32"],
+        default=None,
+        help="quantize the weights while loading",
+    )
+    p.add_argument("-n", "--n-predict", type=int, default=256, help="maximum tokens to generate (default 256)")
+    p.add_argument("--temp", type=float, default=0.8, help="temperature; 0 = greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=40, help="keep the k most likely tokens; 0 = off (default 40)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass; 1 = off (default 0.95)")
+    p.add_argument("--min-p", type=float, default=0.05, help="drop tokens below min-p x the top probability")
+    p.add_argument("--repeat-penalty", type=float, default=1.0, help="penalise recent tokens; 1 = off")
+    p.add_argument("--seed", type=int, default=None, help="random seed, for repeatable sampling")
+    p.add_argument("--stop", action="append", default=[], help="stop before this text (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence tokens")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.model != "kernels":
         print("corelm bench: only `corelm bench kernels` exists in this version", file=sys.stderr)
@@ -46,33 +132,65 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from corelm.analysis.kernel_bench import bench_kernels, format_report
 
     threads = args.threads or sorted({1, corelm.info()["physical_cores"]})
-    report = bench_kernels(threads, reps=args.reps,
-                           progress=lambda s: print(f"... {s}", file=sys.stderr, flush=True))
+    report = bench_kernels(threads, reps=args.reps, progress=lambda s: print(f"... {s}", file=sys.stderr, flush=True))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="corelm", description="Fast LLM inference on ordinary CPUs.",
+        prog="corelm",
+        description="Fast LLM inference on ordinary CPUs.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Run `corelm COMMAND --help` for a command's options.")
+        epilog="Run `corelm COMMAND --help` for a command's options.",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("info", help="CPU features found and the kernel path each op takes",
-                       description="Report the CPU model, the instruction-set features found, the "
-                                   "thread count and which kernel path (ref, avx2, avx512) each op uses.")
+    p = sub.add_parser(
+        "info",
+        help="CPU features found and the kernel path each op takes",
+        description="Report the CPU model, the instruction-set features found, the "
+        "thread count and which kernel path (ref, avx2, avx512) each op uses.",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("bench", help="benchmark kernels (`corelm bench kernels`)",
-                       description="`corelm bench kernels`: GEMV GB/s and GEMM GFLOP/s per weight type "
-                                   "and thread count, beside this machine's measured read bandwidth and "
-                                   "each kernel path's peak multiply-add rate.")
+    p = sub.add_parser(
+        "run",
+        help="generate text from a prompt",
+        description="Generate a continuation of PROMPT and stream it to stdout; a line of "
+        "speed figures goes to stderr.",
+    )
+    _model_args(p)
+    p.add_argument("-p", "--prompt", required=True, help="the prompt text")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "chat",
+        help="interactive chat using the model's chat template",
+        description="Chat with the model: each line you type is a user message; replies are "
+        "rendered with the model's own chat template (or a plain fallback).",
+    )
+    _model_args(p)
+    p.add_argument("--system", default=None, help="a system message to start the conversation")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser(
+        "bench",
+        help="benchmark kernels (`corelm bench kernels`)",
+        description="`corelm bench kernels`: GEMV GB/s and GEMM GFLOP/s per weight type "
+        "and thread count, beside this machine's measured read bandwidth and "
+        "each kernel path's peak multiply-add rate.",
+    )
     p.add_argument("model", help="`kernels`")
-    p.add_argument("-t", "--threads", type=_threads_list, default=None,
-                   help="thread counts to sweep, e.g. 1,2 (default: 1 and the physical cores)")
+    p.add_argument(
+        "-t",
+        "--threads",
+        type=_threads_list,
+        default=None,
+        help="thread counts to sweep, e.g. 1,2 (default: 1 and the physical cores)",
+    )
     p.add_argument("-r", "--reps", type=int, default=5, help="repetitions per measurement (median is shown)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=cmd_bench)
@@ -81,9 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
-                        format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as e:  # bad input: one clear line, no traceback (-vv shows it)
+        if args.verbose >= 2:
+            raise
+        print(f"corelm: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

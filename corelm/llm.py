@@ -26,8 +26,9 @@ class LLM:
     """A loaded model with its tokenizer. Calls are serialised: one object is safe to share
     between threads (each call runs alone, with all the cores)."""
 
-    def __init__(self, model: Model, tokenizer: Tokenizer | None, ctx: int | None = None,
-                 kv_dtype: str = "float32") -> None:
+    def __init__(
+        self, model: Model, tokenizer: Tokenizer | None, ctx: int | None = None, kv_dtype: str = "float32"
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.ctx = int(ctx) if ctx else min(model.config.ctx, DEFAULT_MAX_CTX)
@@ -80,15 +81,27 @@ class LLM:
         if not ids:
             raise ValueError("the prompt is empty")
         if len(ids) >= self.ctx:
-            raise ValueError(f"the prompt has {len(ids)} tokens; the context holds {self.ctx} "
-                             f"(pass a larger ctx= to corelm.load)")
+            raise ValueError(
+                f"the prompt has {len(ids)} tokens; the context holds {self.ctx} (pass a larger ctx= to corelm.load)"
+            )
         return [int(i) for i in ids]
 
-    def stream(self, prompt: str | Sequence[int], max_tokens: int = 128, temperature: float = 0.8,
-               top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
-               presence_penalty: float = 0.0, frequency_penalty: float = 0.0, seed: int | None = None,
-               stop: str | Sequence[str] | None = None, stop_ids: Sequence[int] = (),
-               ignore_eos: bool = False) -> Iterator[str]:
+    def stream(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int = 128,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        stop_ids: Sequence[int] = (),
+        ignore_eos: bool = False,
+    ) -> Iterator[str]:
         """Yields text pieces as they are generated (never half a UTF-8 character).
 
         Generation ends at a stop token (the model's EOS/EOT ids and `stop_ids`, unless
@@ -97,21 +110,28 @@ class LLM:
         if max_tokens < 0:
             raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
         ids = self._prompt_ids(prompt)
-        params = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, presence_penalty,
-                                frequency_penalty, seed=seed)
+        params = SamplingParams(
+            temperature, top_k, top_p, min_p, repeat_penalty, presence_penalty, frequency_penalty, seed=seed
+        )
         stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if s]
         eos = self.tokenizer.eos_ids if self.tokenizer else frozenset()
         stop_set = frozenset(eos) | frozenset(int(i) for i in stop_ids)
         return self._stream(ids, max_tokens, Sampler(params), stops, stop_set, ignore_eos)
 
-    def _stream(self, ids: list[int], max_tokens: int, sampler: Sampler, stops: list[str],
-                stop_set: frozenset[int], ignore_eos: bool) -> Iterator[str]:
+    def _stream(
+        self,
+        ids: list[int],
+        max_tokens: int,
+        sampler: Sampler,
+        stops: list[str],
+        stop_set: frozenset[int],
+        ignore_eos: bool,
+    ) -> Iterator[str]:
         with self._lock:
             self.last_stats = stats = GenerationStats()
             decoder = StreamDecoder(self._tok(), skip_special=True) if self.tokenizer else None
             pending = ""  # text held back while it could be the start of a stop string
-            for token in generate_tokens(self.model, self.cache, ids, max_tokens, sampler, stop_set, ignore_eos,
-                                         stats):
+            for token in generate_tokens(self.model, self.cache, ids, max_tokens, sampler, stop_set, ignore_eos, stats):
                 pending += decoder.push(token) if decoder else f"<{token}>"
                 hit = min((i for i in (pending.find(s) for s in stops) if i >= 0), default=-1)
                 if hit >= 0:
@@ -122,7 +142,7 @@ class LLM:
                 hold = max((k for s in stops for k in range(1, len(s)) if pending.endswith(s[:k])), default=0)
                 if len(pending) > hold:
                     yield pending[: len(pending) - hold]
-                    pending = pending[len(pending) - hold:]
+                    pending = pending[len(pending) - hold :]
             tail = pending + (decoder.flush() if decoder else "")
             if tail:
                 yield tail
@@ -145,8 +165,13 @@ class LLM:
         return self.stream(ids, **kwargs)
 
 
-def load(path: str | PathLike[str], threads: int | None = None, ctx: int | None = None, quant: str | None = None,
-         kv_dtype: str = "float32") -> LLM:
+def load(
+    path: str | PathLike[str],
+    threads: int | None = None,
+    ctx: int | None = None,
+    quant: str | None = None,
+    kv_dtype: str = "float32",
+) -> LLM:
     """Load a GGUF file or a Hugging Face folder.
 
     threads: size of corelm's thread pool (default: the physical cores);

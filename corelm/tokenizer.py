@@ -309,9 +309,7 @@ def _spm_tokenizer(
     return hf
 
 
-def _bpe_tokenizer(
-    vocab: dict[str, int], merges: list[str], regex: str, ignore_merges: bool
-) -> tokenizers.Tokenizer:
+def _bpe_tokenizer(vocab: dict[str, int], merges: list[str], regex: str, ignore_merges: bool) -> tokenizers.Tokenizer:
     """A byte-level BPE model that splits words with llama.cpp's regex for the vocabulary."""
     # llama.cpp splits at the first space after the first character, so a left part that is
     # itself a space survives.

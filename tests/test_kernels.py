@@ -28,6 +28,7 @@ def rand(rng, *shape, scale=1.0):
 
 # ---- numpy references ----
 
+
 def quantize_act_np(x):
     """The activation quantization every integer path uses: int8 per block of 32, d = amax/127."""
     b = x.reshape(*x.shape[:-1], -1, 32).astype(np.float32)
@@ -55,6 +56,7 @@ def magnitude(x, w: Weight):
 
 # ---- weight formats ----
 
+
 @pytest.mark.parametrize("wtype", [WeightType.Q8_0, WeightType.Q4_0, WeightType.F16, WeightType.BF16])
 @given(rows=st.sampled_from([1, 3, 7]), blocks=st.integers(1, 9), seed=st.integers(0, 2**31 - 1))
 @SETTINGS
@@ -80,9 +82,14 @@ def test_fp16_rounding_edges():
 
 # ---- matmul ----
 
+
 @pytest.mark.parametrize("wtype", TYPES, ids=lambda t: t.name)
-@given(m=st.sampled_from(ROWS), n=st.sampled_from([1, 3, 4, 17, 64]),
-       k=st.sampled_from([32, 64, 96, 256, 512, 2048]), seed=st.integers(0, 2**31 - 1))
+@given(
+    m=st.sampled_from(ROWS),
+    n=st.sampled_from([1, 3, 4, 17, 64]),
+    k=st.sampled_from([32, 64, 96, 256, 512, 2048]),
+    seed=st.integers(0, 2**31 - 1),
+)
 @SETTINGS
 def test_matmul_matches_numpy(isa, wtype, m, n, k, seed):
     rng = np.random.default_rng(seed)
@@ -183,6 +190,7 @@ def test_matmul_out_and_batch_dims():
 
 # ---- embedding ----
 
+
 @pytest.mark.parametrize("wtype", TYPES, ids=lambda t: t.name)
 def test_embedding_rows(wtype):
     rng = np.random.default_rng(8)
@@ -192,6 +200,7 @@ def test_embedding_rows(wtype):
 
 
 # ---- attention ----
+
 
 def attention_np(q, k, v, n_past, scale):
     m, hq, d = q.shape
@@ -210,8 +219,12 @@ def attention_np(q, k, v, n_past, scale):
 
 @pytest.mark.parametrize("d", [64, 80, 96, 128])
 @pytest.mark.parametrize("cache", ["float32", "float16"])
-@given(m=st.sampled_from([1, 2, 5, 70]), n_past=st.sampled_from([0, 1, 63, 130]),
-       heads=st.sampled_from([(1, 1), (4, 4), (8, 2), (6, 1)]), seed=st.integers(0, 2**31 - 1))
+@given(
+    m=st.sampled_from([1, 2, 5, 70]),
+    n_past=st.sampled_from([0, 1, 63, 130]),
+    heads=st.sampled_from([(1, 1), (4, 4), (8, 2), (6, 1)]),
+    seed=st.integers(0, 2**31 - 1),
+)
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_attention_matches_numpy(isa, d, cache, m, n_past, heads, seed):
     rng = np.random.default_rng(seed)
@@ -226,6 +239,7 @@ def test_attention_matches_numpy(isa, d, cache, m, n_past, heads, seed):
 
 
 # ---- norms, rope, activations ----
+
 
 @given(rows=st.sampled_from(ROWS), d=st.sampled_from([8, 64, 100, 2048]), seed=st.integers(0, 2**31 - 1))
 @SETTINGS
@@ -243,8 +257,14 @@ def test_norms(isa, rows, d, seed):
 
 
 @pytest.mark.parametrize("neox", [False, True])
-@given(rows=st.sampled_from([1, 3, 17]), heads=st.sampled_from([1, 4]), d=st.sampled_from([64, 80, 128]),
-       partial=st.booleans(), pos0=st.integers(0, 5000), seed=st.integers(0, 2**31 - 1))
+@given(
+    rows=st.sampled_from([1, 3, 17]),
+    heads=st.sampled_from([1, 4]),
+    d=st.sampled_from([64, 80, 128]),
+    partial=st.booleans(),
+    pos0=st.integers(0, 5000),
+    seed=st.integers(0, 2**31 - 1),
+)
 @SETTINGS
 def test_rope(isa, neox, rows, heads, d, partial, pos0, seed):
     rng = np.random.default_rng(seed)
@@ -285,6 +305,7 @@ def test_activations(isa):
 
 
 # ---- bad calls raise, never crash ----
+
 
 def test_bad_calls_raise_clear_errors():
     rng = np.random.default_rng(10)

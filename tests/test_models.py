@@ -104,8 +104,9 @@ def test_stories260k_matches_transformers(stories):
     path = data_file(*STORIES)
     cfg = transformers.AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
     cfg.pad_token_id = None  # its GGUF names pad id -1, which transformers rejects
-    ref_model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, config=cfg,
-                                                                  torch_dtype=torch.float32).eval()
+    ref_model = transformers.AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, config=cfg, torch_dtype=torch.float32
+    ).eval()
     ids = stories.tokenize("Once upon a time, there was a little dog named Max. He liked")
     ref = hf_logits(ref_model, ids)
     assert_logits_close(stories.logits(ids), ref)

@@ -16,9 +16,7 @@ from corelm.tokenizer import StreamDecoder, Tokenizer
 
 DATA = Path(os.environ.get("CORELM_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 TOKENIZERS = DATA / "tokenizers"
-needs_data = pytest.mark.skipif(
-    not TOKENIZERS.is_dir(), reason=f"test data not found at {DATA} (set CORELM_DATA)"
-)
+needs_data = pytest.mark.skipif(not TOKENIZERS.is_dir(), reason=f"test data not found at {DATA} (set CORELM_DATA)")
 
 # GGUF vocabulary -> folder; Llama 3 and Qwen2 are in their own folder with their own .inp/.out.
 VOCABS = {
@@ -75,9 +73,7 @@ def test_ids_match_llama_cpp(name: str, load: Callable[[str], Tokenizer]) -> Non
     control tokens in the text are not parsed."""
     tok, cases = load(name), read_cases(gguf_path(name))
     wrong = [
-        (text, want, got)
-        for text, want in cases
-        if (got := tok.encode(text, add_bos=False, special=False)) != want
+        (text, want, got) for text, want in cases if (got := tok.encode(text, add_bos=False, special=False)) != want
     ]
     assert not wrong, f"{len(wrong)} of {len(cases)} cases differ, e.g. {wrong[:3]}"
 

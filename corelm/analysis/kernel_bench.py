@@ -72,13 +72,19 @@ def _run(kind: str, w: Weight, m: int, threads: int, reps: int, seed: int = 0) -
     out = np.empty((m, w.n), np.float32)
     with using(threads=threads):
         s = median_seconds(lambda: matmul(x, w, out=out), reps)
-    return KernelResult(kind, w.type.name, _C.isa(), threads, (m, w.n, w.k), s,
-                        w.nbytes / s / 1e9, 2.0 * m * w.n * w.k / s / 1e9)
+    return KernelResult(
+        kind, w.type.name, _C.isa(), threads, (m, w.n, w.k), s, w.nbytes / s / 1e9, 2.0 * m * w.n * w.k / s / 1e9
+    )
 
 
-def bench_kernels(threads: Sequence[int], types: Sequence[WeightType] = BENCH_TYPES, reps: int = 5,
-                  gemv_shape: tuple[int, int] = (32000, 2048), gemm_shape: tuple[int, int, int] = (512, 5632, 2048),
-                  progress: Callable[[str], None] = lambda s: None) -> dict:
+def bench_kernels(
+    threads: Sequence[int],
+    types: Sequence[WeightType] = BENCH_TYPES,
+    reps: int = 5,
+    gemv_shape: tuple[int, int] = (32000, 2048),
+    gemm_shape: tuple[int, int, int] = (512, 5632, 2048),
+    progress: Callable[[str], None] = lambda s: None,
+) -> dict:
     """Bandwidth probe, per-path peaks, GEMV and GEMM figures; a JSON-ready dict."""
     rng = np.random.default_rng(0)
     results: list[KernelResult] = []
@@ -91,8 +97,9 @@ def bench_kernels(threads: Sequence[int], types: Sequence[WeightType] = BENCH_TY
         n, k = gemv_shape
         big = Weight.from_float(rng.standard_normal((n, k)).astype(np.float32), wtype)
         m, n2, k2 = gemm_shape
-        gemm_w = big if (n2, k2) == (n, k) else Weight.from_float(
-            rng.standard_normal((n2, k2)).astype(np.float32), wtype)
+        gemm_w = (
+            big if (n2, k2) == (n, k) else Weight.from_float(rng.standard_normal((n2, k2)).astype(np.float32), wtype)
+        )
         small = Weight.from_float(rng.standard_normal((256, 2048)).astype(np.float32), wtype)
         for t in threads:
             progress(f"{wtype.name}: GEMV / GEMM, {t} thread(s)")
@@ -114,8 +121,10 @@ def bench_kernels(threads: Sequence[int], types: Sequence[WeightType] = BENCH_TY
 def format_report(report: dict) -> str:
     """Human-readable tables of a bench_kernels report."""
     lines = [f"CPU: {report['cpu']}   features: {' '.join(report['features'])}   path: {report['isa']}", ""]
-    lines.append("read bandwidth: " + ", ".join(
-        f"{t} thread(s) {gbs:.1f} GB/s" for t, gbs in report["read_bandwidth_gbs"].items()))
+    lines.append(
+        "read bandwidth: "
+        + ", ".join(f"{t} thread(s) {gbs:.1f} GB/s" for t, gbs in report["read_bandwidth_gbs"].items())
+    )
     lines.append("")
     rows = [r for r in report["results"] if r["kind"] == "gemv"]
     if rows:

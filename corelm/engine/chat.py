@@ -22,22 +22,30 @@ def _raise(message: str) -> None:
 
 def _environment() -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False: json.dumps(x, indent=indent,
-                                                                                  ensure_ascii=ensure_ascii)
+    env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False: json.dumps(
+        x, indent=indent, ensure_ascii=ensure_ascii
+    )
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     return env
 
 
-def render_chat(template: str | None, messages: list[dict[str, Any]], *, bos_token: str = "", eos_token: str = "",
-                add_generation_prompt: bool = True) -> str:
+def render_chat(
+    template: str | None,
+    messages: list[dict[str, Any]],
+    *,
+    bos_token: str = "",
+    eos_token: str = "",
+    add_generation_prompt: bool = True,
+) -> str:
     """The prompt text for `messages` (OpenAI-style dicts with role and content)."""
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {m!r}")
     try:
         compiled = _environment().from_string(template or FALLBACK_TEMPLATE)
-        return compiled.render(messages=messages, bos_token=bos_token, eos_token=eos_token,
-                               add_generation_prompt=add_generation_prompt)
+        return compiled.render(
+            messages=messages, bos_token=bos_token, eos_token=eos_token, add_generation_prompt=add_generation_prompt
+        )
     except jinja2.exceptions.TemplateError as e:
         raise ValueError(f"chat template failed: {e}") from e

@@ -39,9 +39,16 @@ class GenerationStats:
         return steps / self.decode_seconds if self.decode_seconds and steps else 0.0
 
 
-def generate_tokens(model: Model, cache: KVCache, prompt: Sequence[int], max_tokens: int, sampler: Sampler,
-                    stop_ids: frozenset[int] = frozenset(), ignore_eos: bool = False,
-                    stats: GenerationStats | None = None) -> Iterator[int]:
+def generate_tokens(
+    model: Model,
+    cache: KVCache,
+    prompt: Sequence[int],
+    max_tokens: int,
+    sampler: Sampler,
+    stop_ids: frozenset[int] = frozenset(),
+    ignore_eos: bool = False,
+    stats: GenerationStats | None = None,
+) -> Iterator[int]:
     """Yields generated token ids; fills `stats` as it goes."""
     stats = stats if stats is not None else GenerationStats()
     stats.prompt_tokens = len(prompt)

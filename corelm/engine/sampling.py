@@ -39,7 +39,7 @@ class Sampler:
         p = self.params
         if not history or (p.repeat_penalty == 1.0 and p.presence_penalty == 0 and p.frequency_penalty == 0):
             return logits
-        recent = np.asarray(history[-p.repeat_last_n:] if p.repeat_last_n > 0 else history, dtype=np.int64)
+        recent = np.asarray(history[-p.repeat_last_n :] if p.repeat_last_n > 0 else history, dtype=np.int64)
         ids, counts = np.unique(recent, return_counts=True)
         logits = logits.copy()
         vals = logits[ids]

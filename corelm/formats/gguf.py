@@ -166,7 +166,8 @@ def load_gguf(path: str | PathLike[str]) -> GGUFFile:
         if start + n_bytes > size:
             raise ModelFileError(
                 f"{path}: tensor {t.name!r} ({n_bytes} bytes at offset {start}) runs past the end of the "
-                f"file ({size} bytes): truncated or corrupted")
+                f"file ({size} bytes): truncated or corrupted"
+            )
         raw = mm[start : start + n_bytes]
         shape = tuple(reversed(dims))
         rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1

@@ -69,8 +69,13 @@ def _tensor(w: Weight, wtype: WeightType | None) -> tuple[np.ndarray, gguf.GGMLQ
     return w.data, gguf.GGMLQuantizationType(int(w.type))
 
 
-def write_gguf(model: Model, path: str | PathLike[str], tokenizer_metadata: dict[str, Any] | None = None,
-               wtype: WeightType | None = None, name: str = "corelm model") -> Path:
+def write_gguf(
+    model: Model,
+    path: str | PathLike[str],
+    tokenizer_metadata: dict[str, Any] | None = None,
+    wtype: WeightType | None = None,
+    name: str = "corelm model",
+) -> Path:
     """Write `model` (weights converted to `wtype` where given) to `path`, atomically."""
     c, path = model.config, Path(path)
     tmp = path.with_name(path.name + ".tmp")

@@ -16,9 +16,16 @@ import numpy as np
 from corelm.formats import ModelFileError
 
 _DTYPES = {
-    "F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "BF16": np.dtype(np.uint16),
-    "F64": np.dtype(np.float64), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
-    "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(np.uint16),
+    "F64": np.dtype(np.float64),
+    "I64": np.dtype(np.int64),
+    "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8),
+    "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
 }
 _MAX_HEADER = 100 << 20
 
@@ -55,7 +62,9 @@ def read_safetensors(path: str | PathLike[str]) -> dict[str, tuple[str, np.ndarr
         dtype = _DTYPES[dtype_name]
         count = int(np.prod(shape, dtype=np.int64)) if shape else 1
         if any(d < 0 for d in shape) or not 0 <= begin <= end or end - begin != count * dtype.itemsize:
-            raise ModelFileError(f"{path}: tensor {name!r}: offsets {begin}..{end} do not fit shape {shape} {dtype_name}")
+            raise ModelFileError(
+                f"{path}: tensor {name!r}: offsets {begin}..{end} do not fit shape {shape} {dtype_name}"
+            )
         if base + end > size:
             raise ModelFileError(f"{path}: tensor {name!r} runs past the end of the file: truncated")
         out[name] = (dtype_name, mm[base + begin : base + end].view(dtype).reshape(shape))

@@ -29,8 +29,13 @@ ARCHITECTURES: dict[str, tuple[type[Model], Any]] = {
 }
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "gpt2": "gpt2"}
 KERNEL_TYPES = {int(t) for t in WeightType}
-QUANT_NAMES = {"f32": WeightType.F32, "f16": WeightType.F16, "bf16": WeightType.BF16,
-               "q8_0": WeightType.Q8_0, "q4_0": WeightType.Q4_0}
+QUANT_NAMES = {
+    "f32": WeightType.F32,
+    "f16": WeightType.F16,
+    "bf16": WeightType.BF16,
+    "q8_0": WeightType.Q8_0,
+    "q4_0": WeightType.Q4_0,
+}
 
 
 def _progress(items, desc: str, total: int):
@@ -53,6 +58,7 @@ def _maybe_quantize(w: Weight, quant: WeightType | None) -> Weight:
 
 # ---- Hugging Face folders ----
 
+
 def _hf_name_table(names: dict[str, str], n_layer: int) -> dict[str, str]:
     table = {}
     for hf, gg in names.items():
@@ -67,8 +73,9 @@ def load_hf(folder: Path, quant: str | None = None) -> tuple[Model, Tokenizer | 
     cfg = read_json(folder / "config.json")
     model_type = cfg.get("model_type")
     if model_type not in HF_MODEL_TYPES:
-        raise ModelFileError(f"{folder}: unsupported architecture {model_type!r} "
-                             f"(supported: {', '.join(sorted(HF_MODEL_TYPES))})")
+        raise ModelFileError(
+            f"{folder}: unsupported architecture {model_type!r} (supported: {', '.join(sorted(HF_MODEL_TYPES))})"
+        )
     cls, module = ARCHITECTURES[HF_MODEL_TYPES[model_type]]
     try:
         config = module.config_from_hf(cfg)
@@ -97,6 +104,7 @@ def load_hf(folder: Path, quant: str | None = None) -> tuple[Model, Tokenizer | 
 
 # ---- GGUF ----
 
+
 def config_from_gguf(meta: dict[str, Any], arch: str, vocab: int, tied: bool) -> ModelConfig:
     def get(key: str, default: Any = None) -> Any:
         value = meta.get(f"{arch}.{key}", default)
@@ -114,13 +122,21 @@ def config_from_gguf(meta: dict[str, Any], arch: str, vocab: int, tied: bool) ->
         raise ModelFileError(f"unsupported rope scaling {scaling!r}")
     eps_key = "attention.layer_norm_epsilon" if arch == "gpt2" else "attention.layer_norm_rms_epsilon"
     return ModelConfig(
-        arch=arch, vocab_size=vocab, n_layer=int(get("block_count")), n_embd=n_embd, n_head=heads,
-        n_head_kv=int(get("attention.head_count_kv", heads)), n_ff=int(get("feed_forward_length")),
-        ctx=int(get("context_length")), norm_eps=float(get(eps_key)),
+        arch=arch,
+        vocab_size=vocab,
+        n_layer=int(get("block_count")),
+        n_embd=n_embd,
+        n_head=heads,
+        n_head_kv=int(get("attention.head_count_kv", heads)),
+        n_ff=int(get("feed_forward_length")),
+        ctx=int(get("context_length")),
+        norm_eps=float(get(eps_key)),
         head_dim=int(get("attention.key_length", n_embd // heads)),
         rope_theta=float(get("rope.freq_base", 10000.0)),
         rope_neox=arch != "llama",  # llama.cpp's converter permutes llama's Q/K to adjacent pairs
-        rope_scaling=rope, tied_embeddings=tied, qkv_bias=arch != "llama",
+        rope_scaling=rope,
+        tied_embeddings=tied,
+        qkv_bias=arch != "llama",
     )
 
 
@@ -151,17 +167,19 @@ def load_gguf_model(path: Path, quant: str | None = None) -> tuple[Model, Tokeni
     if "token_embd.weight" not in f.tensors:
         raise ModelFileError(f"{path}: no token_embd.weight tensor")
     qtype = _quant_type(quant)
-    weights: dict[str, Any] = {}
-    for name, t in _progress(f.tensors.items(), "loading", len(f.tensors)):
-        weights[name] = _gguf_weight(t, qtype)
-    vocab = weights["token_embd.weight"].n
-    config = config_from_gguf(f.metadata, arch, vocab, tied="output.weight" not in weights)
     cls, _ = ARCHITECTURES[arch]
-    tokenizer = Tokenizer.from_gguf_metadata(f.metadata) if "tokenizer.ggml.model" in f.metadata else None
     try:
+        weights: dict[str, Any] = {}
+        for name, t in _progress(f.tensors.items(), "loading", len(f.tensors)):
+            weights[name] = _gguf_weight(t, qtype)
+        vocab = weights["token_embd.weight"].n
+        config = config_from_gguf(f.metadata, arch, vocab, tied="output.weight" not in weights)
+        tokenizer = Tokenizer.from_gguf_metadata(f.metadata) if "tokenizer.ggml.model" in f.metadata else None
         model = cls(config, weights)
-    except ValueError as e:
-        raise ModelFileError(f"{path}: {e}") from e
+    except ModelFileError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:  # metadata that makes no sense
+        raise ModelFileError(f"{path}: {type(e).__name__}: {e}") from e
     _check_shapes(model, path)
     model.metadata = f.metadata
     return model, tokenizer
@@ -174,16 +192,26 @@ def _check_shapes(model: Model, path: Path) -> None:
     expected = {"token_embd.weight": (c.vocab_size, c.n_embd)}
     for i in range(c.n_layer):
         if c.arch == "gpt2":
-            expected.update({f"blk.{i}.attn_qkv.weight": (3 * c.n_embd, c.n_embd),
-                             f"blk.{i}.attn_output.weight": (c.n_embd, c.n_embd),
-                             f"blk.{i}.ffn_up.weight": (c.n_ff, c.n_embd), f"blk.{i}.ffn_down.weight": (c.n_embd, c.n_ff)})
+            expected.update(
+                {
+                    f"blk.{i}.attn_qkv.weight": (3 * c.n_embd, c.n_embd),
+                    f"blk.{i}.attn_output.weight": (c.n_embd, c.n_embd),
+                    f"blk.{i}.ffn_up.weight": (c.n_ff, c.n_embd),
+                    f"blk.{i}.ffn_down.weight": (c.n_embd, c.n_ff),
+                }
+            )
         else:
-            expected.update({f"blk.{i}.attn_q.weight": (c.n_head * hd, c.n_embd),
-                             f"blk.{i}.attn_k.weight": (c.n_head_kv * hd, c.n_embd),
-                             f"blk.{i}.attn_v.weight": (c.n_head_kv * hd, c.n_embd),
-                             f"blk.{i}.attn_output.weight": (c.n_embd, c.n_head * hd),
-                             f"blk.{i}.ffn_gate.weight": (c.n_ff, c.n_embd), f"blk.{i}.ffn_up.weight": (c.n_ff, c.n_embd),
-                             f"blk.{i}.ffn_down.weight": (c.n_embd, c.n_ff)})
+            expected.update(
+                {
+                    f"blk.{i}.attn_q.weight": (c.n_head * hd, c.n_embd),
+                    f"blk.{i}.attn_k.weight": (c.n_head_kv * hd, c.n_embd),
+                    f"blk.{i}.attn_v.weight": (c.n_head_kv * hd, c.n_embd),
+                    f"blk.{i}.attn_output.weight": (c.n_embd, c.n_head * hd),
+                    f"blk.{i}.ffn_gate.weight": (c.n_ff, c.n_embd),
+                    f"blk.{i}.ffn_up.weight": (c.n_ff, c.n_embd),
+                    f"blk.{i}.ffn_down.weight": (c.n_embd, c.n_ff),
+                }
+            )
     for name, shape in expected.items():
         w = model.w.get(name)
         if w is not None and (w.n, w.k) != shape:

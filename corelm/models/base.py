@@ -40,7 +40,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.head_dim == 0:
             self.head_dim = self.n_embd // self.n_head
-        for name in ("vocab_size", "n_layer", "n_embd", "n_head", "n_head_kv", "n_ff", "head_dim"):
+        for name in ("vocab_size", "n_layer", "n_embd", "n_head", "n_head_kv", "n_ff", "head_dim", "ctx"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"model config: {name} must be positive, got {getattr(self, name)}")
         if self.n_head % self.n_head_kv:
@@ -87,8 +87,10 @@ class Model:
     def check_weights(self) -> None:
         missing = [n for n in self.required_weights() if n not in self.w]
         if missing:
-            raise ValueError(f"{self.config.arch} model is missing tensors: {', '.join(missing[:8])}"
-                             + (" ..." if len(missing) > 8 else ""))
+            raise ValueError(
+                f"{self.config.arch} model is missing tensors: {', '.join(missing[:8])}"
+                + (" ..." if len(missing) > 8 else "")
+            )
 
     def new_cache(self, capacity: int, dtype: str = "float32") -> KVCache:
         c = self.config
@@ -129,7 +131,9 @@ class Model:
             _C.add(y, bias, out=y)
         return y
 
-    def attention(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, layer: int, pos: int, cache: KVCache) -> np.ndarray:
+    def attention(
+        self, q: np.ndarray, k: np.ndarray, v: np.ndarray, layer: int, pos: int, cache: KVCache
+    ) -> np.ndarray:
         """q [T, H, D], k/v [T, Hkv, D] of this step -> attention output [T, H*D] over the cache."""
         cache.write(layer, pos, k, v)
         out = _C.attention(q, cache.keys(layer), cache.values(layer), pos, 1.0 / math.sqrt(self.config.head_dim))

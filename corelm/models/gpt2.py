@@ -23,20 +23,35 @@ HF_NAMES = {
     "transformer.ln_f.weight": "output_norm.weight",
     "transformer.ln_f.bias": "output_norm.bias",
     "lm_head.weight": "output.weight",
-    **{f"transformer.h.{{i}}.{hf}.{kind}": f"blk.{{i}}.{gg}.{kind}"
-       for hf, gg in (("ln_1", "attn_norm"), ("attn.c_attn", "attn_qkv"), ("attn.c_proj", "attn_output"),
-                      ("ln_2", "ffn_norm"), ("mlp.c_fc", "ffn_up"), ("mlp.c_proj", "ffn_down"))
-       for kind in ("weight", "bias")},
+    **{
+        f"transformer.h.{{i}}.{hf}.{kind}": f"blk.{{i}}.{gg}.{kind}"
+        for hf, gg in (
+            ("ln_1", "attn_norm"),
+            ("attn.c_attn", "attn_qkv"),
+            ("attn.c_proj", "attn_output"),
+            ("ln_2", "ffn_norm"),
+            ("mlp.c_fc", "ffn_up"),
+            ("mlp.c_proj", "ffn_down"),
+        )
+        for kind in ("weight", "bias")
+    },
 }
 
 
 def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
     n_embd = cfg["n_embd"]
     return ModelConfig(
-        arch="gpt2", vocab_size=cfg["vocab_size"], n_layer=cfg["n_layer"], n_embd=n_embd,
-        n_head=cfg["n_head"], n_head_kv=cfg["n_head"], n_ff=cfg.get("n_inner") or 4 * n_embd,
-        ctx=cfg.get("n_positions", 1024), norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
-        tied_embeddings=True, qkv_bias=True,
+        arch="gpt2",
+        vocab_size=cfg["vocab_size"],
+        n_layer=cfg["n_layer"],
+        n_embd=n_embd,
+        n_head=cfg["n_head"],
+        n_head_kv=cfg["n_head"],
+        n_ff=cfg.get("n_inner") or 4 * n_embd,
+        ctx=cfg.get("n_positions", 1024),
+        norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
+        tied_embeddings=True,
+        qkv_bias=True,
     )
 
 
@@ -44,8 +59,11 @@ class GPT2(Model):
     def required_weights(self) -> list[str]:
         names = ["token_embd.weight", "position_embd.weight", "output_norm.weight", "output_norm.bias"]
         for i in range(self.config.n_layer):
-            names += [f"blk.{i}.{t}.{kind}" for t in ("attn_norm", "attn_qkv", "attn_output", "ffn_norm",
-                                                       "ffn_up", "ffn_down") for kind in ("weight", "bias")]
+            names += [
+                f"blk.{i}.{t}.{kind}"
+                for t in ("attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_up", "ffn_down")
+                for kind in ("weight", "bias")
+            ]
         return names
 
     def embed(self, tokens: np.ndarray, pos: int) -> np.ndarray:

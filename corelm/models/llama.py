@@ -43,10 +43,18 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
     heads = cfg["num_attention_heads"]
     return ModelConfig(
         arch=cfg["model_type"] if cfg["model_type"] == "qwen2" else "llama",
-        vocab_size=cfg["vocab_size"], n_layer=cfg["num_hidden_layers"], n_embd=cfg["hidden_size"],
-        n_head=heads, n_head_kv=cfg.get("num_key_value_heads") or heads, n_ff=cfg["intermediate_size"],
-        ctx=cfg.get("max_position_embeddings", 2048), norm_eps=cfg.get("rms_norm_eps", 1e-6),
-        head_dim=cfg.get("head_dim") or 0, rope_theta=float(theta), rope_neox=True, rope_scaling=rope,
+        vocab_size=cfg["vocab_size"],
+        n_layer=cfg["num_hidden_layers"],
+        n_embd=cfg["hidden_size"],
+        n_head=heads,
+        n_head_kv=cfg.get("num_key_value_heads") or heads,
+        n_ff=cfg["intermediate_size"],
+        ctx=cfg.get("max_position_embeddings", 2048),
+        norm_eps=cfg.get("rms_norm_eps", 1e-6),
+        head_dim=cfg.get("head_dim") or 0,
+        rope_theta=float(theta),
+        rope_neox=True,
+        rope_scaling=rope,
         tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         qkv_bias=cfg["model_type"] == "qwen2" or bool(cfg.get("attention_bias", False)),
     )
@@ -62,9 +70,20 @@ class Llama(Model):
     def required_weights(self) -> list[str]:
         names = ["token_embd.weight", "output_norm.weight"]
         for i in range(self.config.n_layer):
-            names += [f"blk.{i}.{t}.weight" for t in
-                      ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
-                       "ffn_down")]
+            names += [
+                f"blk.{i}.{t}.weight"
+                for t in (
+                    "attn_norm",
+                    "attn_q",
+                    "attn_k",
+                    "attn_v",
+                    "attn_output",
+                    "ffn_norm",
+                    "ffn_gate",
+                    "ffn_up",
+                    "ffn_down",
+                )
+            ]
         return names
 
     def block(self, x: np.ndarray, layer: int, pos: int, cache: KVCache) -> None:
