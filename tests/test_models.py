@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hf_models import CONFIGS, VOCAB, build_hf_model, hf_logits
+from support import data_file
 
 import corelm
 from corelm.formats.gguf_write import write_gguf
 from corelm.kernels import Weight, WeightType
-
-from support import data_file
-from hf_models import CONFIGS, VOCAB, build_hf_model, hf_logits
 
 torch = pytest.importorskip("torch")
 
