@@ -126,14 +126,19 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.model != "kernels":
-        print("corelm bench: only `corelm bench kernels` exists in this version", file=sys.stderr)
-        return 2
-    from corelm.analysis.kernel_bench import bench_kernels, format_report
+    threads = args.threads or [corelm.info()["physical_cores"]]
+    progress = (lambda s: None) if args.json else (lambda s: print(f"... {s}", file=sys.stderr, flush=True))
+    if args.model == "kernels":
+        from corelm.analysis.kernel_bench import bench_kernels, format_report
 
-    threads = args.threads or sorted({1, corelm.info()["physical_cores"]})
-    report = bench_kernels(threads, reps=args.reps, progress=lambda s: print(f"... {s}", file=sys.stderr, flush=True))
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+        sweep = args.threads or sorted({1, corelm.info()["physical_cores"]})
+        report = bench_kernels(sweep, reps=args.reps, progress=progress)
+        print(json.dumps(report, indent=2) if args.json else format_report(report))
+        return 0
+    from corelm.analysis.model_bench import bench_model, format_model_report
+
+    report = bench_model(args.model, args.prompt_tokens, args.gen_tokens, threads, args.reps, args.quant, progress)
+    print(json.dumps(report, indent=2) if args.json else format_model_report(report))
     return 0
 
 
@@ -178,21 +183,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "bench",
-        help="benchmark kernels (`corelm bench kernels`)",
-        description="`corelm bench kernels`: GEMV GB/s and GEMM GFLOP/s per weight type "
-        "and thread count, beside this machine's measured read bandwidth and "
-        "each kernel path's peak multiply-add rate.",
+        help="prefill/decode tokens per second of a model, or `bench kernels`",
+        description="`corelm bench MODEL`: prefill (pp, a p-token prompt) and decode (tg, n tokens) tokens/s "
+        "like llama-bench, median and spread over repetitions, with load time and peak memory. "
+        "`corelm bench kernels`: GEMV GB/s and GEMM GFLOP/s per weight type beside this machine's "
+        "read bandwidth and each kernel path's peak.",
     )
-    p.add_argument("model", help="`kernels`")
-    p.add_argument(
-        "-t",
-        "--threads",
-        type=_threads_list,
-        default=None,
-        help="thread counts to sweep, e.g. 1,2 (default: 1 and the physical cores)",
-    )
-    p.add_argument("-r", "--reps", type=int, default=5, help="repetitions per measurement (median is shown)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("model", help="a .gguf file, a Hugging Face folder, or `kernels`")
+    p.add_argument("-p", "--prompt-tokens", type=int, default=512, help="prompt length for pp (default 512)")
+    p.add_argument("-n", "--gen-tokens", type=int, default=128, help="tokens generated for tg (default 128)")
+    p.add_argument("-t", "--threads", type=_threads_list, default=None,
+                   help="thread counts to sweep, e.g. 1,2 (default: the physical cores)")
+    p.add_argument("-r", "--reps", type=int, default=3, help="repetitions per measurement (median is shown)")
+    p.add_argument("--quant", choices=["q8_0", "q4_0", "bf16", "f16", "f32"], default=None,
+                   help="quantize the weights while loading")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -16,7 +16,8 @@ import numpy as np
 
 from corelm import _C
 from corelm.engine.kv_cache import KVCache
-from corelm.kernels import Weight, embedding, matmul
+from corelm import kernels
+from corelm.kernels import Weight
 
 
 @dataclass
@@ -97,7 +98,7 @@ class Model:
         return KVCache(c.n_layer, c.n_head_kv, capacity, c.head_dim, dtype)
 
     def embed(self, tokens: np.ndarray, pos: int) -> np.ndarray:
-        return embedding(self.w["token_embd.weight"], tokens)
+        return kernels.embedding(self.w["token_embd.weight"], tokens)
 
     def block(self, x: np.ndarray, layer: int, pos: int, cache: KVCache) -> None:
         """One transformer block, updating x [T, C] in place."""
@@ -119,13 +120,13 @@ class Model:
             self.block(x, layer, pos, cache)
         if not all_logits:
             x = x[-1:]
-        return matmul(self.final_norm(x), self.output_weight())
+        return kernels.matmul(self.final_norm(x), self.output_weight())
 
     # ---- shared pieces ----
 
     def linear(self, x: np.ndarray, name: str) -> np.ndarray:
         """x @ W.T (+ bias when the model has one under the same name)."""
-        y = matmul(x, self.w[name + ".weight"])
+        y = kernels.matmul(x, self.w[name + ".weight"])
         bias = self.w.get(name + ".bias")
         if bias is not None:
             _C.add(y, bias, out=y)

@@ -11,7 +11,7 @@ import numpy as np
 
 from corelm import _C
 from corelm.engine.kv_cache import KVCache
-from corelm.kernels import embedding
+from corelm import kernels
 from corelm.models.base import Model, ModelConfig
 
 # HF's Conv1D stores weights [in, out]: the loader transposes the names listed here.
@@ -68,8 +68,8 @@ class GPT2(Model):
 
     def embed(self, tokens: np.ndarray, pos: int) -> np.ndarray:
         positions = np.arange(pos, pos + len(tokens), dtype=np.int32)
-        x = embedding(self.w["token_embd.weight"], tokens)
-        return _C.add(x, embedding(self.w["position_embd.weight"], positions), out=x)
+        x = kernels.embedding(self.w["token_embd.weight"], tokens)
+        return _C.add(x, kernels.embedding(self.w["position_embd.weight"], positions), out=x)
 
     def block(self, x: np.ndarray, layer: int, pos: int, cache: KVCache) -> None:
         c, p, t = self.config, f"blk.{layer}.", x.shape[0]
