@@ -42,12 +42,23 @@ def llama_python(env_dir: Path) -> str:
     if subprocess.run([str(py), "-c", "import llama_cpp"], capture_output=True).returncode != 0:
         f = corelm.info()["features"]
         on = lambda flag: "ON" if flag else "OFF"  # noqa: E731
-        cmake_args = " ".join([
-            "-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", f"-DGGML_AVX2={on(f.get('avx2'))}", f"-DGGML_FMA={on(f.get('fma'))}",
-            f"-DGGML_F16C={on(f.get('f16c'))}", "-DGGML_BMI2=ON", f"-DGGML_AVX_VNNI={on(f.get('avx_vnni'))}",
-            f"-DGGML_AVX512={on(f.get('avx512f'))}", f"-DGGML_AVX512_VNNI={on(f.get('avx512_vnni'))}",
-            f"-DGGML_AVX512_BF16={on(f.get('avx512_bf16'))}", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF",
-            "-DGGML_AMX_BF16=OFF"])
+        cmake_args = " ".join(
+            [
+                "-DGGML_NATIVE=OFF",
+                "-DGGML_AVX=ON",
+                f"-DGGML_AVX2={on(f.get('avx2'))}",
+                f"-DGGML_FMA={on(f.get('fma'))}",
+                f"-DGGML_F16C={on(f.get('f16c'))}",
+                "-DGGML_BMI2=ON",
+                f"-DGGML_AVX_VNNI={on(f.get('avx_vnni'))}",
+                f"-DGGML_AVX512={on(f.get('avx512f'))}",
+                f"-DGGML_AVX512_VNNI={on(f.get('avx512_vnni'))}",
+                f"-DGGML_AVX512_BF16={on(f.get('avx512_bf16'))}",
+                "-DGGML_AMX_TILE=OFF",
+                "-DGGML_AMX_INT8=OFF",
+                "-DGGML_AMX_BF16=OFF",
+            ]
+        )
         print(f"building llama-cpp-python into {env_dir} (8-14 minutes on 2 cores)...", file=sys.stderr)
         env = {**os.environ, "CMAKE_ARGS": cmake_args, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
         subprocess.run([str(py), "-m", "pip", "install", "numpy", "llama-cpp-python==0.3.36"], check=True, env=env)
@@ -56,18 +67,38 @@ def llama_python(env_dir: Path) -> str:
 
 def convert_ct2(hf: Path, out: Path) -> Path:
     if not (out / "model.bin").exists():
-        subprocess.run([sys.executable, "-c", (
-            "import ctranslate2, sys; ctranslate2.converters.TransformersConverter(sys.argv[1], "
-            "load_as_float16=True).convert(sys.argv[2], quantization='int8', force=True)"), str(hf), str(out)],
-            check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                (
+                    "import ctranslate2, sys; ctranslate2.converters.TransformersConverter(sys.argv[1], "
+                    "load_as_float16=True).convert(sys.argv[2], quantization='int8', force=True)"
+                ),
+                str(hf),
+                str(out),
+            ],
+            check=True,
+        )
     return out
 
 
 def measure(python: str, runtime: str, path: Path, threads: int, p: int, n: int) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads),
-           "MKL_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([python, "-m", "benchmarks.runners", runtime, str(path), str(threads), str(p), str(n)],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "OPENBLAS_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "PYTHONPATH": str(ROOT),
+    }
+    proc = subprocess.run(
+        [python, "-m", "benchmarks.runners", runtime, str(path), str(threads), str(p), str(n)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=3600,
+    )
     if proc.returncode != 0:
         print(f"  {runtime} failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
         return {}
@@ -81,18 +112,23 @@ def ratio(a: float | None, b: float | None) -> str:
 def markdown(results: dict, threads: list[int]) -> str:
     lines = []
     for model, rows in results.items():
-        lines += [f"**{model}** (tokens/s, median; threads {' / '.join(map(str, threads))})", "",
-                  "| runtime | weights | prefill | decode | corelm prefill ratio | corelm decode ratio |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"**{model}** (tokens/s, median; threads {' / '.join(map(str, threads))})",
+            "",
+            "| runtime | weights | prefill | decode | corelm prefill ratio | corelm decode ratio |",
+            "|---|---|---|---|---|---|",
+        ]
 
-        def med(key: str, t: int, what: str) -> float | None:
+        def med(key: str, t: int, what: str, rows: dict = rows) -> float | None:
             vals = [r[what] for r in rows.get(key, {}).get(str(t), []) if what in r]
             return statistics.median(vals) if vals else None
 
         for key in rows:
             runtime, weights = key.split(":")
-            cells = {what: " / ".join(f"{med(key, t, what):.1f}" if med(key, t, what) else "-" for t in threads)
-                     for what in ("pp", "tg")}
+            cells = {
+                what: " / ".join(f"{med(key, t, what):.1f}" if med(key, t, what) else "-" for t in threads)
+                for what in ("pp", "tg")
+            }
             ours = {"llama.cpp": f"corelm:{weights}", "ctranslate2": "corelm:q8_0"}.get(runtime, "corelm:q8_0")
             if runtime == "corelm":
                 rp = rt = ""
@@ -139,8 +175,11 @@ def main() -> None:
     ap.add_argument("-p", "--prompt", type=int, default=512)
     ap.add_argument("-n", "--gen", type=int, default=128)
     ap.add_argument("--out", type=Path, default=ROOT / "bench-models")
-    ap.add_argument("--runtimes", nargs="+",
-                    default=["corelm", "llama.cpp", "ctranslate2", "transformers-fp32", "transformers-bf16"])
+    ap.add_argument(
+        "--runtimes",
+        nargs="+",
+        default=["corelm", "llama.cpp", "ctranslate2", "transformers-fp32", "transformers-bf16"],
+    )
     ap.add_argument("--types", nargs="+", default=list(GGUF_TYPES), choices=GGUF_TYPES)
     args = ap.parse_args()
 
@@ -153,11 +192,18 @@ def main() -> None:
         plan = []  # (key, python, runtime, path)
         for rt in args.runtimes:
             if rt in ("corelm", "llama.cpp"):
-                plan += [(f"{rt}:{t}", llama_py if rt == "llama.cpp" else sys.executable, rt, ggufs[t])
-                         for t in args.types]
+                plan += [
+                    (f"{rt}:{t}", llama_py if rt == "llama.cpp" else sys.executable, rt, ggufs[t]) for t in args.types
+                ]
             elif rt == "ctranslate2":
-                plan.append(("ctranslate2:int8", sys.executable, rt, convert_ct2(args.out / model / "hf",
-                                                                                 args.out / model / "ct2-int8")))
+                plan.append(
+                    (
+                        "ctranslate2:int8",
+                        sys.executable,
+                        rt,
+                        convert_ct2(args.out / model / "hf", args.out / model / "ct2-int8"),
+                    )
+                )
             else:
                 plan.append((f"{rt.split('-')[0]}:{rt.split('-')[1]}", sys.executable, rt, args.out / model / "hf"))
         results[model] = {key: {} for key, *_ in plan}
@@ -169,9 +215,17 @@ def main() -> None:
                     results[model][key].setdefault(str(t), []).append(r)
                     print(f"{model} {key} t={t} rep={rep}: {r} ({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
     info = corelm.info()
-    report = {"machine": {"cpu": info["cpu"], "features": [f for f, on in info["features"].items() if on],
-                          "cores": info["physical_cores"], "corelm_isa": info["isa"]},
-              "prompt_tokens": args.prompt, "gen_tokens": args.gen, "results": results}
+    report = {
+        "machine": {
+            "cpu": info["cpu"],
+            "features": [f for f, on in info["features"].items() if on],
+            "cores": info["physical_cores"],
+            "corelm_isa": info["isa"],
+        },
+        "prompt_tokens": args.prompt,
+        "gen_tokens": args.gen,
+        "results": results,
+    }
     (args.out / "compare.json").write_text(json.dumps(report, indent=2))
     chart(results, args.threads, args.out / "compare.png")
     print(f"CPU: {info['cpu']} ({info['physical_cores']} cores; {' '.join(report['machine']['features'])})\n")

@@ -28,24 +28,62 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tokenizers"
 CONFIGS = {
     "tinyllama": dict(
         vocab="llama.cpp-vocab/ggml-vocab-llama-spm.gguf",
-        config=dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=32000, hidden_size=2048,
-                    intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
-                    max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
-                    torch_dtype="float16", bos_token_id=1, eos_token_id=2),
+        config=dict(
+            architectures=["LlamaForCausalLM"],
+            model_type="llama",
+            vocab_size=32000,
+            hidden_size=2048,
+            intermediate_size=5632,
+            num_hidden_layers=22,
+            num_attention_heads=32,
+            num_key_value_heads=4,
+            max_position_embeddings=2048,
+            rms_norm_eps=1e-5,
+            rope_theta=10000.0,
+            tie_word_embeddings=False,
+            torch_dtype="float16",
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
     ),
     "gpt2": dict(
         vocab="llama.cpp-vocab/ggml-vocab-gpt-2.gguf",
-        config=dict(architectures=["GPT2LMHeadModel"], model_type="gpt2", vocab_size=50257, n_embd=768, n_layer=12,
-                    n_head=12, n_positions=1024, n_inner=None, layer_norm_epsilon=1e-5,
-                    activation_function="gelu_new", torch_dtype="float16", bos_token_id=50256, eos_token_id=50256),
+        config=dict(
+            architectures=["GPT2LMHeadModel"],
+            model_type="gpt2",
+            vocab_size=50257,
+            n_embd=768,
+            n_layer=12,
+            n_head=12,
+            n_positions=1024,
+            n_inner=None,
+            layer_norm_epsilon=1e-5,
+            activation_function="gelu_new",
+            torch_dtype="float16",
+            bos_token_id=50256,
+            eos_token_id=50256,
+        ),
     ),
     "qwen2.5-0.5b": dict(
         vocab="llama.cpp-vocab-over4MiB/ggml-vocab-qwen2.gguf",
-        config=dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", vocab_size=151936, hidden_size=896,
-                    intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                    max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1000000.0,
-                    tie_word_embeddings=True, use_sliding_window=False, torch_dtype="float16",
-                    bos_token_id=151643, eos_token_id=151643),
+        config=dict(
+            architectures=["Qwen2ForCausalLM"],
+            model_type="qwen2",
+            vocab_size=151936,
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            max_position_embeddings=32768,
+            rms_norm_eps=1e-6,
+            rope_theta=1000000.0,
+            tie_word_embeddings=True,
+            use_sliding_window=False,
+            torch_dtype="float16",
+            bos_token_id=151643,
+            eos_token_id=151643,
+        ),
     ),
 }
 GGUF_TYPES = {"f16": WeightType.F16, "q8_0": WeightType.Q8_0, "q4_0": WeightType.Q4_0}
@@ -55,14 +93,30 @@ def _shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     """HF parameter names and shapes of a config (the subset each architecture needs)."""
     if cfg["model_type"] == "gpt2":
         c, v, f = cfg["n_embd"], cfg["vocab_size"], 4 * cfg["n_embd"]
-        s = {"transformer.wte.weight": (v, c), "transformer.wpe.weight": (cfg["n_positions"], c),
-             "transformer.ln_f.weight": (c,), "transformer.ln_f.bias": (c,)}
+        s = {
+            "transformer.wte.weight": (v, c),
+            "transformer.wpe.weight": (cfg["n_positions"], c),
+            "transformer.ln_f.weight": (c,),
+            "transformer.ln_f.bias": (c,),
+        }
         for i in range(cfg["n_layer"]):
             p = f"transformer.h.{i}."
-            s.update({p + "ln_1.weight": (c,), p + "ln_1.bias": (c,), p + "attn.c_attn.weight": (c, 3 * c),
-                      p + "attn.c_attn.bias": (3 * c,), p + "attn.c_proj.weight": (c, c), p + "attn.c_proj.bias": (c,),
-                      p + "ln_2.weight": (c,), p + "ln_2.bias": (c,), p + "mlp.c_fc.weight": (c, f),
-                      p + "mlp.c_fc.bias": (f,), p + "mlp.c_proj.weight": (f, c), p + "mlp.c_proj.bias": (c,)})
+            s.update(
+                {
+                    p + "ln_1.weight": (c,),
+                    p + "ln_1.bias": (c,),
+                    p + "attn.c_attn.weight": (c, 3 * c),
+                    p + "attn.c_attn.bias": (3 * c,),
+                    p + "attn.c_proj.weight": (c, c),
+                    p + "attn.c_proj.bias": (c,),
+                    p + "ln_2.weight": (c,),
+                    p + "ln_2.bias": (c,),
+                    p + "mlp.c_fc.weight": (c, f),
+                    p + "mlp.c_fc.bias": (f,),
+                    p + "mlp.c_proj.weight": (f, c),
+                    p + "mlp.c_proj.bias": (c,),
+                }
+            )
         return s
     c, v, f = cfg["hidden_size"], cfg["vocab_size"], cfg["intermediate_size"]
     hd = c // cfg["num_attention_heads"]
@@ -72,13 +126,27 @@ def _shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
         s["lm_head.weight"] = (v, c)
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        s.update({p + "input_layernorm.weight": (c,), p + "post_attention_layernorm.weight": (c,),
-                  p + "self_attn.q_proj.weight": (c, c), p + "self_attn.k_proj.weight": (kv, c),
-                  p + "self_attn.v_proj.weight": (kv, c), p + "self_attn.o_proj.weight": (c, c),
-                  p + "mlp.gate_proj.weight": (f, c), p + "mlp.up_proj.weight": (f, c), p + "mlp.down_proj.weight": (c, f)})
+        s.update(
+            {
+                p + "input_layernorm.weight": (c,),
+                p + "post_attention_layernorm.weight": (c,),
+                p + "self_attn.q_proj.weight": (c, c),
+                p + "self_attn.k_proj.weight": (kv, c),
+                p + "self_attn.v_proj.weight": (kv, c),
+                p + "self_attn.o_proj.weight": (c, c),
+                p + "mlp.gate_proj.weight": (f, c),
+                p + "mlp.up_proj.weight": (f, c),
+                p + "mlp.down_proj.weight": (c, f),
+            }
+        )
         if cfg["model_type"] == "qwen2":
-            s.update({p + "self_attn.q_proj.bias": (c,), p + "self_attn.k_proj.bias": (kv,),
-                      p + "self_attn.v_proj.bias": (kv,)})
+            s.update(
+                {
+                    p + "self_attn.q_proj.bias": (c,),
+                    p + "self_attn.k_proj.bias": (kv,),
+                    p + "self_attn.v_proj.bias": (kv,),
+                }
+            )
     return s
 
 

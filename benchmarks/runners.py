@@ -46,8 +46,16 @@ def run_corelm(path: str, threads: int, p: int, n: int) -> dict:
 def run_llamacpp(path: str, threads: int, p: int, n: int) -> dict:
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=path, n_ctx=max(p, PROMPT_FOR_DECODE + n) + 8, n_threads=threads,
-                          n_threads_batch=threads, n_batch=512, n_ubatch=512, verbose=False, logits_all=False)
+    llm = llama_cpp.Llama(
+        model_path=path,
+        n_ctx=max(p, PROMPT_FOR_DECODE + n) + 8,
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_batch=512,
+        n_ubatch=512,
+        verbose=False,
+        logits_all=False,
+    )
     vocab = llm.n_vocab()
     llm.eval(_tokens(vocab, 8, 9))
     llm.reset()
@@ -86,8 +94,9 @@ def run_ctranslate2(path: str, threads: int, p: int, n: int) -> dict:
     gen.forward_batch([prompt])
     prefill = time.perf_counter() - t0
     t0 = time.perf_counter()
-    gen.generate_batch([prompt], max_length=n + 1, min_length=n + 1, sampling_topk=1,
-                       include_prompt_in_result=False, end_token=[])
+    gen.generate_batch(
+        [prompt], max_length=n + 1, min_length=n + 1, sampling_topk=1, include_prompt_in_result=False, end_token=[]
+    )
     # generate_batch includes the prompt's forward pass; the n decode steps are the rest.
     return {"pp": pp, "tg": n / max(time.perf_counter() - t0 - prefill, 1e-9)}
 
