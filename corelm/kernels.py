@@ -81,6 +81,6 @@ def matmul(x: np.ndarray, w: Weight, out: np.ndarray | None = None) -> np.ndarra
     return _C.matmul(x, w.data, int(w.type), w.n, out)
 
 
-def embedding(w: Weight, ids: np.ndarray) -> np.ndarray:
+def embedding(w: Weight, ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Rows ``ids`` of ``w`` as float32 ``[len(ids), k]``; raises IndexError for ids out of range."""
-    return _C.get_rows(w.data, int(w.type), w.n, w.k, np.ascontiguousarray(ids, dtype=np.int32))
+    return _C.get_rows(w.data, int(w.type), w.n, w.k, np.ascontiguousarray(ids, dtype=np.int32), out)

@@ -72,7 +72,7 @@ class LLM:
         arr = self._check_ids(ids)
         cache = self.model.new_cache(len(arr))
         with self._lock:
-            return self.model.forward(arr, 0, cache, all_logits=True)
+            return self.model.forward(arr, 0, cache, all_logits=True).copy()
 
     # ---- generation ----
 

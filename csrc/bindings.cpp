@@ -166,7 +166,7 @@ PYBIND11_MODULE(_C, m) {
         return out;
     }, py::arg("w"), py::arg("type"), py::arg("n"), py::arg("k"), "Raw weight bytes of n x k to fp32.");
 
-    m.def("get_rows", [](const Array& w, int type, int64_t n, int64_t k, const Array& ids) {
+    m.def("get_rows", [](const Array& w, int type, int64_t n, int64_t k, const Array& ids, const py::object& out) {
         const WeightType t = weight_type(type);
         const uint8_t* wp = weight_bytes(w, t, n, k);
         check_dtype<int32_t>(ids, "ids", "int32");
@@ -177,12 +177,12 @@ PYBIND11_MODULE(_C, m) {
         for (int64_t i = 0; i < len; ++i)
             if (ip[i] < 0 || ip[i] >= n)
                 throw py::index_error("token id " + std::to_string(ip[i]) + " out of range [0, " + std::to_string(n) + ")");
-        py::array_t<float> out({py::ssize_t(len), py::ssize_t(k)});
-        float* op = out.mutable_data();
+        Array y = f32_out(out, {py::ssize_t(len), py::ssize_t(k)});
+        float* op = static_cast<float*>(y.mutable_data());
         py::gil_scoped_release nogil;
         ops::get_rows(wp, t, k, ip, len, op);
-        return out;
-    }, py::arg("w"), py::arg("type"), py::arg("n"), py::arg("k"), py::arg("ids"),
+        return y;
+    }, py::arg("w"), py::arg("type"), py::arg("n"), py::arg("k"), py::arg("ids"), py::arg("out") = py::none(),
        "Embedding lookup: rows ids of W (n x k, `type`) as fp32 [len(ids), k].");
 
     m.def("attention", [](const Array& q, const Array& k_cache, const Array& v_cache, int64_t n_past, float scale,

@@ -34,9 +34,9 @@ def hf_model(request, tmp_path_factory):
 def decode_logits(llm: corelm.LLM, ids: list[int], n_prefill: int) -> np.ndarray:
     """Logits of a prefill of ids[:n_prefill] then one cached decode step per remaining id."""
     cache = llm.model.new_cache(len(ids))
-    rows = [llm.model.forward(np.array(ids[:n_prefill]), 0, cache, all_logits=True)]
+    rows = [llm.model.forward(np.array(ids[:n_prefill]), 0, cache, all_logits=True).copy()]
     for pos in range(n_prefill, len(ids)):
-        rows.append(llm.model.forward(np.array([ids[pos]]), pos, cache))
+        rows.append(llm.model.forward(np.array([ids[pos]]), pos, cache).copy())
     return np.concatenate(rows)
 
 

@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from corelm import _C
+from corelm import _C, kernels
 from corelm.engine.kv_cache import KVCache
-from corelm import kernels
 from corelm.kernels import Weight
 
 
@@ -97,15 +96,23 @@ class Model:
         c = self.config
         return KVCache(c.n_layer, c.n_head_kv, capacity, c.head_dim, dtype)
 
-    def embed(self, tokens: np.ndarray, pos: int) -> np.ndarray:
-        return kernels.embedding(self.w["token_embd.weight"], tokens)
+    # ---- architecture-specific ----
 
-    def block(self, x: np.ndarray, layer: int, pos: int, cache: KVCache) -> None:
+    def embed(self, tokens: np.ndarray, step: Step) -> np.ndarray:
+        return kernels.embedding(self.w["token_embd.weight"], tokens, out=step.ws["x"])
+
+    def block(self, x: np.ndarray, layer: int, step: Step) -> None:
         """One transformer block, updating x [T, C] in place."""
         raise NotImplementedError
 
-    def final_norm(self, x: np.ndarray) -> np.ndarray:
+    def final_norm(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def buffer_shapes(self, t: int) -> dict[str, tuple[int, ...]]:
+        """Named scratch arrays a step of t tokens needs (see Workspace)."""
+        raise NotImplementedError
+
+    # ---- the forward pass ----
 
     def output_weight(self) -> Weight:
         return self.w.get("output.weight") or self.w["token_embd.weight"]
@@ -113,32 +120,108 @@ class Model:
     def forward(self, tokens: np.ndarray, pos: int, cache: KVCache, all_logits: bool = False) -> np.ndarray:
         """Logits [T, vocab] (all_logits) or [1, vocab] (last token) for tokens at positions pos.."""
         tokens = np.ascontiguousarray(tokens, dtype=np.int32)
-        if pos + len(tokens) > cache.capacity:
-            raise ValueError(f"context full: {pos} + {len(tokens)} tokens exceed the context of {cache.capacity}")
-        x = self.embed(tokens, pos)
+        return self.forward_batch(tokens, [Segment(cache, pos, len(tokens))], all_logits)
+
+    def forward_batch(self, tokens: np.ndarray, segments: list[Segment], all_logits: bool = False) -> np.ndarray:
+        """One step over several sequences at once: `tokens` holds each segment's tokens in turn.
+
+        Matrix products run on all rows together (one GEMM, not one GEMV per sequence);
+        attention runs per segment against its own cache. Returns logits for every row
+        (all_logits) or for the last row of each segment [len(segments), vocab]. The
+        returned array is reused by the next call: copy it to keep it.
+        """
+        for s in segments:
+            if s.pos + s.length > s.cache.capacity:
+                raise ValueError(f"context full: {s.pos} + {s.length} tokens exceed the context of {s.cache.capacity}")
+        step = Step.make(segments, self.workspace(len(tokens)))
+        x = self.embed(tokens, step)
         for layer in range(self.config.n_layer):
-            self.block(x, layer, pos, cache)
+            self.block(x, layer, step)
         if not all_logits:
-            x = x[-1:]
-        return kernels.matmul(self.final_norm(x), self.output_weight())
+            x = x[step.last_rows] if len(segments) > 1 or x.shape[0] > 1 else x
+        h = self.final_norm(x, step.ws.get("logits_norm", x.shape))
+        return kernels.matmul(h, self.output_weight(), out=step.ws.get("logits", (x.shape[0], self.config.vocab_size)))
+
+    def workspace(self, t: int) -> Workspace:
+        # Decode steps (few rows) reuse their buffers across calls: a token allocates nothing.
+        if t > Workspace.REUSE_MAX_ROWS:
+            return Workspace(self.buffer_shapes(t))
+        ws = self._workspaces.get(t) if hasattr(self, "_workspaces") else None
+        if ws is None:
+            self._workspaces = getattr(self, "_workspaces", {})
+            ws = self._workspaces[t] = Workspace(self.buffer_shapes(t))
+        return ws
 
     # ---- shared pieces ----
 
-    def linear(self, x: np.ndarray, name: str) -> np.ndarray:
-        """x @ W.T (+ bias when the model has one under the same name)."""
-        y = kernels.matmul(x, self.w[name + ".weight"])
+    def linear(self, x: np.ndarray, name: str, out: np.ndarray) -> np.ndarray:
+        """x @ W.T (+ bias when the model has one under the same name), into out."""
+        y = kernels.matmul(x, self.w[name + ".weight"], out=out)
         bias = self.w.get(name + ".bias")
         if bias is not None:
             _C.add(y, bias, out=y)
         return y
 
     def attention(
-        self, q: np.ndarray, k: np.ndarray, v: np.ndarray, layer: int, pos: int, cache: KVCache
+        self, q: np.ndarray, k: np.ndarray, v: np.ndarray, layer: int, step: Step, out: np.ndarray
     ) -> np.ndarray:
-        """q [T, H, D], k/v [T, Hkv, D] of this step -> attention output [T, H*D] over the cache."""
-        cache.write(layer, pos, k, v)
-        out = _C.attention(q, cache.keys(layer), cache.values(layer), pos, 1.0 / math.sqrt(self.config.head_dim))
-        return out.reshape(q.shape[0], -1)
+        """q [T, H, D], k/v [T, Hkv, D] of this step -> attention output [T, H*D], each segment
+        against its own cache."""
+        scale = 1.0 / math.sqrt(self.config.head_dim)
+        o = out.reshape(q.shape)
+        for seg, rows in zip(step.segments, step.rows):
+            seg.cache.write(layer, seg.pos, k[rows], v[rows])
+            _C.attention(q[rows], seg.cache.keys(layer), seg.cache.values(layer), seg.pos, scale, out=o[rows])
+        return out
+
+
+@dataclass
+class Segment:
+    """One sequence's share of a batched step: `length` tokens at positions pos.. in `cache`."""
+
+    cache: KVCache
+    pos: int
+    length: int
+
+
+class Workspace:
+    """Named float32 scratch arrays for one step size, allocated once."""
+
+    REUSE_MAX_ROWS = 64
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        self.arrays = {name: np.empty(shape, np.float32) for name, shape in shapes.items()}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.arrays[name]
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+        a = self.arrays.get(name)
+        if a is None or a.shape != tuple(shape) or a.dtype != dtype:
+            a = self.arrays[name] = np.empty(shape, dtype)
+        return a
+
+
+@dataclass
+class Step:
+    """What a forward step's layers share: segments, their row ranges, positions, buffers."""
+
+    segments: list[Segment]
+    rows: list[slice]
+    positions: np.ndarray  # int32 [T]
+    last_rows: list[int]
+    ws: Workspace
+
+    @classmethod
+    def make(cls, segments: list[Segment], ws: Workspace) -> Step:
+        rows, start = [], 0
+        for s in segments:
+            rows.append(slice(start, start + s.length))
+            start += s.length
+        positions = ws.get("positions", (start,), np.int32)
+        for s, r in zip(segments, rows):
+            positions[r] = range(s.pos, s.pos + s.length)
+        return cls(segments, rows, positions, [r.stop - 1 for r in rows], ws)
 
 
 def as_weight(dtype_name: str, array: np.ndarray, quant: int | None = None) -> Weight:

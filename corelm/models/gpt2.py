@@ -9,10 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from corelm import _C
-from corelm.engine.kv_cache import KVCache
-from corelm import kernels
-from corelm.models.base import Model, ModelConfig
+from corelm import _C, kernels
+from corelm.models.base import Model, ModelConfig, Step
 
 # HF's Conv1D stores weights [in, out]: the loader transposes the names listed here.
 TRANSPOSED = ("attn_qkv.weight", "attn_output.weight", "ffn_up.weight", "ffn_down.weight")
@@ -66,22 +64,40 @@ class GPT2(Model):
             ]
         return names
 
-    def embed(self, tokens: np.ndarray, pos: int) -> np.ndarray:
-        positions = np.arange(pos, pos + len(tokens), dtype=np.int32)
-        x = kernels.embedding(self.w["token_embd.weight"], tokens)
-        return _C.add(x, kernels.embedding(self.w["position_embd.weight"], positions), out=x)
+    def buffer_shapes(self, t: int) -> dict[str, tuple[int, ...]]:
+        c = self.config
+        return {
+            "x": (t, c.n_embd),
+            "pos_embd": (t, c.n_embd),
+            "h": (t, c.n_embd),
+            "tmp": (t, c.n_embd),
+            "qkv": (t, 3, c.n_head, c.head_dim),
+            "q": (t, c.n_head, c.head_dim),
+            "k": (t, c.n_head, c.head_dim),
+            "v": (t, c.n_head, c.head_dim),
+            "attn": (t, c.n_embd),
+            "ff": (t, c.n_ff),
+        }
 
-    def block(self, x: np.ndarray, layer: int, pos: int, cache: KVCache) -> None:
-        c, p, t = self.config, f"blk.{layer}.", x.shape[0]
-        h = _C.layernorm(x, self.w[p + "attn_norm.weight"], self.w[p + "attn_norm.bias"], c.norm_eps)
-        qkv = self.linear(h, p + "attn_qkv").reshape(t, 3, c.n_head, c.head_dim)
-        q, k, v = (np.ascontiguousarray(qkv[:, i]) for i in range(3))
-        a = self.attention(q, k, v, layer, pos, cache)
-        _C.add(x, self.linear(a, p + "attn_output"), out=x)
-        h = _C.layernorm(x, self.w[p + "ffn_norm.weight"], self.w[p + "ffn_norm.bias"], c.norm_eps)
-        f = self.linear(h, p + "ffn_up")
+    def embed(self, tokens: np.ndarray, step: Step) -> np.ndarray:
+        x = kernels.embedding(self.w["token_embd.weight"], tokens, out=step.ws["x"])
+        pos = kernels.embedding(self.w["position_embd.weight"], step.positions, out=step.ws["pos_embd"])
+        return _C.add(x, pos, out=x)
+
+    def block(self, x: np.ndarray, layer: int, step: Step) -> None:
+        c, p, b = self.config, f"blk.{layer}.", step.ws
+        t = x.shape[0]
+        h = _C.layernorm(x, self.w[p + "attn_norm.weight"], self.w[p + "attn_norm.bias"], c.norm_eps, out=b["h"])
+        qkv = self.linear(h, p + "attn_qkv", b["qkv"].reshape(t, -1)).reshape(b["qkv"].shape)
+        q, k, v = b["q"], b["k"], b["v"]
+        for i, dst in enumerate((q, k, v)):
+            np.copyto(dst, qkv[:, i])
+        a = self.attention(q, k, v, layer, step, out=b["attn"])
+        _C.add(x, self.linear(a, p + "attn_output", b["tmp"]), out=x)
+        h = _C.layernorm(x, self.w[p + "ffn_norm.weight"], self.w[p + "ffn_norm.bias"], c.norm_eps, out=b["h"])
+        f = self.linear(h, p + "ffn_up", b["ff"])
         _C.gelu_tanh(f, out=f)
-        _C.add(x, self.linear(f, p + "ffn_down"), out=x)
+        _C.add(x, self.linear(f, p + "ffn_down", b["tmp"]), out=x)
 
-    def final_norm(self, x: np.ndarray) -> np.ndarray:
-        return _C.layernorm(x, self.w["output_norm.weight"], self.w["output_norm.bias"], self.config.norm_eps)
+    def final_norm(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        return _C.layernorm(x, self.w["output_norm.weight"], self.w["output_norm.bias"], self.config.norm_eps, out=out)

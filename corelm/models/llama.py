@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 
 from corelm import _C
-from corelm.engine.kv_cache import KVCache
-from corelm.models.base import Model, ModelConfig
+from corelm.models.base import Model, ModelConfig, Step
 
 # Hugging Face parameter names -> GGUF names; "{i}" is the layer.
 HF_NAMES = {
@@ -86,21 +85,35 @@ class Llama(Model):
             ]
         return names
 
-    def block(self, x: np.ndarray, layer: int, pos: int, cache: KVCache) -> None:
-        c, p, t = self.config, f"blk.{layer}.", x.shape[0]
-        h = _C.rmsnorm(x, self.w[p + "attn_norm.weight"], c.norm_eps)
-        q = self.linear(h, p + "attn_q").reshape(t, c.n_head, c.head_dim)
-        k = self.linear(h, p + "attn_k").reshape(t, c.n_head_kv, c.head_dim)
-        v = self.linear(h, p + "attn_v").reshape(t, c.n_head_kv, c.head_dim)
-        positions = np.arange(pos, pos + t, dtype=np.int32)
-        _C.rope(q, positions, self.inv_freq, c.rope_neox)
-        _C.rope(k, positions, self.inv_freq, c.rope_neox)
-        a = self.attention(q, k, v, layer, pos, cache)
-        _C.add(x, self.linear(a, p + "attn_output"), out=x)
-        h = _C.rmsnorm(x, self.w[p + "ffn_norm.weight"], c.norm_eps)
-        g = self.linear(h, p + "ffn_gate")
-        _C.swiglu(g, self.linear(h, p + "ffn_up"), out=g)
-        _C.add(x, self.linear(g, p + "ffn_down"), out=x)
+    def buffer_shapes(self, t: int) -> dict[str, tuple[int, ...]]:
+        c = self.config
+        return {
+            "x": (t, c.n_embd),
+            "h": (t, c.n_embd),
+            "tmp": (t, c.n_embd),
+            "q": (t, c.n_head, c.head_dim),
+            "k": (t, c.n_head_kv, c.head_dim),
+            "v": (t, c.n_head_kv, c.head_dim),
+            "attn": (t, c.n_head * c.head_dim),
+            "gate": (t, c.n_ff),
+            "up": (t, c.n_ff),
+        }
 
-    def final_norm(self, x: np.ndarray) -> np.ndarray:
-        return _C.rmsnorm(x, self.w["output_norm.weight"], self.config.norm_eps)
+    def block(self, x: np.ndarray, layer: int, step: Step) -> None:
+        c, p, b = self.config, f"blk.{layer}.", step.ws
+        t = x.shape[0]
+        h = _C.rmsnorm(x, self.w[p + "attn_norm.weight"], c.norm_eps, out=b["h"])
+        q = self.linear(h, p + "attn_q", b["q"].reshape(t, -1)).reshape(b["q"].shape)
+        k = self.linear(h, p + "attn_k", b["k"].reshape(t, -1)).reshape(b["k"].shape)
+        v = self.linear(h, p + "attn_v", b["v"].reshape(t, -1)).reshape(b["v"].shape)
+        _C.rope(q, step.positions, self.inv_freq, c.rope_neox)
+        _C.rope(k, step.positions, self.inv_freq, c.rope_neox)
+        a = self.attention(q, k, v, layer, step, out=b["attn"])
+        _C.add(x, self.linear(a, p + "attn_output", b["tmp"]), out=x)
+        h = _C.rmsnorm(x, self.w[p + "ffn_norm.weight"], c.norm_eps, out=b["h"])
+        g = self.linear(h, p + "ffn_gate", b["gate"])
+        _C.swiglu(g, self.linear(h, p + "ffn_up", b["up"]), out=g)
+        _C.add(x, self.linear(g, p + "ffn_down", b["tmp"]), out=x)
+
+    def final_norm(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        return _C.rmsnorm(x, self.w["output_norm.weight"], self.config.norm_eps, out=out)
