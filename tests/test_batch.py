@@ -58,15 +58,18 @@ def test_batched_step_equals_separate_steps():
     prompts = [rng.integers(0, 4096, n).astype(np.int32) for n in (5, 1, 9)]
     # Separately: prefill each prompt, then one decode step each.
     solo_caches = [model.new_cache(32) for _ in prompts]
-    solo = [model.forward(p, 0, c).copy() for p, c in zip(prompts, solo_caches)]
+    solo = [model.forward(p, 0, c).copy() for p, c in zip(prompts, solo_caches, strict=True)]
     # Batched: the three prefills as one step (different lengths), then a batched decode step.
     caches = [model.new_cache(32) for _ in prompts]
-    segs = [Segment(c, 0, len(p)) for c, p in zip(caches, prompts)]
+    segs = [Segment(c, 0, len(p)) for c, p in zip(caches, prompts, strict=True)]
     batched = model.forward_batch(np.concatenate(prompts), segs).copy()
     np.testing.assert_allclose(batched, np.concatenate(solo), rtol=1e-4, atol=1e-4)
     nxt = np.array([7, 8, 9], np.int32)
-    solo_next = [model.forward(nxt[i : i + 1], len(p), c).copy() for i, (p, c) in enumerate(zip(prompts, solo_caches))]
-    segs = [Segment(c, len(p), 1) for c, p in zip(caches, prompts)]
+    solo_next = [
+        model.forward(nxt[i : i + 1], len(p), c).copy()
+        for i, (p, c) in enumerate(zip(prompts, solo_caches, strict=True))
+    ]
+    segs = [Segment(c, len(p), 1) for c, p in zip(caches, prompts, strict=True)]
     np.testing.assert_allclose(model.forward_batch(nxt, segs), np.concatenate(solo_next), rtol=1e-4, atol=1e-4)
 
 

@@ -169,7 +169,7 @@ class Model:
         against its own cache."""
         scale = 1.0 / math.sqrt(self.config.head_dim)
         o = out.reshape(q.shape)
-        for seg, rows in zip(step.segments, step.rows):
+        for seg, rows in zip(step.segments, step.rows, strict=True):
             seg.cache.write(layer, seg.pos, k[rows], v[rows])
             _C.attention(q[rows], seg.cache.keys(layer), seg.cache.values(layer), seg.pos, scale, out=o[rows])
         return out
@@ -219,7 +219,7 @@ class Step:
             rows.append(slice(start, start + s.length))
             start += s.length
         positions = ws.get("positions", (start,), np.int32)
-        for s, r in zip(segments, rows):
+        for s, r in zip(segments, rows, strict=True):
             positions[r] = range(s.pos, s.pos + s.length)
         return cls(segments, rows, positions, [r.stop - 1 for r in rows], ws)
 
