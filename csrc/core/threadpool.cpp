@@ -10,6 +10,7 @@ namespace {
 // Workers spin this many times before sleeping: a decode step issues hundreds of short
 // parallel calls, and a condition-variable wake-up per call costs more than the call.
 constexpr int kSpinIterations = 20000;
+constexpr int kYieldEvery = 256;
 
 inline void cpu_relax() {
 #if defined(__x86_64__)
@@ -81,7 +82,12 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void
     }
     wake_.notify_all();
     run_chunk(0);
-    while (pending_.load(std::memory_order_acquire) != 0) cpu_relax();
+    // Spin for the workers, but yield the core now and then: when the machine is busy, a
+    // descheduled worker needs this core to finish its chunk.
+    for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+        if (spins % kYieldEvery == kYieldEvery - 1) std::this_thread::yield();
+        else cpu_relax();
+    }
 }
 
 namespace {
