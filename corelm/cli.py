@@ -142,6 +142,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_roofline(args: argparse.Namespace) -> int:
+    from corelm.analysis.roofline import format_report, roofline
+
+    threads = args.threads or corelm.info()["physical_cores"]
+    report = roofline(args.model, threads, args.prompt_tokens, args.gen_tokens, args.png)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if args.png:
+        print(f"chart written to {args.png}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="corelm",
@@ -192,13 +203,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a .gguf file, a Hugging Face folder, or `kernels`")
     p.add_argument("-p", "--prompt-tokens", type=int, default=512, help="prompt length for pp (default 512)")
     p.add_argument("-n", "--gen-tokens", type=int, default=128, help="tokens generated for tg (default 128)")
-    p.add_argument("-t", "--threads", type=_threads_list, default=None,
-                   help="thread counts to sweep, e.g. 1,2 (default: the physical cores)")
+    p.add_argument(
+        "-t",
+        "--threads",
+        type=_threads_list,
+        default=None,
+        help="thread counts to sweep, e.g. 1,2 (default: the physical cores)",
+    )
     p.add_argument("-r", "--reps", type=int, default=3, help="repetitions per measurement (median is shown)")
-    p.add_argument("--quant", choices=["q8_0", "q4_0", "bf16", "f16", "f32"], default=None,
-                   help="quantize the weights while loading")
+    p.add_argument(
+        "--quant",
+        choices=["q8_0", "q4_0", "bf16", "f16", "f32"],
+        default=None,
+        help="quantize the weights while loading",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser(
+        "roofline",
+        help="this machine's limits, and where each op of a model stands against them",
+        description="Measure the read bandwidth and each kernel path's peak multiply-add rate; with a model, "
+        "profile a decode step and a prefill by op kind (matmul by weight type, attention, norms, rope, "
+        "activations, sampling, time outside native code): time share, bytes, FLOPs, GB/s, GFLOP/s, the "
+        "ceiling that binds and the fraction of it reached. --png draws the roofline chart.",
+    )
+    p.add_argument("model", nargs="?", default=None, help="a .gguf file or Hugging Face folder (optional)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
+    p.add_argument("-p", "--prompt-tokens", type=int, default=128, help="prefill length profiled (default 128)")
+    p.add_argument("-n", "--gen-tokens", type=int, default=16, help="decode steps profiled (default 16)")
+    p.add_argument("--png", default=None, help="write the roofline chart to this PNG file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_roofline)
     return parser
 
 

@@ -1,13 +1,15 @@
 """Text <-> token ids, on top of Hugging Face `tokenizers`.
 
 GGUF vocabularies are converted so that ids match llama.cpp's tokenizer (src/llama-vocab.cpp):
-"llama" (SentencePiece) and "gpt2" (byte-level BPE) models are supported.
+"llama" (SentencePiece) and "gpt2" (byte-level BPE) models are supported. Tokenizer.gguf_metadata()
+goes the other way, describing any supported tokenizer with llama.cpp's tokenizer.* GGUF keys.
 """
 
 from __future__ import annotations
 
 import codecs
 import json
+import re
 import threading
 from os import PathLike
 from pathlib import Path
@@ -18,7 +20,7 @@ import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 
 # llama.cpp token types (tokenizer.ggml.token_type)
-_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED = 1, 2, 3, 4
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 
 # Pre-tokenizer regexes of llama.cpp's llm_tokenizer_bpe, keyed by the tokenizer.ggml.pre names
 # that select them: (regex, ignore_merges). Unknown names raise, as they do in llama.cpp.
@@ -35,6 +37,20 @@ _BPE_PRE = {
     **dict.fromkeys(("gpt-2", "phi-2"), (_GPT2, False)),
     **dict.fromkeys(("llama-bpe", "llama3", "llama-v3", "falcon3", "pixtral"), (_LLAMA3, True)),
     **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "megrez"), (_QWEN2, False)),
+}
+# tokenizer.json pre-tokenizer regexes -> the tokenizer.ggml.pre name llama.cpp's converter writes.
+# Hugging Face files spell the contractions case-insensitively, llama.cpp spells out both cases;
+# GPT-2's own regex ends in "|\s+", which llama.cpp drops (an "Isolated" split keeps unmatched text
+# as a piece of its own anyway).
+_CASED = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+_CASELESS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)"
+_PRE_OF_REGEX = {
+    _GPT2: "gpt-2",
+    _GPT2 + r"|\s+": "gpt-2",
+    _LLAMA3: "llama-bpe",
+    _LLAMA3.replace(_CASED, _CASELESS): "llama-bpe",
+    _QWEN2: "qwen2",
+    _QWEN2.replace(_CASED, _CASELESS): "qwen2",
 }
 # llama.cpp turns BOS on by default for exactly the Llama 3 pre-tokenizer group.
 _BOS_BY_DEFAULT = {name for name, (regex, _) in _BPE_PRE.items() if regex is _LLAMA3}
@@ -108,6 +124,10 @@ class Tokenizer:
         self.eos_ids = eos_ids
         self.add_bos = add_bos
         self.chat_template = chat_template
+        # tokenizer.* metadata: as loaded from GGUF, else built by gguf_metadata() on first use;
+        # _gguf_types holds the GGUF (type, element type) of each key read from a file.
+        self._gguf_meta: dict[str, Any] | None = None
+        self._gguf_types: dict[str, tuple[gguf.GGUFValueType, gguf.GGUFValueType | None]] = {}
 
     def encode(self, text: str, add_bos: bool | None = None, special: bool = True) -> list[int]:
         """Token ids of `text`, with BOS first if `add_bos` (default: the vocabulary's own choice).
@@ -196,7 +216,7 @@ class Tokenizer:
 
         eos_id = meta.get("tokenizer.ggml.eos_token_id", default_eos)
         eog |= {meta.get("tokenizer.ggml.eot_token_id"), meta.get("tokenizer.ggml.eom_token_id"), eos_id}
-        return cls(
+        tok = cls(
             hf,
             byte_level=kind == "gpt2",
             strip_leading_space=space_prefix,
@@ -206,11 +226,20 @@ class Tokenizer:
             add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", default_add_bos)),
             chat_template=meta.get("tokenizer.chat_template"),
         )
+        tok._gguf_meta = {k: v for k, v in meta.items() if k.startswith("tokenizer.")}
+        return tok
 
     @classmethod
     def from_gguf(cls, path: str | PathLike[str]) -> Tokenizer:
         """Build from the tokenizer stored in a GGUF file."""
-        return cls.from_gguf_metadata(_gguf_metadata(gguf.GGUFReader(path)))
+        reader = gguf.GGUFReader(path)
+        tok = cls.from_gguf_metadata(_gguf_metadata(reader))
+        tok._gguf_types = {
+            k: (gguf.GGUFValueType(f.types[0]), gguf.GGUFValueType(f.types[1]) if len(f.types) > 1 else None)
+            for k, f in reader.fields.items()
+            if k.startswith("tokenizer.")
+        }
+        return tok
 
     @classmethod
     def from_hf_dir(cls, path: str | PathLike[str]) -> Tokenizer:
@@ -255,6 +284,148 @@ class Tokenizer:
             add_bos=bool(add_bos),
             chat_template=template if isinstance(template, str) else None,
         )
+
+    def gguf_metadata(self, vocab_size: int | None = None) -> dict[str, Any]:
+        """This tokenizer as llama.cpp's tokenizer.* GGUF keys (key -> python value), such that
+        Tokenizer.from_gguf_metadata() and llama.cpp tokenize as this tokenizer does.
+
+        Built from GGUF (from_gguf, from_gguf_metadata): its tokenizer.* keys, unchanged. Loaded
+        from a Hugging Face folder: the keys llama.cpp's convert_hf_to_gguf.py writes, with
+        tokenizer.ggml.model "gpt2" (byte-level BPE; tokenizer.ggml.pre from the pre-tokenizer
+        regex: "gpt-2", "llama-bpe" or "qwen2") or "llama" (SentencePiece-style BPE with byte
+        fallback; a token's score is minus the rank of the first merge that makes it, or below
+        every merge if none does, so llama.cpp's highest-score-first merging follows the merge
+        order). Extra end-of-generation ids that llama.cpp would not find by name go in
+        tokenizer.ggml.eot_token_id / eom_token_id. Raises ValueError for tokenizer.json parts that
+        llama.cpp cannot reproduce (an unknown pre-tokenizer regex, add_prefix_space, a normalizer
+        other than NFC for byte-level BPE, a model other than BPE).
+
+        `vocab_size` pads the token list to the model's embedding rows (config.json vocab_size)
+        with "[PAD{id}]" tokens of type UNUSED (5), as the converter does.
+
+        Value types: str, bool, int, float, list[str], list[int], list[float]. In a GGUF file the
+        ints are UINT32 except tokenizer.ggml.token_type (an INT32 array); tokenizer.ggml.scores
+        is a FLOAT32 array. gguf_fields() returns the same keys with their GGUF types; note that
+        llama.cpp also reads general.name (Phi-3's strip-after-special-tokens), which is not a
+        tokenizer.* key and so is not included.
+        """
+        if self._gguf_meta is None:
+            self._gguf_meta = self._hf_gguf_metadata()
+        meta = {k: list(v) if isinstance(v, list) else v for k, v in self._gguf_meta.items()}
+        tokens = meta["tokenizer.ggml.tokens"]
+        if vocab_size is not None and vocab_size != len(tokens):
+            if vocab_size < len(tokens):
+                raise ValueError(f"vocab_size {vocab_size} is smaller than the vocabulary ({len(tokens)} tokens)")
+            pad = range(len(tokens), vocab_size)
+            tokens += [f"[PAD{i}]" for i in pad]
+            if "tokenizer.ggml.token_type" in meta:
+                meta["tokenizer.ggml.token_type"] += [_UNUSED] * len(pad)
+            if "tokenizer.ggml.scores" in meta:
+                meta["tokenizer.ggml.scores"] += [-1000.0] * len(pad)
+        return meta
+
+    def gguf_fields(
+        self, vocab_size: int | None = None
+    ) -> list[tuple[str, Any, gguf.GGUFValueType, gguf.GGUFValueType | None]]:
+        """gguf_metadata() as (key, value, type, element type or None) tuples, the arguments of
+        gguf.GGUFWriter.add_key_value:
+
+            for field in tok.gguf_fields():
+                writer.add_key_value(*field)
+
+        Keys read from a GGUF file keep the file's types; others follow the converter: str ->
+        STRING, bool -> BOOL, int -> UINT32, float -> FLOAT32, and arrays of STRING, INT32
+        (token_type) or FLOAT32 (scores). Empty arrays are left out (GGUF cannot store them)."""
+        fields = []
+        for key, value in self.gguf_metadata(vocab_size).items():
+            if isinstance(value, list) and not value:
+                continue
+            vtype, sub_type = self._gguf_types.get(key) or _gguf_type(value)
+            fields.append((key, value, vtype, sub_type))
+        return fields
+
+    def _hf_gguf_metadata(self) -> dict[str, Any]:
+        """tokenizer.* metadata for a tokenizer.json tokenizer (see gguf_metadata)."""
+        config = json.loads(self._hf.to_str())
+        model = config["model"]
+        if model.get("type") != "BPE":
+            raise ValueError(f"GGUF metadata needs a BPE tokenizer.json model, not {model.get('type')!r}")
+        for option in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
+            if model.get(option):
+                raise ValueError(f"llama.cpp has no equivalent of the BPE option {option}={model[option]!r}")
+        added = self._hf.get_added_tokens_decoder()
+        text = {i: t for t, i in model["vocab"].items()}
+        text |= {i: t.content for i, t in added.items()}
+        unk = model.get("unk_token")
+        unk_id = self._hf.token_to_id(unk) if unk else None
+        merges = [_merge_pair(m) for m in model["merges"]]
+
+        tokens, types = [], []
+        for i in range(max(text) + 1):
+            if i not in text:
+                tokens.append(f"[PAD{i}]")
+                types.append(_UNUSED)
+                continue
+            token = text[i]
+            if i == unk_id and not self._byte_level:
+                types.append(_UNKNOWN)
+            elif i in added:
+                types.append(_CONTROL if added[i].special else _USER_DEFINED)
+                # llama.cpp matches user-defined tokens in the raw text, where spaces are spaces.
+                if not added[i].special and added[i].normalized and not self._byte_level:
+                    token = token.replace("▁", " ")
+            elif not self._byte_level and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", token):
+                types.append(_BYTE)
+            else:
+                types.append(_NORMAL)
+            tokens.append(token)
+
+        meta: dict[str, Any]
+        if self._byte_level:
+            normalizer = config.get("normalizer")
+            if normalizer is not None and normalizer.get("type") != "NFC":
+                raise ValueError(f"llama.cpp has no equivalent of the tokenizer.json normalizer {normalizer}")
+            for a, _ in merges:
+                if " " in a[1:]:
+                    raise ValueError(f"merge left part {a!r} has a space, which GGUF's 'a b' merges cannot hold")
+            meta = {
+                "tokenizer.ggml.model": "gpt2",
+                "tokenizer.ggml.pre": _bpe_pre_name(config.get("pre_tokenizer")),
+                "tokenizer.ggml.tokens": tokens,
+                "tokenizer.ggml.token_type": types,
+                "tokenizer.ggml.merges": [f"{a} {b}" for a, b in merges],
+            }
+        else:
+            if not model.get("byte_fallback"):
+                raise ValueError("a SentencePiece-style tokenizer.json needs byte_fallback for llama.cpp")
+            first_rank: dict[str, int] = {}
+            for rank, (a, b) in enumerate(merges):
+                first_rank.setdefault(a + b, rank)
+            # Tokens no merge makes (characters, bytes, specials) rank after every merge.
+            meta = {
+                "tokenizer.ggml.model": "llama",
+                "tokenizer.ggml.pre": "default",
+                "tokenizer.ggml.tokens": tokens,
+                "tokenizer.ggml.scores": [-float(first_rank.get(t, len(merges) + i)) for i, t in enumerate(tokens)],
+                "tokenizer.ggml.token_type": types,
+                "tokenizer.ggml.add_space_prefix": _spm_space_prefix(config),
+            }
+            if unk_id is not None:
+                meta["tokenizer.ggml.unknown_token_id"] = unk_id
+
+        if self.bos_id is not None:
+            meta["tokenizer.ggml.bos_token_id"] = self.bos_id
+        if self.eos_id is not None:
+            meta["tokenizer.ggml.eos_token_id"] = self.eos_id
+        # llama.cpp finds end-of-generation tokens by name; others go in its two spare keys (a
+        # third would be lost).
+        extra = sorted(i for i in self.eos_ids - {self.eos_id} if i >= len(tokens) or tokens[i] not in _EOG_NAMES)
+        for key, i in zip(("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"), extra, strict=False):
+            meta[key] = i
+        meta["tokenizer.ggml.add_bos_token"] = self.add_bos
+        if self.chat_template is not None:
+            meta["tokenizer.chat_template"] = self.chat_template
+        return meta
 
 
 class StreamDecoder:
@@ -323,6 +494,67 @@ def _bpe_tokenizer(vocab: dict[str, int], merges: list[str], regex: str, ignore_
     )
     hf.decoder = decoders.ByteLevel()
     return hf
+
+
+def _bpe_pre_name(pre: dict[str, Any] | None) -> str:
+    """The tokenizer.ggml.pre name of a byte-level tokenizer.json pre_tokenizer."""
+    steps = (pre.get("pretokenizers") or []) if pre and pre.get("type") == "Sequence" else [pre]
+    *split, last = steps or [None]
+    if last and last.get("type") == "ByteLevel" and not last.get("add_prefix_space", True):
+        if not split and last.get("use_regex", True):
+            return "gpt-2"
+        step = (split[0] or {}) if len(split) == 1 and not last.get("use_regex", True) else {}
+        regex = (step.get("pattern") or {}).get("Regex")
+        if step.get("type") == "Split" and step.get("behavior") == "Isolated" and not step.get("invert"):
+            if regex in _PRE_OF_REGEX:
+                return _PRE_OF_REGEX[regex]
+    raise ValueError(f"no llama.cpp pre-tokenizer (tokenizer.ggml.pre) matches the tokenizer.json pre_tokenizer {pre}")
+
+
+def _spm_space_prefix(config: dict[str, Any]) -> bool:
+    """tokenizer.ggml.add_space_prefix of a SentencePiece-style tokenizer.json, whose spaces
+    become '▁' in its normalizer (Prepend + Replace) or in a Metaspace pre-tokenizer."""
+    normalizer, pre = config.get("normalizer"), config.get("pre_tokenizer")
+    steps = [normalizer]
+    if normalizer and normalizer.get("type") == "Sequence":
+        steps = normalizer.get("normalizers") or []
+    replace = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
+    if pre is None and steps in ([replace], [{"type": "Prepend", "prepend": "▁"}, replace]):
+        return len(steps) == 2
+    if normalizer is None and pre and pre.get("type") == "Metaspace" and pre.get("replacement") == "▁":
+        if not pre.get("split", True):  # older files: add_prefix_space instead of prepend_scheme
+            scheme = pre.get("prepend_scheme") or ("always" if pre.get("add_prefix_space", True) else "never")
+            return scheme != "never"
+    raise ValueError(f"llama.cpp has no equivalent of the tokenizer.json normalizer {normalizer} / pre_tokenizer {pre}")
+
+
+def _merge_pair(merge: str | list[str]) -> tuple[str, str]:
+    """(left, right) of a tokenizer.json merge, given as a pair or as "left right"."""
+    if isinstance(merge, str):  # split as llama.cpp does: a left part may be a lone space
+        k = merge.find(" ", 1)
+        if k < 0:
+            raise ValueError(f"tokenizer.json merge {merge!r} is not two tokens")
+        return merge[:k], merge[k + 1 :]
+    return merge[0], merge[1]
+
+
+def _gguf_type(value: Any) -> tuple[gguf.GGUFValueType, gguf.GGUFValueType | None]:
+    """GGUF (type, element type) of a python metadata value, as llama.cpp's converter writes it."""
+    t = gguf.GGUFValueType
+    if isinstance(value, list):
+        element = value[0]
+        if isinstance(element, int) and not isinstance(element, bool):
+            return t.ARRAY, t.INT32  # token_type
+        return t.ARRAY, _gguf_type(element)[0]
+    if isinstance(value, bool):
+        return t.BOOL, None
+    if isinstance(value, int):
+        return t.UINT32, None
+    if isinstance(value, float):
+        return t.FLOAT32, None
+    if isinstance(value, str):
+        return t.STRING, None
+    raise ValueError(f"no GGUF type for {type(value).__name__} metadata")
 
 
 def _gguf_metadata(reader: gguf.GGUFReader) -> dict[str, Any]:

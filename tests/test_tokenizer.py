@@ -1,4 +1,5 @@
-"""corelm.tokenizer against llama.cpp's tokenizer test vectors and Hugging Face's GPT-2."""
+"""corelm.tokenizer against llama.cpp's tokenizer test vectors and Hugging Face's GPT-2, and
+Tokenizer.gguf_metadata() round trips (through llama.cpp itself when llama-cpp-python is installed)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import gguf
 import pytest
+import tokenizers
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, trainers
 
 from corelm.tokenizer import StreamDecoder, Tokenizer
 
@@ -200,7 +204,8 @@ def test_stream_decoder_holds_back_partial_characters(name: str, load: Callable[
 
 
 # "\ufffd" would legitimately appear in the output; "▁" decodes to a space in SentencePiece.
-RANDOM_TEXT = st.text(st.characters(exclude_characters="\ufffd▁"), max_size=60)
+# codec="utf-8" keeps out lone surrogates, which are not text (tokenizers rejects them).
+RANDOM_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\ufffd▁"), max_size=60)
 
 
 @needs_data
@@ -232,17 +237,29 @@ def test_hf_dir_gpt2_matches_gguf(load: Callable[[str], Tokenizer]) -> None:
     )
 
 
+def save_spm_folder(spm: Tokenizer, folder: Path, metaspace: bool = False) -> Path:
+    """A Llama-2-style Hugging Face folder made by saving the converted llama-spm vocabulary:
+    spaces become '▁' in the normalizer (Prepend + Replace), or with `metaspace` in a Metaspace
+    pre-tokenizer as newer Llama files have it."""
+    folder.mkdir(exist_ok=True)
+    config = json.loads(spm._hf.to_str())
+    if metaspace:
+        config["normalizer"] = None
+        config["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": False}
+    (folder / "tokenizer.json").write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
+    config = {"bos_token": "<s>", "eos_token": {"content": "</s>"}, "add_bos_token": True}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 13]}))
+    (folder / "chat_template.jinja").write_text("{{ bos_token }}")
+    return folder
+
+
 @needs_data
 def test_hf_dir_sentencepiece(tmp_path: Path, load: Callable[[str], Tokenizer]) -> None:
     """A Llama-2-style folder (Replace/ByteFallback/Fuse/Strip decoder), made by saving the
     converted llama-spm vocabulary, loads back with the same ids and text."""
     spm = load("llama-spm")
-    spm._hf.save(str(tmp_path / "tokenizer.json"))
-    config = {"bos_token": "<s>", "eos_token": {"content": "</s>"}, "add_bos_token": True}
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
-    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 13]}))
-    (tmp_path / "chat_template.jinja").write_text("{{ bos_token }}")
-    tok = Tokenizer.from_hf_dir(tmp_path)
+    tok = Tokenizer.from_hf_dir(save_spm_folder(spm, tmp_path))
     assert (tok.bos_id, tok.eos_id, tok.eos_ids, tok.add_bos) == (1, 2, {2, 13}, True)
     assert tok.chat_template == "{{ bos_token }}"
     for text in [text for text, _ in read_cases(gguf_path("llama-spm"))] + [MULTIBYTE]:
@@ -289,3 +306,262 @@ def test_bos_requested_without_bos_token() -> None:
     assert tok.encode("a") == [0]
     with pytest.raises(ValueError, match="no BOS"):
         tok.encode("a", add_bos=True)
+
+
+# ---- gguf_metadata(): tokenizer.* GGUF keys, read back by from_gguf_metadata and llama.cpp
+
+# The tokenizer.json pre-tokenizer regexes of Llama 3 and Qwen2 as their Hugging Face files spell them.
+HF_LLAMA3 = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+HF_QWEN2 = HF_LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")
+SPECIAL_TEXT = {  # text with special tokens in it, per vocabulary (as in test_special_tokens)
+    "gpt-2": "a<|endoftext|>b",
+    "llama-spm": "Hello<s>world</s> <unk>",
+    "phi-3": "<|user|>\nHello<|end|>\n",
+    "llama-bpe": "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>",
+    "qwen2": "<|im_start|>user\nhi<|im_end|>",
+    # Newlines after punctuation and digit groups: the regexes split these differently.
+    "trained": "a<sep>b<|endoftext|>c<pad> <sep>\n\nMENENIUS:\nWhat work's, my countrymen, in hand? In 1599,\n12345",
+}
+
+
+def texts_for(source: str) -> list[str]:
+    """llama.cpp's test strings of a vocabulary (gpt-2's for a trained one), plus special tokens."""
+    name = {"hf-gpt2": "gpt-2", "hf-spm": "llama-spm"}.get(source, source)
+    if name not in VOCABS:
+        return [text for text, _ in read_cases(gguf_path("gpt-2"))] + [MULTIBYTE, SPECIAL_TEXT["trained"]]
+    return [text for text, _ in read_cases(gguf_path(name))] + [MULTIBYTE, SPECIAL_TEXT[name]]
+
+
+def assert_same_tokenizer(got: Tokenizer, want: Tokenizer, texts: list[str]) -> None:
+    """Same ids (the vocabulary's own BOS choice; control tokens parsed and not) and settings."""
+    for text in texts:
+        for special in (True, False):
+            assert got.encode(text, special=special) == want.encode(text, special=special), (text, special)
+    assert (got.vocab_size, got.bos_id, got.eos_id, got.eos_ids, got.add_bos, got.chat_template) == (
+        want.vocab_size,
+        want.bos_id,
+        want.eos_id,
+        want.eos_ids,
+        want.add_bos,
+        want.chat_template,
+    )
+
+
+def write_vocab_gguf(tok: Tokenizer, path: Path) -> Path:
+    """A vocabulary-only GGUF (no tensors), as llama.cpp's own ggml-vocab-*.gguf files are."""
+    writer = gguf.GGUFWriter(path, "llama")
+    for field in tok.gguf_fields():
+        writer.add_key_value(*field)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    return path
+
+
+def train_bpe(pre: str, vocab_size: int = 300) -> tokenizers.Tokenizer:
+    """A byte-level BPE trained on a few KB of Shakespeare and numbers, split with `pre`'s regex as its
+    Hugging Face files do (Llama 3: ignore_merges; Qwen2: NFC normalizer)."""
+    hf = tokenizers.Tokenizer(models.BPE(ignore_merges=pre == "llama-bpe"))
+    if pre == "gpt-2":
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    else:
+        regex = {"llama-bpe": HF_LLAMA3, "qwen2": HF_QWEN2}[pre]
+        hf.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(regex), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    if pre == "qwen2":
+        hf.normalizer = normalizers.NFC()
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    text = (DATA / "corpora" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:8000]
+    text += " ".join(str(37 * i) for i in range(400))  # so that there are merges of digits
+    hf.train_from_iterator([text], trainer)
+    hf.add_tokens([AddedToken("<sep>", special=False, normalized=False)])
+    return hf
+
+
+def save_hf_folder(config: dict, folder: Path) -> Path:
+    """tokenizer.json (as a dict) plus a minimal tokenizer_config.json."""
+    (folder / "tokenizer.json").write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
+    settings = {
+        "bos_token": "<|endoftext|>",
+        "eos_token": "<|endoftext|>",
+        "add_bos_token": False,
+        "chat_template": "{% for m in messages %}{{ m.content }}<|endoftext|>{% endfor %}",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+    return folder
+
+
+@needs_data
+@pytest.mark.parametrize("name", VOCABS)
+def test_gguf_metadata_of_gguf_round_trips(name: str, load: Callable[[str], Tokenizer]) -> None:
+    """A GGUF vocabulary gives back its own tokenizer.* keys, which rebuild the same tokenizer."""
+    tok = load(name)
+    meta = tok.gguf_metadata()
+    assert meta["tokenizer.ggml.model"] == ("gpt2" if name in BYTE_LEVEL else "llama")
+    assert all(key.startswith("tokenizer.") for key in meta)
+    assert len(meta["tokenizer.ggml.tokens"]) == len(meta["tokenizer.ggml.token_type"]) == tok.vocab_size
+    if name == "phi-3":
+        # llama.cpp strips the whitespace after Phi-3's special tokens because general.name says
+        # "phi3"; that key is not tokenizer.* metadata, so whoever writes the GGUF writes it.
+        meta["general.name"] = "Phi3"
+    assert_same_tokenizer(Tokenizer.from_gguf_metadata(meta), tok, texts_for(name))
+    meta["tokenizer.ggml.tokens"].append("changed")  # a copy: the tokenizer's own is untouched
+    assert len(tok.gguf_metadata()["tokenizer.ggml.tokens"]) == tok.vocab_size
+
+
+@needs_data
+def test_gguf_metadata_of_hf_gpt2_is_llama_cpps(load: Callable[[str], Tokenizer]) -> None:
+    """Hugging Face GPT-2 gives exactly the keys of llama.cpp's converted gpt-2 vocabulary
+    (plus add_bos_token, which llama.cpp's file leaves to the default, false)."""
+    hf = Tokenizer.from_hf_dir(TOKENIZERS / "gpt2")
+    meta = hf.gguf_metadata()
+    assert meta == {**load("gpt-2").gguf_metadata(), "tokenizer.ggml.add_bos_token": False}
+    # ...and gguf_fields() gives them the types of llama.cpp's file.
+    types = [(key, vtype, sub_type) for key, _, vtype, sub_type in hf.gguf_fields()]
+    want = [(key, vtype, sub_type) for key, _, vtype, sub_type in load("gpt-2").gguf_fields()]
+    assert types == [*want, ("tokenizer.ggml.add_bos_token", gguf.GGUFValueType.BOOL, None)]
+    assert_same_tokenizer(Tokenizer.from_gguf_metadata(meta), hf, texts_for("gpt-2"))
+
+
+@needs_data
+def test_gguf_metadata_of_hf_sentencepiece(tmp_path: Path, load: Callable[[str], Tokenizer]) -> None:
+    """The Llama-2-style folder gives llama.cpp's llama-spm tokens and types; its scores (minus
+    the rank of the merge that first makes each token) rebuild the very same merges, and ids
+    match llama.cpp's. The extra EOS id from generation_config.json (13) goes in eot_token_id."""
+    spm = load("llama-spm")
+    tok = Tokenizer.from_hf_dir(save_spm_folder(spm, tmp_path))
+    meta, llama_cpp_meta = tok.gguf_metadata(), spm.gguf_metadata()
+    for key in ("model", "pre", "tokens", "token_type", "bos_token_id", "eos_token_id", "unknown_token_id"):
+        assert meta[f"tokenizer.ggml.{key}"] == llama_cpp_meta[f"tokenizer.ggml.{key}"], key
+    assert (meta["tokenizer.ggml.add_space_prefix"], meta["tokenizer.ggml.add_bos_token"]) == (True, True)
+    assert meta["tokenizer.ggml.eot_token_id"] == 13
+    assert meta["tokenizer.chat_template"] == "{{ bos_token }}"
+    scores = meta["tokenizer.ggml.scores"]
+    assert all(isinstance(score, float) for score in scores)
+    first, second = json.loads(tok._hf.to_str())["model"]["merges"][:2]
+    assert (scores[tok._hf.token_to_id("".join(first))], scores[tok._hf.token_to_id("".join(second))]) == (0.0, -1.0)
+
+    back = Tokenizer.from_gguf_metadata(meta)
+    assert json.loads(back._hf.to_str())["model"]["merges"] == json.loads(tok._hf.to_str())["model"]["merges"]
+    assert_same_tokenizer(back, tok, texts_for("llama-spm"))
+    for text, want in read_cases(gguf_path("llama-spm")):
+        assert back.encode(text, add_bos=False, special=False) == want
+
+    # A Metaspace pre-tokenizer (newer Llama files) describes the same llama.cpp tokenizer.
+    metaspace = Tokenizer.from_hf_dir(save_spm_folder(spm, tmp_path / "metaspace", metaspace=True))
+    assert metaspace.gguf_metadata() == meta
+
+
+@needs_data
+@pytest.mark.parametrize("pre", ["gpt-2", "llama-bpe", "qwen2"])
+def test_gguf_metadata_of_trained_bpe(pre: str, tmp_path: Path) -> None:
+    """A byte-level BPE trained here (vocabulary 300, plus a user-defined <sep>) round-trips,
+    with the pre-tokenizer recognised from its Hugging Face form."""
+    tok = Tokenizer.from_hf_dir(save_hf_folder(json.loads(train_bpe(pre).to_str()), tmp_path))
+    meta = tok.gguf_metadata()
+    assert meta["tokenizer.ggml.pre"] == pre
+    types = dict(zip(meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"], strict=True))
+    assert (types["<|endoftext|>"], types["<pad>"], types["<sep>"], types["Ġ"]) == (3, 3, 4, 1)
+    assert (len(types), len(meta["tokenizer.ggml.merges"])) == (301, 300 - 256 - 2)
+    assert_same_tokenizer(Tokenizer.from_gguf_metadata(meta), tok, texts_for("trained"))
+
+
+@needs_data
+def test_gguf_metadata_fills_gaps_and_pads(tmp_path: Path) -> None:
+    """An id missing from tokenizer.json becomes "[PAD{id}]" of type UNUSED (5), as in llama.cpp's
+    converter; vocab_size pads the list to a model's embedding rows the same way."""
+    config = json.loads(train_bpe("gpt-2").to_str())
+    config["added_tokens"] = [t for t in config["added_tokens"] if t["special"]]  # ids left: 0..299
+    model = config["model"]
+    used = {part for merge in model["merges"] for part in merge}
+    gap, text = max((i, t) for t, i in model["vocab"].items() if t not in used and i < 299)
+    del model["vocab"][text]
+    model["merges"] = [m for m in model["merges"] if m[0] + m[1] != text]
+    tok = Tokenizer.from_hf_dir(save_hf_folder(config, tmp_path))
+    meta = tok.gguf_metadata()
+    assert (meta["tokenizer.ggml.tokens"][gap], meta["tokenizer.ggml.token_type"][gap]) == (f"[PAD{gap}]", 5)
+    back = Tokenizer.from_gguf_metadata(meta)
+    for text in texts_for("trained"):
+        assert back.encode(text) == tok.encode(text), text
+
+    padded = tok.gguf_metadata(vocab_size=320)
+    assert padded["tokenizer.ggml.tokens"][-1] == "[PAD319]"
+    assert padded["tokenizer.ggml.token_type"][300:] == [5] * 20
+    assert Tokenizer.from_gguf_metadata(padded).encode(MULTIBYTE) == tok.encode(MULTIBYTE)
+    with pytest.raises(ValueError, match="smaller"):
+        tok.gguf_metadata(vocab_size=299)
+
+
+@needs_data
+@pytest.mark.parametrize(
+    "pre_tokenizer",
+    [
+        pre_tokenizers.ByteLevel(add_prefix_space=True),
+        pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.ByteLevel(use_regex=False)]),
+        pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(r"\p{L}+"), behavior="isolated"), pre_tokenizers.ByteLevel(use_regex=False)]
+        ),
+    ],
+    ids=["add_prefix_space", "whitespace", "other-regex"],
+)
+def test_gguf_metadata_rejects_unknown_pre_tokenizers(pre_tokenizer: object, tmp_path: Path) -> None:
+    hf = train_bpe("gpt-2")
+    hf.pre_tokenizer = pre_tokenizer
+    tok = Tokenizer.from_hf_dir(save_hf_folder(json.loads(hf.to_str()), tmp_path))
+    with pytest.raises(ValueError, match="pre_tokenizer"):
+        tok.gguf_metadata()
+
+
+def tokenizer_from(source: str, folder: Path, load: Callable[[str], Tokenizer]) -> Tokenizer:
+    """A GGUF vocabulary by name, "hf-gpt2", "hf-spm" (the Llama-2-style folder) or "trained-{pre}"."""
+    if source in VOCABS:
+        return load(source)
+    if source == "hf-gpt2":
+        return Tokenizer.from_hf_dir(TOKENIZERS / "gpt2")
+    if source == "hf-spm":
+        return Tokenizer.from_hf_dir(save_spm_folder(load("llama-spm"), folder))
+    return Tokenizer.from_hf_dir(
+        save_hf_folder(json.loads(train_bpe(source.removeprefix("trained-")).to_str()), folder)
+    )
+
+
+@needs_data
+@pytest.mark.parametrize("source", ["llama-spm", "hf-spm", "trained-llama-bpe"])
+def test_vocab_only_gguf_round_trips(source: str, tmp_path: Path, load: Callable[[str], Tokenizer]) -> None:
+    """gguf_fields() written with gguf.GGUFWriter (general.architecture only, no tensors) reads back
+    as the same tokenizer, every key with the value and type it was given (for a GGUF vocabulary:
+    those of its file)."""
+    tok = tokenizer_from(source, tmp_path, load)
+    back = Tokenizer.from_gguf(write_vocab_gguf(tok, tmp_path / "vocab.gguf"))
+    assert_same_tokenizer(back, tok, texts_for(source))
+    assert back.gguf_fields() == tok.gguf_fields()
+
+
+@needs_data
+@pytest.mark.parametrize(
+    "source", ["llama-spm", "hf-gpt2", "hf-spm", "trained-gpt-2", "trained-llama-bpe", "trained-qwen2"]
+)
+def test_llama_cpp_reads_written_gguf(source: str, tmp_path: Path, load: Callable[[str], Tokenizer]) -> None:
+    """llama.cpp itself (llama-cpp-python, vocabulary only) loads the written GGUF and tokenizes as
+    we do, adding BOS by the vocabulary's own choice."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    tok = tokenizer_from(source, tmp_path, load)
+    path = write_vocab_gguf(tok, tmp_path / "vocab.gguf")
+    model = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    assert (model.n_vocab(), model.token_bos(), model.token_eos()) == (tok.vocab_size, tok.bos_id, tok.eos_id)
+    for text in texts_for(source):
+        for special in (True, False):
+            assert model.tokenize(text.encode(), add_bos=True, special=special) == tok.encode(text, special=special)

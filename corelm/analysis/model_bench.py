@@ -53,9 +53,15 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_model(path: str | PathLike[str], prompt_tokens: int = 512, gen_tokens: int = 128,
-                threads: Sequence[int] = (2,), reps: int = 3, quant: str | None = None,
-                progress: Callable[[str], None] = lambda s: None) -> dict:
+def bench_model(
+    path: str | PathLike[str],
+    prompt_tokens: int = 512,
+    gen_tokens: int = 128,
+    threads: Sequence[int] = (2,),
+    reps: int = 3,
+    quant: str | None = None,
+    progress: Callable[[str], None] = lambda s: None,
+) -> dict:
     """Load once, then measure pp/tg at each thread count; a JSON-ready dict."""
     t0 = time.perf_counter()
     llm = load(path, quant=quant)
@@ -77,21 +83,31 @@ def bench_model(path: str | PathLike[str], prompt_tokens: int = 512, gen_tokens:
                     s = _decode_seconds(llm, rng.integers(0, vocab, 16).astype(np.int32), n)
                 if r:
                     rates.append(n / s)
-            results.append(ModelBenchResult(str(path), t, f"{test}{n}", statistics.median(rates), min(rates),
-                                            max(rates), reps))
+            results.append(
+                ModelBenchResult(str(path), t, f"{test}{n}", statistics.median(rates), min(rates), max(rates), reps)
+            )
     weights_bytes = sum(getattr(w, "nbytes", 0) for w in llm.model.w.values())
     return {
-        "model": str(path), "arch": llm.config.arch, "isa": _C.isa(), "load_seconds": load_s,
-        "peak_rss_mib": peak_rss_mib(), "weights_mib": weights_bytes / 2**20,
+        "model": str(path),
+        "arch": llm.config.arch,
+        "isa": _C.isa(),
+        "load_seconds": load_s,
+        "peak_rss_mib": peak_rss_mib(),
+        "weights_mib": weights_bytes / 2**20,
         "results": [asdict(r) for r in results],
     }
 
 
 def format_model_report(report: dict) -> str:
-    lines = [f"{report['model']} ({report['arch']}, {report['weights_mib']:.1f} MiB of weights, path {report['isa']})",
-             f"load {report['load_seconds']:.2f} s, peak resident memory {report['peak_rss_mib']:.0f} MiB", "",
-             f"{'test':>8} {'threads':>7} {'tok/s':>9} {'min':>9} {'max':>9}"]
+    lines = [
+        f"{report['model']} ({report['arch']}, {report['weights_mib']:.1f} MiB of weights, path {report['isa']})",
+        f"load {report['load_seconds']:.2f} s, peak resident memory {report['peak_rss_mib']:.0f} MiB",
+        "",
+        f"{'test':>8} {'threads':>7} {'tok/s':>9} {'min':>9} {'max':>9}",
+    ]
     for r in report["results"]:
-        lines.append(f"{r['test']:>8} {r['threads']:>7} {r['tokens_per_s']:>9.2f} {r['min_tokens_per_s']:>9.2f} "
-                     f"{r['max_tokens_per_s']:>9.2f}")
+        lines.append(
+            f"{r['test']:>8} {r['threads']:>7} {r['tokens_per_s']:>9.2f} {r['min_tokens_per_s']:>9.2f} "
+            f"{r['max_tokens_per_s']:>9.2f}"
+        )
     return "\n".join(lines)

@@ -1,0 +1,329 @@
+"""`corelm roofline`: where each op of a model stands against this machine's limits.
+
+Two ceilings bound every op: memory bandwidth (bytes it must move / measured read GB/s)
+and multiply-add throughput (the kernel path's measured peak on data in cache). An op's
+arithmetic intensity (FLOPs per byte) says which one binds: decode's matrix-vector products
+sit far left (bandwidth-bound: every weight is read once per token), prefill's
+matrix-matrix products far right (compute-bound). For each op kind we report time share,
+bytes, FLOPs, achieved GB/s and GFLOP/s, the binding ceiling and the fraction of it reached.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from corelm import _C, kernels
+from corelm.analysis.kernel_bench import using
+from corelm.engine.sampling import Sampler, SamplingParams
+from corelm.kernels import Weight, WeightType
+
+
+@dataclass
+class OpStats:
+    kind: str
+    calls: int = 0
+    seconds: float = 0.0
+    bytes: float = 0.0
+    flops: float = 0.0
+
+
+@dataclass
+class Profile:
+    ops: dict[str, OpStats] = field(default_factory=dict)
+    total_seconds: float = 0.0
+
+    def add(self, kind: str, seconds: float, nbytes: float, flops: float) -> None:
+        s = self.ops.setdefault(kind, OpStats(kind))
+        s.calls += 1
+        s.seconds += seconds
+        s.bytes += nbytes
+        s.flops += flops
+
+
+def _nbytes(*arrays: np.ndarray) -> int:
+    return sum(a.nbytes for a in arrays)
+
+
+@contextmanager
+def profiling(profile: Profile):
+    """Time every kernel call the models make, with the bytes and FLOPs it implies."""
+    originals: dict[tuple[object, str], Callable] = {}
+
+    def wrap(owner: object, name: str, cost: Callable[..., tuple[str, float, float]]) -> None:
+        fn = getattr(owner, name)
+        originals[(owner, name)] = fn
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            kind, nbytes, flops = cost(out, *args, **kwargs)
+            profile.add(kind, time.perf_counter() - t0, nbytes, flops)
+            return out
+
+        setattr(owner, name, timed)
+
+    def matmul_cost(y, x, w: Weight, out=None):
+        m = x.size // w.k
+        return f"matmul {w.type.name}", w.nbytes + x.nbytes + y.nbytes, 2.0 * m * w.n * w.k
+
+    def attention_cost(y, q, k_cache, v_cache, n_past, scale, out=None):
+        m, hq, d = q.shape
+        keys = m * n_past + m * (m + 1) / 2  # causal: row i sees n_past + i + 1 keys
+        kv_bytes = 2 * k_cache.shape[0] * (n_past + m) * d * k_cache.itemsize
+        return "attention", kv_bytes + q.nbytes + y.nbytes, 4.0 * hq * d * keys
+
+    def rowwise(kind: str, flops_per_element: float):
+        def cost(y, x, *args, **kwargs):
+            extra = [a for a in args if isinstance(a, np.ndarray) and a.dtype == np.float32]
+            return kind, _nbytes(x, y if isinstance(y, np.ndarray) else x, *extra), flops_per_element * x.size
+
+        return cost
+
+    def rope_cost(y, x, positions, inv_freq, neox):
+        return "rope", 2 * x.nbytes, 6.0 * x.size / 2
+
+    def embedding_cost(y, w: Weight, ids, out=None):
+        return "embedding", y.nbytes * (w.nbytes / (w.n * w.k * 4)) + y.nbytes, 0.0
+
+    wrap(kernels, "matmul", matmul_cost)
+    wrap(kernels, "embedding", embedding_cost)
+    wrap(_C, "attention", attention_cost)
+    wrap(_C, "rope", rope_cost)
+    for name, kind, f in (
+        ("rmsnorm", "norm", 4),
+        ("layernorm", "norm", 7),
+        ("swiglu", "activation", 6),
+        ("silu", "activation", 5),
+        ("gelu_tanh", "activation", 10),
+        ("gelu_erf", "activation", 10),
+        ("add", "add/mul", 1),
+        ("mul", "add/mul", 1),
+        ("softmax", "softmax", 5),
+    ):
+        wrap(_C, name, rowwise(kind, f))
+    try:
+        yield profile
+    finally:
+        for (owner, name), fn in originals.items():
+            setattr(owner, name, fn)
+
+
+def machine_ceilings(threads: int) -> dict:
+    """Read bandwidth and each path's in-cache multiply-add peak (int8 and float kernels)."""
+    from corelm.analysis.kernel_bench import _run, read_bandwidth
+
+    rng = np.random.default_rng(0)
+    small = rng.standard_normal((256, 2048)).astype(np.float32)
+    peaks = {}
+    for isa in _C.supported_isas():
+        with using(isa=isa):
+            peaks[isa] = {
+                t.name: _run("peak", Weight.from_float(small, t), 64, threads, 3).gflops
+                for t in (WeightType.Q8_0, WeightType.Q4_0, WeightType.F32, WeightType.BF16, WeightType.F16)
+            }
+    return {"threads": threads, "read_gbs": read_bandwidth(threads), "peak_gflops": peaks, "isa": _C.isa()}
+
+
+def _peak_for(kind: str, ceilings: dict) -> float:
+    peaks = ceilings["peak_gflops"][ceilings["isa"]]
+    for t in peaks:
+        if kind.endswith(t):
+            return peaks[t]
+    return peaks["F32"]  # attention, norms and the rest run float32 arithmetic
+
+
+def analyse(profile: Profile, ceilings: dict, tokens: int) -> list[dict]:
+    """One row per op kind (plus the time outside native code), with its ceiling and fraction."""
+    rows = []
+    native = sum(s.seconds for s in profile.ops.values())
+    for s in sorted(profile.ops.values(), key=lambda s: -s.seconds):
+        gbs = s.bytes / s.seconds / 1e9 if s.seconds else 0.0
+        gflops = s.flops / s.seconds / 1e9 if s.seconds else 0.0
+        intensity = s.flops / s.bytes if s.bytes else 0.0
+        if s.kind == "sampling":  # numpy on the host: no kernel ceiling applies
+            rows.append(
+                dict(
+                    op=s.kind,
+                    calls=s.calls,
+                    share=s.seconds / profile.total_seconds,
+                    ms_per_token=1e3 * s.seconds / tokens,
+                    bytes=s.bytes,
+                    flops=0.0,
+                    gbs=gbs,
+                    gflops=0.0,
+                    intensity=0.0,
+                    bound="python",
+                    attainable_gflops=0.0,
+                    fraction=0.0,
+                )
+            )
+            continue
+        peak = _peak_for(s.kind, ceilings)
+        memory_bound = intensity * ceilings["read_gbs"] < peak
+        attainable = intensity * ceilings["read_gbs"] if memory_bound else peak
+        reached = (gbs / ceilings["read_gbs"]) if memory_bound else (gflops / peak if peak else 0.0)
+        rows.append(
+            dict(
+                op=s.kind,
+                calls=s.calls,
+                share=s.seconds / profile.total_seconds,
+                ms_per_token=1e3 * s.seconds / tokens,
+                bytes=s.bytes,
+                flops=s.flops,
+                gbs=gbs,
+                gflops=gflops,
+                intensity=intensity,
+                bound="memory" if memory_bound else "compute",
+                attainable_gflops=attainable,
+                fraction=reached,
+            )
+        )
+    outside = max(profile.total_seconds - native, 0.0)
+    rows.append(
+        dict(
+            op="outside native code",
+            calls=0,
+            share=outside / profile.total_seconds,
+            ms_per_token=1e3 * outside / tokens,
+            bytes=0.0,
+            flops=0.0,
+            gbs=0.0,
+            gflops=0.0,
+            intensity=0.0,
+            bound="python",
+            attainable_gflops=0.0,
+            fraction=0.0,
+        )
+    )
+    return rows
+
+
+def profile_model(llm, prompt_tokens: int = 128, decode_tokens: int = 16) -> dict[str, tuple[Profile, int]]:
+    """Profiles of one prefill of prompt_tokens and of decode_tokens single-token steps (+ sampling)."""
+    model, vocab = llm.model, llm.config.vocab_size
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(0, vocab, prompt_tokens).astype(np.int32)
+    model.forward(prompt[:8], 0, model.new_cache(8))  # warm up
+    results = {}
+    prefill = Profile()
+    cache = model.new_cache(prompt_tokens + decode_tokens + 1)
+    with profiling(prefill):
+        t0 = time.perf_counter()
+        logits = model.forward(prompt, 0, cache)
+        prefill.total_seconds = time.perf_counter() - t0
+    results["prefill"] = (prefill, prompt_tokens)
+    decode = Profile()
+    sampler = Sampler(SamplingParams(temperature=0.8, seed=0))
+    token = np.zeros(1, np.int32)
+    with profiling(decode):
+        t0 = time.perf_counter()
+        for pos in range(prompt_tokens, prompt_tokens + decode_tokens):
+            ts = time.perf_counter()
+            token[0] = sampler(logits[0])
+            decode.add("sampling", time.perf_counter() - ts, logits.nbytes, 0.0)
+            logits = model.forward(token, pos, cache)
+        decode.total_seconds = time.perf_counter() - t0
+    results["decode"] = (decode, decode_tokens)
+    return results
+
+
+def format_rows(title: str, rows: list[dict]) -> str:
+    lines = [
+        title,
+        f"{'op':22} {'share':>6} {'ms/tok':>8} {'GB/s':>7} {'GFLOP/s':>8} {'FLOP/B':>7} "
+        f"{'bound':>8} {'of ceiling':>10}",
+    ]
+    for r in rows:
+        frac = f"{100 * r['fraction']:.0f}%" if r["bound"] in ("memory", "compute") else "-"
+        lines.append(
+            f"{r['op']:22} {100 * r['share']:>5.1f}% {r['ms_per_token']:>8.3f} {r['gbs']:>7.1f} "
+            f"{r['gflops']:>8.1f} {r['intensity']:>7.2f} {r['bound']:>8} {frac:>10}"
+        )
+    return "\n".join(lines)
+
+
+def plot(path: str, ceilings: dict, analyses: dict[str, list[dict]]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise RuntimeError("--png needs matplotlib: pip install matplotlib") from e
+    fig, ax = plt.subplots(figsize=(9, 6))
+    ai = np.logspace(-2, 3, 200)
+    bw = ceilings["read_gbs"]
+    colors = {"Q8_0": "tab:blue", "Q4_0": "tab:green", "F32": "tab:gray", "BF16": "tab:orange", "F16": "tab:purple"}
+    for t, peak in ceilings["peak_gflops"][ceilings["isa"]].items():
+        ax.plot(
+            ai,
+            np.minimum(ai * bw, peak),
+            color=colors.get(t, "k"),
+            lw=1,
+            alpha=0.7,
+            label=f"{t} kernels: {peak:.0f} GFLOP/s peak",
+        )
+    markers = {"decode": "o", "prefill": "s"}
+    for phase, rows in analyses.items():
+        for r in rows:
+            if r["gflops"] > 0 and r["intensity"] > 0:
+                ax.scatter(r["intensity"], r["gflops"], marker=markers.get(phase, "x"), s=30 + 300 * r["share"])
+                ax.annotate(
+                    f"{phase}: {r['op']}",
+                    (r["intensity"], r["gflops"]),
+                    fontsize=7,
+                    xytext=(4, 2),
+                    textcoords="offset points",
+                )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP / byte)")
+    ax.set_ylabel("GFLOP/s")
+    ax.set_title(
+        f"corelm roofline: {ceilings['read_gbs']:.1f} GB/s read, {ceilings['threads']} threads, path {ceilings['isa']}"
+    )
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def roofline(
+    model_path: str | None, threads: int, prompt_tokens: int = 128, decode_tokens: int = 16, png: str | None = None
+) -> dict:
+    with using(threads=threads):
+        ceilings = machine_ceilings(threads)
+        report: dict = {"ceilings": ceilings, "phases": {}}
+        if model_path:
+            from corelm.llm import load
+
+            llm = load(model_path, threads=threads)
+            for phase, (prof, tokens) in profile_model(llm, prompt_tokens, decode_tokens).items():
+                report["phases"][phase] = analyse(prof, ceilings, tokens)
+                report["phases"][phase + "_tokens_per_s"] = tokens / prof.total_seconds
+    if png:
+        plot(png, ceilings, {k: v for k, v in report["phases"].items() if isinstance(v, list)})
+    return report
+
+
+def format_report(report: dict) -> str:
+    c = report["ceilings"]
+    lines = [
+        f"read bandwidth: {c['read_gbs']:.1f} GB/s at {c['threads']} thread(s)",
+        "peak multiply-add rate (in-cache GEMM, GFLOP/s):",
+    ]
+    for isa, peaks in c["peak_gflops"].items():
+        lines.append(f"  {isa:7} " + "  ".join(f"{t} {v:.0f}" for t, v in peaks.items()))
+    for phase in ("decode", "prefill"):
+        if phase in report["phases"]:
+            lines += [
+                "",
+                format_rows(
+                    f"{phase} ({report['phases'][phase + '_tokens_per_s']:.1f} tokens/s)", report["phases"][phase]
+                ),
+            ]
+    return "\n".join(lines)
