@@ -219,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_bench)
+    from corelm.train import add_parser as add_train_parser
+
+    add_train_parser(sub)
+
     p = sub.add_parser(
         "roofline",
         help="this machine's limits, and where each op of a model stands against them",

@@ -37,10 +37,27 @@ class WeightType(enum.IntEnum):
     Q4_0 = 2
     Q8_0 = 8
     BF16 = 30
+    # corelm's own interleaved layouts of 16 rows (faster AVX-512 VNNI kernels; never in files)
+    Q4_0_X16 = 1002
+    Q8_0_X16 = 1008
 
     @property
     def block_size(self) -> int:
-        return 32 if self in (WeightType.Q4_0, WeightType.Q8_0) else 1
+        return 1 if self in (WeightType.F32, WeightType.F16, WeightType.BF16) else 32
+
+    @property
+    def packed(self) -> bool:
+        return self in (WeightType.Q4_0_X16, WeightType.Q8_0_X16)
+
+
+PACK_ROWS = 16
+_PACKED = {WeightType.Q4_0: WeightType.Q4_0_X16, WeightType.Q8_0: WeightType.Q8_0_X16}
+
+
+def packing_pays() -> bool:
+    """Whether the active kernel path has native kernels for the interleaved layouts."""
+    paths = _C.info()["kernels"]
+    return paths["matmul_q4_0x16"] != "ref" and paths["matmul_q8_0x16"] != "ref"
 
 
 @dataclass(frozen=True)
@@ -53,6 +70,8 @@ class Weight:
     k: int
 
     def __post_init__(self) -> None:
+        if self.type.packed and self.n % PACK_ROWS:
+            raise ValueError(f"{self.type.name} needs a multiple of {PACK_ROWS} rows, got {self.n}")
         expected = _C.row_bytes(int(self.type), self.k) * self.n
         if self.data.nbytes != expected:
             raise ValueError(
@@ -70,6 +89,20 @@ class Weight:
     def to_float(self) -> np.ndarray:
         """The matrix as float32 [n, k]."""
         return _C.dequantize(self.data, int(self.type), self.n, self.k)
+
+    def packed(self) -> Weight:
+        """This Q4_0 / Q8_0 matrix in the 16-row interleaved layout (itself when it has none or
+        its row count is not a multiple of 16). Same bytes in another order: a copy."""
+        if self.type not in _PACKED or self.n % PACK_ROWS:
+            return self
+        return Weight(_C.pack(self.data, int(self.type), self.n, self.k), _PACKED[self.type], self.n, self.k)
+
+    def unpacked(self) -> Weight:
+        """The GGUF layout of this matrix (itself when it is not packed)."""
+        if not self.type.packed:
+            return self
+        base = next(t for t, p in _PACKED.items() if p == self.type)
+        return Weight(_C.unpack(self.data, int(self.type), self.n, self.k), base, self.n, self.k)
 
     @property
     def nbytes(self) -> int:

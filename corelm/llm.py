@@ -14,6 +14,7 @@ from corelm import _C
 from corelm.engine.chat import render_chat
 from corelm.engine.generate import GenerationStats, generate_tokens
 from corelm.engine.sampling import Sampler, SamplingParams
+from corelm.engine.stops import StopStrings
 from corelm.models import load_model
 from corelm.models.base import Model
 from corelm.tokenizer import StreamDecoder, Tokenizer
@@ -130,20 +131,15 @@ class LLM:
         with self._lock:
             self.last_stats = stats = GenerationStats()
             decoder = StreamDecoder(self._tok(), skip_special=True) if self.tokenizer else None
-            pending = ""  # text held back while it could be the start of a stop string
+            held = StopStrings(stops)  # holds back text that could be the start of a stop string
             for token in generate_tokens(self.model, self.cache, ids, max_tokens, sampler, stop_set, ignore_eos, stats):
-                pending += decoder.push(token) if decoder else f"<{token}>"
-                hit = min((i for i in (pending.find(s) for s in stops) if i >= 0), default=-1)
-                if hit >= 0:
-                    if pending[:hit]:
-                        yield pending[:hit]
+                text = held.push(decoder.push(token) if decoder else f"<{token}>")
+                if text:
+                    yield text
+                if held.stopped:
                     stats.finish_reason = "stop"
                     return
-                hold = max((k for s in stops for k in range(1, len(s)) if pending.endswith(s[:k])), default=0)
-                if len(pending) > hold:
-                    yield pending[: len(pending) - hold]
-                    pending = pending[len(pending) - hold :]
-            tail = pending + (decoder.flush() if decoder else "")
+            tail = held.flush(decoder.flush() if decoder else "")
             if tail:
                 yield tail
 

@@ -76,6 +76,8 @@ const uint8_t* weight_bytes(const Array& w, WeightType t, int64_t n, int64_t k) 
     if (rb == 0)
         fail(std::string("k=") + std::to_string(k) + " is not a multiple of " + type_name(t) + "'s block size " +
              std::to_string(block_size(t)));
+    if (is_packed(t) && n % kPackRows)
+        fail(std::string(type_name(t)) + " needs a multiple of " + std::to_string(kPackRows) + " rows, got " + std::to_string(n));
     if (size_t(w.nbytes()) != rb * size_t(n))
         fail(std::string(type_name(t)) + " weight of " + std::to_string(n) + " x " + std::to_string(k) + " needs " +
              std::to_string(rb * size_t(n)) + " bytes, got " + std::to_string(w.nbytes()));
@@ -145,6 +147,7 @@ PYBIND11_MODULE(_C, m) {
 
     m.def("quantize", [](const Array& x, int type) {
         const WeightType t = weight_type(type);
+        if (is_packed(t)) fail(std::string("quantize to ") + type_name(unpacked_of(t)) + ", then pack");
         const float* xp = f32_in(x, "x", 2);
         const int64_t rows = x.shape(0), k = x.shape(1);
         const size_t rb = row_bytes(t, k);
@@ -155,6 +158,25 @@ PYBIND11_MODULE(_C, m) {
         ops::quantize(xp, t, rows, k, op);
         return out;
     }, py::arg("x"), py::arg("type"), "Rows of fp32 to the raw bytes of `type` (GGUF layout): uint8[rows, row_bytes].");
+
+    auto repack = [&m](const char* name, bool to_packed, const char* doc) {
+        m.def(name, [to_packed](const Array& w, int type, int64_t n, int64_t k) {
+            const WeightType t = weight_type(type);
+            const WeightType packed = to_packed ? packed_of(t) : t;
+            if (!is_packed(packed) || (to_packed && is_packed(t)))
+                fail(std::string(type_name(t)) + (to_packed ? " cannot be packed" : " is not a packed type"));
+            if (n % kPackRows) fail("packing needs a multiple of " + std::to_string(kPackRows) + " rows, got " + std::to_string(n));
+            const uint8_t* wp = weight_bytes(w, t, n, k);
+            py::array_t<uint8_t> out({py::ssize_t(n), py::ssize_t(row_bytes(t, k))});
+            uint8_t* op = out.mutable_data();
+            py::gil_scoped_release nogil;
+            if (to_packed) ops::pack(wp, packed, n, k, op);
+            else ops::unpack(wp, packed, n, k, op);
+            return out;
+        }, py::arg("w"), py::arg("type"), py::arg("n"), py::arg("k"), doc);
+    };
+    repack("pack", true, "Q4_0 / Q8_0 rows (GGUF layout, n a multiple of 16) to the interleaved Q4_0_X16 / Q8_0_X16.");
+    repack("unpack", false, "Q4_0_X16 / Q8_0_X16 back to GGUF-layout rows.");
 
     m.def("dequantize", [](const Array& w, int type, int64_t n, int64_t k) {
         const WeightType t = weight_type(type);

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from corelm import _C
 from corelm.kernels import Weight, WeightType, embedding, matmul
 
-TYPES = list(WeightType)
+TYPES = list(WeightType)  # including the packed layouts (16-row groups)
 ROWS = [1, 2, 3, 5, 17, 33]
 # The `isa` fixture selects a path for the whole test; reusing it across examples is intended.
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -24,6 +24,20 @@ SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[Healt
 
 def rand(rng, *shape, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def rows_for(wtype: WeightType, n: int) -> int:
+    """Packed layouts hold whole groups of 16 rows."""
+    return -(-n // 16) * 16 if wtype.packed else n
+
+
+def make_weight(x: np.ndarray, wtype: WeightType) -> Weight:
+    if wtype.packed:
+        base = WeightType.Q4_0 if wtype == WeightType.Q4_0_X16 else WeightType.Q8_0
+        w = Weight.from_float(x, base).packed()
+        assert w.type == wtype
+        return w
+    return Weight.from_float(x, wtype)
 
 
 # ---- numpy references ----
@@ -93,7 +107,8 @@ def test_fp16_rounding_edges():
 @SETTINGS
 def test_matmul_matches_numpy(isa, wtype, m, n, k, seed):
     rng = np.random.default_rng(seed)
-    x, w = rand(rng, m, k), Weight.from_float(rand(rng, n, k), wtype)
+    n = rows_for(wtype, n)
+    x, w = rand(rng, m, k), make_weight(rand(rng, n, k), wtype)
     y = matmul(x, w)
     assert y.shape == (m, n) and y.dtype == np.float32
     err = np.abs(y - matmul_np(x, w)) / magnitude(x, w)
@@ -108,11 +123,15 @@ def test_matmul_float_types_any_k(isa, wtype):
         assert (np.abs(matmul(x, w) - matmul_np(x, w)) / magnitude(x, w)).max() < 1e-5
 
 
-@pytest.mark.parametrize("wtype", [WeightType.Q8_0, WeightType.Q4_0], ids=lambda t: t.name)
+@pytest.mark.parametrize(
+    "wtype", [WeightType.Q8_0, WeightType.Q4_0, WeightType.Q8_0_X16, WeightType.Q4_0_X16], ids=lambda t: t.name
+)
 def test_integer_dot_is_bit_exact(isa, wtype):
     """With every scale 1, each output is an integer dot product, exact in float32."""
     rng = np.random.default_rng(7)
-    m, n, k = 5, 19, 1024
+    packed = wtype.packed
+    wtype = {WeightType.Q8_0_X16: WeightType.Q8_0, WeightType.Q4_0_X16: WeightType.Q4_0}.get(wtype, wtype)
+    m, n, k = 5, 32 if packed else 19, 1024
     lo, hi = (-128, 128) if wtype == WeightType.Q8_0 else (-8, 8)  # all codes, incl. -128
     codes = rng.integers(lo, hi, size=(n, k))
     blocks = codes.reshape(n, -1, 32)
@@ -124,6 +143,8 @@ def test_integer_dot_is_bit_exact(isa, wtype):
         body = q[..., :16] | (q[..., 16:] << 4)
     raw = np.concatenate([np.broadcast_to(one, (*body.shape[:2], 2)), body], axis=-1)
     w = Weight(np.ascontiguousarray(raw.reshape(n, -1)), wtype, n, k)
+    if packed:
+        w = w.packed()
     x = rng.integers(-127, 128, size=(m, k)).astype(np.float32)
     x.reshape(m, -1, 32)[..., 3] = 127  # amax 127 per block: activation scale exactly 1
     expected = (x.astype(np.int64) @ codes.T.astype(np.int64)).astype(np.float32)
@@ -133,7 +154,7 @@ def test_integer_dot_is_bit_exact(isa, wtype):
 @pytest.mark.parametrize("wtype", TYPES, ids=lambda t: t.name)
 def test_paths_agree_with_ref(wtype):
     rng = np.random.default_rng(3)
-    x, w = rand(rng, 9, 2048), Weight.from_float(rand(rng, 37, 2048), wtype)
+    x, w = rand(rng, 9, 2048), make_weight(rand(rng, rows_for(wtype, 37), 2048), wtype)
     previous = _C.isa()
     try:
         _C.set_isa("ref")
@@ -148,7 +169,7 @@ def test_paths_agree_with_ref(wtype):
 @pytest.mark.parametrize("wtype", TYPES, ids=lambda t: t.name)
 def test_result_independent_of_thread_count(wtype):
     rng = np.random.default_rng(4)
-    x, w = rand(rng, 7, 1024), Weight.from_float(rand(rng, 300, 1024), wtype)
+    x, w = rand(rng, 7, 1024), make_weight(rand(rng, rows_for(wtype, 300), 1024), wtype)
     previous = _C.num_threads()
     try:
         _C.set_num_threads(1)
@@ -188,14 +209,27 @@ def test_matmul_out_and_batch_dims():
     np.testing.assert_allclose(out.reshape(6, 8), matmul(x.reshape(6, 64), w), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("wtype", [WeightType.Q4_0, WeightType.Q8_0], ids=lambda t: t.name)
+def test_pack_round_trip(wtype):
+    rng = np.random.default_rng(11)
+    w = Weight.from_float(rand(rng, 48, 96), wtype)
+    p = w.packed()
+    assert p.type.packed and p.nbytes == w.nbytes and p.data.tobytes() != w.data.tobytes()
+    assert p.unpacked().data.tobytes() == w.data.tobytes()
+    np.testing.assert_array_equal(p.to_float(), w.to_float())
+    assert Weight.from_float(rand(rng, 40, 96), wtype).packed().type == wtype  # not a multiple of 16: unchanged
+    with pytest.raises(ValueError, match="multiple of 16"):
+        Weight(p.data[:40].copy(), p.type, 40, 96)
+
+
 # ---- embedding ----
 
 
 @pytest.mark.parametrize("wtype", TYPES, ids=lambda t: t.name)
 def test_embedding_rows(wtype):
     rng = np.random.default_rng(8)
-    w = Weight.from_float(rand(rng, 50, 64), wtype)
-    ids = np.array([0, 49, 7, 7], np.int32)
+    w = make_weight(rand(rng, 64, 64), wtype)
+    ids = np.array([0, 63, 17, 7, 7], np.int32)
     np.testing.assert_array_equal(embedding(w, ids), w.to_float()[ids])
 
 

@@ -64,6 +64,7 @@ def _hparams(w: gguf.GGUFWriter, c: ModelConfig) -> None:
 
 
 def _tensor(w: Weight, wtype: WeightType | None) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
+    w = w.unpacked()
     if wtype is not None and w.type != wtype and w.k % wtype.block_size == 0:
         w = Weight.from_float(w.to_float(), wtype)
     return w.data, gguf.GGMLQuantizationType(int(w.type))

@@ -11,6 +11,7 @@ import gguf
 import numpy as np
 from tqdm import tqdm
 
+from corelm import kernels
 from corelm.formats import ModelFileError
 from corelm.formats.gguf import GGUFFile, load_gguf
 from corelm.formats.hf import is_hf_dir, load_hf_tensors, read_json
@@ -28,7 +29,7 @@ ARCHITECTURES: dict[str, tuple[type[Model], Any]] = {
     "gpt2": (gpt2.GPT2, gpt2),
 }
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "gpt2": "gpt2"}
-KERNEL_TYPES = {int(t) for t in WeightType}
+KERNEL_TYPES = {int(t) for t in WeightType if not t.packed}
 QUANT_NAMES = {
     "f32": WeightType.F32,
     "f16": WeightType.F16,
@@ -57,6 +58,19 @@ def _maybe_quantize(w: Weight, quant: WeightType | None) -> Weight:
 
 
 # ---- Hugging Face folders ----
+
+
+def pack_for_kernels(model: Model) -> Model:
+    """Interleave Q4_0 / Q8_0 matrices for the active path's fastest kernels, where it has them.
+
+    Matrices used only for embedding lookups stay as they are (a lookup reads one row)."""
+    if not kernels.packing_pays():
+        return model
+    lookup_only = {"position_embd.weight"} | ({"token_embd.weight"} if "output.weight" in model.w else set())
+    for name, w in model.w.items():
+        if isinstance(w, Weight) and name not in lookup_only:
+            model.w[name] = w.packed()
+    return model
 
 
 def _hf_name_table(names: dict[str, str], n_layer: int) -> dict[str, str]:
@@ -99,7 +113,7 @@ def load_hf(folder: Path, quant: str | None = None) -> tuple[Model, Tokenizer | 
         else:
             weights[name] = to_f32(dtype, array).reshape(-1)
     tokenizer = Tokenizer.from_hf_dir(folder) if (folder / "tokenizer.json").is_file() else None
-    return cls(config, weights), tokenizer
+    return pack_for_kernels(cls(config, weights)), tokenizer
 
 
 # ---- GGUF ----
@@ -182,7 +196,7 @@ def load_gguf_model(path: Path, quant: str | None = None) -> tuple[Model, Tokeni
         raise ModelFileError(f"{path}: {type(e).__name__}: {e}") from e
     _check_shapes(model, path)
     model.metadata = f.metadata
-    return model, tokenizer
+    return pack_for_kernels(model), tokenizer
 
 
 def _check_shapes(model: Model, path: Path) -> None:

@@ -15,6 +15,9 @@ enum class WeightType : int32_t {
     Q4_0 = 2,
     Q8_0 = 8,
     BF16 = 30,
+    // corelm's own row-interleaved layouts (see block_q4_0x16); never stored in files.
+    Q4_0_X16 = 1002,
+    Q8_0_X16 = 1008,
 };
 
 constexpr int kQK = 32;  // elements per Q4_0 / Q8_0 block
@@ -35,6 +38,28 @@ struct block_q4_0 {
 };
 static_assert(sizeof(block_q4_0) == 18, "block_q4_0 must be 18 bytes");
 
+// Row-interleaved layouts: block b of 16 consecutive rows stored together, so that one
+// 64-byte vector holds the same 4-element slice of all 16 rows and one vpdpbusd advances 16
+// outputs at once - no shuffles, and scales for 16 rows in one 32-byte load. Codes are
+// unsigned with an offset (8 for Q4_0, 128 for Q8_0) that the kernels take back once per
+// block through the activations' sum. Same bytes per row as the GGUF layout they come from.
+constexpr int kPackRows = 16;
+
+// qs[64*j + 4*r + e]: row r's elements 4j+e (low nibble) and 16+4j+e (high nibble), j < 4 -
+// exactly byte 4j+e of the row's GGUF Q4_0 block.
+struct block_q4_0x16 {
+    uint16_t d[kPackRows];
+    uint8_t qs[kPackRows * kQK / 2];
+};
+static_assert(sizeof(block_q4_0x16) == kPackRows * sizeof(block_q4_0), "packed Q4_0 must keep its size");
+
+// qs[64*j + 4*r + e] = row r's element 4j+e plus 128, j < 8.
+struct block_q8_0x16 {
+    uint16_t d[kPackRows];
+    uint8_t qs[kPackRows * kQK];
+};
+static_assert(sizeof(block_q8_0x16) == kPackRows * sizeof(block_q8_0), "packed Q8_0 must keep its size");
+
 // Activations quantized on the fly for the integer dot products (never stored in files).
 // d is kept in fp32 (ggml's q8_0/q8_1 round it to fp16) so activation rounding is the only
 // quantization error the activations add; s = sum(qs) lets Q4_0's "-8" offset be applied
@@ -52,20 +77,34 @@ inline size_t row_bytes(WeightType t, int64_t k) {
         case WeightType::F32: return size_t(k) * 4;
         case WeightType::F16:
         case WeightType::BF16: return size_t(k) * 2;
-        case WeightType::Q8_0: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q8_0);
-        case WeightType::Q4_0: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q4_0);
+        case WeightType::Q8_0:
+        case WeightType::Q8_0_X16: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q8_0);
+        case WeightType::Q4_0:
+        case WeightType::Q4_0_X16: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q4_0);
     }
     return 0;
 }
 
 inline int64_t block_size(WeightType t) {
-    return (t == WeightType::Q8_0 || t == WeightType::Q4_0) ? kQK : 1;
+    return (t == WeightType::F32 || t == WeightType::F16 || t == WeightType::BF16) ? 1 : kQK;
+}
+
+// Rows must come in whole groups of kPackRows for these.
+inline bool is_packed(WeightType t) { return t == WeightType::Q4_0_X16 || t == WeightType::Q8_0_X16; }
+
+inline WeightType packed_of(WeightType t) {
+    return t == WeightType::Q4_0 ? WeightType::Q4_0_X16 : t == WeightType::Q8_0 ? WeightType::Q8_0_X16 : t;
+}
+
+inline WeightType unpacked_of(WeightType t) {
+    return t == WeightType::Q4_0_X16 ? WeightType::Q4_0 : t == WeightType::Q8_0_X16 ? WeightType::Q8_0 : t;
 }
 
 inline bool is_known_type(int32_t t) {
     switch (WeightType(t)) {
         case WeightType::F32: case WeightType::F16: case WeightType::BF16:
-        case WeightType::Q8_0: case WeightType::Q4_0: return true;
+        case WeightType::Q8_0: case WeightType::Q4_0:
+        case WeightType::Q4_0_X16: case WeightType::Q8_0_X16: return true;
     }
     return false;
 }
@@ -77,6 +116,8 @@ inline const char* type_name(WeightType t) {
         case WeightType::BF16: return "BF16";
         case WeightType::Q8_0: return "Q8_0";
         case WeightType::Q4_0: return "Q4_0";
+        case WeightType::Q4_0_X16: return "Q4_0_X16";
+        case WeightType::Q8_0_X16: return "Q8_0_X16";
     }
     return "unknown";
 }

@@ -10,7 +10,8 @@
 
 namespace corelm {
 
-// y[0:m, n0:n1] = x[0:m, 0:k] . W[n0:n1, 0:k]^T  (W is stored as n rows of k elements)
+// y[0:m, n0:n1] = x[0:m, 0:k] . W[n0:n1, 0:k]^T  (W is stored as n rows of k elements; for the
+// packed types as n/16 groups of 16 rows, and n0, n1 are multiples of 16)
 struct MatmulArgs {
     const uint8_t* w;            // weight rows, `w_stride` bytes apart
     size_t w_stride;
@@ -57,6 +58,8 @@ using BinaryFn = void (*)(const float* a, const float* b, float* y, int64_t n);
     X(matmul_bf16, MatmulFn)                 \
     X(matmul_q8_0, MatmulFn)                 \
     X(matmul_q4_0, MatmulFn)                 \
+    X(matmul_q8_0x16, MatmulFn)              \
+    X(matmul_q4_0x16, MatmulFn)              \
     X(attention, AttentionFn)                \
     X(rmsnorm, RmsNormFn)                    \
     X(layernorm, LayerNormFn)                \
@@ -86,6 +89,9 @@ void quantize_row_q8_0(const float* x, block_q8_0* y, int64_t k);
 void quantize_row_q4_0(const float* x, block_q4_0* y, int64_t k);
 void dequantize_row(WeightType t, const uint8_t* row, float* y, int64_t k);
 void quantize_row(WeightType t, const float* x, uint8_t* row, int64_t k);
+// kPackRows GGUF rows (row_stride bytes apart) <-> one packed group of all k/32 blocks.
+void pack_rows_x16(WeightType packed, const uint8_t* rows, size_t row_stride, uint8_t* out, int64_t k);
+void unpack_rows_x16(WeightType packed, const uint8_t* group, uint8_t* rows, size_t row_stride, int64_t k);
 }  // namespace ref
 
 }  // namespace corelm

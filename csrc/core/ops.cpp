@@ -29,6 +29,8 @@ MatmulFn matmul_kernel(const KernelTable& kt, WeightType t) {
         case WeightType::BF16: return kt.matmul_bf16;
         case WeightType::Q8_0: return kt.matmul_q8_0;
         case WeightType::Q4_0: return kt.matmul_q4_0;
+        case WeightType::Q8_0_X16: return kt.matmul_q8_0x16;
+        case WeightType::Q4_0_X16: return kt.matmul_q4_0x16;
     }
     return nullptr;
 }
@@ -50,12 +52,48 @@ void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, WeightType t
         a.xq = xqp;
     }
     const MatmulFn fn = matmul_kernel(kt, t);
-    parallel(n, 16, m * n * k, [&](int64_t n0, int64_t n1) { fn(a, n0, n1); });
+    parallel(n, kPackRows, m * n * k, [&](int64_t n0, int64_t n1) { fn(a, n0, n1); });
 }
 
-void get_rows(const uint8_t* w, WeightType t, int64_t k, const int32_t* ids, int64_t len, float* y) {
+void pack(const uint8_t* w, WeightType packed, int64_t n, int64_t k, uint8_t* out) {
+    const size_t stride = row_bytes(packed, k);
+    parallel(n / kPackRows, 1, n * k, [&](int64_t g0, int64_t g1) {
+        for (int64_t g = g0; g < g1; ++g) {
+            const size_t at = size_t(g) * kPackRows * stride;
+            ref::pack_rows_x16(packed, w + at, stride, out + at, k);
+        }
+    });
+}
+
+void unpack(const uint8_t* w, WeightType packed, int64_t n, int64_t k, uint8_t* out) {
+    const size_t stride = row_bytes(packed, k);
+    parallel(n / kPackRows, 1, n * k, [&](int64_t g0, int64_t g1) {
+        for (int64_t g = g0; g < g1; ++g) {
+            const size_t at = size_t(g) * kPackRows * stride;
+            ref::unpack_rows_x16(packed, w + at, out + at, stride, k);
+        }
+    });
+}
+
+namespace {
+// Row `row` of W as fp32, for any type (packed ones unpack their group into `scratch`).
+void dequantize_any_row(const uint8_t* w, WeightType t, int64_t k, int64_t row, float* y,
+                        std::vector<uint8_t>& scratch) {
     const size_t stride = row_bytes(t, k);
-    for (int64_t i = 0; i < len; ++i) ref::dequantize_row(t, w + size_t(ids[i]) * stride, y + i * k, k);
+    if (!is_packed(t)) {
+        ref::dequantize_row(t, w + size_t(row) * stride, y, k);
+        return;
+    }
+    scratch.resize(stride * kPackRows);
+    const int64_t g = row / kPackRows;
+    ref::unpack_rows_x16(t, w + size_t(g) * kPackRows * stride, scratch.data(), stride, k);
+    ref::dequantize_row(unpacked_of(t), scratch.data() + size_t(row % kPackRows) * stride, y, k);
+}
+}  // namespace
+
+void get_rows(const uint8_t* w, WeightType t, int64_t k, const int32_t* ids, int64_t len, float* y) {
+    thread_local std::vector<uint8_t> scratch;
+    for (int64_t i = 0; i < len; ++i) dequantize_any_row(w, t, k, ids[i], y + i * k, scratch);
 }
 
 void quantize(const float* x, WeightType t, int64_t rows, int64_t k, uint8_t* out) {
@@ -66,9 +104,9 @@ void quantize(const float* x, WeightType t, int64_t rows, int64_t k, uint8_t* ou
 }
 
 void dequantize(const uint8_t* w, WeightType t, int64_t rows, int64_t k, float* out) {
-    const size_t stride = row_bytes(t, k);
-    parallel(rows, 1, rows * k, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) ref::dequantize_row(t, w + r * stride, out + r * k, k);
+    parallel(rows, kPackRows, rows * k, [&](int64_t r0, int64_t r1) {
+        std::vector<uint8_t> scratch;
+        for (int64_t r = r0; r < r1; ++r) dequantize_any_row(w, t, k, r, out + r * k, scratch);
     });
 }
 

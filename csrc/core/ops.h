@@ -14,6 +14,9 @@ void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, WeightType t
 void get_rows(const uint8_t* w, WeightType t, int64_t k, const int32_t* ids, int64_t len, float* y);
 
 void quantize(const float* x, WeightType t, int64_t rows, int64_t k, uint8_t* out);
+// GGUF-layout Q4_0 / Q8_0 rows (n a multiple of 16) <-> the packed type's groups; same size.
+void pack(const uint8_t* w, WeightType packed, int64_t n, int64_t k, uint8_t* out);
+void unpack(const uint8_t* w, WeightType packed, int64_t n, int64_t k, uint8_t* out);
 void dequantize(const uint8_t* w, WeightType t, int64_t rows, int64_t k, float* out);
 
 void attention(const float* q, const void* k_cache, const void* v_cache, bool f16_cache, int64_t t_cap,

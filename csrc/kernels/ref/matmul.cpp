@@ -71,9 +71,39 @@ void matmul_q4_0(const MatmulArgs& a, int64_t n0, int64_t n1) {
     });
 }
 
+// Packed groups: the same integer dot per (row, block), read from the interleaved layout.
+template <typename Block, int Offset>
+void matmul_x16(const MatmulArgs& a, int64_t n0, int64_t n1) {
+    constexpr bool kQ4 = sizeof(Block) == sizeof(block_q4_0x16);
+    const int64_t nb = a.k / kQK;
+    for (int64_t g = n0 / kPackRows; g < n1 / kPackRows; ++g) {
+        const auto* grp = reinterpret_cast<const Block*>(a.w + g * kPackRows * a.w_stride);
+        for (int64_t m = 0; m < a.m; ++m) {
+            const block_q8_act* x = a.xq + m * nb;
+            float acc[kPackRows] = {};
+            for (int64_t b = 0; b < nb; ++b) {
+                for (int r = 0; r < kPackRows; ++r) {
+                    int32_t s = -Offset * x[b].s;
+                    for (int j = 0; j < (kQ4 ? 4 : 8); ++j) {
+                        for (int e = 0; e < 4; ++e) {
+                            const uint8_t u = grp[b].qs[64 * j + 4 * r + e];
+                            if (kQ4) s += int32_t(u & 0x0f) * x[b].qs[4 * j + e] + int32_t(u >> 4) * x[b].qs[16 + 4 * j + e];
+                            else s += int32_t(u) * x[b].qs[4 * j + e];
+                        }
+                    }
+                    acc[r] += float(s) * (fp16_to_f32(grp[b].d[r]) * x[b].d);
+                }
+            }
+            for (int r = 0; r < kPackRows; ++r) a.y[m * a.ldy + g * kPackRows + r] = acc[r];
+        }
+    }
+}
+
 }  // namespace
 
 void fill_matmul(KernelTable& t) {
+    t.matmul_q8_0x16 = matmul_x16<block_q8_0x16, 128>;
+    t.matmul_q4_0x16 = matmul_x16<block_q4_0x16, 8>;
     t.quantize_act = quantize_act;
     t.matmul_f32 = matmul_f32;
     t.matmul_f16 = matmul_f16;

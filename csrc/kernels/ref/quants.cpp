@@ -58,6 +58,9 @@ void dequantize_row(WeightType t, const uint8_t* row, float* y, int64_t k) {
             }
             return;
         }
+        case WeightType::Q4_0_X16:
+        case WeightType::Q8_0_X16:
+            return;  // groups of rows, not rows: the drivers unpack them first (unpack_rows_x16)
         case WeightType::Q4_0: {
             const auto* b = reinterpret_cast<const block_q4_0*>(row);
             for (int64_t j = 0; j < k / kQK; ++j) {
@@ -68,6 +71,52 @@ void dequantize_row(WeightType t, const uint8_t* row, float* y, int64_t k) {
                 }
             }
             return;
+        }
+    }
+}
+
+void pack_rows_x16(WeightType packed, const uint8_t* rows, size_t row_stride, uint8_t* out, int64_t k) {
+    const int64_t nb = k / kQK;
+    for (int64_t b = 0; b < nb; ++b) {
+        if (packed == WeightType::Q4_0_X16) {
+            auto& dst = reinterpret_cast<block_q4_0x16*>(out)[b];
+            for (int r = 0; r < kPackRows; ++r) {
+                const auto& src = reinterpret_cast<const block_q4_0*>(rows + r * row_stride)[b];
+                dst.d[r] = src.d;
+                for (int j = 0; j < 4; ++j)
+                    for (int e = 0; e < 4; ++e) dst.qs[64 * j + 4 * r + e] = src.qs[4 * j + e];
+            }
+        } else {
+            auto& dst = reinterpret_cast<block_q8_0x16*>(out)[b];
+            for (int r = 0; r < kPackRows; ++r) {
+                const auto& src = reinterpret_cast<const block_q8_0*>(rows + r * row_stride)[b];
+                dst.d[r] = src.d;
+                for (int j = 0; j < 8; ++j)
+                    for (int e = 0; e < 4; ++e) dst.qs[64 * j + 4 * r + e] = uint8_t(src.qs[4 * j + e] ^ 0x80);
+            }
+        }
+    }
+}
+
+void unpack_rows_x16(WeightType packed, const uint8_t* group, uint8_t* rows, size_t row_stride, int64_t k) {
+    const int64_t nb = k / kQK;
+    for (int64_t b = 0; b < nb; ++b) {
+        if (packed == WeightType::Q4_0_X16) {
+            const auto& src = reinterpret_cast<const block_q4_0x16*>(group)[b];
+            for (int r = 0; r < kPackRows; ++r) {
+                auto& dst = reinterpret_cast<block_q4_0*>(rows + r * row_stride)[b];
+                dst.d = src.d[r];
+                for (int j = 0; j < 4; ++j)
+                    for (int e = 0; e < 4; ++e) dst.qs[4 * j + e] = src.qs[64 * j + 4 * r + e];
+            }
+        } else {
+            const auto& src = reinterpret_cast<const block_q8_0x16*>(group)[b];
+            for (int r = 0; r < kPackRows; ++r) {
+                auto& dst = reinterpret_cast<block_q8_0*>(rows + r * row_stride)[b];
+                dst.d = src.d[r];
+                for (int j = 0; j < 8; ++j)
+                    for (int e = 0; e < 4; ++e) dst.qs[4 * j + e] = int8_t(src.qs[64 * j + 4 * r + e] ^ 0x80);
+            }
         }
     }
 }
@@ -93,6 +142,9 @@ void quantize_row(WeightType t, const float* x, uint8_t* row, int64_t k) {
         case WeightType::Q4_0:
             quantize_row_q4_0(x, reinterpret_cast<block_q4_0*>(row), k);
             return;
+        case WeightType::Q4_0_X16:
+        case WeightType::Q8_0_X16:
+            return;  // made from quantized rows by pack_rows_x16, never from floats directly
     }
 }
 

@@ -1,0 +1,111 @@
+"""`corelm serve`: an OpenAI-compatible HTTP server with continuous batching, and a chat page.
+
+    corelm serve model.gguf --port 8080 --parallel 4
+    curl localhost:8080/v1/chat/completions -d '{"messages": [{"role": "user", "content": "Hi"}]}'
+
+Routes: GET / (chat page), /health, /metrics (Prometheus), /v1/models[/ID]; POST
+/v1/completions and /v1/chat/completions (with "stream": true for server-sent events).
+The model id is the file's stem (a folder's name), or --alias; requests may leave out
+"model", and any other name gets 404 model_not_found.
+
+Layout: scheduler.py (the one thread that runs the model: continuous batching over a pool of
+KV-cache slots), openai_api.py (request validation and response shapes), app.py (HTTP),
+metrics.py (/metrics), chat.html (the page).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a .gguf file or a Hugging Face model folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("CORELM_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on /v1 routes (default: $CORELM_API_KEY, else none)",
+    )
+    p.add_argument("-np", "--parallel", type=int, default=4, help="sequences generated together: KV slots (default 4)")
+    p.add_argument("--queue", type=int, default=16, help="requests that may wait for a slot; more get 503 (default 16)")
+    p.add_argument(
+        "-c", "--ctx", type=int, default=None, help="context of each slot in tokens (default: the model's, <= 4096)"
+    )
+    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
+    p.add_argument(
+        "--quant", choices=["q8_0", "q4_0", "bf16", "f16", "f32"], default=None, help="quantize weights while loading"
+    )
+    p.add_argument("--kv-dtype", choices=["float32", "float16"], default="float32", help="KV-cache element type")
+    p.add_argument(
+        "--prefill-chunk", type=int, default=512, help="most prompt tokens prefilled in one step (default 512)"
+    )
+    p.add_argument("--alias", default=None, help="model id to report and accept (default: the file's stem)")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add `serve` to the `corelm` command's subparsers."""
+    p = subparsers.add_parser(
+        "serve",
+        help="OpenAI-compatible HTTP server with a chat page",
+        description="Serve MODEL over HTTP: /v1/chat/completions, /v1/completions (streaming or not), "
+        "/v1/models, /health, /metrics, and a chat page at /. Requests that arrive while others are "
+        "generating join the running batch (continuous batching over --parallel KV-cache slots).",
+    )
+    add_arguments(p)
+    p.set_defaults(func=cmd_serve)
+    return p
+
+
+def model_id(path: str) -> str:
+    p = Path(path)
+    return p.name if p.is_dir() else p.stem
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from corelm import _C
+    from corelm.llm import DEFAULT_MAX_CTX
+    from corelm.models import load_model
+    from corelm.server.app import App, Server
+    from corelm.server.openai_api import OpenAIApi
+    from corelm.server.scheduler import Scheduler
+
+    if args.threads is not None:
+        _C.set_num_threads(args.threads)
+    model, tokenizer = load_model(args.model, quant=args.quant)
+    if tokenizer is None:
+        raise ValueError(f"{args.model}: the model has no tokenizer; the server needs one")
+    ctx = args.ctx or min(model.config.ctx, DEFAULT_MAX_CTX)
+    scheduler = Scheduler(model, tokenizer, args.parallel, ctx, args.queue, args.kv_dtype, args.prefill_chunk)
+    name = args.alias or model_id(args.model)
+    api = OpenAIApi(tokenizer, name, ctx, model.config.vocab_size)
+    server = Server((args.host, args.port), App(scheduler, api, args.api_key))
+    host, port = server.server_address[:2]
+    scheduler.start()
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    print(
+        f"corelm serve: {name} on http://{host}:{port} ({args.parallel} slots x {ctx} tokens, "
+        f"KV cache {scheduler.kv_bytes / 2**20:.1f} MiB, queue {args.queue}, {_C.info()['threads']} threads"
+        f"{', API key required' if args.api_key else ''})",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        scheduler.stop()
+    return 0

@@ -1,0 +1,323 @@
+"""The HTTP side: routes, authentication, bodies, server-sent events, client disconnects.
+
+The standard library's ThreadingHTTPServer gives each connection a thread (HTTP/1.1,
+keep-alive). Handler threads never touch the model: they validate a request into a Job,
+hand it to the Scheduler and turn its events into a JSON response or a stream of
+server-sent events (chunked transfer encoding). A client that goes away is noticed when a
+write fails or, while no event is due, when its socket reads end-of-file; its job is then
+cancelled and its KV slot freed before the scheduler's next step.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import select
+import socket
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from corelm.server import metrics
+from corelm.server.openai_api import ApiError, ApiRequest, OpenAIApi, usage
+from corelm.server.scheduler import Delta, Done, Failed, QueueFull, Scheduler
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 4 << 20
+POLL_SECONDS = 0.25  # how often a handler waiting for tokens checks that its client is still there
+CHAT_PAGE = Path(__file__).with_name("chat.html")
+
+# path -> allowed methods (HEAD is allowed wherever GET is)
+ROUTES = {
+    "/": ("GET",),
+    "/health": ("GET",),
+    "/metrics": ("GET",),
+    "/v1/models": ("GET",),
+    "/v1/models/{id}": ("GET",),
+    "/v1/completions": ("POST",),
+    "/v1/chat/completions": ("POST",),
+}
+
+
+class ClientGone(Exception):
+    """The client closed its connection."""
+
+
+class App:
+    """What every handler thread shares."""
+
+    def __init__(self, scheduler: Scheduler, api: OpenAIApi, api_key: str | None = None) -> None:
+        self.scheduler = scheduler
+        self.api = api
+        self.api_key = api_key
+        self.http = metrics.HttpStats()
+        self.created = int(time.time())
+        self.page = CHAT_PAGE.read_bytes()
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], app: App) -> None:
+        self.app = app
+        super().__init__(address, Handler)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "corelm"
+    timeout = 60  # seconds a client may stall while sending a request or reading a response
+    server: Server
+
+    # ---- plumbing ----
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.info("%s %s", self.address_string(), format % args)
+
+    def do_GET(self) -> None:
+        app = self.server.app
+        self._route, self._status, self._streaming, self._body_read = "unknown", 0, False, False
+        try:
+            self._dispatch(app)
+        except ApiError as e:
+            self._error(e)
+        except ClientGone:
+            self.close_connection = True
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True
+        except Exception:
+            log.exception("error handling %s %s", self.command, self.path)
+            self._error(ApiError(500, "The server had an error while processing your request.", type="server_error"))
+        finally:
+            app.http.count(self._route, self._status)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_GET
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's errors (malformed request line, oversized headers, ...) as JSON."""
+        self.close_connection = True
+        text = message or explain or self.responses.get(code, ("error",))[0]
+        body = json.dumps(ApiError(code, text).body()).encode()
+        self.send_response(code, message)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
+
+    def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        self._status = status
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(obj).encode(), "application/json", headers)
+
+    def _error(self, e: ApiError) -> None:
+        if self._streaming:  # headers are out: all we can do is end the stream
+            self.close_connection = True
+            return
+        if not self._body_read and (
+            self.headers.get("Content-Length", "0") != "0" or "Transfer-Encoding" in self.headers
+        ):
+            self.close_connection = True  # an unread body would be taken for the next request
+        try:
+            self._json(e.status, e.body(), e.headers)
+        except OSError:
+            self.close_connection = True
+
+    def _client_gone(self) -> bool:
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+    # ---- routing ----
+
+    def _dispatch(self, app: App) -> None:
+        path = urlsplit(self.path).path
+        path = path.rstrip("/") or "/"
+        route = "/v1/models/{id}" if path.startswith("/v1/models/") else path
+        methods = ROUTES.get(route)
+        self._route = route if methods else "unknown"
+        if path.startswith("/v1") and app.api_key is not None:
+            self._authorize(app.api_key)
+        if methods is None:
+            raise ApiError(404, f"Unknown request URL: {self.command} {path}.", code="unknown_url")
+        method = "GET" if self.command == "HEAD" else self.command
+        if method not in methods:
+            raise ApiError(
+                405,
+                f"Method {self.command} is not allowed for {path}; use {', '.join(methods)}.",
+                code="method_not_allowed",
+                headers={"Allow": ", ".join(methods + (("HEAD",) if "GET" in methods else ()))},
+            )
+        if route == "/":
+            self._send(200, app.page, "text/html; charset=utf-8")
+        elif route == "/health":
+            s = app.scheduler
+            self._json(
+                200,
+                {
+                    "status": "ok",
+                    "model": app.api.model_id,
+                    "slots_total": s.parallel,
+                    "slots_busy": s.running(),
+                    "queue_depth": s.queue_depth(),
+                },
+            )
+        elif route == "/metrics":
+            text = metrics.render(app.scheduler, app.http)
+            self._send(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
+        elif route == "/v1/models":
+            self._json(200, app.api.models(app.created))
+        elif route == "/v1/models/{id}":
+            name = path.removeprefix("/v1/models/")
+            if name != app.api.model_id:
+                raise ApiError(404, f"The model `{name}` does not exist.", param="model", code="model_not_found")
+            self._json(200, app.api.model_card(app.created))
+        else:
+            body = self._read_json()
+            req = app.api.parse_chat(body) if route == "/v1/chat/completions" else app.api.parse_completion(body)
+            self._generate(app, req)
+
+    def _authorize(self, key: str) -> None:
+        given = self.headers.get("Authorization", "")
+        if not given:
+            raise ApiError(
+                401,
+                "You didn't provide an API key. Send it in an Authorization header: 'Authorization: Bearer KEY'.",
+                code="invalid_api_key",
+            )
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+    def _read_json(self) -> Any:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            raise ApiError(411, "Chunked request bodies are not supported: send a Content-Length header.")
+        length = self.headers.get("Content-Length")
+        if length is None:
+            raise ApiError(411, "A Content-Length header is required.")
+        try:
+            n = int(length)
+            if n < 0:
+                raise ValueError
+        except ValueError:
+            raise ApiError(400, f"Invalid Content-Length header: {length!r}.") from None
+        if n > MAX_BODY_BYTES:
+            raise ApiError(
+                413, f"The request body has {n} bytes; the limit is {MAX_BODY_BYTES}.", code="request_too_large"
+            )
+        data = self.rfile.read(n)
+        self._body_read = True
+        if len(data) < n:
+            raise ClientGone
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError) as e:
+            raise ApiError(
+                400,
+                f"We could not parse the JSON body of your request ({e}). The body must be a JSON object.",
+                code="invalid_json",
+            ) from None
+
+    # ---- generation ----
+
+    def _generate(self, app: App, req: ApiRequest) -> None:
+        job = req.job
+        try:
+            app.scheduler.submit(job)
+        except QueueFull as e:
+            raise ApiError(
+                503,
+                f"The server is busy ({e}); retry shortly.",
+                type="server_error",
+                code="queue_full",
+                headers={"Retry-After": "1"},
+            ) from None
+        rid = ("chatcmpl-" if req.kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        try:
+            if req.stream:
+                self._stream(app, req, rid, created)
+            else:
+                self._complete(app, req, rid, created)
+        finally:
+            app.scheduler.cancel(job)  # frees the slot if the job is still running (client gone); else no-op
+
+    def _next(self, req: ApiRequest) -> Delta | Done | Failed:
+        while True:
+            ev = req.job.next_event(POLL_SECONDS)
+            if ev is not None:
+                return ev
+            if self._client_gone():
+                raise ClientGone
+
+    def _complete(self, app: App, req: ApiRequest, rid: str, created: int) -> None:
+        texts: list[str] = []
+        lps = [] if req.job.logprobs is not None else None
+        while True:
+            ev = self._next(req)
+            if isinstance(ev, Delta):
+                texts.append(ev.text)
+                if lps is not None and ev.logprobs:
+                    lps += ev.logprobs
+            elif isinstance(ev, Done):
+                u = usage(ev.prompt_tokens, ev.completion_tokens)
+                self._json(200, app.api.response(req, rid, created, "".join(texts), lps, ev.finish_reason, u))
+                return
+            else:
+                raise ApiError(500, ev.message, type="server_error")
+
+    def _stream(self, app: App, req: ApiRequest, rid: str, created: int) -> None:
+        api = app.api
+        self._status = 200
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("X-Accel-Buffering", "no")
+        self.end_headers()
+        self._streaming = True
+        if req.kind == "chat":
+            self._event(api.chunk(req, rid, created, "", first=True))
+        while True:
+            ev = self._next(req)
+            if isinstance(ev, Delta):
+                self._event(api.chunk(req, rid, created, ev.text, ev.logprobs))
+            elif isinstance(ev, Done):
+                closing = None if req.kind == "chat" else ""
+                self._event(api.chunk(req, rid, created, closing, finish=ev.finish_reason))
+                if req.include_usage:
+                    self._event(api.usage_chunk(req, rid, created, usage(ev.prompt_tokens, ev.completion_tokens)))
+                break
+            else:
+                err = ApiError(500, ev.message, type="server_error")
+                self._event(err.body())
+                break
+        self._write_chunk(b"data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _event(self, obj: Any) -> None:
+        self._write_chunk(b"data: " + json.dumps(obj).encode() + b"\n\n")
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
