@@ -36,6 +36,9 @@ class WeightType(enum.IntEnum):
     F16 = 1
     Q4_0 = 2
     Q8_0 = 8
+    Q4_K = 12  # k-quants: read from GGUF files (no quantizer yet), super-blocks of 256
+    Q5_K = 13
+    Q6_K = 14
     BF16 = 30
     # corelm's own interleaved layouts of 16 rows (faster AVX-512 VNNI kernels; never in files)
     Q4_0_X16 = 1002
@@ -43,7 +46,9 @@ class WeightType(enum.IntEnum):
 
     @property
     def block_size(self) -> int:
-        return 1 if self in (WeightType.F32, WeightType.F16, WeightType.BF16) else 32
+        if self in (WeightType.F32, WeightType.F16, WeightType.BF16):
+            return 1
+        return 256 if self in (WeightType.Q4_K, WeightType.Q5_K, WeightType.Q6_K) else 32
 
     @property
     def packed(self) -> bool:

@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Iterator, Sequence
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,8 @@ from corelm.tokenizer import StreamDecoder, Tokenizer
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_CTX = 4096  # the default cache size is the model's context, capped here
+# corelm's own small model, trained by `corelm train` on Shakespeare (see data/MODEL_CARD.md).
+DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "default.gguf"
 
 
 class LLM:
@@ -162,18 +165,22 @@ class LLM:
 
 
 def load(
-    path: str | PathLike[str],
+    path: str | PathLike[str] | None = None,
     threads: int | None = None,
     ctx: int | None = None,
     quant: str | None = None,
     kv_dtype: str = "float32",
 ) -> LLM:
-    """Load a GGUF file or a Hugging Face folder.
+    """Load a GGUF file or a Hugging Face folder; with no path, corelm's own small default model.
 
     threads: size of corelm's thread pool (default: the physical cores);
     ctx: KV-cache size in tokens (default: the model's context, at most 4096);
     quant: quantize weights while loading ("q8_0", "q4_0", "f16", "bf16").
     """
+    if path is None:
+        if not DEFAULT_MODEL.is_file():
+            raise FileNotFoundError(f"corelm's default model is missing from this install ({DEFAULT_MODEL})")
+        path = DEFAULT_MODEL
     if threads is not None:
         _C.set_num_threads(int(threads))
     model, tokenizer = load_model(path, quant=quant)

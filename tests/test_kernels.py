@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from corelm import _C
 from corelm.kernels import Weight, WeightType, embedding, matmul
 
-TYPES = list(WeightType)  # including the packed layouts (16-row groups)
+KQUANTS = [WeightType.Q4_K, WeightType.Q5_K, WeightType.Q6_K]
+TYPES = [t for t in WeightType if t not in KQUANTS]  # including the packed layouts (16-row groups)
 ROWS = [1, 2, 3, 5, 17, 33]
 # The `isa` fixture selects a path for the whole test; reusing it across examples is intended.
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -220,6 +221,53 @@ def test_pack_round_trip(wtype):
     assert Weight.from_float(rand(rng, 40, 96), wtype).packed().type == wtype  # not a multiple of 16: unchanged
     with pytest.raises(ValueError, match="multiple of 16"):
         Weight(p.data[:40].copy(), p.type, 40, 96)
+
+
+# ---- k-quants (read from files; random bytes with sane scales are valid blocks) ----
+
+
+def random_kquant(rng, wtype: WeightType, n: int, k: int) -> Weight:
+    block_bytes = {WeightType.Q4_K: 144, WeightType.Q5_K: 176, WeightType.Q6_K: 210}[wtype]
+    raw = rng.integers(0, 256, size=(n, k // 256, block_bytes), dtype=np.uint8)
+    scales = (rng.random((n, k // 256, 2)) * 0.02 + 0.001).astype(np.float16).view(np.uint8)
+    if wtype == WeightType.Q6_K:
+        raw[..., 208:210] = scales[..., :2]  # d is the last field
+    else:
+        raw[..., 0:4] = scales.reshape(n, k // 256, 4)  # d, dmin
+    return Weight(np.ascontiguousarray(raw.reshape(n, -1)), wtype, n, k)
+
+
+@pytest.mark.parametrize("wtype", KQUANTS, ids=lambda t: t.name)
+def test_kquant_dequantize_equals_gguf(wtype):
+    rng = np.random.default_rng(12)
+    w = random_kquant(rng, wtype, 5, 512)
+    theirs = gguf.dequantize(w.data, gguf.GGMLQuantizationType(int(wtype))).reshape(5, 512)
+    np.testing.assert_allclose(w.to_float(), theirs, rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(embedding(w, np.array([4, 0], np.int32)), w.to_float()[[4, 0]])
+
+
+@pytest.mark.parametrize("wtype", KQUANTS, ids=lambda t: t.name)
+@given(
+    m=st.sampled_from([1, 2, 5]),
+    n=st.sampled_from([1, 7, 32]),
+    k=st.sampled_from([256, 512, 2048]),
+    seed=st.integers(0, 2**31 - 1),
+)
+@SETTINGS
+def test_kquant_matmul_matches_numpy(isa, wtype, m, n, k, seed):
+    rng = np.random.default_rng(seed)
+    x, w = rand(rng, m, k), random_kquant(rng, wtype, n, k)
+    err = np.abs(matmul(x, w) - matmul_np(x, w)) / magnitude(x, w)
+    assert err.max() < 1e-5, f"{isa} {wtype.name} rel err {err.max()}"
+
+
+def test_kquant_k_must_fit_super_blocks():
+    rng = np.random.default_rng(13)
+    w = random_kquant(rng, WeightType.Q4_K, 4, 256)
+    with pytest.raises(ValueError, match="block size 256"):
+        _C.matmul(rand(rng, 1, 128), w.data, int(WeightType.Q4_K), 4)
+    with pytest.raises(ValueError, match="quantizer"):
+        Weight.from_float(rand(rng, 4, 256), WeightType.Q4_K)
 
 
 # ---- embedding ----

@@ -14,6 +14,9 @@ enum class WeightType : int32_t {
     F16 = 1,
     Q4_0 = 2,
     Q8_0 = 8,
+    Q4_K = 12,
+    Q5_K = 13,
+    Q6_K = 14,
     BF16 = 30,
     // corelm's own row-interleaved layouts (see block_q4_0x16); never stored in files.
     Q4_0_X16 = 1002,
@@ -37,6 +40,36 @@ struct block_q4_0 {
     uint8_t qs[kQK / 2];
 };
 static_assert(sizeof(block_q4_0) == 18, "block_q4_0 must be 18 bytes");
+
+// ---- k-quants: super-blocks of 256 (ggml-common.h) ----
+constexpr int kQK_K = 256;
+
+// Q4_K: 4.5 bits per weight. 8 sub-blocks of 32 with 6-bit scale and min (packed in
+// scales[12]); value = d * sc * q - dmin * m, q in 0..15.
+struct block_q4_K {
+    uint16_t d, dmin;
+    uint8_t scales[12];
+    uint8_t qs[kQK_K / 2];
+};
+static_assert(sizeof(block_q4_K) == 144, "block_q4_K must be 144 bytes");
+
+// Q5_K: 5.5 bits per weight; as Q4_K with a fifth bit per weight in qh.
+struct block_q5_K {
+    uint16_t d, dmin;
+    uint8_t scales[12];
+    uint8_t qh[kQK_K / 8];
+    uint8_t qs[kQK_K / 2];
+};
+static_assert(sizeof(block_q5_K) == 176, "block_q5_K must be 176 bytes");
+
+// Q6_K: 6.5625 bits per weight. 16 sub-blocks of 16 with int8 scales; value = d * sc * (q - 32).
+struct block_q6_K {
+    uint8_t ql[kQK_K / 2];
+    uint8_t qh[kQK_K / 4];
+    int8_t scales[kQK_K / 16];
+    uint16_t d;
+};
+static_assert(sizeof(block_q6_K) == 210, "block_q6_K must be 210 bytes");
 
 // Row-interleaved layouts: block b of 16 consecutive rows stored together, so that one
 // 64-byte vector holds the same 4-element slice of all 16 rows and one vpdpbusd advances 16
@@ -81,12 +114,17 @@ inline size_t row_bytes(WeightType t, int64_t k) {
         case WeightType::Q8_0_X16: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q8_0);
         case WeightType::Q4_0:
         case WeightType::Q4_0_X16: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q4_0);
+        case WeightType::Q4_K: return k % kQK_K ? 0 : size_t(k / kQK_K) * sizeof(block_q4_K);
+        case WeightType::Q5_K: return k % kQK_K ? 0 : size_t(k / kQK_K) * sizeof(block_q5_K);
+        case WeightType::Q6_K: return k % kQK_K ? 0 : size_t(k / kQK_K) * sizeof(block_q6_K);
     }
     return 0;
 }
 
 inline int64_t block_size(WeightType t) {
-    return (t == WeightType::F32 || t == WeightType::F16 || t == WeightType::BF16) ? 1 : kQK;
+    if (t == WeightType::F32 || t == WeightType::F16 || t == WeightType::BF16) return 1;
+    if (t == WeightType::Q4_K || t == WeightType::Q5_K || t == WeightType::Q6_K) return kQK_K;
+    return kQK;
 }
 
 // Rows must come in whole groups of kPackRows for these.
@@ -104,7 +142,8 @@ inline bool is_known_type(int32_t t) {
     switch (WeightType(t)) {
         case WeightType::F32: case WeightType::F16: case WeightType::BF16:
         case WeightType::Q8_0: case WeightType::Q4_0:
-        case WeightType::Q4_0_X16: case WeightType::Q8_0_X16: return true;
+        case WeightType::Q4_0_X16: case WeightType::Q8_0_X16:
+        case WeightType::Q4_K: case WeightType::Q5_K: case WeightType::Q6_K: return true;
     }
     return false;
 }
@@ -117,6 +156,9 @@ inline const char* type_name(WeightType t) {
         case WeightType::Q8_0: return "Q8_0";
         case WeightType::Q4_0: return "Q4_0";
         case WeightType::Q4_0_X16: return "Q4_0_X16";
+        case WeightType::Q4_K: return "Q4_K";
+        case WeightType::Q5_K: return "Q5_K";
+        case WeightType::Q6_K: return "Q6_K";
         case WeightType::Q8_0_X16: return "Q8_0_X16";
     }
     return "unknown";

@@ -60,6 +60,9 @@ using BinaryFn = void (*)(const float* a, const float* b, float* y, int64_t n);
     X(matmul_q4_0, MatmulFn)                 \
     X(matmul_q8_0x16, MatmulFn)              \
     X(matmul_q4_0x16, MatmulFn)              \
+    X(matmul_q4_k, MatmulFn)                 \
+    X(matmul_q5_k, MatmulFn)                 \
+    X(matmul_q6_k, MatmulFn)                 \
     X(attention, AttentionFn)                \
     X(rmsnorm, RmsNormFn)                    \
     X(layernorm, LayerNormFn)                \
@@ -89,6 +92,7 @@ void quantize_row_q8_0(const float* x, block_q8_0* y, int64_t k);
 void quantize_row_q4_0(const float* x, block_q4_0* y, int64_t k);
 void dequantize_row(WeightType t, const uint8_t* row, float* y, int64_t k);
 void quantize_row(WeightType t, const float* x, uint8_t* row, int64_t k);
+
 // kPackRows GGUF rows (row_stride bytes apart) <-> one packed group of all k/32 blocks.
 void pack_rows_x16(WeightType packed, const uint8_t* rows, size_t row_stride, uint8_t* out, int64_t k);
 void unpack_rows_x16(WeightType packed, const uint8_t* group, uint8_t* rows, size_t row_stride, int64_t k);

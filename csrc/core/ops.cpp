@@ -31,6 +31,9 @@ MatmulFn matmul_kernel(const KernelTable& kt, WeightType t) {
         case WeightType::Q4_0: return kt.matmul_q4_0;
         case WeightType::Q8_0_X16: return kt.matmul_q8_0x16;
         case WeightType::Q4_0_X16: return kt.matmul_q4_0x16;
+        case WeightType::Q4_K: return kt.matmul_q4_k;
+        case WeightType::Q5_K: return kt.matmul_q5_k;
+        case WeightType::Q6_K: return kt.matmul_q6_k;
     }
     return nullptr;
 }
@@ -42,7 +45,7 @@ void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, WeightType t
     MatmulArgs a{w, row_bytes(t, k), x, k, nullptr, m, n, k, y, n};
     // Reused across calls, so a decode loop allocates nothing once warm.
     thread_local std::vector<block_q8_act> xq;
-    if (block_size(t) == kQK) {
+    if (block_size(t) >= kQK) {
         const int64_t nb = k / kQK;
         if (int64_t(xq.size()) < m * nb) xq.resize(size_t(m * nb));
         block_q8_act* xqp = xq.data();

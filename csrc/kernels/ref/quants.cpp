@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "../../core/kernel_table.h"
+#include "../../core/kquants.h"
 
 namespace corelm::ref {
 
@@ -37,6 +38,20 @@ void quantize_row_q4_0(const float* x, block_q4_0* y, int64_t k) {
 
 void dequantize_row(WeightType t, const uint8_t* row, float* y, int64_t k) {
     switch (t) {
+        case WeightType::Q4_K:
+        case WeightType::Q5_K:
+        case WeightType::Q6_K: {
+            const size_t bytes = row_bytes(t, kQK_K);
+            KDecoded dec;
+            for (int64_t sb = 0; sb < k / kQK_K; ++sb, y += kQK_K) {
+                decode_k(t, row + sb * bytes, dec);
+                for (int i = 0; i < kQK_K; ++i) {
+                    y[i] = t == WeightType::Q6_K ? dec.d_sc16[i / 16] * float(dec.q[i])
+                                                 : dec.d_sc[i / 32] * float(dec.q[i]) - dec.dmin_m[i / 32];
+                }
+            }
+            return;
+        }
         case WeightType::F32:
             std::copy_n(reinterpret_cast<const float*>(row), k, y);
             return;
@@ -145,6 +160,10 @@ void quantize_row(WeightType t, const float* x, uint8_t* row, int64_t k) {
         case WeightType::Q4_0_X16:
         case WeightType::Q8_0_X16:
             return;  // made from quantized rows by pack_rows_x16, never from floats directly
+        case WeightType::Q4_K:
+        case WeightType::Q5_K:
+        case WeightType::Q6_K:
+            return;  // no k-quant quantizer yet: the bindings refuse these
     }
 }
 

@@ -1,0 +1,59 @@
+// k-quant matrix products (Q4_K, Q5_K, Q6_K), compiled once per path like ops.cpp. Each
+// super-block of a weight row is decoded once to int8 codes (kquants.h), then meets every
+// activation row's int8 blocks in integer dot products: one scale per 32 (Q4_K/Q5_K, with
+// the min term applied through the activation block's sum) or per 16 (Q6_K).
+#include "../../core/kernel_table.h"
+#include "../../core/kquants.h"
+
+#ifndef CORELM_ISA_NS
+#error "compile with -DCORELM_ISA_NS=<path name>"
+#endif
+
+namespace corelm::CORELM_ISA_NS {
+
+namespace {
+
+inline int32_t idot(const int8_t* a, const int8_t* b, int n) {
+    int32_t s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; ++i) s += int32_t(a[i]) * int32_t(b[i]);
+    return s;
+}
+
+template <WeightType T>
+void matmul_k(const MatmulArgs& a, int64_t n0, int64_t n1) {
+    const int64_t n_super = a.k / kQK_K, nb = a.k / kQK;
+    const size_t super_bytes = row_bytes(T, kQK_K);
+    KDecoded dec;
+    for (int64_t n = n0; n < n1; ++n) {
+        for (int64_t m = 0; m < a.m; ++m) a.y[m * a.ldy + n] = 0.0f;
+        const uint8_t* row = a.w + n * a.w_stride;
+        for (int64_t sb = 0; sb < n_super; ++sb) {
+            decode_k(T, row + sb * super_bytes, dec);
+            for (int64_t m = 0; m < a.m; ++m) {
+                const block_q8_act* x = a.xq + m * nb + sb * (kQK_K / kQK);
+                float acc = 0.0f;
+                for (int j = 0; j < kQK_K / kQK; ++j) {
+                    const int8_t* q = dec.q + kQK * j;
+                    if constexpr (T == WeightType::Q6_K) {
+                        acc += x[j].d * (dec.d_sc16[2 * j] * float(idot(q, x[j].qs, 16)) +
+                                         dec.d_sc16[2 * j + 1] * float(idot(q + 16, x[j].qs + 16, 16)));
+                    } else {
+                        acc += x[j].d * (dec.d_sc[j] * float(idot(q, x[j].qs, kQK)) - dec.dmin_m[j] * float(x[j].s));
+                    }
+                }
+                a.y[m * a.ldy + n] += acc;
+            }
+        }
+    }
+}
+
+}  // namespace
+
+void fill_kquants(KernelTable& t) {
+    t.matmul_q4_k = matmul_k<WeightType::Q4_K>;
+    t.matmul_q5_k = matmul_k<WeightType::Q5_K>;
+    t.matmul_q6_k = matmul_k<WeightType::Q6_K>;
+}
+
+}  // namespace corelm::CORELM_ISA_NS
