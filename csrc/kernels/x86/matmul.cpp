@@ -187,43 +187,53 @@ void tile_quant<DecodeQ8_0, 4, 1>(const MatmulArgs& a, int64_t n, int64_t m) {
 }
 #endif
 
-#if defined(__AVX512VNNI__)
-// ---- packed groups of 16 rows (block_q4_0x16 / block_q8_0x16): AVX-512 VNNI only ----
-// Each zmm of weight codes holds one 4-element slice of 16 rows (a row per 32-bit lane), so
-// vpdpbusd against that slice of the activations, broadcast, adds 4 products to all 16
-// outputs. Eight of them cover a block; one fma per block applies the 16 row scales.
+// ---- packed groups of 16 rows (block_q4_0x16 / block_q8_0x16) ----
+// Each vector of weight codes holds one 4-element slice of kSliceRows rows (a row per 32-bit
+// lane), so one dot instruction against that slice of the activations, broadcast, adds 4
+// products to kSliceRows outputs. Eight slices cover a block; one fma per block applies the
+// row scales. AVX-512 covers the 16 rows in one vector, AVX2 in two.
 
 template <bool Q4, int C>
 void tile_x16(const MatmulArgs& a, int64_t n, int64_t m) {
     using Block = std::conditional_t<Q4, block_q4_0x16, block_q8_0x16>;
-    constexpr int32_t kOffset = Q4 ? 8 : 128;
+    constexpr int kHalves = kPackRows / kSliceRows;
     const int64_t nb = a.k / kQK;
     const auto* grp = reinterpret_cast<const Block*>(a.w + n * a.w_stride);
     const block_q8_act* x[C];
     for (int c = 0; c < C; ++c) x[c] = a.xq + (m + c) * nb;
-    const __m512i low4 = _mm512_set1_epi8(0x0f);
-    __m512 acc[C];
-    for (int c = 0; c < C; ++c) acc[c] = _mm512_setzero_ps();
+    vf acc[C][kHalves];
+    for (int c = 0; c < C; ++c)
+        for (int h = 0; h < kHalves; ++h) acc[c][h] = vf_zero();
     for (int64_t b = 0; b < nb; ++b) {
-        __m512i w[8];  // w[j]: elements 4j..4j+3 of the 16 rows
-        if constexpr (Q4) {
-            for (int j = 0; j < 4; ++j) {
-                const __m512i v = _mm512_loadu_si512(grp[b].qs + 64 * j);
-                w[j] = _mm512_and_si512(v, low4);
-                w[4 + j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+        Slice w[8][kHalves];  // w[j][h]: elements 4j..4j+3 of rows h*kSliceRows ..
+        for (int h = 0; h < kHalves; ++h) {
+            if constexpr (Q4) {
+                for (int j = 0; j < 4; ++j) {
+                    const Slice v = slice_load(grp[b].qs + 64 * j + 4 * kSliceRows * h);
+                    w[j][h] = slice_low4(v);
+                    w[4 + j][h] = slice_high4(v);
+                }
+            } else {
+                for (int j = 0; j < 8; ++j) w[j][h] = slice_load(grp[b].qs + 64 * j + 4 * kSliceRows * h);
             }
-        } else {
-            for (int j = 0; j < 8; ++j) w[j] = _mm512_loadu_si512(grp[b].qs + 64 * j);
         }
-        const __m512 wd = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(grp[b].d)));
+        vf wd[kHalves];
+        for (int h = 0; h < kHalves; ++h) wd[h] = vf_load_f16(grp[b].d + kSliceRows * h);
         for (int c = 0; c < C; ++c) {
             const auto* xq = reinterpret_cast<const int32_t*>(x[c][b].qs);
-            __m512i isum = _mm512_set1_epi32(-kOffset * x[c][b].s);
-            for (int j = 0; j < 8; ++j) isum = _mm512_dpbusd_epi32(isum, w[j], _mm512_set1_epi32(xq[j]));
-            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(wd, _mm512_set1_ps(x[c][b].d)), acc[c]);
+            const vf xd = vf_set1(x[c][b].d);
+            for (int h = 0; h < kHalves; ++h) {
+                Slice isum = Q4 ? slice_offset_sum(8, x[c][b].s) : slice_q8_start(x[c][b].s);
+                for (int j = 0; j < 8; ++j) {
+                    const Slice xb = slice_set1(xq[j]);
+                    isum = Q4 ? slice_dot_small(isum, w[j][h], xb) : slice_dot_q8(isum, w[j][h], xb);
+                }
+                acc[c][h] = vf_fma(slice_to_float(isum), vf_mul(wd[h], xd), acc[c][h]);
+            }
         }
     }
-    for (int c = 0; c < C; ++c) _mm512_storeu_ps(a.y + (m + c) * a.ldy + n, acc[c]);
+    for (int c = 0; c < C; ++c)
+        for (int h = 0; h < kHalves; ++h) vf_store(a.y + (m + c) * a.ldy + n + kSliceRows * h, acc[c][h]);
 }
 
 template <bool Q4>
@@ -239,7 +249,6 @@ void matmul_x16(const MatmulArgs& a, int64_t n0, int64_t n1) {
         }
     }
 }
-#endif
 
 // ---- float weight types ----
 
@@ -330,10 +339,8 @@ void fill_matmul(KernelTable& t) {
     t.matmul_bf16 = matmul_bf16;
     t.matmul_q8_0 = matmul_q8_0;
     t.matmul_q4_0 = matmul_q4_0;
-#if defined(__AVX512VNNI__)
     t.matmul_q8_0x16 = matmul_x16<false>;
     t.matmul_q4_0x16 = matmul_x16<true>;
-#endif
 }
 
 }  // namespace corelm::CORELM_ISA_NS

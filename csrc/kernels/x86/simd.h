@@ -65,4 +65,40 @@ inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
 #endif
 }
 
+// ---- row slices for the packed 16-row layouts: a vector of int32 lanes, one row per lane,
+// each lane holding 4 u8 weight codes of its row ----
+#if defined(__AVX512VNNI__)
+using Slice = __m512i;
+constexpr int kSliceRows = 16;
+inline Slice slice_load(const uint8_t* p) { return _mm512_loadu_si512(p); }
+inline Slice slice_low4(Slice v) { return _mm512_and_si512(v, _mm512_set1_epi8(0x0f)); }
+inline Slice slice_high4(Slice v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0f)); }
+inline Slice slice_set1(int32_t v) { return _mm512_set1_epi32(v); }
+inline vf slice_to_float(Slice v) { return _mm512_cvtepi32_ps(v); }
+// The packed codes carry an offset (8 or 128) that is taken back once per block: start the
+// sum at -offset * sum(x).
+inline Slice slice_offset_sum(int32_t offset, int32_t x_sum) { return _mm512_set1_epi32(-offset * x_sum); }
+inline Slice slice_q8_start(int32_t x_sum) { return slice_offset_sum(128, x_sum); }
+inline Slice slice_dot_small(Slice acc, Slice u, Slice s) { return _mm512_dpbusd_epi32(acc, u, s); }
+inline Slice slice_dot_q8(Slice acc, Slice u, Slice s) { return _mm512_dpbusd_epi32(acc, u, s); }
+#else
+using Slice = __m256i;
+constexpr int kSliceRows = 8;
+inline Slice slice_load(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline Slice slice_low4(Slice v) { return _mm256_and_si256(v, _mm256_set1_epi8(0x0f)); }
+inline Slice slice_high4(Slice v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0f)); }
+inline Slice slice_set1(int32_t v) { return _mm256_set1_epi32(v); }
+inline vf slice_to_float(Slice v) { return _mm256_cvtepi32_ps(v); }
+inline Slice slice_offset_sum(int32_t offset, int32_t x_sum) { return _mm256_set1_epi32(-offset * x_sum); }
+// Codes 0..15 times int8 stay far from vpmaddubsw's int16 saturation.
+inline Slice slice_dot_small(Slice acc, Slice u, Slice s) { return dot_u8s8(acc, u, s); }
+// Q8 codes (w + 128) would saturate vpmaddubsw: take w back and multiply |w| by x with w's
+// sign (at most 2 * 128 * 127 per pair), so no offset is needed.
+inline Slice slice_q8_start(int32_t) { return _mm256_setzero_si256(); }
+inline Slice slice_dot_q8(Slice acc, Slice u, Slice s) {
+    const __m256i w = _mm256_xor_si256(u, _mm256_set1_epi8(char(0x80)));
+    return dot_u8s8(acc, _mm256_abs_epi8(w), _mm256_sign_epi8(s, w));
+}
+#endif
+
 }  // namespace corelm::x86
