@@ -181,6 +181,7 @@ def main() -> None:
         default=["corelm", "llama.cpp", "ctranslate2", "transformers-fp32", "transformers-bf16"],
     )
     ap.add_argument("--types", nargs="+", default=list(GGUF_TYPES), choices=GGUF_TYPES)
+    ap.add_argument("--report", default="compare", help="name of the JSON / PNG / Markdown files written in --out")
     args = ap.parse_args()
 
     llama_py = llama_python(ROOT / "bench-env") if "llama.cpp" in args.runtimes else ""
@@ -226,10 +227,12 @@ def main() -> None:
         "gen_tokens": args.gen,
         "results": results,
     }
-    (args.out / "compare.json").write_text(json.dumps(report, indent=2))
-    chart(results, args.threads, args.out / "compare.png")
-    print(f"CPU: {info['cpu']} ({info['physical_cores']} cores; {' '.join(report['machine']['features'])})\n")
-    print(markdown(results, args.threads))
+    (args.out / f"{args.report}.json").write_text(json.dumps(report, indent=2))
+    chart(results, args.threads, args.out / f"{args.report}.png")
+    text = (f"CPU: {info['cpu']} ({info['physical_cores']} cores; {' '.join(report['machine']['features'])})\n\n"
+            + markdown(results, args.threads))
+    (args.out / f"{args.report}.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

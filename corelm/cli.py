@@ -220,8 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_bench)
+    from corelm.server import add_parser as add_serve_parser
     from corelm.train import add_parser as add_train_parser
 
+    add_serve_parser(sub)
     add_train_parser(sub)
 
     p = sub.add_parser(

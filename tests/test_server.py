@@ -68,6 +68,8 @@ class ServerProcess:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        print(f"server log ({self.url if hasattr(self, 'url') else 'not started'}):")  # shown when a test fails
+        print(Path(self.log.name).read_text()[-4000:])
         self.log.close()
 
 
@@ -167,7 +169,14 @@ def test_chat_and_streaming_chat(server, llm):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 24
-    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 5  # token by token
+
+
+def test_stream_arrives_in_pieces(server):
+    # A writer that falls behind sends what has piled up as one chunk, so with this tiny (fast)
+    # model chunks may hold several tokens; a long reply still comes in many pieces.
+    stream = server.client().completions.create(model=M, prompt="Once", max_tokens=400, temperature=0, stream=True)
+    texts = [c.choices[0].text for c in stream]
+    assert sum(1 for t in texts if t) > 3
 
 
 def test_raw_stream_format(server):
@@ -246,7 +255,7 @@ def test_logprobs(server):
     ],
 )
 def test_bad_completion_requests(server, kwargs, error, param):
-    args = dict(model=M, prompt="Hi", max_tokens=4, **kwargs)
+    args = {"model": M, "prompt": "Hi", "max_tokens": 4, **kwargs}
     with pytest.raises(error) as e:
         server.client().completions.create(**args)
     err = error_of(e.value.response.content)
@@ -325,13 +334,22 @@ def test_http_errors(server):
     )
     assert reply.startswith(b"HTTP/1.1 413") and b"request_too_large" in reply
     reply = raw(
-        port, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n\r\n"
+        port,
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer "
+        + KEY.encode()
+        + b"\r\n\r\n",
     )
     assert reply.startswith(b"HTTP/1.1 411")
-    reply = raw(port, b"NONSENSE\r\n\r\n")
-    assert reply.startswith(b"HTTP/1.1 400") and b'"error"' in reply
-    reply = raw(port, b"BREW /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert reply.startswith(b"HTTP/1.1 401")  # /v1 asks for the key first
+    reply = raw(port, b"NONSENSE\r\n\r\n")  # an HTTP/0.9-style line: the reply is the bare body
+    assert json.loads(reply)["error"]["message"].startswith("Bad request syntax")
+    reply = raw(port, b"GET /health HTTP/1.1\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 431") and b'"error"' in reply
+    reply = raw(port, b"BREW /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 501") and b'"error"' in reply  # a method HTTP does not know
+    status, body, _ = request(port, "DELETE", "/v1/models")
+    assert status == 401  # /v1 asks for the key first
+    status, body, _ = request(port, "DELETE", "/v1/models", headers={"Authorization": f"Bearer {KEY}"})
+    assert status == 405
     assert_alive(server)
 
 
@@ -359,7 +377,7 @@ def test_concurrent_streams_are_batched(server):
     prompts = ["Once upon a time", "Lily and Ben", "The cat", "One day, a little"]
     settings = [dict(temperature=0), dict(temperature=0), dict(temperature=0.9, seed=11), dict(temperature=0)]
     alone = [
-        client.completions.create(model=M, prompt=p, max_tokens=120, **s).choices[0].text
+        client.completions.create(model=M, prompt=p, max_tokens=200, **s).choices[0].text
         for p, s in zip(prompts, settings, strict=True)
     ]
     before = server.metrics()
@@ -368,7 +386,7 @@ def test_concurrent_streams_are_batched(server):
 
     def run(i: int) -> None:
         start.wait()
-        stream = client.completions.create(model=M, prompt=prompts[i], max_tokens=120, stream=True, **settings[i])
+        stream = client.completions.create(model=M, prompt=prompts[i], max_tokens=200, stream=True, **settings[i])
         results[i] = "".join(c.choices[0].text for c in stream)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
@@ -381,8 +399,8 @@ def test_concurrent_streams_are_batched(server):
     steps = after["corelm_forward_batch_calls_total"] - before["corelm_forward_batch_calls_total"]
     assert after["corelm_batch_sequences_max"] >= 3
     assert after["corelm_batched_steps_total"] > before["corelm_batched_steps_total"]
-    assert steps < 4 * 121  # fewer forward calls than tokens: steps were shared
-    assert after["corelm_generation_tokens_total"] - before["corelm_generation_tokens_total"] == 4 * 120
+    assert steps < 4 * 201  # fewer forward calls than tokens: steps were shared
+    assert after["corelm_generation_tokens_total"] - before["corelm_generation_tokens_total"] == 4 * 200
     assert 'corelm_http_requests_total{route="/v1/completions",code="200"}' in after
 
 
@@ -396,15 +414,21 @@ def small_server():
     s.stop()
 
 
-def open_stream(port: int, max_tokens: int = 2000) -> tuple[socket.socket, bytes]:
-    """Start a long streaming completion over a raw socket; returns it once tokens flow."""
-    body = json.dumps({"prompt": "Once upon a time", "max_tokens": max_tokens, "stream": True}).encode()
+def send_completion(port: int, stream: bool, max_tokens: int = 2000) -> socket.socket:
+    """Start a long completion over a raw socket."""
+    body = json.dumps({"prompt": "Once upon a time", "max_tokens": max_tokens, "stream": stream}).encode()
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
     s.sendall(
         b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         + f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body
     )
+    return s
+
+
+def open_stream(port: int) -> tuple[socket.socket, bytes]:
+    """Start a long streaming completion; returns its socket once tokens flow."""
+    s = send_completion(port, stream=True)
     got = b""
     while got.count(b"data: ") < 3:
         got += s.recv(4096)
@@ -423,6 +447,20 @@ def test_disconnect_frees_the_slot(small_server):
     before = small_server.metrics()
     sock, got = open_stream(small_server.port)
     assert got.startswith(b"HTTP/1.1 200") and small_server.health()["slots_busy"] == 1
+    sock.close()
+    assert wait_for(lambda: small_server.health()["slots_busy"] == 0) < 1.0
+    after = small_server.metrics()
+    assert after["corelm_requests_cancelled_total"] == before["corelm_requests_cancelled_total"] + 1
+    assert after["corelm_generation_tokens_total"] - before["corelm_generation_tokens_total"] < 1000
+    assert_alive_small(small_server)
+
+
+def test_disconnect_without_streaming_frees_the_slot(small_server):
+    before = small_server.metrics()
+    sock = send_completion(small_server.port, stream=False)
+    wait_for(
+        lambda: small_server.metrics()["corelm_generation_tokens_total"] > before["corelm_generation_tokens_total"]
+    )
     sock.close()
     assert wait_for(lambda: small_server.health()["slots_busy"] == 0) < 1.0
     after = small_server.metrics()
@@ -458,6 +496,21 @@ def test_queue_full_gives_503(small_server):
     assert_alive_small(small_server)
 
 
+# ---- pieces ----
+
+
+def test_stop_strings_helper():
+    from corelm.engine.stops import StopStrings
+
+    held = StopStrings(["</s>", "User:"])
+    assert held.push("Hello <") == "Hello " and held.push("/") == "" and held.push("x") == "</x"
+    assert held.push(" Us") == " " and held.push("er: more") == "" and held.stopped
+    assert held.flush("tail") == ""
+    held = StopStrings(["abc"])
+    assert held.push("xa") == "x" and held.flush("b") == "ab" and not held.stopped
+    assert StopStrings([]).push("abc") == "abc"
+
+
 # ---- the CLI hook ----
 
 
@@ -469,6 +522,7 @@ def test_add_parser():
     args = parser.parse_args(["serve", "m.gguf", "--port", "9000", "--parallel", "2", "--queue", "3", "--ctx", "64"])
     assert args.func is cmd_serve and (args.port, args.parallel, args.queue, args.ctx) == (9000, 2, 3, 64)
     assert args.host == "127.0.0.1"
+    assert parser.parse_args(["serve"]).model is None  # corelm's default model
 
 
 def test_page_is_served(server):

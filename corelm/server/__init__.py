@@ -8,6 +8,20 @@ Routes: GET / (chat page), /health, /metrics (Prometheus), /v1/models[/ID]; POST
 The model id is the file's stem (a folder's name), or --alias; requests may leave out
 "model", and any other name gets 404 model_not_found.
 
+Choices:
+- Standard library only (http.server's ThreadingHTTPServer, HTTP/1.1 keep-alive): no new
+  dependency. Handler threads only parse, validate and write; one scheduler thread owns the
+  model and talks to them through queues.
+- Continuous batching: each step is one Model.forward_batch call over every active sequence.
+  New prompts are prefilled as segments of that same call (at most --prefill-chunk prompt
+  tokens per step, a longer prompt spreads over several steps), so running sequences keep
+  getting a token per step while a request joins. --parallel KV caches of --ctx tokens are
+  allocated once at start; a finished or abandoned sequence frees its slot at once.
+- Past --parallel running and --queue waiting requests: 503 with Retry-After: 1.
+- max_tokens: completions default to 16 (as OpenAI), chat to the rest of the slot's context;
+  an explicit value with the prompt past the context is 400 context_length_exceeded.
+- A stream writer that falls behind sends the tokens that piled up as one chunk.
+
 Layout: scheduler.py (the one thread that runs the model: continuous batching over a pool of
 KV-cache slots), openai_api.py (request validation and response shapes), app.py (HTTP),
 metrics.py (/metrics), chat.html (the page).
@@ -26,7 +40,12 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="a .gguf file or a Hugging Face model folder")
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="a .gguf file or a Hugging Face model folder (default: corelm's own small model)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     p.add_argument(
@@ -71,20 +90,25 @@ def model_id(path: str) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from corelm import _C
-    from corelm.llm import DEFAULT_MAX_CTX
+    from corelm.llm import DEFAULT_MAX_CTX, DEFAULT_MODEL
     from corelm.models import load_model
     from corelm.server.app import App, Server
     from corelm.server.openai_api import OpenAIApi
     from corelm.server.scheduler import Scheduler
 
+    path = args.model
+    if path is None:
+        if not DEFAULT_MODEL.is_file():
+            raise FileNotFoundError(f"corelm's default model is missing from this install ({DEFAULT_MODEL})")
+        path = str(DEFAULT_MODEL)
     if args.threads is not None:
         _C.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model, quant=args.quant)
+    model, tokenizer = load_model(path, quant=args.quant)
     if tokenizer is None:
-        raise ValueError(f"{args.model}: the model has no tokenizer; the server needs one")
+        raise ValueError(f"{path}: the model has no tokenizer; the server needs one")
     ctx = args.ctx or min(model.config.ctx, DEFAULT_MAX_CTX)
     scheduler = Scheduler(model, tokenizer, args.parallel, ctx, args.queue, args.kv_dtype, args.prefill_chunk)
-    name = args.alias or model_id(args.model)
+    name = args.alias or model_id(path)
     api = OpenAIApi(tokenizer, name, ctx, model.config.vocab_size)
     server = Server((args.host, args.port), App(scheduler, api, args.api_key))
     host, port = server.server_address[:2]
@@ -94,6 +118,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    if not args.api_key and host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("listening on %s without --api-key: anyone who can reach this port can use the model", host)
     print(
         f"corelm serve: {name} on http://{host}:{port} ({args.parallel} slots x {ctx} tokens, "
         f"KV cache {scheduler.kv_bytes / 2**20:.1f} MiB, queue {args.queue}, {_C.info()['threads']} threads"

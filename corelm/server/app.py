@@ -15,6 +15,7 @@ import json
 import logging
 import select
 import socket
+import sys
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -69,9 +70,17 @@ class Server(ThreadingHTTPServer):
         self.app = app
         super().__init__(address, Handler)
 
+    def handle_error(self, request, client_address) -> None:
+        # A client resetting an idle keep-alive connection is routine, not worth a traceback.
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            log.debug("connection from %s ended: %s", client_address, sys.exc_info()[1])
+        else:
+            log.exception("error on the connection from %s", client_address)
+
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # each server-sent event goes out at once
     server_version = "corelm"
     timeout = 60  # seconds a client may stall while sending a request or reading a response
     server: Server
@@ -84,6 +93,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         app = self.server.app
         self._route, self._status, self._streaming, self._body_read = "unknown", 0, False, False
+        self._held = None  # an event taken from the queue early (see _next)
+        self._checked = time.monotonic()  # when _next last looked for a closed connection
         try:
             self._dispatch(app)
         except ApiError as e:
@@ -143,10 +154,14 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _client_gone(self) -> bool:
+        """Whether the client closed its end (a pipelined next request does not count)."""
         try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
-            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
-        except (OSError, ValueError):
+            poller = select.poll()  # not select(): no limit on the descriptor number
+            poller.register(self.connection, select.POLLIN)
+            if not poller.poll(0):
+                return False  # nothing to read: still connected
+            return self.connection.recv(1, socket.MSG_PEEK) == b""  # readable, so this does not block
+        except OSError:
             return True
 
     # ---- routing ----
@@ -264,12 +279,26 @@ class Handler(BaseHTTPRequestHandler):
             app.scheduler.cancel(job)  # frees the slot if the job is still running (client gone); else no-op
 
     def _next(self, req: ApiRequest) -> Delta | Done | Failed:
-        while True:
-            ev = req.job.next_event(POLL_SECONDS)
-            if ev is not None:
-                return ev
+        """The next event; Deltas that are already waiting come merged into one."""
+        now = time.monotonic()
+        if now - self._checked > POLL_SECONDS:  # also while tokens flow: a JSON reply writes nothing until the end
+            self._checked = now
             if self._client_gone():
                 raise ClientGone
+        ev = self._held or req.job.next_event(POLL_SECONDS)
+        self._held = None
+        while ev is None:
+            if self._client_gone():
+                raise ClientGone
+            ev = req.job.next_event(POLL_SECONDS)
+        # A writer that falls behind the scheduler catches up with one write, not one per token.
+        while isinstance(ev, Delta) and (more := req.job.next_event(0)) is not None:
+            if not isinstance(more, Delta):
+                self._held = more
+                break
+            lps = ev.logprobs + more.logprobs if ev.logprobs is not None else None
+            ev = Delta(ev.text + more.text, lps)
+        return ev
 
     def _complete(self, app: App, req: ApiRequest, rid: str, created: int) -> None:
         texts: list[str] = []

@@ -18,7 +18,6 @@ StopStrings, so text, stop strings and logprobs come out exactly as LLM.stream m
 
 from __future__ import annotations
 
-import itertools
 import logging
 import queue
 import threading
@@ -56,11 +55,10 @@ class Job:
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     cancelled: bool = False
-    id: int = field(default_factory=itertools.count().__next__)
 
     def next_event(self, timeout: float) -> Delta | Done | Failed | None:
         try:
-            return self.events.get(timeout=timeout)
+            return self.events.get(timeout=timeout) if timeout > 0 else self.events.get_nowait()
         except queue.Empty:
             return None
 
@@ -244,8 +242,10 @@ class Scheduler:
         for seq in [s for s in self.active if s.job.cancelled]:
             self._release(seq)
             self.stats.cancelled += 1
-        if any(j.cancelled for j in self.waiting):
+        gone = sum(j.cancelled for j in self.waiting)
+        if gone:
             self.waiting = deque(j for j in self.waiting if not j.cancelled)
+            self.stats.cancelled += gone
 
     def _admit(self) -> None:
         while self.free and self.waiting:
@@ -292,16 +292,24 @@ class Scheduler:
         except Exception as e:  # a bug, not bad input (requests are validated): fail these, keep serving
             log.exception("forward_batch failed")
             for seq, _ in stepped:
-                seq.job.events.put(Failed(f"internal error: {e}"))
-                self._release(seq)
-                self.stats.failed += 1
+                self._fail(seq, f"internal error: {e}")
             return
         seconds = time.perf_counter() - t0
         generated = 0
         for row, (seq, sample) in zip(logits, stepped, strict=True):
             if sample:
-                generated += self._advance(seq, row)
+                try:
+                    generated += self._advance(seq, row)
+                except Exception as e:  # a bug: end this sequence, keep the others going
+                    log.exception("sampling or decoding failed")
+                    self._fail(seq, f"internal error: {e}")
         self.stats.step(len(segments), len(tokens), generated, seconds)
+
+    def _fail(self, seq: _Seq, message: str) -> None:
+        seq.job.events.put(Failed(message))
+        if seq in self.active:
+            self._release(seq)
+        self.stats.failed += 1
 
     def _advance(self, seq: _Seq, logits: np.ndarray) -> int:
         """Sample a sequence's next token from its logits row and send its text; 1 if a token was made."""
