@@ -220,11 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_bench)
+    from corelm.analysis.perplexity import add_parsers as add_perplexity_parsers
+    from corelm.quantize import add_parsers as add_quantize_parsers
     from corelm.server import add_parser as add_serve_parser
     from corelm.train import add_parser as add_train_parser
 
     add_serve_parser(sub)
     add_train_parser(sub)
+    add_quantize_parsers(sub)
+    add_perplexity_parsers(sub)
 
     p = sub.add_parser(
         "roofline",

@@ -76,8 +76,11 @@ def write_gguf(
     tokenizer_metadata: dict[str, Any] | None = None,
     wtype: WeightType | None = None,
     name: str = "corelm model",
+    progress: bool = False,
 ) -> Path:
-    """Write `model` (weights converted to `wtype` where given) to `path`, atomically."""
+    """Write `model` (weights converted to `wtype` where given) to `path`, atomically: to
+    `path`.tmp, renamed at the end; a failure removes the .tmp and leaves `path` untouched.
+    progress: a tqdm bar (bytes) while the tensors are written."""
     c, path = model.config, Path(path)
     tmp = path.with_name(path.name + ".tmp")
     writer = gguf.GGUFWriter(tmp, c.arch)
@@ -109,10 +112,14 @@ def write_gguf(
                 vec = vec[rope_pair_permutation(vec.size, heads)]
             writer.add_tensor(tname, vec)
     try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    os.replace(tmp, path)
+        try:
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file(progress=progress)
+        finally:
+            writer.close()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

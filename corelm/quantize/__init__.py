@@ -1,0 +1,90 @@
+"""Writing models in other weight types: `corelm quantize INPUT OUTPUT.gguf --type T`.
+
+    corelm quantize model_dir/ model-q8_0.gguf --type q8_0
+    corelm quantize model.gguf model-q4_0.gguf --type q4_0 --optimize --calib some-text.txt
+
+convert.py does the work (which tensor gets which type, metadata, the atomic write);
+q4_0_opt.py is the error-minimising Q4_0 quantizer behind --optimize and calibrate.py the
+activation statistics that weight it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from corelm.quantize.convert import MISSING, TYPES, QuantizeReport, UnsupportedTypeError, format_report, quantize_model
+
+__all__ = ["QuantizeReport", "UnsupportedTypeError", "add_parsers", "cmd_quantize", "quantize_model"]
+
+_EPILOG = """\
+types:
+  f32, f16, bf16   every matrix converted to that type
+  q8_0, q4_0       GGUF's 32-weight blocks (8-bit / 4-bit codes with an fp16 scale); matrices
+                   whose rows are not a multiple of 32 long keep their type (listed in the summary)
+  q4_k_m, q6_k     NOT AVAILABLE YET: they need k-quant quantizers (Q4_K / Q6_K super-blocks
+                   with searched sub-block scales) that neither corelm nor the gguf package has;
+                   asking for them is an error that says so. Use llama.cpp's llama-quantize.
+  Norms and biases are always F32. The tokenizer, special tokens, chat template and
+  architecture metadata are kept; llama.cpp and corelm load the output as they load the input.
+
+--optimize (q4_0 only): each block's scale is searched (both signs, a grid around max/-8, the
+best scale for the rounded codes solved exactly) to minimise the block's squared error, weighted
+per column by the mean square of the activations that column meets on the --calib text (run
+through the input model; without --calib every column counts the same). The output is plain
+Q4_0 - same size, same kernels, same speed, loads anywhere Q4_0 does - with lower error.
+
+The output is written to OUTPUT.tmp and renamed when complete: a failed run leaves no file.
+
+examples:
+  corelm quantize ../shared/data/models/stories260K/stories260K.gguf /tmp/s-q8_0.gguf --type q8_0
+  corelm quantize my-hf-model/ my-model-q4_0.gguf --type q4_0 --optimize --calib calib.txt
+"""
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        from corelm import _C
+
+        _C.set_num_threads(args.threads)
+    report = quantize_model(
+        args.input,
+        args.output,
+        args.type,
+        optimize=args.optimize,
+        calib=args.calib,
+        calib_tokens=args.calib_tokens,
+        progress=not args.quiet,
+    )
+    print(format_report(report), file=sys.stdout)
+    return 0
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `quantize` on the `corelm` command's subparsers; returns its parser."""
+    p = subparsers.add_parser(
+        "quantize",
+        help="write a model as a GGUF file of another weight type (f32 f16 bf16 q8_0 q4_0)",
+        description="Convert INPUT (a .gguf file or a Hugging Face folder) to OUTPUT, a GGUF file whose "
+        "matrices are in --type. Prints a summary: sizes before and after, tensor types, tensors kept.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_EPILOG,
+    )
+    p.add_argument("input", metavar="INPUT", help="a .gguf file or a Hugging Face model folder")
+    p.add_argument("output", metavar="OUTPUT", help="the GGUF file to write")
+    p.add_argument(
+        "--type",
+        required=True,
+        type=str.lower,
+        choices=[*TYPES, *MISSING],
+        help="weight type: f32, f16, bf16, q8_0, q4_0 (q4_k_m and q6_k are not implemented yet: see below)",
+    )
+    p.add_argument("--optimize", action="store_true", help="q4_0: error-minimising block scales (same layout)")
+    p.add_argument("--calib", default=None, metavar="TEXT", help="--optimize: weigh errors by activations on TEXT")
+    p.add_argument(
+        "--calib-tokens", type=int, default=2048, metavar="N", help="--calib: use its first N tokens (default 2048)"
+    )
+    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_quantize)
+    return p

@@ -1,0 +1,282 @@
+"""`corelm quantize`: a GGUF file or Hugging Face folder -> a GGUF file of another weight type.
+
+Which tensor gets what:
+  - f32 / f16 / bf16: every matrix (2-D tensor) is converted to that type;
+  - q8_0 / q4_0: every matrix whose rows are a multiple of 32 long (the block size) is
+    quantized, the token embedding and output matrix included (as llama-quantize --pure
+    does: llama-quantize's default puts output.weight in Q6_K, which corelm cannot write
+    yet); other matrices keep the type they had (F32, F16 or BF16) and are listed in the
+    summary;
+  - vectors (norms, biases) are always F32.
+The output keeps the tokenizer (Tokenizer.gguf_metadata(): vocabulary, merges, special-token
+ids, add-BOS flag, chat template) and the architecture metadata (write_gguf writes the
+hyperparameters from the model config; other keys of a GGUF input, such as general.*, are
+copied), so llama.cpp and corelm load it as they load the input.
+
+The file is written to OUTPUT.tmp and renamed when complete: a failure at any point leaves no
+OUTPUT (and no .tmp) behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+from tqdm import tqdm
+
+from corelm.formats import ModelFileError
+from corelm.formats.gguf_write import _hparams, write_gguf
+from corelm.kernels import Weight, WeightType
+from corelm.models import load_model
+from corelm.models.base import Model
+from corelm.quantize.calibrate import activation_stats
+from corelm.quantize.q4_0_opt import quantize_q4_0_optimized
+from corelm.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+TYPES = {
+    "f32": WeightType.F32,
+    "f16": WeightType.F16,
+    "bf16": WeightType.BF16,
+    "q8_0": WeightType.Q8_0,
+    "q4_0": WeightType.Q4_0,
+}
+# Types llama.cpp writes that need quantizers corelm does not have yet (named, not faked).
+MISSING = {
+    "q4_k_m": "Q4_K and Q6_K",
+    "q6_k": "Q6_K",
+}
+FILE_TYPES = {
+    WeightType.F32: gguf.LlamaFileType.ALL_F32,
+    WeightType.F16: gguf.LlamaFileType.MOSTLY_F16,
+    WeightType.BF16: gguf.LlamaFileType.MOSTLY_BF16,
+    WeightType.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
+    WeightType.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0,
+}
+_QUANTIZED = (WeightType.Q8_0, WeightType.Q4_0)
+# Keys of a GGUF input that describe the old file, not the model: never copied.
+_FILE_KEYS = ("general.alignment", "general.file_type", "general.quantization_version")
+
+
+class UnsupportedTypeError(ValueError):
+    """A weight type corelm cannot write (yet); the message names the missing piece."""
+
+
+def check_type(name: str) -> WeightType:
+    """The WeightType of a --type name, or a clear error (k-quants: what is missing)."""
+    key = name.lower()
+    if key in MISSING:
+        raise UnsupportedTypeError(
+            f"--type {name} needs the k-quant quantizers ({MISSING[key]}: 256-weight super-blocks whose "
+            "sub-block scales are searched to minimise the error, as llama.cpp's quantize_q4_K / quantize_q6_K "
+            "do); neither corelm's native core nor the gguf package has them yet (gguf.quants raises "
+            "NotImplementedError for Q4_K and Q6_K). Use llama.cpp's llama-quantize for now, or corelm's "
+            "q4_0 --optimize (same size as plain Q4_0, lower error)."
+        )
+    if key not in TYPES:
+        raise UnsupportedTypeError(f"unknown --type {name!r}; choose one of {', '.join([*TYPES, *MISSING])}")
+    return TYPES[key]
+
+
+@dataclass
+class QuantizeReport:
+    """What `quantize_model` did: sizes, tensor types before and after, what stayed as it was."""
+
+    input: str
+    output: str
+    type: str
+    optimize: bool
+    input_bytes: int  # on disk (GGUF file, or the folder's safetensors files)
+    output_bytes: int
+    types_before: Counter = field(default_factory=Counter)  # matrices by type name
+    types_after: Counter = field(default_factory=Counter)
+    kept: list[tuple[str, int, int, str]] = field(default_factory=list)  # (name, rows, cols, type)
+    requantized_from: Counter = field(default_factory=Counter)  # quantized inputs re-quantized
+    vectors: int = 0
+    calib_tokens: int = 0
+    calibrated: int = 0  # matrices weighted by activation statistics
+    tokenizer: bool = True
+    seconds: float = 0.0
+
+
+def _input_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.glob("*.safetensors"))
+
+
+def _check_paths(src: Path, out: Path) -> None:
+    if not src.exists():
+        raise ModelFileError(f"{src}: no such file or folder")
+    if out.exists() and out.is_dir():
+        raise ValueError(f"{out}: is a folder; give the output .gguf file's path")
+    if out.exists() and src.is_file() and out.resolve() == src.resolve():
+        raise ValueError(f"{out}: the output would overwrite the input; choose another name")
+    parent = out.parent
+    if not parent.is_dir():
+        raise ValueError(f"{out}: cannot write there: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{out}: cannot write there: folder {parent} is not writable")
+
+
+def _metadata(model: Model, tokenizer: Tokenizer | None, wtype: WeightType, src: Path) -> tuple[dict[str, Any], str]:
+    """Metadata to write beside what write_gguf writes itself, and the model's name."""
+    source: dict[str, Any] = dict(getattr(model, "metadata", None) or {})
+    name = str(source.get("general.name") or src.stem or src.name)
+    probe = gguf.GGUFWriter(None, model.config.arch)  # the keys write_gguf writes from the config
+    probe.add_name(name)
+    _hparams(probe, model.config)
+    written = set(probe.kv_data[0])
+    meta: dict[str, Any] = {}
+    for key, value in source.items():
+        if key in written or key in _FILE_KEYS or key.startswith(("tokenizer.", "split.")):
+            continue
+        if isinstance(value, list) and (not value or isinstance(value[0], list)):
+            continue  # GGUF cannot hold empty or nested arrays written this way
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**31) <= value < 2**32:
+            log.warning("not copying %s = %d (does not fit 32 bits)", key, value)
+            continue
+        meta[key] = value
+    if tokenizer is not None:
+        meta.update(tokenizer.gguf_metadata(vocab_size=model.config.vocab_size))
+    meta["general.file_type"] = int(FILE_TYPES[wtype])
+    if wtype in _QUANTIZED:
+        meta["general.quantization_version"] = gguf.GGML_QUANT_VERSION
+    return meta, name
+
+
+def _calibration(model: Model, tokenizer: Tokenizer | None, calib: Path, max_tokens: int, show: bool):
+    if tokenizer is None:
+        raise ValueError("--calib needs a model with a tokenizer (the input has none)")
+    try:
+        text = calib.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"--calib {calib}: cannot read it as UTF-8 text: {e}") from e
+    chars = 8 * max_tokens  # tokenize a prefix (growing it as needed), not a whole large file
+    ids = tokenizer.encode(text[:chars], special=False)
+    while len(ids) < max_tokens and chars < len(text):
+        chars *= 2
+        ids = tokenizer.encode(text[:chars], special=False)
+    ids = ids[:max_tokens]
+    window = min(512, model.config.ctx)
+    bar = tqdm(total=-(-len(ids) // window), desc="calibrating", unit="window", leave=False, disable=not show)
+    try:
+        stats = activation_stats(model, ids, window=window, progress=lambda i, n: bar.update(1))
+    finally:
+        bar.close()
+    return stats, len(ids)
+
+
+def _convert(w: Weight, wtype: WeightType, importance: np.ndarray | None, optimize: bool) -> Weight:
+    if optimize and wtype == WeightType.Q4_0:
+        return quantize_q4_0_optimized(w.to_float(), importance)
+    if w.type == wtype:
+        return w
+    return Weight.from_float(w.to_float(), wtype)
+
+
+def quantize_model(
+    src: str | PathLike[str],
+    out: str | PathLike[str],
+    type: str,
+    optimize: bool = False,
+    calib: str | PathLike[str] | None = None,
+    calib_tokens: int = 2048,
+    progress: bool = True,
+) -> QuantizeReport:
+    """Write the model at `src` (GGUF file or Hugging Face folder) to `out` as GGUF with its
+    matrices in `type` (see the module docstring for which tensors get what).
+
+    optimize (q4_0 only): choose each block's scale to minimise the squared error, weighted
+    by the mean square of each column's activations over the first `calib_tokens` tokens of
+    the text file `calib` when given (corelm/quantize/q4_0_opt.py); same Q4_0 layout."""
+    t0 = time.perf_counter()
+    wtype = check_type(type)
+    src, out = Path(src), Path(out)
+    if optimize and wtype != WeightType.Q4_0:
+        raise ValueError(f"--optimize applies to q4_0 only, not {type}")
+    if calib is not None and not optimize:
+        raise ValueError("--calib is used by --optimize; add --optimize")
+    if calib is not None and not Path(calib).is_file():
+        raise ValueError(f"--calib {calib}: no such file")
+    if calib_tokens < 1:
+        raise ValueError(f"--calib-tokens must be positive, got {calib_tokens}")
+    _check_paths(src, out)
+    model, tokenizer = load_model(src)
+    report = QuantizeReport(str(src), str(out), type.lower(), optimize, _input_bytes(src), 0)
+    report.tokenizer = tokenizer is not None
+    meta, name = _metadata(model, tokenizer, wtype, src)  # before the long part: fails early
+    stats: dict[str, np.ndarray] = {}
+    if calib is not None:
+        stats, report.calib_tokens = _calibration(model, tokenizer, Path(calib), calib_tokens, progress)
+
+    weights: dict[str, Any] = {}
+    items = list(model.w.items())
+    for tname, t in tqdm(items, desc="quantizing", unit="tensor", leave=False, disable=not progress):
+        if not isinstance(t, Weight):
+            weights[tname] = np.asarray(t, dtype=np.float32)
+            report.vectors += 1
+            continue
+        w = t.unpacked()  # GGUF layout (the loader may have interleaved it for the kernels)
+        report.types_before[w.type.name] += 1
+        if w.k % wtype.block_size:
+            weights[tname] = w
+            report.kept.append((tname, w.n, w.k, w.type.name))
+        else:
+            if w.type in _QUANTIZED and wtype in _QUANTIZED and w.type != wtype:
+                report.requantized_from[w.type.name] += 1
+            importance = stats.get(tname)
+            report.calibrated += importance is not None
+            weights[tname] = _convert(w, wtype, importance, optimize)
+        report.types_after[weights[tname].type.name] += 1
+
+    quantized = copy.copy(model)  # same config and architecture, the new weights
+    quantized.w = weights
+    write_gguf(quantized, out, tokenizer_metadata=meta, name=name, progress=progress)
+    report.output_bytes = out.stat().st_size
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB"
+
+
+def format_report(r: QuantizeReport) -> str:
+    kind = r.type.upper()
+    if r.optimize:
+        kind += " (error-minimising scales" + (", activation-weighted)" if r.calibrated else ")")
+    lines = [
+        f"corelm quantize: {r.input} -> {r.output} as {kind} in {r.seconds:.1f} s",
+        f"  size:     {_mib(r.input_bytes)} -> {_mib(r.output_bytes)}"
+        + (f" ({100 * r.output_bytes / r.input_bytes:.1f}% of the input)" if r.input_bytes else ""),
+        "  matrices: before "
+        + ", ".join(f"{n} {t}" for t, n in r.types_before.most_common())
+        + "; after "
+        + ", ".join(f"{n} {t}" for t, n in r.types_after.most_common()),
+        f"  vectors:  {r.vectors} F32 (norms, biases)",
+    ]
+    if r.kept:
+        lines.append(f"  kept as they were ({len(r.kept)}: rows not a multiple of the 32-weight block):")
+        lines += [f"    {name} ({n} x {k}, {t})" for name, n, k, t in r.kept]
+    if r.requantized_from:
+        lines.append(
+            "  note: re-quantized from already quantized weights ("
+            + ", ".join(f"{n} {t}" for t, n in r.requantized_from.items())
+            + "): errors add up; quantize from an F32/F16/BF16 source when you can"
+        )
+    if r.calib_tokens:
+        lines.append(f"  calibration: {r.calib_tokens} tokens; {r.calibrated} matrices activation-weighted")
+    if not r.tokenizer:
+        lines.append("  note: the input has no tokenizer, so neither has the output (llama.cpp needs one)")
+    return "\n".join(lines)

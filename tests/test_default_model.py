@@ -1,0 +1,45 @@
+"""corelm's own default model, shipped in the package."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import corelm
+from corelm.engine.generate import generate_tokens
+from corelm.engine.sampling import Sampler, SamplingParams
+from corelm.llm import DEFAULT_MODEL
+
+GOLDEN = Path(__file__).parent / "golden" / "default_model_transformers.json"
+
+
+def test_default_model_is_small_and_loads():
+    assert DEFAULT_MODEL.is_file() and DEFAULT_MODEL.stat().st_size < 11e6
+    llm = corelm.load()
+    assert llm.config.arch == "llama" and llm.tokenizer is not None
+    text = llm.generate("ROMEO:", max_tokens=60, temperature=0.8, seed=1)
+    assert len(text) > 60 and text.isprintable() or "\n" in text
+
+
+def test_default_model_greedy_matches_transformers():
+    """Greedy tokens of the shipped Q8_0 GGUF against transformers' on the fp32 HF folder the training
+    wrote (recorded by scripts/make_default_model.py): they agree as far as the script measured."""
+    golden = json.loads(GOLDEN.read_text())
+    llm = corelm.load()
+    ids = llm.tokenize(golden["prompt"])
+    n = len(golden["transformers_greedy"])
+    ours = list(generate_tokens(llm.model, llm.model.new_cache(len(ids) + n + 1), ids, n,
+                                Sampler(SamplingParams(temperature=0)), ignore_eos=True))
+    agree = golden["gguf_q8_0_agrees_for"]
+    assert agree >= 16
+    assert ours[:agree] == golden["transformers_greedy"][:agree]
+
+
+def test_cli_run_without_model(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "corelm.cli", "run", "-p", "ROMEO:", "-n", "20", "--seed", "1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ROMEO:") and len(r.stdout) > 20
