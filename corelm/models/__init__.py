@@ -39,8 +39,9 @@ QUANT_NAMES = {
 }
 
 
-def _progress(items, desc: str, total: int):
-    return tqdm(items, desc=desc, total=total, unit="tensor", leave=False, disable=total < 50)
+def _progress(items, desc: str, total: int, nbytes: int):
+    """A progress bar over tensors, for models big enough to take a while (>= 256 MiB)."""
+    return tqdm(items, desc=desc, total=total, unit="tensor", leave=False, disable=nbytes < 256 << 20)
 
 
 def _quant_type(quant: str | None) -> WeightType | None:
@@ -100,7 +101,9 @@ def load_hf(folder: Path, quant: str | None = None) -> tuple[Model, Tokenizer | 
     transposed = getattr(module, "TRANSPOSED", ())
     tensors = load_hf_tensors(folder)
     weights: dict[str, Any] = {}
-    for hf_name, (dtype, array) in _progress(tensors.items(), "loading", len(tensors)):
+    for hf_name, (dtype, array) in _progress(
+        tensors.items(), "loading", len(tensors), sum(a.nbytes for _, a in tensors.values())
+    ):
         name = table.get(hf_name) or table.get("transformer." + hf_name) or table.get("model." + hf_name)
         if name is None:
             log.debug("ignoring tensor %s", hf_name)
@@ -184,7 +187,7 @@ def load_gguf_model(path: Path, quant: str | None = None) -> tuple[Model, Tokeni
     cls, _ = ARCHITECTURES[arch]
     try:
         weights: dict[str, Any] = {}
-        for name, t in _progress(f.tensors.items(), "loading", len(f.tensors)):
+        for name, t in _progress(f.tensors.items(), "loading", len(f.tensors), f.path.stat().st_size):
             weights[name] = _gguf_weight(t, qtype)
         vocab = weights["token_embd.weight"].n
         config = config_from_gguf(f.metadata, arch, vocab, tied="output.weight" not in weights)
