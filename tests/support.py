@@ -1,6 +1,7 @@
 """Shared test helpers: where the real data files are."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,3 +15,14 @@ def data_file(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"test data not found: {path} (set CORELM_DATA to the shared data folder)")
     return path
+
+
+def subprocess_kwargs() -> dict:
+    """cwd and env for a child Python that must import the same corelm as the tests: installed or
+    built in place. The cwd is neutral so a source checkout there cannot shadow the installed one."""
+    import corelm
+
+    env = dict(os.environ)
+    root = str(Path(corelm.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return {"cwd": tempfile.gettempdir(), "env": env}

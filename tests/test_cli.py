@@ -7,11 +7,17 @@ import subprocess
 import sys
 
 import pytest
-from support import data_file
+from support import data_file, subprocess_kwargs
 
 
 def corelm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "corelm.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "corelm.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **subprocess_kwargs(),
+    )
 
 
 def test_help_for_every_command():
@@ -49,6 +55,7 @@ def test_chat_reads_stdin():
         capture_output=True,
         text=True,
         timeout=120,
+        **subprocess_kwargs(),
     )
     assert r.returncode == 0 and r.stdout.strip() and "tok/s" in r.stderr
 

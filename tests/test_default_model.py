@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from support import subprocess_kwargs
+
 import corelm
 from corelm.engine.generate import generate_tokens
 from corelm.engine.sampling import Sampler, SamplingParams
@@ -28,8 +30,16 @@ def test_default_model_greedy_matches_transformers():
     llm = corelm.load()
     ids = llm.tokenize(golden["prompt"])
     n = len(golden["transformers_greedy"])
-    ours = list(generate_tokens(llm.model, llm.model.new_cache(len(ids) + n + 1), ids, n,
-                                Sampler(SamplingParams(temperature=0)), ignore_eos=True))
+    ours = list(
+        generate_tokens(
+            llm.model,
+            llm.model.new_cache(len(ids) + n + 1),
+            ids,
+            n,
+            Sampler(SamplingParams(temperature=0)),
+            ignore_eos=True,
+        )
+    )
     assert golden["gguf_agrees_for"] == n
     assert ours == golden["transformers_greedy"]
 
@@ -38,7 +48,12 @@ def test_cli_run_without_model(tmp_path):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "corelm.cli", "run", "-p", "ROMEO:", "-n", "20", "--seed", "1"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "corelm.cli", "run", "-p", "ROMEO:", "-n", "20", "--seed", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **subprocess_kwargs(),
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("ROMEO:") and len(r.stdout) > 20

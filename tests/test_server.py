@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support import data_file
+from support import data_file, subprocess_kwargs
 
 import corelm
 
@@ -25,7 +25,6 @@ openai = pytest.importorskip("openai", reason="the server tests use the official
 
 KEY = "sk-corelm-test"
 M = "stories260K"  # the model id: the file's stem
-REPO = Path(__file__).resolve().parents[1]
 
 
 class ServerProcess:
@@ -35,15 +34,16 @@ class ServerProcess:
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", prefix="corelm-serve-")
         model = data_file("models", "stories260K", "stories260K.gguf")
         cmd = [sys.executable, "-m", "corelm.server", str(model), "--port", "0", "--threads", "1", *args]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=self.log)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log, **subprocess_kwargs())
         deadline = time.monotonic() + 60
         while True:
             found = re.search(r"http://([\d.]+):(\d+)", Path(self.log.name).read_text())
             if found:
                 break
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                log = Path(self.log.name).read_text()
                 self.stop()
-                raise RuntimeError(f"server did not start:\n{Path(self.log.name).read_text()}")
+                raise RuntimeError(f"server did not start:\n{log}")
             time.sleep(0.05)
         self.host, self.port = found.group(1), int(found.group(2))
         self.url = f"http://{self.host}:{self.port}"

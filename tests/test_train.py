@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from support import data_file
+from support import data_file, subprocess_kwargs
 
 import corelm
 from corelm.train import add_parser
@@ -248,6 +248,6 @@ def test_import_and_help_do_not_import_torch():
         "try:\n    p.parse_args(['train', '--help'])\nexcept SystemExit:\n    pass\n"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, **subprocess_kwargs())
     assert result.returncode == 0, result.stderr
     assert "--resume" in result.stdout and "--gguf-type" in result.stdout
