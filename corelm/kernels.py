@@ -75,8 +75,6 @@ class Weight:
     k: int
 
     def __post_init__(self) -> None:
-        if self.type.packed and self.n % PACK_ROWS:
-            raise ValueError(f"{self.type.name} needs a multiple of {PACK_ROWS} rows, got {self.n}")
         expected = _C.row_bytes(int(self.type), self.k) * self.n
         if self.data.nbytes != expected:
             raise ValueError(
@@ -96,9 +94,9 @@ class Weight:
         return _C.dequantize(self.data, int(self.type), self.n, self.k)
 
     def packed(self) -> Weight:
-        """This Q4_0 / Q8_0 matrix in the 16-row interleaved layout (itself when it has none or
-        its row count is not a multiple of 16). Same bytes in another order: a copy."""
-        if self.type not in _PACKED or self.n % PACK_ROWS:
+        """This Q4_0 / Q8_0 matrix in the 16-row interleaved layout (itself for other types): whole
+        groups of 16 rows interleaved, the last n % 16 rows as they were. Same bytes, another order."""
+        if self.type not in _PACKED or self.n < PACK_ROWS:
             return self
         return Weight(_C.pack(self.data, int(self.type), self.n, self.k), _PACKED[self.type], self.n, self.k)
 

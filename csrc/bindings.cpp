@@ -76,8 +76,6 @@ const uint8_t* weight_bytes(const Array& w, WeightType t, int64_t n, int64_t k) 
     if (rb == 0)
         fail(std::string("k=") + std::to_string(k) + " is not a multiple of " + type_name(t) + "'s block size " +
              std::to_string(block_size(t)));
-    if (is_packed(t) && n % kPackRows)
-        fail(std::string(type_name(t)) + " needs a multiple of " + std::to_string(kPackRows) + " rows, got " + std::to_string(n));
     if (size_t(w.nbytes()) != rb * size_t(n))
         fail(std::string(type_name(t)) + " weight of " + std::to_string(n) + " x " + std::to_string(k) + " needs " +
              std::to_string(rb * size_t(n)) + " bytes, got " + std::to_string(w.nbytes()));
@@ -166,7 +164,6 @@ PYBIND11_MODULE(_C, m) {
             const WeightType packed = to_packed ? packed_of(t) : t;
             if (!is_packed(packed) || (to_packed && is_packed(t)))
                 fail(std::string(type_name(t)) + (to_packed ? " cannot be packed" : " is not a packed type"));
-            if (n % kPackRows) fail("packing needs a multiple of " + std::to_string(kPackRows) + " rows, got " + std::to_string(n));
             const uint8_t* wp = weight_bytes(w, t, n, k);
             py::array_t<uint8_t> out({py::ssize_t(n), py::ssize_t(row_bytes(t, k))});
             uint8_t* op = out.mutable_data();
@@ -203,7 +200,7 @@ PYBIND11_MODULE(_C, m) {
         Array y = f32_out(out, {py::ssize_t(len), py::ssize_t(k)});
         float* op = static_cast<float*>(y.mutable_data());
         py::gil_scoped_release nogil;
-        ops::get_rows(wp, t, k, ip, len, op);
+        ops::get_rows(wp, t, n, k, ip, len, op);
         return y;
     }, py::arg("w"), py::arg("type"), py::arg("n"), py::arg("k"), py::arg("ids"), py::arg("out") = py::none(),
        "Embedding lookup: rows ids of W (n x k, `type`) as fp32 [len(ids), k].");

@@ -1,5 +1,6 @@
 #include "ops.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "dispatch.h"
@@ -55,36 +56,46 @@ void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, WeightType t
         a.xq = xqp;
     }
     const MatmulFn fn = matmul_kernel(kt, t);
-    parallel(n, kPackRows, m * n * k, [&](int64_t n0, int64_t n1) { fn(a, n0, n1); });
+    // Packed matrices keep the rows past the last whole group of 16 in GGUF layout.
+    const int64_t n_packed = is_packed(t) ? n / kPackRows * kPackRows : n;
+    const MatmulFn tail_fn = is_packed(t) ? matmul_kernel(kt, unpacked_of(t)) : fn;
+    parallel(n, kPackRows, m * n * k, [&](int64_t n0, int64_t n1) {
+        if (n0 < n_packed) fn(a, n0, std::min(n1, n_packed));
+        if (n1 > n_packed) tail_fn(a, std::max(n0, n_packed), n1);
+    });
 }
 
 void pack(const uint8_t* w, WeightType packed, int64_t n, int64_t k, uint8_t* out) {
-    const size_t stride = row_bytes(packed, k);
-    parallel(n / kPackRows, 1, n * k, [&](int64_t g0, int64_t g1) {
+    const size_t stride = row_bytes(packed, k), groups = size_t(n / kPackRows);
+    parallel(int64_t(groups), 1, n * k, [&](int64_t g0, int64_t g1) {
         for (int64_t g = g0; g < g1; ++g) {
             const size_t at = size_t(g) * kPackRows * stride;
             ref::pack_rows_x16(packed, w + at, stride, out + at, k);
         }
     });
+    const size_t tail = groups * kPackRows * stride;
+    std::copy(w + tail, w + size_t(n) * stride, out + tail);
 }
 
 void unpack(const uint8_t* w, WeightType packed, int64_t n, int64_t k, uint8_t* out) {
-    const size_t stride = row_bytes(packed, k);
-    parallel(n / kPackRows, 1, n * k, [&](int64_t g0, int64_t g1) {
+    const size_t stride = row_bytes(packed, k), groups = size_t(n / kPackRows);
+    parallel(int64_t(groups), 1, n * k, [&](int64_t g0, int64_t g1) {
         for (int64_t g = g0; g < g1; ++g) {
             const size_t at = size_t(g) * kPackRows * stride;
             ref::unpack_rows_x16(packed, w + at, out + at, stride, k);
         }
     });
+    const size_t tail = groups * kPackRows * stride;
+    std::copy(w + tail, w + size_t(n) * stride, out + tail);
 }
 
 namespace {
-// Row `row` of W as fp32, for any type (packed ones unpack their group into `scratch`).
-void dequantize_any_row(const uint8_t* w, WeightType t, int64_t k, int64_t row, float* y,
+// Row `row` of W (n rows) as fp32, for any type (packed ones unpack their group into `scratch`).
+void dequantize_any_row(const uint8_t* w, WeightType t, int64_t n, int64_t k, int64_t row, float* y,
                         std::vector<uint8_t>& scratch) {
     const size_t stride = row_bytes(t, k);
-    if (!is_packed(t)) {
-        ref::dequantize_row(t, w + size_t(row) * stride, y, k);
+    if (!is_packed(t) || row >= n / kPackRows * kPackRows) {
+        ref::dequantize_row(unpacked_of(t), w + size_t(row) * stride, y, k);
         return;
     }
     scratch.resize(stride * kPackRows);
@@ -94,9 +105,9 @@ void dequantize_any_row(const uint8_t* w, WeightType t, int64_t k, int64_t row, 
 }
 }  // namespace
 
-void get_rows(const uint8_t* w, WeightType t, int64_t k, const int32_t* ids, int64_t len, float* y) {
+void get_rows(const uint8_t* w, WeightType t, int64_t n, int64_t k, const int32_t* ids, int64_t len, float* y) {
     thread_local std::vector<uint8_t> scratch;
-    for (int64_t i = 0; i < len; ++i) dequantize_any_row(w, t, k, ids[i], y + i * k, scratch);
+    for (int64_t i = 0; i < len; ++i) dequantize_any_row(w, t, n, k, ids[i], y + i * k, scratch);
 }
 
 void quantize(const float* x, WeightType t, int64_t rows, int64_t k, uint8_t* out) {
@@ -109,7 +120,7 @@ void quantize(const float* x, WeightType t, int64_t rows, int64_t k, uint8_t* ou
 void dequantize(const uint8_t* w, WeightType t, int64_t rows, int64_t k, float* out) {
     parallel(rows, kPackRows, rows * k, [&](int64_t r0, int64_t r1) {
         std::vector<uint8_t> scratch;
-        for (int64_t r = r0; r < r1; ++r) dequantize_any_row(w, t, k, r, out + r * k, scratch);
+        for (int64_t r = r0; r < r1; ++r) dequantize_any_row(w, t, rows, k, r, out + r * k, scratch);
     });
 }
 

@@ -11,10 +11,11 @@ namespace corelm::ops {
 void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, WeightType t, int64_t n, float* y);
 
 // Rows ids[i] of W (n rows of k) dequantized to fp32 y[len, k]. ids must be in range.
-void get_rows(const uint8_t* w, WeightType t, int64_t k, const int32_t* ids, int64_t len, float* y);
+void get_rows(const uint8_t* w, WeightType t, int64_t n, int64_t k, const int32_t* ids, int64_t len, float* y);
 
 void quantize(const float* x, WeightType t, int64_t rows, int64_t k, uint8_t* out);
-// GGUF-layout Q4_0 / Q8_0 rows (n a multiple of 16) <-> the packed type's groups; same size.
+// GGUF-layout Q4_0 / Q8_0 rows <-> the packed type: whole groups of 16 rows interleaved, the
+// rows after the last whole group left as they are; same size.
 void pack(const uint8_t* w, WeightType packed, int64_t n, int64_t k, uint8_t* out);
 void unpack(const uint8_t* w, WeightType packed, int64_t n, int64_t k, uint8_t* out);
 void dequantize(const uint8_t* w, WeightType t, int64_t rows, int64_t k, float* out);
