@@ -115,3 +115,44 @@ def test_stories260k_matches_transformers(stories):
 def test_stories260k_greedy_text(stories):
     text = stories.generate("Once upon a time", max_tokens=32, temperature=0)
     assert text.startswith(", there was a little girl named Lily. She loved to play outside in the park")
+
+
+def test_sharded_safetensors_with_index(tmp_path):
+    """A folder saved in several shards (model.safetensors.index.json) loads like a single file."""
+    name = "llama-gqa-hd64"
+    model = build_hf_model(name, tmp_path / "one")
+    model.save_pretrained(tmp_path / "sharded", safe_serialization=True, max_shard_size="300KB")
+    shards = list((tmp_path / "sharded").glob("*.safetensors"))
+    assert len(shards) > 2 and (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    np.testing.assert_array_equal(
+        corelm.load(tmp_path / "sharded").logits(IDS), corelm.load(tmp_path / "one").logits(IDS)
+    )
+    shards[0].unlink()
+    with pytest.raises(corelm.ModelFileError, match="missing"):
+        corelm.load(tmp_path / "sharded")
+
+
+def test_resident_memory_stays_near_file_size(tmp_path):
+    """Packed copies replace their memory-mapped originals in resident memory."""
+    import subprocess
+    import sys
+
+    from support import subprocess_kwargs
+    from test_batch import random_llama
+
+    path = write_gguf(random_llama(n_embd=1024, n_ff=2816, vocab=8192, layers=3), tmp_path / "m.gguf")
+    size_kib = path.stat().st_size / 1024
+    assert size_kib > 20_000
+    rss = "int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])"
+    code = f"import corelm; m = corelm.load({str(path)!r}); print({rss})"
+    run = lambda c: int(
+        subprocess.run(
+            [sys.executable, "-c", c],
+            capture_output=True,
+            text=True,  # noqa: E731
+            check=True,
+            **subprocess_kwargs(),
+        ).stdout.split()[-1]
+    )
+    grown_kib = run(code) - run(f"import corelm; print({rss})")
+    assert grown_kib < 1.3 * size_kib + 8192, f"loading a {size_kib:.0f} KiB file grew RSS by {grown_kib} KiB"

@@ -9,6 +9,7 @@ Q4_0) stay views of the memory map: loading copies nothing.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass
 from os import PathLike
@@ -34,6 +35,7 @@ class GGUFTensor:
     type: int  # GGML type id
     shape: tuple[int, ...]
     data: np.ndarray
+    offset: int  # of the data in the file
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,21 @@ class GGUFFile:
     version: int
     metadata: dict[str, Any]
     tensors: dict[str, GGUFTensor]
+    mapping: np.memmap
+
+    def release(self, names: list[str]) -> None:
+        """Drop these tensors' pages from this process's resident memory (after copying them):
+        the mapping stays valid and would fault them back in from the file if read."""
+        mm = getattr(self.mapping, "_mmap", None)
+        if mm is None or not hasattr(mm, "madvise"):
+            return
+        page = mmap.PAGESIZE
+        for name in names:
+            t = self.tensors[name]
+            start = -(-t.offset // page) * page
+            end = (t.offset + t.data.nbytes) // page * page
+            if end > start:
+                mm.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     @property
     def architecture(self) -> str:
@@ -171,5 +188,5 @@ def load_gguf(path: str | PathLike[str]) -> GGUFFile:
         raw = mm[start : start + n_bytes]
         shape = tuple(reversed(dims))
         rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
-        tensors[t.name] = GGUFTensor(t.name, int(qtype), shape, raw.reshape(rows, -1))
-    return GGUFFile(path, version, _metadata(reader), tensors)
+        tensors[t.name] = GGUFTensor(t.name, int(qtype), shape, raw.reshape(rows, -1), start)
+    return GGUFFile(path, version, _metadata(reader), tensors, mm)

@@ -199,7 +199,10 @@ def load_gguf_model(path: Path, quant: str | None = None) -> tuple[Model, Tokeni
         raise ModelFileError(f"{path}: {type(e).__name__}: {e}") from e
     _check_shapes(model, path)
     model.metadata = f.metadata
-    return pack_for_kernels(model), tokenizer
+    pack_for_kernels(model)
+    # Tensors now held as packed copies no longer need their file pages resident.
+    f.release([n for n, t in f.tensors.items() if isinstance(model.w.get(n), Weight) and model.w[n].data is not t.data])
+    return model, tokenizer
 
 
 def _check_shapes(model: Model, path: Path) -> None:
