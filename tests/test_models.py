@@ -145,14 +145,10 @@ def test_resident_memory_stays_near_file_size(tmp_path):
     assert size_kib > 20_000
     rss = "int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])"
     code = f"import corelm; m = corelm.load({str(path)!r}); print({rss})"
-    run = lambda c: int(
-        subprocess.run(
-            [sys.executable, "-c", c],
-            capture_output=True,
-            text=True,  # noqa: E731
-            check=True,
-            **subprocess_kwargs(),
-        ).stdout.split()[-1]
-    )
+
+    def run(c: str) -> int:
+        r = subprocess.run([sys.executable, "-c", c], capture_output=True, text=True, check=True, **subprocess_kwargs())
+        return int(r.stdout.split()[-1])
+
     grown_kib = run(code) - run(f"import corelm; print({rss})")
     assert grown_kib < 1.3 * size_kib + 8192, f"loading a {size_kib:.0f} KiB file grew RSS by {grown_kib} KiB"
