@@ -3,7 +3,7 @@
 GEMV (decode) streams a weight matrix larger than the caches once per call, so its figure
 is GB/s of weights read, set beside the read-bandwidth probe. GEMM (prefill) is bound by
 multiply-add throughput: GFLOP/s (2 flops per multiply-add). Each path's "peak" is its
-GEMM rate on a problem that fits in L2, where memory does not limit it.
+GEMM rate on a problem that stays in cache (see PEAK_ROWS), where memory does not limit it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,29 @@ import numpy as np
 from corelm import _C
 from corelm.kernels import Weight, WeightType, matmul
 
-BENCH_TYPES = (WeightType.Q4_0, WeightType.Q8_0, WeightType.BF16, WeightType.F16, WeightType.F32)
+# The packed layouts are what models use for Q4_0 / Q8_0 where the path has kernels for them.
+BENCH_TYPES = (
+    WeightType.Q4_0_X16,
+    WeightType.Q8_0_X16,
+    WeightType.Q4_0,
+    WeightType.Q8_0,
+    WeightType.BF16,
+    WeightType.F16,
+    WeightType.F32,
+)
+
+
+# The peak measurement: PEAK_ROWS activation rows (enough to amortise each weight load) times a
+# PEAK_COLS x 2048 weight, small enough to stay in cache, big enough to keep every thread busy.
+PEAK_ROWS, PEAK_COLS = 256, 1024
+
+
+def make_weight(x: np.ndarray, wtype: WeightType) -> Weight:
+    """x as a `wtype` matrix (packed types: quantized to their base type, then interleaved)."""
+    if wtype.packed:
+        base = WeightType.Q4_0 if wtype == WeightType.Q4_0_X16 else WeightType.Q8_0
+        return Weight.from_float(x, base).packed()
+    return Weight.from_float(x, wtype)
 
 
 @dataclass
@@ -95,12 +117,10 @@ def bench_kernels(
     for wtype in types:
         progress(f"{wtype.name}: quantizing test matrices")
         n, k = gemv_shape
-        big = Weight.from_float(rng.standard_normal((n, k)).astype(np.float32), wtype)
+        big = make_weight(rng.standard_normal((n, k)).astype(np.float32), wtype)
         m, n2, k2 = gemm_shape
-        gemm_w = (
-            big if (n2, k2) == (n, k) else Weight.from_float(rng.standard_normal((n2, k2)).astype(np.float32), wtype)
-        )
-        small = Weight.from_float(rng.standard_normal((256, 2048)).astype(np.float32), wtype)
+        gemm_w = big if (n2, k2) == (n, k) else make_weight(rng.standard_normal((n2, k2)).astype(np.float32), wtype)
+        small = make_weight(rng.standard_normal((PEAK_COLS, 2048)).astype(np.float32), wtype)
         for t in threads:
             progress(f"{wtype.name}: GEMV / GEMM, {t} thread(s)")
             results.append(_run("gemv", big, 1, t, reps))
@@ -108,7 +128,7 @@ def bench_kernels(
         for isa in _C.supported_isas():
             with using(isa=isa):
                 progress(f"{wtype.name}: in-cache peak on {isa}")
-                results.append(_run("peak", small, 64, max(threads), max(1, reps // 2)))
+                results.append(_run("peak", small, PEAK_ROWS, max(threads), max(1, reps // 2)))
     return {
         "cpu": _C.info()["cpu"],
         "features": [f for f, on in _C.info()["features"].items() if on],
@@ -146,7 +166,9 @@ def format_report(report: dict) -> str:
     rows = [r for r in report["results"] if r["kind"] == "peak"]
     if rows:
         m, n, k = rows[0]["shape"]
-        lines.append(f"Peak multiply-add rate per path (GEMM {m}x{k} . {k}x{n}, in L2, {rows[0]['threads']} thread(s))")
+        lines.append(
+            f"Peak multiply-add rate per path (GEMM {m}x{k} . {k}x{n}, in cache, {rows[0]['threads']} thread(s))"
+        )
         isas = list(dict.fromkeys(r["isa"] for r in rows))
         lines.append(f"{'type':6} " + " ".join(f"{isa + ' GFLOP/s':>16}" for isa in isas))
         for wtype in dict.fromkeys(r["type"] for r in rows):

@@ -20,7 +20,7 @@ import numpy as np
 from corelm import _C, kernels
 from corelm.analysis.kernel_bench import using
 from corelm.engine.sampling import Sampler, SamplingParams
-from corelm.kernels import Weight, WeightType
+from corelm.kernels import Weight
 
 
 @dataclass
@@ -115,23 +115,22 @@ def profiling(profile: Profile):
 
 def machine_ceilings(threads: int) -> dict:
     """Read bandwidth and each path's in-cache multiply-add peak (int8 and float kernels)."""
-    from corelm.analysis.kernel_bench import _run, read_bandwidth
+    from corelm.analysis.kernel_bench import BENCH_TYPES, PEAK_COLS, PEAK_ROWS, _run, make_weight, read_bandwidth
 
     rng = np.random.default_rng(0)
-    small = rng.standard_normal((256, 2048)).astype(np.float32)
+    small = rng.standard_normal((PEAK_COLS, 2048)).astype(np.float32)
     peaks = {}
     for isa in _C.supported_isas():
         with using(isa=isa):
             peaks[isa] = {
-                t.name: _run("peak", Weight.from_float(small, t), 64, threads, 3).gflops
-                for t in (WeightType.Q8_0, WeightType.Q4_0, WeightType.F32, WeightType.BF16, WeightType.F16)
+                t.name: _run("peak", make_weight(small, t), PEAK_ROWS, threads, 3).gflops for t in BENCH_TYPES
             }
     return {"threads": threads, "read_gbs": read_bandwidth(threads), "peak_gflops": peaks, "isa": _C.isa()}
 
 
 def _peak_for(kind: str, ceilings: dict) -> float:
     peaks = ceilings["peak_gflops"][ceilings["isa"]]
-    for t in peaks:
+    for t in sorted(peaks, key=len, reverse=True):  # Q4_0_X16 before Q4_0
         if kind.endswith(t):
             return peaks[t]
     return peaks["F32"]  # attention, norms and the rest run float32 arithmetic
@@ -258,7 +257,15 @@ def plot(path: str, ceilings: dict, analyses: dict[str, list[dict]]) -> None:
     fig, ax = plt.subplots(figsize=(9, 6))
     ai = np.logspace(-2, 3, 200)
     bw = ceilings["read_gbs"]
-    colors = {"Q8_0": "tab:blue", "Q4_0": "tab:green", "F32": "tab:gray", "BF16": "tab:orange", "F16": "tab:purple"}
+    colors = {
+        "Q8_0": "tab:blue",
+        "Q4_0": "tab:green",
+        "F32": "tab:gray",
+        "BF16": "tab:orange",
+        "F16": "tab:purple",
+        "Q8_0_X16": "navy",
+        "Q4_0_X16": "darkgreen",
+    }
     for t, peak in ceilings["peak_gflops"][ceilings["isa"]].items():
         ax.plot(
             ai,

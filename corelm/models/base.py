@@ -187,7 +187,7 @@ class Segment:
 class Workspace:
     """Named float32 scratch arrays for one step size, allocated once."""
 
-    REUSE_MAX_ROWS = 64
+    REUSE_MAX_ROWS = 16  # decode batches; each size keeps its own arrays, so the bound keeps memory small
 
     def __init__(self, shapes: dict[str, tuple[int, ...]]) -> None:
         self.arrays = {name: np.empty(shape, np.float32) for name, shape in shapes.items()}
