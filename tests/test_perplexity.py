@@ -3,7 +3,6 @@ from a saved base."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -13,27 +12,13 @@ from support import data_file
 
 import corelm
 from corelm import cli
-from corelm.analysis.perplexity import add_parsers, perplexity, perplexity_file, read_text
+from corelm.analysis.perplexity import perplexity, perplexity_file, read_text
 
 CTX = 32
 
 
 def run_cli(*argv: str) -> int:
-    """cli.main with `perplexity` registered (until corelm/cli.py registers it itself)."""
-    original = cli.build_parser
-
-    def build() -> argparse.ArgumentParser:
-        parser = original()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        if "perplexity" not in sub.choices:
-            add_parsers(sub)
-        return parser
-
-    cli.build_parser = build
-    try:
-        return cli.main(list(argv))
-    finally:
-        cli.build_parser = original
+    return cli.main(list(argv))
 
 
 @pytest.fixture(scope="module")

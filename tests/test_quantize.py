@@ -3,7 +3,6 @@ fails cleanly, and the error-minimising Q4_0 beats the reference on the same mat
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import gguf
@@ -16,7 +15,7 @@ from corelm import cli
 from corelm.formats.gguf import load_gguf
 from corelm.kernels import Weight, WeightType
 from corelm.models import load_model
-from corelm.quantize import add_parsers, quantize_model
+from corelm.quantize import quantize_model
 from corelm.quantize.convert import UnsupportedTypeError
 from corelm.quantize.q4_0_opt import QK, pack_q4_0, quantize_q4_0_optimized, unpack_q4_0, weighted_error
 
@@ -28,21 +27,7 @@ IDS = [1, 400, 13, 441, 416, 331, 407, 261, 378, 383, 300, 12, 45, 99, 7, 280]
 
 
 def run_cli(*argv: str) -> int:
-    """cli.main with `quantize` registered (until corelm/cli.py registers it itself)."""
-    original = cli.build_parser
-
-    def build() -> argparse.ArgumentParser:
-        parser = original()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        if "quantize" not in sub.choices:
-            add_parsers(sub)
-        return parser
-
-    cli.build_parser = build
-    try:
-        return cli.main(list(argv))
-    finally:
-        cli.build_parser = original
+    return cli.main(list(argv))
 
 
 @pytest.fixture(scope="module")
