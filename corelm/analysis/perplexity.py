@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from corelm.argtypes import positive_int
 from corelm.models.base import Model, Segment
 
 BASE_FORMAT = "corelm-logprobs"
@@ -438,16 +439,6 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `perplexity` on the `corelm` command's subparsers; returns its parser."""
     p = subparsers.add_parser(
@@ -462,12 +453,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
     )
     p.add_argument("model", metavar="MODEL", help="a .gguf file or a Hugging Face model folder")
     p.add_argument("-f", "--file", required=True, metavar="TEXT", help="UTF-8 text to score")
-    p.add_argument("-c", "--ctx", type=_positive, default=None, help="window length (default 512, or the base's)")
-    p.add_argument("--chunks", type=_positive, default=None, metavar="N", help="score at most N windows")
+    p.add_argument("-c", "--ctx", type=positive_int, default=None, help="window length (default 512, or the base's)")
+    p.add_argument("--chunks", type=positive_int, default=None, metavar="N", help="score at most N windows")
     p.add_argument(
         "-b",
         "--batch",
-        type=_positive,
+        type=positive_int,
         default=None,
         metavar="B",
         help="tokens per forward pass: >= ctx runs B/ctx windows at once, < ctx splits a window (default ctx)",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from corelm.argtypes import count, positive_float, positive_int
 from corelm.train.config import DEFAULT_CONFIG, DEFAULT_VOCAB, PRESETS, Settings
 
 __all__ = ["add_parser", "cmd_train"]
@@ -50,36 +51,6 @@ examples:
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `train` on the `corelm` command's subparsers; returns its parser."""
     d = _DEFAULTS
@@ -104,7 +75,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     vocab = p.add_mutually_exclusive_group()
     vocab.add_argument(
         "--vocab-size",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help=f"tokenizer vocabulary to train, >= 257 (default: {DEFAULT_VOCAB}, or the JSON config's vocab_size)",
@@ -112,28 +83,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     vocab.add_argument(
         "--tokenizer", default=None, metavar="PATH", help="use this tokenizer.json instead of training one"
     )
-    p.add_argument("--steps", type=_positive_int, default=None, metavar="N", help=f"optimizer steps ({d.steps})")
-    p.add_argument("--batch", type=_positive_int, default=None, metavar="B", help=f"windows per step ({d.batch})")
+    p.add_argument("--steps", type=positive_int, default=None, metavar="N", help=f"optimizer steps ({d.steps})")
+    p.add_argument("--batch", type=positive_int, default=None, metavar="B", help=f"windows per step ({d.batch})")
     p.add_argument(
-        "--seq-len", type=_positive_int, default=None, metavar="T", help="tokens per window (default: the model's ctx)"
+        "--seq-len", type=positive_int, default=None, metavar="T", help="tokens per window (default: the model's ctx)"
     )
-    p.add_argument("--lr", type=_positive_float, default=None, help=f"peak learning rate ({d.lr:g})")
-    p.add_argument("--warmup", type=_count, default=None, metavar="N", help=f"linear warmup steps ({d.warmup})")
+    p.add_argument("--lr", type=positive_float, default=None, help=f"peak learning rate ({d.lr:g})")
+    p.add_argument("--warmup", type=count, default=None, metavar="N", help=f"linear warmup steps ({d.warmup})")
     p.add_argument(
         "--eval-every",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help=f"validate and checkpoint every N steps ({d.eval_every}), and at the end",
     )
     p.add_argument(
         "--eval-windows",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help=f"validation windows, fixed and evenly spaced ({d.eval_windows})",
     )
-    p.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="torch threads (physical cores)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N", help="torch threads (physical cores)")
     p.add_argument("--seed", type=int, default=None, metavar="S", help=f"init and sampling seed ({d.seed})")
     p.add_argument(
         "--dtype",
@@ -144,7 +115,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--resume", action="store_true", help="continue DIR/checkpoint.pt exactly")
     p.add_argument(
         "--stop-after",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="K",
         help="end this session after step K with a checkpoint (the schedule still spans --steps); "
