@@ -136,69 +136,62 @@ def _peak_for(kind: str, ceilings: dict) -> float:
     return peaks["F32"]  # attention, norms and the rest run float32 arithmetic
 
 
+def _row(
+    op: str,
+    calls: int,
+    seconds: float,
+    profile: Profile,
+    tokens: int,
+    nbytes: float = 0.0,
+    flops: float = 0.0,
+    bound: str = "python",
+    attainable: float = 0.0,
+    fraction: float = 0.0,
+) -> dict:
+    return dict(
+        op=op,
+        calls=calls,
+        share=seconds / profile.total_seconds,
+        ms_per_token=1e3 * seconds / tokens,
+        bytes=nbytes,
+        flops=flops,
+        gbs=nbytes / seconds / 1e9 if seconds else 0.0,
+        gflops=flops / seconds / 1e9 if seconds else 0.0,
+        intensity=flops / nbytes if nbytes else 0.0,
+        bound=bound,
+        attainable_gflops=attainable,
+        fraction=fraction,
+    )
+
+
 def analyse(profile: Profile, ceilings: dict, tokens: int) -> list[dict]:
     """One row per op kind (plus the time outside native code), with its ceiling and fraction."""
     rows = []
-    native = sum(s.seconds for s in profile.ops.values())
+    bw = ceilings["read_gbs"]
     for s in sorted(profile.ops.values(), key=lambda s: -s.seconds):
-        gbs = s.bytes / s.seconds / 1e9 if s.seconds else 0.0
-        gflops = s.flops / s.seconds / 1e9 if s.seconds else 0.0
-        intensity = s.flops / s.bytes if s.bytes else 0.0
         if s.kind == "sampling":  # numpy on the host: no kernel ceiling applies
-            rows.append(
-                dict(
-                    op=s.kind,
-                    calls=s.calls,
-                    share=s.seconds / profile.total_seconds,
-                    ms_per_token=1e3 * s.seconds / tokens,
-                    bytes=s.bytes,
-                    flops=0.0,
-                    gbs=gbs,
-                    gflops=0.0,
-                    intensity=0.0,
-                    bound="python",
-                    attainable_gflops=0.0,
-                    fraction=0.0,
-                )
-            )
+            rows.append(_row(s.kind, s.calls, s.seconds, profile, tokens, s.bytes))
             continue
         peak = _peak_for(s.kind, ceilings)
-        memory_bound = intensity * ceilings["read_gbs"] < peak
-        attainable = intensity * ceilings["read_gbs"] if memory_bound else peak
-        reached = (gbs / ceilings["read_gbs"]) if memory_bound else (gflops / peak if peak else 0.0)
+        intensity = s.flops / s.bytes if s.bytes else 0.0
+        memory_bound = intensity * bw < peak
+        achieved = (s.bytes / bw if memory_bound else s.flops / peak) / 1e9  # seconds at the ceiling
         rows.append(
-            dict(
-                op=s.kind,
-                calls=s.calls,
-                share=s.seconds / profile.total_seconds,
-                ms_per_token=1e3 * s.seconds / tokens,
-                bytes=s.bytes,
-                flops=s.flops,
-                gbs=gbs,
-                gflops=gflops,
-                intensity=intensity,
-                bound="memory" if memory_bound else "compute",
-                attainable_gflops=attainable,
-                fraction=reached,
+            _row(
+                s.kind,
+                s.calls,
+                s.seconds,
+                profile,
+                tokens,
+                s.bytes,
+                s.flops,
+                "memory" if memory_bound else "compute",
+                intensity * bw if memory_bound else peak,
+                achieved / s.seconds if s.seconds else 0.0,
             )
         )
-    outside = max(profile.total_seconds - native, 0.0)
-    rows.append(
-        dict(
-            op="outside native code",
-            calls=0,
-            share=outside / profile.total_seconds,
-            ms_per_token=1e3 * outside / tokens,
-            bytes=0.0,
-            flops=0.0,
-            gbs=0.0,
-            gflops=0.0,
-            intensity=0.0,
-            bound="python",
-            attainable_gflops=0.0,
-            fraction=0.0,
-        )
-    )
+    outside = max(profile.total_seconds - sum(s.seconds for s in profile.ops.values()), 0.0)
+    rows.append(_row("outside native code", 0, outside, profile, tokens))
     return rows
 
 
