@@ -105,8 +105,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", default=None,
-                   help="a .gguf file or a Hugging Face model folder (default: corelm's own small Shakespeare model)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="a .gguf file or a Hugging Face model folder (default: corelm's own small Shakespeare model)",
+    )
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
     p.add_argument("-c", "--ctx", type=int, default=None, help="context size in tokens (default: the model's, <= 4096)")
     p.add_argument(

@@ -41,28 +41,41 @@ class WeightType(enum.IntEnum):
     Q6_K = 14
     BF16 = 30
     # corelm's own interleaved layouts of 16 rows (faster AVX-512 VNNI kernels; never in files)
+    F16_X16 = 1001
     Q4_0_X16 = 1002
     Q8_0_X16 = 1008
+    BF16_X16 = 1030
 
     @property
     def block_size(self) -> int:
-        if self in (WeightType.F32, WeightType.F16, WeightType.BF16):
+        if self in (WeightType.F32, WeightType.F16, WeightType.BF16, WeightType.F16_X16, WeightType.BF16_X16):
             return 1
         return 256 if self in (WeightType.Q4_K, WeightType.Q5_K, WeightType.Q6_K) else 32
 
     @property
     def packed(self) -> bool:
-        return self in (WeightType.Q4_0_X16, WeightType.Q8_0_X16)
+        return self in _UNPACKED
+
+    @property
+    def base(self) -> WeightType:
+        """The GGUF type a packed layout is made from (the type itself otherwise)."""
+        return _UNPACKED.get(self, self)
 
 
 PACK_ROWS = 16
-_PACKED = {WeightType.Q4_0: WeightType.Q4_0_X16, WeightType.Q8_0: WeightType.Q8_0_X16}
+_PACKED = {
+    WeightType.Q4_0: WeightType.Q4_0_X16,
+    WeightType.Q8_0: WeightType.Q8_0_X16,
+    WeightType.F16: WeightType.F16_X16,
+    WeightType.BF16: WeightType.BF16_X16,
+}
+_UNPACKED = {p: b for b, p in _PACKED.items()}
 
 
 def packing_pays() -> bool:
     """Whether the active kernel path has native kernels for the interleaved layouts."""
     paths = _C.info()["kernels"]
-    return paths["matmul_q4_0x16"] != "ref" and paths["matmul_q8_0x16"] != "ref"
+    return all(paths[f"matmul_{t}x16"] != "ref" for t in ("q4_0", "q8_0", "f16", "bf16"))
 
 
 @dataclass(frozen=True)
@@ -94,7 +107,7 @@ class Weight:
         return _C.dequantize(self.data, int(self.type), self.n, self.k)
 
     def packed(self) -> Weight:
-        """This Q4_0 / Q8_0 matrix in the 16-row interleaved layout (itself for other types): whole
+        """This Q4_0 / Q8_0 / F16 / BF16 matrix in the 16-row interleaved layout (itself for other types): whole
         groups of 16 rows interleaved, the last n % 16 rows as they were. Same bytes, another order."""
         if self.type not in _PACKED or self.n < PACK_ROWS:
             return self
@@ -104,8 +117,7 @@ class Weight:
         """The GGUF layout of this matrix (itself when it is not packed)."""
         if not self.type.packed:
             return self
-        base = next(t for t, p in _PACKED.items() if p == self.type)
-        return Weight(_C.unpack(self.data, int(self.type), self.n, self.k), base, self.n, self.k)
+        return Weight(_C.unpack(self.data, int(self.type), self.n, self.k), self.type.base, self.n, self.k)
 
     @property
     def nbytes(self) -> int:

@@ -23,6 +23,8 @@ from corelm.kernels import Weight, WeightType, matmul
 BENCH_TYPES = (
     WeightType.Q4_0_X16,
     WeightType.Q8_0_X16,
+    WeightType.BF16_X16,
+    WeightType.F16_X16,
     WeightType.Q4_0,
     WeightType.Q8_0,
     WeightType.BF16,
@@ -39,8 +41,7 @@ PEAK_ROWS, PEAK_COLS = 256, 1024
 def make_weight(x: np.ndarray, wtype: WeightType) -> Weight:
     """x as a `wtype` matrix (packed types: quantized to their base type, then interleaved)."""
     if wtype.packed:
-        base = WeightType.Q4_0 if wtype == WeightType.Q4_0_X16 else WeightType.Q8_0
-        return Weight.from_float(x, base).packed()
+        return Weight.from_float(x, wtype.base).packed()
     return Weight.from_float(x, wtype)
 
 

@@ -19,8 +19,10 @@ enum class WeightType : int32_t {
     Q6_K = 14,
     BF16 = 30,
     // corelm's own row-interleaved layouts (see block_q4_0x16); never stored in files.
+    F16_X16 = 1001,
     Q4_0_X16 = 1002,
     Q8_0_X16 = 1008,
+    BF16_X16 = 1030,
 };
 
 constexpr int kQK = 32;  // elements per Q4_0 / Q8_0 block
@@ -93,6 +95,10 @@ struct block_q8_0x16 {
 };
 static_assert(sizeof(block_q8_0x16) == kPackRows * sizeof(block_q8_0), "packed Q8_0 must keep its size");
 
+// F16_X16 / BF16_X16: a group of 16 rows stored element by element, the 16 rows' element i side
+// by side (32 bytes), so one vector of 16 lanes is element i of 16 rows: one FMA against the
+// broadcast activation advances 16 outputs, with no horizontal sums.
+
 // Activations quantized on the fly for the integer dot products (never stored in files).
 // d is kept in fp32 (ggml's q8_0/q8_1 round it to fp16) so activation rounding is the only
 // quantization error the activations add; s = sum(qs) lets Q4_0's "-8" offset be applied
@@ -109,7 +115,9 @@ inline size_t row_bytes(WeightType t, int64_t k) {
     switch (t) {
         case WeightType::F32: return size_t(k) * 4;
         case WeightType::F16:
-        case WeightType::BF16: return size_t(k) * 2;
+        case WeightType::BF16:
+        case WeightType::F16_X16:
+        case WeightType::BF16_X16: return size_t(k) * 2;
         case WeightType::Q8_0:
         case WeightType::Q8_0_X16: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q8_0);
         case WeightType::Q4_0:
@@ -122,20 +130,37 @@ inline size_t row_bytes(WeightType t, int64_t k) {
 }
 
 inline int64_t block_size(WeightType t) {
-    if (t == WeightType::F32 || t == WeightType::F16 || t == WeightType::BF16) return 1;
+    if (t == WeightType::F32 || t == WeightType::F16 || t == WeightType::BF16 || t == WeightType::F16_X16 ||
+        t == WeightType::BF16_X16)
+        return 1;
     if (t == WeightType::Q4_K || t == WeightType::Q5_K || t == WeightType::Q6_K) return kQK_K;
     return kQK;
 }
 
 // Rows must come in whole groups of kPackRows for these.
-inline bool is_packed(WeightType t) { return t == WeightType::Q4_0_X16 || t == WeightType::Q8_0_X16; }
+inline bool is_packed(WeightType t) {
+    return t == WeightType::Q4_0_X16 || t == WeightType::Q8_0_X16 || t == WeightType::F16_X16 ||
+           t == WeightType::BF16_X16;
+}
 
 inline WeightType packed_of(WeightType t) {
-    return t == WeightType::Q4_0 ? WeightType::Q4_0_X16 : t == WeightType::Q8_0 ? WeightType::Q8_0_X16 : t;
+    switch (t) {
+        case WeightType::Q4_0: return WeightType::Q4_0_X16;
+        case WeightType::Q8_0: return WeightType::Q8_0_X16;
+        case WeightType::F16: return WeightType::F16_X16;
+        case WeightType::BF16: return WeightType::BF16_X16;
+        default: return t;
+    }
 }
 
 inline WeightType unpacked_of(WeightType t) {
-    return t == WeightType::Q4_0_X16 ? WeightType::Q4_0 : t == WeightType::Q8_0_X16 ? WeightType::Q8_0 : t;
+    switch (t) {
+        case WeightType::Q4_0_X16: return WeightType::Q4_0;
+        case WeightType::Q8_0_X16: return WeightType::Q8_0;
+        case WeightType::F16_X16: return WeightType::F16;
+        case WeightType::BF16_X16: return WeightType::BF16;
+        default: return t;
+    }
 }
 
 inline bool is_known_type(int32_t t) {
@@ -143,6 +168,7 @@ inline bool is_known_type(int32_t t) {
         case WeightType::F32: case WeightType::F16: case WeightType::BF16:
         case WeightType::Q8_0: case WeightType::Q4_0:
         case WeightType::Q4_0_X16: case WeightType::Q8_0_X16:
+        case WeightType::F16_X16: case WeightType::BF16_X16:
         case WeightType::Q4_K: case WeightType::Q5_K: case WeightType::Q6_K: return true;
     }
     return false;
@@ -160,6 +186,8 @@ inline const char* type_name(WeightType t) {
         case WeightType::Q5_K: return "Q5_K";
         case WeightType::Q6_K: return "Q6_K";
         case WeightType::Q8_0_X16: return "Q8_0_X16";
+        case WeightType::F16_X16: return "F16_X16";
+        case WeightType::BF16_X16: return "BF16_X16";
     }
     return "unknown";
 }

@@ -60,6 +60,8 @@ using BinaryFn = void (*)(const float* a, const float* b, float* y, int64_t n);
     X(matmul_q4_0, MatmulFn)                 \
     X(matmul_q8_0x16, MatmulFn)              \
     X(matmul_q4_0x16, MatmulFn)              \
+    X(matmul_f16x16, MatmulFn)               \
+    X(matmul_bf16x16, MatmulFn)              \
     X(matmul_q4_k, MatmulFn)                 \
     X(matmul_q5_k, MatmulFn)                 \
     X(matmul_q6_k, MatmulFn)                 \

@@ -32,6 +32,8 @@ MatmulFn matmul_kernel(const KernelTable& kt, WeightType t) {
         case WeightType::Q4_0: return kt.matmul_q4_0;
         case WeightType::Q8_0_X16: return kt.matmul_q8_0x16;
         case WeightType::Q4_0_X16: return kt.matmul_q4_0x16;
+        case WeightType::F16_X16: return kt.matmul_f16x16;
+        case WeightType::BF16_X16: return kt.matmul_bf16x16;
         case WeightType::Q4_K: return kt.matmul_q4_k;
         case WeightType::Q5_K: return kt.matmul_q5_k;
         case WeightType::Q6_K: return kt.matmul_q6_k;

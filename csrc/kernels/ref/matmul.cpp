@@ -99,9 +99,28 @@ void matmul_x16(const MatmulArgs& a, int64_t n0, int64_t n1) {
     }
 }
 
+template <bool BF16>
+void matmul_float_x16(const MatmulArgs& a, int64_t n0, int64_t n1) {
+    for (int64_t g = n0 / kPackRows; g < n1 / kPackRows; ++g) {
+        const auto* grp = reinterpret_cast<const uint16_t*>(a.w + g * kPackRows * a.w_stride);
+        for (int64_t m = 0; m < a.m; ++m) {
+            const float* x = a.x + m * a.ldx;
+            float acc[kPackRows] = {};
+            for (int64_t i = 0; i < a.k; ++i)
+                for (int r = 0; r < kPackRows; ++r) {
+                    const uint16_t h = grp[i * kPackRows + r];
+                    acc[r] += (BF16 ? bf16_to_f32(h) : fp16_to_f32(h)) * x[i];
+                }
+            for (int r = 0; r < kPackRows; ++r) a.y[m * a.ldy + g * kPackRows + r] = acc[r];
+        }
+    }
+}
+
 }  // namespace
 
 void fill_matmul(KernelTable& t) {
+    t.matmul_f16x16 = matmul_float_x16<false>;
+    t.matmul_bf16x16 = matmul_float_x16<true>;
     t.matmul_q8_0x16 = matmul_x16<block_q8_0x16, 128>;
     t.matmul_q4_0x16 = matmul_x16<block_q4_0x16, 8>;
     t.quantize_act = quantize_act;

@@ -75,6 +75,8 @@ void dequantize_row(WeightType t, const uint8_t* row, float* y, int64_t k) {
         }
         case WeightType::Q4_0_X16:
         case WeightType::Q8_0_X16:
+        case WeightType::F16_X16:
+        case WeightType::BF16_X16:
             return;  // groups of rows, not rows: the drivers unpack them first (unpack_rows_x16)
         case WeightType::Q4_0: {
             const auto* b = reinterpret_cast<const block_q4_0*>(row);
@@ -91,6 +93,14 @@ void dequantize_row(WeightType t, const uint8_t* row, float* y, int64_t k) {
 }
 
 void pack_rows_x16(WeightType packed, const uint8_t* rows, size_t row_stride, uint8_t* out, int64_t k) {
+    if (packed == WeightType::F16_X16 || packed == WeightType::BF16_X16) {
+        auto* dst = reinterpret_cast<uint16_t*>(out);
+        for (int r = 0; r < kPackRows; ++r) {
+            const auto* src = reinterpret_cast<const uint16_t*>(rows + r * row_stride);
+            for (int64_t i = 0; i < k; ++i) dst[i * kPackRows + r] = src[i];
+        }
+        return;
+    }
     const int64_t nb = k / kQK;
     for (int64_t b = 0; b < nb; ++b) {
         if (packed == WeightType::Q4_0_X16) {
@@ -114,6 +124,14 @@ void pack_rows_x16(WeightType packed, const uint8_t* rows, size_t row_stride, ui
 }
 
 void unpack_rows_x16(WeightType packed, const uint8_t* group, uint8_t* rows, size_t row_stride, int64_t k) {
+    if (packed == WeightType::F16_X16 || packed == WeightType::BF16_X16) {
+        const auto* src = reinterpret_cast<const uint16_t*>(group);
+        for (int r = 0; r < kPackRows; ++r) {
+            auto* dst = reinterpret_cast<uint16_t*>(rows + r * row_stride);
+            for (int64_t i = 0; i < k; ++i) dst[i] = src[i * kPackRows + r];
+        }
+        return;
+    }
     const int64_t nb = k / kQK;
     for (int64_t b = 0; b < nb; ++b) {
         if (packed == WeightType::Q4_0_X16) {
@@ -159,7 +177,9 @@ void quantize_row(WeightType t, const float* x, uint8_t* row, int64_t k) {
             return;
         case WeightType::Q4_0_X16:
         case WeightType::Q8_0_X16:
-            return;  // made from quantized rows by pack_rows_x16, never from floats directly
+        case WeightType::F16_X16:
+        case WeightType::BF16_X16:
+            return;  // made from rows by pack_rows_x16, never from floats directly
         case WeightType::Q4_K:
         case WeightType::Q5_K:
         case WeightType::Q6_K:

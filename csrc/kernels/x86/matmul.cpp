@@ -171,6 +171,44 @@ void matmul_x16(const MatmulArgs& a, int64_t n0, int64_t n1) {
     }
 }
 
+// ---- packed float groups (F16_X16 / BF16_X16): lanes are rows ----
+
+template <bool BF16, int C>
+void tile_float_x16(const MatmulArgs& a, int64_t n, int64_t m) {
+    constexpr int kHalves = kPackRows / kLanes;
+    const auto* grp = reinterpret_cast<const uint16_t*>(a.w + n * a.w_stride);
+    const float* x[C];
+    for (int c = 0; c < C; ++c) x[c] = a.x + (m + c) * a.ldx;
+    vf acc[C][kHalves];
+    for (int c = 0; c < C; ++c)
+        for (int h = 0; h < kHalves; ++h) acc[c][h] = vf_zero();
+    for (int64_t i = 0; i < a.k; ++i) {
+        vf w[kHalves];
+        for (int h = 0; h < kHalves; ++h)
+            w[h] = BF16 ? vf_load_bf16(grp + i * kPackRows + h * kLanes) : vf_load_f16(grp + i * kPackRows + h * kLanes);
+        for (int c = 0; c < C; ++c) {
+            const vf xb = vf_set1(x[c][i]);
+            for (int h = 0; h < kHalves; ++h) acc[c][h] = vf_fma(w[h], xb, acc[c][h]);
+        }
+    }
+    for (int c = 0; c < C; ++c)
+        for (int h = 0; h < kHalves; ++h) vf_store(a.y + (m + c) * a.ldy + n + h * kLanes, acc[c][h]);
+}
+
+template <bool BF16>
+void matmul_float_x16(const MatmulArgs& a, int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; n += kPackRows) {
+        int64_t m = 0;
+        for (; m + 4 <= a.m; m += 4) tile_float_x16<BF16, 4>(a, n, m);
+        switch (a.m - m) {
+            case 3: tile_float_x16<BF16, 3>(a, n, m); break;
+            case 2: tile_float_x16<BF16, 2>(a, n, m); break;
+            case 1: tile_float_x16<BF16, 1>(a, n, m); break;
+            default: break;
+        }
+    }
+}
+
 // ---- float weight types ----
 
 struct LoadF32 {
@@ -262,6 +300,8 @@ void fill_matmul(KernelTable& t) {
     t.matmul_q4_0 = matmul_q4_0;
     t.matmul_q8_0x16 = matmul_x16<false>;
     t.matmul_q4_0x16 = matmul_x16<true>;
+    t.matmul_f16x16 = matmul_float_x16<false>;
+    t.matmul_bf16x16 = matmul_float_x16<true>;
 }
 
 }  // namespace corelm::CORELM_ISA_NS
