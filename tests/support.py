@@ -26,3 +26,15 @@ def subprocess_kwargs() -> dict:
     root = str(Path(corelm.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     return {"cwd": tempfile.gettempdir(), "env": env}
+
+
+def stories260k() -> Path:
+    """The real tiny model (llama2.c's stories260K) in ../shared/data."""
+    return data_file("models", "stories260K", "stories260K.gguf")
+
+
+def run_cli(*argv: str) -> int:
+    """`corelm ARGV...` in this process (the real cli.main)."""
+    from corelm import cli
+
+    return cli.main(list(argv))

@@ -8,22 +8,17 @@ import math
 
 import numpy as np
 import pytest
-from support import data_file
+from support import data_file, run_cli, stories260k
 
 import corelm
-from corelm import cli
 from corelm.analysis.perplexity import perplexity, perplexity_file, read_text
 
 CTX = 32
 
 
-def run_cli(*argv: str) -> int:
-    return cli.main(list(argv))
-
-
 @pytest.fixture(scope="module")
 def stories():
-    return data_file("models", "stories260K", "stories260K.gguf")
+    return stories260k()
 
 
 @pytest.fixture(scope="module")

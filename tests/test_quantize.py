@@ -8,10 +8,9 @@ import json
 import gguf
 import numpy as np
 import pytest
-from support import data_file
+from support import data_file, run_cli, stories260k
 
 import corelm
-from corelm import cli
 from corelm.formats.gguf import load_gguf
 from corelm.kernels import Weight, WeightType
 from corelm.models import load_model
@@ -26,13 +25,9 @@ TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}<|
 IDS = [1, 400, 13, 441, 416, 331, 407, 261, 378, 383, 300, 12, 45, 99, 7, 280]
 
 
-def run_cli(*argv: str) -> int:
-    return cli.main(list(argv))
-
-
 @pytest.fixture(scope="module")
 def stories():
-    return data_file("models", "stories260K", "stories260K.gguf")
+    return stories260k()
 
 
 @pytest.fixture(scope="module")

@@ -157,15 +157,23 @@ void tile_x16(const MatmulArgs& a, int64_t n, int64_t m) {
         for (int h = 0; h < kHalves; ++h) vf_store(a.y + (m + c) * a.ldy + n + kSliceRows * h, acc[c][h]);
 }
 
+// Kernel families with a tile<C>(a, n, m) over 16 rows x C activation rows.
 template <bool Q4>
-void matmul_x16(const MatmulArgs& a, int64_t n0, int64_t n1) {
+struct QuantX16 {
+    template <int C>
+    static void tile(const MatmulArgs& a, int64_t n, int64_t m) { tile_x16<Q4, C>(a, n, m); }
+};
+
+// Covers y[0:m, n0:n1] (n0, n1 multiples of 16) with tiles of up to 4 activation rows.
+template <typename Family>
+void matmul_groups(const MatmulArgs& a, int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; n += kPackRows) {
         int64_t m = 0;
-        for (; m + 4 <= a.m; m += 4) tile_x16<Q4, 4>(a, n, m);
+        for (; m + 4 <= a.m; m += 4) Family::template tile<4>(a, n, m);
         switch (a.m - m) {
-            case 3: tile_x16<Q4, 3>(a, n, m); break;
-            case 2: tile_x16<Q4, 2>(a, n, m); break;
-            case 1: tile_x16<Q4, 1>(a, n, m); break;
+            case 3: Family::template tile<3>(a, n, m); break;
+            case 2: Family::template tile<2>(a, n, m); break;
+            case 1: Family::template tile<1>(a, n, m); break;
             default: break;
         }
     }
@@ -196,18 +204,10 @@ void tile_float_x16(const MatmulArgs& a, int64_t n, int64_t m) {
 }
 
 template <bool BF16>
-void matmul_float_x16(const MatmulArgs& a, int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; n += kPackRows) {
-        int64_t m = 0;
-        for (; m + 4 <= a.m; m += 4) tile_float_x16<BF16, 4>(a, n, m);
-        switch (a.m - m) {
-            case 3: tile_float_x16<BF16, 3>(a, n, m); break;
-            case 2: tile_float_x16<BF16, 2>(a, n, m); break;
-            case 1: tile_float_x16<BF16, 1>(a, n, m); break;
-            default: break;
-        }
-    }
-}
+struct FloatX16 {
+    template <int C>
+    static void tile(const MatmulArgs& a, int64_t n, int64_t m) { tile_float_x16<BF16, C>(a, n, m); }
+};
 
 // ---- float weight types ----
 
@@ -298,10 +298,10 @@ void fill_matmul(KernelTable& t) {
     t.matmul_bf16 = matmul_bf16;
     t.matmul_q8_0 = matmul_q8_0;
     t.matmul_q4_0 = matmul_q4_0;
-    t.matmul_q8_0x16 = matmul_x16<false>;
-    t.matmul_q4_0x16 = matmul_x16<true>;
-    t.matmul_f16x16 = matmul_float_x16<false>;
-    t.matmul_bf16x16 = matmul_float_x16<true>;
+    t.matmul_q8_0x16 = matmul_groups<QuantX16<false>>;
+    t.matmul_q4_0x16 = matmul_groups<QuantX16<true>>;
+    t.matmul_f16x16 = matmul_groups<FloatX16<false>>;
+    t.matmul_bf16x16 = matmul_groups<FloatX16<true>>;
 }
 
 }  // namespace corelm::CORELM_ISA_NS
