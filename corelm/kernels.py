@@ -35,8 +35,11 @@ class WeightType(enum.IntEnum):
     F32 = 0
     F16 = 1
     Q4_0 = 2
+    Q4_1 = 3  # the older 32-blocks (Q4_1, Q5_0, Q5_1): decoded by their kernels
+    Q5_0 = 6
+    Q5_1 = 7
     Q8_0 = 8
-    Q4_K = 12  # k-quants: read from GGUF files (no quantizer yet), super-blocks of 256
+    Q4_K = 12  # k-quants: super-blocks of 256
     Q5_K = 13
     Q6_K = 14
     BF16 = 30

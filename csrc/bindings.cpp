@@ -146,7 +146,6 @@ PYBIND11_MODULE(_C, m) {
     m.def("quantize", [](const Array& x, int type) {
         const WeightType t = weight_type(type);
         if (is_packed(t)) fail(std::string("quantize to ") + type_name(unpacked_of(t)) + ", then pack");
-        if (block_size(t) == kQK_K) fail(std::string("no ") + type_name(t) + " quantizer yet (k-quants are read from GGUF files)");
         const float* xp = f32_in(x, "x", 2);
         const int64_t rows = x.shape(0), k = x.shape(1);
         const size_t rb = row_bytes(t, k);

@@ -38,3 +38,38 @@ def run_cli(*argv: str) -> int:
     from corelm import cli
 
     return cli.main(list(argv))
+
+
+def random_llama_gguf(path: Path, n_layer: int = 8, seed: int = 0) -> Path:
+    """A Llama GGUF (F32) with seeded random weights, widths that k-quants fit (256 / 512), 8 layers
+    (so llama.cpp's mixes give some layers more bits) and stories260K's tokenizer, which llama.cpp
+    needs to load it. The same bytes on every machine: scripts/make_golden_quantize.py quantizes it
+    with llama.cpp and tests/test_quantize_k.py with corelm."""
+    import numpy as np
+
+    from corelm.formats.gguf_write import write_gguf
+    from corelm.models.base import ModelConfig
+    from corelm.models.llama import Llama
+    from corelm.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_gguf(stories260k())
+    c = ModelConfig("llama", vocab_size=512, n_layer=n_layer, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, ctx=256,
+                    norm_eps=1e-5, rope_neox=False)  # fmt: skip
+    rng = np.random.default_rng(seed)
+    kv = c.n_head_kv * c.head_dim
+
+    def matrix(n: int, k: int) -> np.ndarray:  # heavy-tailed rows, as trained weights have
+        return (rng.standard_t(5, size=(n, k)) * 0.05).astype(np.float32)
+
+    w = {"token_embd.weight": matrix(c.vocab_size, c.n_embd), "output.weight": matrix(c.vocab_size, c.n_embd),
+         "output_norm.weight": np.ones(c.n_embd, np.float32)}  # fmt: skip
+    shapes = {"attn_q": (c.n_embd, c.n_embd), "attn_k": (kv, c.n_embd), "attn_v": (kv, c.n_embd),
+              "attn_output": (c.n_embd, c.n_embd), "ffn_gate": (c.n_ff, c.n_embd), "ffn_up": (c.n_ff, c.n_embd),
+              "ffn_down": (c.n_embd, c.n_ff)}  # fmt: skip
+    for i in range(n_layer):
+        for name, (n, k) in shapes.items():
+            w[f"blk.{i}.{name}.weight"] = matrix(n, k)
+        w[f"blk.{i}.attn_norm.weight"] = np.ones(c.n_embd, np.float32)
+        w[f"blk.{i}.ffn_norm.weight"] = np.ones(c.n_embd, np.float32)
+    write_gguf(Llama(c, w), path, tokenizer_metadata=tok.gguf_metadata(vocab_size=c.vocab_size), name="kquant-test")
+    return path

@@ -69,11 +69,17 @@ def test_stories_round_trip(stories, tmp_path, qtype):
 
     types = matrix_types(out)
     down = {n for n in types if n.endswith("ffn_down.weight")}  # 172 columns: not a multiple of 32
-    expected = qtype.upper()
+    quantized = qtype in ("q8_0", "q4_0")
     for name, t in types.items():
-        assert t == ("F32" if name in down and qtype in ("q8_0", "q4_0") else expected), name
-    if qtype in ("q8_0", "q4_0"):
-        assert sorted(n for n, *_ in report.kept) == sorted(down) and len(down) == 5
+        if quantized and name in down:
+            expected = "F16"  # llama.cpp's fallback when no block fits
+        elif quantized and name == "output.weight":
+            expected = "Q8_0"  # llama.cpp's Q6_K output, which needs 256 columns: Q8_0
+        else:
+            expected = qtype.upper()
+        assert t == expected, name
+    if quantized:
+        assert sorted(n for n, *_ in report.fallbacks) == sorted(down | {"output.weight"} if qtype == "q4_0" else down)
     assert all(
         gguf.GGMLQuantizationType(t.type).name == "F32" for t in load_gguf(out).tensors.values() if len(t.shape) == 1
     )  # norms stay F32
@@ -86,8 +92,12 @@ def test_stories_round_trip(stories, tmp_path, qtype):
 
     a, b = corelm.load(stories), corelm.load(out)
     assert_close(b.logits(IDS), a.logits(IDS), TOLERANCE[qtype])
-    # the same bytes as corelm's own quantization at load time: the same logits
-    assert_close(b.logits(IDS), corelm.load(stories, quant=qtype).logits(IDS), 1e-6)
+    # --pure: the bytes of corelm's own quantization at load time (which leaves ffn_down, 172 wide, in
+    # F32 where the file has llama.cpp's F16; int8 activation rounding amplifies that difference)
+    pure = tmp_path / f"s-{qtype}-pure.gguf"
+    quantize_model(stories, pure, qtype, pure=True, progress=False)
+    same = corelm.load(stories, quant=qtype)
+    assert_close(corelm.load(pure).logits(IDS), same.logits(IDS), 1e-6 if not quantized else TOLERANCE[qtype])
     assert b.tokenize("Once upon a time") == a.tokenize("Once upon a time")
     assert b.tokenizer.bos_id == a.tokenizer.bos_id and b.tokenizer.eos_id == a.tokenizer.eos_id
 
@@ -100,10 +110,13 @@ def test_hf_round_trip(hf_llama, tmp_path, qtype):
     ids = src.tokenize("To be, or not to be: that is the question.")
     assert dst.tokenize("To be, or not to be: that is the question.") == ids
     # Random weights amplify 4-bit rounding too much for a bound against F32 to mean anything: compare
-    # with the source quantized the same way at load (same bytes; Q/K rows permuted for llama.cpp's rope,
-    # whose float rounding can flip an int8 activation rounding, which random weights then amplify).
+    # with the source quantized the same way at load (same bytes with --pure; Q/K rows permuted for
+    # llama.cpp's rope, whose float rounding can flip an int8 activation rounding, which random
+    # weights then amplify).
+    pure = tmp_path / f"hf-{qtype}-pure.gguf"
+    quantize_model(hf_llama, pure, qtype, pure=True, progress=False)
     same = src if qtype == "f32" else corelm.load(hf_llama, quant=qtype)
-    assert_close(dst.logits(ids), same.logits(ids), 0.05 if qtype.startswith("q") else 1e-4)
+    assert_close(corelm.load(pure).logits(ids), same.logits(ids), 0.05 if qtype.startswith("q") else 1e-4)
     if qtype != "q4_0":
         assert_close(dst.logits(ids), src.logits(ids), {**TOLERANCE, "f32": 1e-5, "q8_0": 0.1}[qtype])
     assert dst.tokenizer.chat_template == TEMPLATE
@@ -112,7 +125,7 @@ def test_hf_round_trip(hf_llama, tmp_path, qtype):
         src.tokenizer.eos_id,
         src.tokenizer.add_bos,
     )
-    assert set(matrix_types(out).values()) == {qtype.upper()}  # 256/512 columns: every matrix
+    assert set(matrix_types(pure).values()) == {qtype.upper()}  # 256/512 columns: every matrix
 
 
 def _llama_cpp():
@@ -145,19 +158,13 @@ def test_llama_cpp_loads_and_generates(stories, hf_llama, tmp_path, qtype):
 # ---- bad input: one clear error, no file left ----
 
 
-def test_unknown_and_missing_types(stories, tmp_path, capsys):
+def test_unknown_type(stories, tmp_path, capsys):
     out = tmp_path / "x.gguf"
-    with pytest.raises(UnsupportedTypeError, match="unknown --type 'q5_1'"):
-        quantize_model(stories, out, "q5_1", progress=False)
-    for name in ("q4_k_m", "q6_k"):
-        with pytest.raises(UnsupportedTypeError, match="k-quant quantizers.*gguf package"):
-            quantize_model(stories, out, name, progress=False)
-        assert run_cli("quantize", str(stories), str(out), "--type", name) == 1
-        err = capsys.readouterr().err
-        assert err.startswith("corelm: error: --type") and "Q6_K" in err
+    with pytest.raises(UnsupportedTypeError, match="unknown --type 'q3_k_s'; choose one of f32, .*q4_k_m"):
+        quantize_model(stories, out, "q3_k_s", progress=False)
     with pytest.raises(SystemExit):  # argparse: not one of the choices
-        run_cli("quantize", str(stories), str(out), "--type", "q5_1")
-    assert "invalid choice: 'q5_1'" in capsys.readouterr().err
+        run_cli("quantize", str(stories), str(out), "--type", "q3_k_s")
+    assert "invalid choice: 'q3_k_s'" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -198,8 +205,9 @@ def test_cli_summary(stories, tmp_path, capsys):
     out = tmp_path / "s.gguf"
     assert run_cli("quantize", str(stories), str(out), "--type", "q4_0", "-q") == 0
     text = capsys.readouterr().out
-    assert "matrices: before 37 F32; after 32 Q4_0, 5 F32" in text
-    assert "blk.4.ffn_down.weight (64 x 172, F32)" in text and "MiB" in text
+    assert "matrices: before 37 F32; after 31 Q4_0, 5 F16, 1 Q8_0" in text
+    assert "output.weight (512 x 64): Q8_0, not Q6_K" in text and "MiB" in text
+    assert "blk.4.ffn_down.weight (64 x 172): F16, not Q4_0" in text
 
 
 # ---- the error-minimising Q4_0 ----
@@ -238,7 +246,7 @@ def test_optimized_q4_0_file_is_plain_q4_0(stories, tmp_path):
     quantize_model(stories, plain, "q4_0", progress=False)
     calib = data_file("models", "stories260K", "stories260K.md")
     report = quantize_model(stories, opt, "q4_0", optimize=True, calib=calib, progress=False)
-    assert report.calibrated == 31 and report.calib_tokens > 1000  # every matrix but the lookup-only embedding
+    assert report.calibrated == 30 and report.calib_tokens > 1000  # the Q4_0 matrices but the lookup-only embedding
     assert opt.stat().st_size == plain.stat().st_size and matrix_types(opt) == matrix_types(plain)
     assert load_gguf(opt).tensors["blk.0.attn_q.weight"].data.tobytes() != (
         load_gguf(plain).tensors["blk.0.attn_q.weight"].data.tobytes()

@@ -13,20 +13,26 @@ from __future__ import annotations
 import argparse
 import sys
 
-from corelm.quantize.convert import MISSING, TYPES, QuantizeReport, UnsupportedTypeError, format_report, quantize_model
+from corelm.quantize.convert import QuantizeReport, UnsupportedTypeError, format_report, quantize_model
+from corelm.quantize.recipes import TYPE_NAMES
 
 __all__ = ["QuantizeReport", "UnsupportedTypeError", "add_parsers", "cmd_quantize", "quantize_model"]
 
 _EPILOG = """\
-types:
-  f32, f16, bf16   every matrix converted to that type
-  q8_0, q4_0       GGUF's 32-weight blocks (8-bit / 4-bit codes with an fp16 scale); matrices
-                   whose rows are not a multiple of 32 long keep their type (listed in the summary)
-  q4_k_m, q6_k     NOT AVAILABLE YET: they need k-quant quantizers (Q4_K / Q6_K super-blocks
-                   with searched sub-block scales) that neither corelm nor the gguf package has;
-                   asking for them is an error that says so. Use llama.cpp's llama-quantize.
-  Norms and biases are always F32. The tokenizer, special tokens, chat template and
-  architecture metadata are kept; llama.cpp and corelm load the output as they load the input.
+types (which matrix gets what follows llama.cpp's llama-quantize, so the files match):
+  f32, f16, bf16     every matrix in that type
+  q8_0, q4_0         GGUF's 32-weight blocks: 8-bit / 4-bit codes with an fp16 scale
+  q4_1, q5_0, q5_1   32-weight blocks with 4/5-bit codes (and a min for _1)
+  q6_k               256-weight super-blocks, 6-bit codes, 16 sub-block scales
+  q4_k_m, q5_k_m     llama.cpp's mixes: Q4_K (Q5_K) everywhere except output.weight, and
+                     attn_v / ffn_down of the first and last eighth of the layers and every
+                     third layer between, in Q6_K; GPT-2's fused attn_qkv in Q5_K (Q6_K)
+  Quantized types put output.weight (the token embedding when tied) in Q6_K, except q8_0;
+  --pure keeps every matrix in the type itself. Matrices whose rows a k-quant's 256-blocks do
+  not divide fall back as llama.cpp's do (Q4_K->Q5_0, Q5_K->Q5_1, Q6_K->Q8_0); rows no block
+  fits keep their type (listed in the summary). Norms and biases are always F32.
+  The tokenizer, special tokens, chat template and architecture metadata are kept; llama.cpp
+  and corelm load the output as they load the input.
 
 --optimize (q4_0 only): each block's scale is searched (both signs, a grid around max/-8, the
 best scale for the rounded codes solved exactly) to minimise the block's squared error, weighted
@@ -38,6 +44,7 @@ The output is written to OUTPUT.tmp and renamed when complete: a failed run leav
 
 examples:
   corelm quantize ../shared/data/models/stories260K/stories260K.gguf /tmp/s-q8_0.gguf --type q8_0
+  corelm quantize my-hf-model/ my-model-q4_k_m.gguf --type q4_k_m
   corelm quantize my-hf-model/ my-model-q4_0.gguf --type q4_0 --optimize --calib calib.txt
 """
 
@@ -52,6 +59,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         args.output,
         args.type,
         optimize=args.optimize,
+        pure=args.pure,
         calib=args.calib,
         calib_tokens=args.calib_tokens,
         progress=not args.quiet,
@@ -64,9 +72,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
     """Register `quantize` on the `corelm` command's subparsers; returns its parser."""
     p = subparsers.add_parser(
         "quantize",
-        help="write a model as a GGUF file of another weight type (f32 f16 bf16 q8_0 q4_0)",
+        help="write a model as a GGUF file of another weight type (q4_k_m, q8_0, f16, ...)",
         description="Convert INPUT (a .gguf file or a Hugging Face folder) to OUTPUT, a GGUF file whose "
-        "matrices are in --type. Prints a summary: sizes before and after, tensor types, tensors kept.",
+        "matrices are in --type. Prints a summary: sizes before and after, tensor types, fallbacks.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=_EPILOG,
     )
@@ -76,9 +84,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
         "--type",
         required=True,
         type=str.lower,
-        choices=[*TYPES, *MISSING],
-        help="weight type: f32, f16, bf16, q8_0, q4_0 (q4_k_m and q6_k are not implemented yet: see below)",
+        choices=TYPE_NAMES,
+        help="weight type or llama.cpp mix (see below)",
     )
+    p.add_argument("--pure", action="store_true", help="every matrix in the type itself (no Q6_K output, no mix)")
     p.add_argument("--optimize", action="store_true", help="q4_0: error-minimising block scales (same layout)")
     p.add_argument("--calib", default=None, metavar="TEXT", help="--optimize: weigh errors by activations on TEXT")
     p.add_argument(

@@ -1,13 +1,7 @@
 """`corelm quantize`: a GGUF file or Hugging Face folder -> a GGUF file of another weight type.
 
-Which tensor gets what:
-  - f32 / f16 / bf16: every matrix (2-D tensor) is converted to that type;
-  - q8_0 / q4_0: every matrix whose rows are a multiple of 32 long (the block size) is
-    quantized, the token embedding and output matrix included (as llama-quantize --pure
-    does: llama-quantize's default puts output.weight in Q6_K, which corelm cannot write
-    yet); other matrices keep the type they had (F32, F16 or BF16) and are listed in the
-    summary;
-  - vectors (norms, biases) are always F32.
+Which matrix gets which type is recipes.py's (llama.cpp's rules, mixes and fallbacks included);
+the summary lists the matrices that took a fallback type. Vectors (norms, biases) are always F32.
 The output keeps the tokenizer (Tokenizer.gguf_metadata(): vocabulary, merges, special-token
 ids, add-BOS flag, chat template) and the architecture metadata (write_gguf writes the
 hyperparameters from the model config; other keys of a GGUF input, such as general.*, are
@@ -38,54 +32,28 @@ from corelm.formats.gguf_write import _hparams, write_gguf
 from corelm.kernels import Weight, WeightType
 from corelm.models import load_model
 from corelm.models.base import Model
+from corelm.quantize import recipes
 from corelm.quantize.calibrate import activation_stats
 from corelm.quantize.q4_0_opt import quantize_q4_0_optimized
 from corelm.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-TYPES = {
-    "f32": WeightType.F32,
-    "f16": WeightType.F16,
-    "bf16": WeightType.BF16,
-    "q8_0": WeightType.Q8_0,
-    "q4_0": WeightType.Q4_0,
-}
-# Types llama.cpp writes that need quantizers corelm does not have yet (named, not faked).
-MISSING = {
-    "q4_k_m": "Q4_K and Q6_K",
-    "q6_k": "Q6_K",
-}
-FILE_TYPES = {
-    WeightType.F32: gguf.LlamaFileType.ALL_F32,
-    WeightType.F16: gguf.LlamaFileType.MOSTLY_F16,
-    WeightType.BF16: gguf.LlamaFileType.MOSTLY_BF16,
-    WeightType.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
-    WeightType.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0,
-}
-_QUANTIZED = (WeightType.Q8_0, WeightType.Q4_0)
+_FLOAT_TYPES = (WeightType.F32, WeightType.F16, WeightType.BF16)
 # Keys of a GGUF input that describe the old file, not the model: never copied.
 _FILE_KEYS = ("general.alignment", "general.file_type", "general.quantization_version")
 
 
 class UnsupportedTypeError(ValueError):
-    """A weight type corelm cannot write (yet); the message names the missing piece."""
+    """A --type corelm does not write; the message lists the ones it does."""
 
 
-def check_type(name: str) -> WeightType:
-    """The WeightType of a --type name, or a clear error (k-quants: what is missing)."""
+def check_type(name: str) -> str:
+    """The recipe name of a --type (case-insensitive), or a clear error."""
     key = name.lower()
-    if key in MISSING:
-        raise UnsupportedTypeError(
-            f"--type {name} needs the k-quant quantizers ({MISSING[key]}: 256-weight super-blocks whose "
-            "sub-block scales are searched to minimise the error, as llama.cpp's quantize_q4_K / quantize_q6_K "
-            "do); neither corelm's native core nor the gguf package has them yet (gguf.quants raises "
-            "NotImplementedError for Q4_K and Q6_K). Use llama.cpp's llama-quantize for now, or corelm's "
-            "q4_0 --optimize (same size as plain Q4_0, lower error)."
-        )
-    if key not in TYPES:
-        raise UnsupportedTypeError(f"unknown --type {name!r}; choose one of {', '.join([*TYPES, *MISSING])}")
-    return TYPES[key]
+    if not recipes.is_known(key):
+        raise UnsupportedTypeError(f"unknown --type {name!r}; choose one of {', '.join(recipes.TYPE_NAMES)}")
+    return key
 
 
 @dataclass
@@ -100,7 +68,7 @@ class QuantizeReport:
     output_bytes: int
     types_before: Counter = field(default_factory=Counter)  # matrices by type name
     types_after: Counter = field(default_factory=Counter)
-    kept: list[tuple[str, int, int, str]] = field(default_factory=list)  # (name, rows, cols, type)
+    fallbacks: list[tuple[str, int, int, str, str]] = field(default_factory=list)  # (name, rows, cols, wanted, got)
     requantized_from: Counter = field(default_factory=Counter)  # quantized inputs re-quantized
     vectors: int = 0
     calib_tokens: int = 0
@@ -129,7 +97,7 @@ def _check_paths(src: Path, out: Path) -> None:
         raise ValueError(f"{out}: cannot write there: folder {parent} is not writable")
 
 
-def _metadata(model: Model, tokenizer: Tokenizer | None, wtype: WeightType, src: Path) -> tuple[dict[str, Any], str]:
+def _metadata(model: Model, tokenizer: Tokenizer | None, recipe: str, src: Path) -> tuple[dict[str, Any], str]:
     """Metadata to write beside what write_gguf writes itself, and the model's name."""
     source: dict[str, Any] = dict(getattr(model, "metadata", None) or {})
     name = str(source.get("general.name") or src.stem or src.name)
@@ -149,8 +117,8 @@ def _metadata(model: Model, tokenizer: Tokenizer | None, wtype: WeightType, src:
         meta[key] = value
     if tokenizer is not None:
         meta.update(tokenizer.gguf_metadata(vocab_size=model.config.vocab_size))
-    meta["general.file_type"] = int(FILE_TYPES[wtype])
-    if wtype in _QUANTIZED:
+    meta["general.file_type"] = int(recipes.FILE_TYPES[recipe])
+    if recipe not in ("f32", "f16", "bf16"):
         meta["general.quantization_version"] = gguf.GGML_QUANT_VERSION
     return meta, name
 
@@ -190,6 +158,7 @@ def quantize_model(
     out: str | PathLike[str],
     type: str,
     optimize: bool = False,
+    pure: bool = False,
     calib: str | PathLike[str] | None = None,
     calib_tokens: int = 2048,
     progress: bool = True,
@@ -197,13 +166,14 @@ def quantize_model(
     """Write the model at `src` (GGUF file or Hugging Face folder) to `out` as GGUF with its
     matrices in `type` (see the module docstring for which tensors get what).
 
+    pure: every matrix in the type's base type (no Q6_K output matrix, no mix).
     optimize (q4_0 only): choose each block's scale to minimise the squared error, weighted
     by the mean square of each column's activations over the first `calib_tokens` tokens of
     the text file `calib` when given (corelm/quantize/q4_0_opt.py); same Q4_0 layout."""
     t0 = time.perf_counter()
-    wtype = check_type(type)
+    recipe = check_type(type)
     src, out = Path(src), Path(out)
-    if optimize and wtype != WeightType.Q4_0:
+    if optimize and recipe != "q4_0":
         raise ValueError(f"--optimize applies to q4_0 only, not {type}")
     if calib is not None and not optimize:
         raise ValueError("--calib is used by --optimize; add --optimize")
@@ -215,13 +185,14 @@ def quantize_model(
     model, tokenizer = load_model(src)
     report = QuantizeReport(str(src), str(out), type.lower(), optimize, _input_bytes(src), 0)
     report.tokenizer = tokenizer is not None
-    meta, name = _metadata(model, tokenizer, wtype, src)  # before the long part: fails early
+    meta, name = _metadata(model, tokenizer, recipe, src)  # before the long part: fails early
     stats: dict[str, np.ndarray] = {}
     if calib is not None:
         stats, report.calib_tokens = _calibration(model, tokenizer, Path(calib), calib_tokens, progress)
 
     weights: dict[str, Any] = {}
     items = list(model.w.items())
+    n_layers, tied = model.config.n_layer, "output.weight" not in model.w
     for tname, t in tqdm(items, desc="quantizing", unit="tensor", leave=False, disable=not progress):
         if not isinstance(t, Weight):
             weights[tname] = np.asarray(t, dtype=np.float32)
@@ -229,15 +200,15 @@ def quantize_model(
             continue
         w = t.unpacked()  # GGUF layout (the loader may have interleaved it for the kernels)
         report.types_before[w.type.name] += 1
-        if w.k % wtype.block_size:
-            weights[tname] = w
-            report.kept.append((tname, w.n, w.k, w.type.name))
-        else:
-            if w.type in _QUANTIZED and wtype in _QUANTIZED and w.type != wtype:
-                report.requantized_from[w.type.name] += 1
-            importance = stats.get(tname)
-            report.calibrated += importance is not None
-            weights[tname] = _convert(w, wtype, importance, optimize)
+        wanted = recipes.tensor_type(recipe, tname, w.k, n_layers, tied, pure)
+        wtype = recipes.fit(wanted, w.k)
+        if wtype != wanted:
+            report.fallbacks.append((tname, w.n, w.k, wanted.name, wtype.name))
+        if w.type not in _FLOAT_TYPES and wtype not in _FLOAT_TYPES and w.type != wtype:
+            report.requantized_from[w.type.name] += 1
+        importance = stats.get(tname) if optimize and wtype == WeightType.Q4_0 else None
+        report.calibrated += importance is not None
+        weights[tname] = _convert(w, wtype, importance, optimize)
         report.types_after[weights[tname].type.name] += 1
 
     quantized = copy.copy(model)  # same config and architecture, the new weights
@@ -266,9 +237,9 @@ def format_report(r: QuantizeReport) -> str:
         + ", ".join(f"{n} {t}" for t, n in r.types_after.most_common()),
         f"  vectors:  {r.vectors} F32 (norms, biases)",
     ]
-    if r.kept:
-        lines.append(f"  kept as they were ({len(r.kept)}: rows not a multiple of the 32-weight block):")
-        lines += [f"    {name} ({n} x {k}, {t})" for name, n, k, t in r.kept]
+    if r.fallbacks:
+        lines.append(f"  fallbacks ({len(r.fallbacks)}: rows the type's blocks do not divide, as llama.cpp does):")
+        lines += [f"    {name} ({n} x {k}): {got}, not {wanted}" for name, n, k, wanted, got in r.fallbacks]
     if r.requantized_from:
         lines.append(
             "  note: re-quantized from already quantized weights ("

@@ -13,6 +13,9 @@ enum class WeightType : int32_t {
     F32 = 0,
     F16 = 1,
     Q4_0 = 2,
+    Q4_1 = 3,
+    Q5_0 = 6,
+    Q5_1 = 7,
     Q8_0 = 8,
     Q4_K = 12,
     Q5_K = 13,
@@ -42,6 +45,30 @@ struct block_q4_0 {
     uint8_t qs[kQK / 2];
 };
 static_assert(sizeof(block_q4_0) == 18, "block_q4_0 must be 18 bytes");
+
+// Q4_1: 5 bits per weight, codes as Q4_0; value = q * d + m, q in 0..15.
+struct block_q4_1 {
+    uint16_t d, m;
+    uint8_t qs[kQK / 2];
+};
+static_assert(sizeof(block_q4_1) == 20, "block_q4_1 must be 20 bytes");
+
+// Q5_0: 5.5 bits per weight. Low nibbles as Q4_0; bit i of qh (little-endian uint32) is the fifth
+// bit of element i; value = (q - 16) * d.
+struct block_q5_0 {
+    uint16_t d;
+    uint8_t qh[4];
+    uint8_t qs[kQK / 2];
+};
+static_assert(sizeof(block_q5_0) == 22, "block_q5_0 must be 22 bytes");
+
+// Q5_1: 6 bits per weight, codes as Q5_0; value = q * d + m, q in 0..31.
+struct block_q5_1 {
+    uint16_t d, m;
+    uint8_t qh[4];
+    uint8_t qs[kQK / 2];
+};
+static_assert(sizeof(block_q5_1) == 24, "block_q5_1 must be 24 bytes");
 
 // ---- k-quants: super-blocks of 256 (ggml-common.h) ----
 constexpr int kQK_K = 256;
@@ -122,6 +149,9 @@ inline size_t row_bytes(WeightType t, int64_t k) {
         case WeightType::Q8_0_X16: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q8_0);
         case WeightType::Q4_0:
         case WeightType::Q4_0_X16: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q4_0);
+        case WeightType::Q4_1: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q4_1);
+        case WeightType::Q5_0: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q5_0);
+        case WeightType::Q5_1: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q5_1);
         case WeightType::Q4_K: return k % kQK_K ? 0 : size_t(k / kQK_K) * sizeof(block_q4_K);
         case WeightType::Q5_K: return k % kQK_K ? 0 : size_t(k / kQK_K) * sizeof(block_q5_K);
         case WeightType::Q6_K: return k % kQK_K ? 0 : size_t(k / kQK_K) * sizeof(block_q6_K);
@@ -167,6 +197,7 @@ inline bool is_known_type(int32_t t) {
     switch (WeightType(t)) {
         case WeightType::F32: case WeightType::F16: case WeightType::BF16:
         case WeightType::Q8_0: case WeightType::Q4_0:
+        case WeightType::Q4_1: case WeightType::Q5_0: case WeightType::Q5_1:
         case WeightType::Q4_0_X16: case WeightType::Q8_0_X16:
         case WeightType::F16_X16: case WeightType::BF16_X16:
         case WeightType::Q4_K: case WeightType::Q5_K: case WeightType::Q6_K: return true;
@@ -181,6 +212,9 @@ inline const char* type_name(WeightType t) {
         case WeightType::BF16: return "BF16";
         case WeightType::Q8_0: return "Q8_0";
         case WeightType::Q4_0: return "Q4_0";
+        case WeightType::Q4_1: return "Q4_1";
+        case WeightType::Q5_0: return "Q5_0";
+        case WeightType::Q5_1: return "Q5_1";
         case WeightType::Q4_0_X16: return "Q4_0_X16";
         case WeightType::Q4_K: return "Q4_K";
         case WeightType::Q5_K: return "Q5_K";

@@ -58,6 +58,9 @@ using BinaryFn = void (*)(const float* a, const float* b, float* y, int64_t n);
     X(matmul_bf16, MatmulFn)                 \
     X(matmul_q8_0, MatmulFn)                 \
     X(matmul_q4_0, MatmulFn)                 \
+    X(matmul_q4_1, MatmulFn)                 \
+    X(matmul_q5_0, MatmulFn)                 \
+    X(matmul_q5_1, MatmulFn)                 \
     X(matmul_q8_0x16, MatmulFn)              \
     X(matmul_q4_0x16, MatmulFn)              \
     X(matmul_f16x16, MatmulFn)               \
@@ -92,6 +95,9 @@ namespace avx512 { void fill(KernelTable& t); }
 namespace ref {
 void quantize_row_q8_0(const float* x, block_q8_0* y, int64_t k);
 void quantize_row_q4_0(const float* x, block_q4_0* y, int64_t k);
+void quantize_row_q4_K(const float* x, block_q4_K* y, int64_t k);
+void quantize_row_q5_K(const float* x, block_q5_K* y, int64_t k);
+void quantize_row_q6_K(const float* x, block_q6_K* y, int64_t k);
 void dequantize_row(WeightType t, const uint8_t* row, float* y, int64_t k);
 void quantize_row(WeightType t, const float* x, uint8_t* row, int64_t k);
 

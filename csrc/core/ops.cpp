@@ -30,6 +30,9 @@ MatmulFn matmul_kernel(const KernelTable& kt, WeightType t) {
         case WeightType::BF16: return kt.matmul_bf16;
         case WeightType::Q8_0: return kt.matmul_q8_0;
         case WeightType::Q4_0: return kt.matmul_q4_0;
+        case WeightType::Q4_1: return kt.matmul_q4_1;
+        case WeightType::Q5_0: return kt.matmul_q5_0;
+        case WeightType::Q5_1: return kt.matmul_q5_1;
         case WeightType::Q8_0_X16: return kt.matmul_q8_0x16;
         case WeightType::Q4_0_X16: return kt.matmul_q4_0x16;
         case WeightType::F16_X16: return kt.matmul_f16x16;

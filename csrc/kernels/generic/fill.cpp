@@ -6,13 +6,13 @@ namespace corelm::CORELM_ISA_NS {
 void fill_matmul(KernelTable& t);
 void fill_attention(KernelTable& t);
 void fill_ops(KernelTable& t);
-void fill_kquants(KernelTable& t);
+void fill_decoded(KernelTable& t);
 
 void fill(KernelTable& t) {
     fill_matmul(t);
     fill_attention(t);
     fill_ops(t);
-    fill_kquants(t);
+    fill_decoded(t);
 }
 
 }  // namespace corelm::CORELM_ISA_NS

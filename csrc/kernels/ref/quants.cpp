@@ -1,12 +1,30 @@
 // Reference weight (de)quantization and activation quantization. Weight quantizers follow
-// ggml-quants.c exactly (the `gguf` package's numpy quantizer is bit-identical to it).
+// ggml-quants.c's reference quantizers exactly (the `gguf` package's numpy quantizer is
+// bit-identical to them); the k-quants' are in quantize_k.cpp.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "../../core/kernel_table.h"
-#include "../../core/kquants.h"
+#include "../../core/decode.h"
 
 namespace corelm::ref {
+
+namespace {
+
+// Element i < 16 in the low nibble of qs[i], i >= 16 in the high nibble of qs[i - 16]; for the
+// 5-bit types the fifth bit of element i is bit i of qh.
+template <typename Block>
+void pack_codes(const uint8_t* q, Block& y) {
+    uint32_t qh = 0;
+    for (int i = 0; i < kQK / 2; ++i) {
+        y.qs[i] = uint8_t((q[i] & 0x0f) | ((q[i + kQK / 2] & 0x0f) << 4));
+        qh |= uint32_t(q[i] >> 4) << i | uint32_t(q[i + kQK / 2] >> 4) << (i + kQK / 2);
+    }
+    if constexpr (!std::is_same_v<Block, block_q4_1>) std::memcpy(y.qh, &qh, 4);
+}
+
+}  // namespace
 
 void quantize_row_q8_0(const float* x, block_q8_0* y, int64_t k) {
     for (int64_t b = 0; b < k / kQK; ++b, x += kQK) {
@@ -36,6 +54,40 @@ void quantize_row_q4_0(const float* x, block_q4_0* y, int64_t k) {
     }
 }
 
+// Q4_1 / Q5_1: codes from the block's min upwards, rounded half up (ggml's (uint8_t)(v + 0.5f)).
+template <int NMAX, typename Block>
+void quantize_row_min(const float* x, Block* y, int64_t k) {
+    for (int64_t b = 0; b < k / kQK; ++b, x += kQK) {
+        float min = x[0], max = x[0];
+        for (int i = 1; i < kQK; ++i) {
+            min = std::min(min, x[i]);
+            max = std::max(max, x[i]);
+        }
+        const float d = (max - min) / float(NMAX);
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[b].d = f32_to_fp16(d);
+        y[b].m = f32_to_fp16(min);
+        uint8_t q[kQK];
+        for (int i = 0; i < kQK; ++i) q[i] = uint8_t(std::min(NMAX, int(uint8_t((x[i] - min) * id + 0.5f))));
+        pack_codes(q, y[b]);
+    }
+}
+
+void quantize_row_q5_0(const float* x, block_q5_0* y, int64_t k) {
+    for (int64_t b = 0; b < k / kQK; ++b, x += kQK) {
+        float amax = 0.0f, max = 0.0f;
+        for (int i = 0; i < kQK; ++i) {
+            if (std::fabs(x[i]) > amax) { amax = std::fabs(x[i]); max = x[i]; }
+        }
+        const float d = max / -16.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[b].d = f32_to_fp16(d);
+        uint8_t q[kQK];
+        for (int i = 0; i < kQK; ++i) q[i] = uint8_t(std::min(31, int(int8_t(x[i] * id + 16.5f))));
+        pack_codes(q, y[b]);
+    }
+}
+
 void dequantize_row(WeightType t, const uint8_t* row, float* y, int64_t k) {
     switch (t) {
         case WeightType::Q4_K:
@@ -49,6 +101,17 @@ void dequantize_row(WeightType t, const uint8_t* row, float* y, int64_t k) {
                     y[i] = t == WeightType::Q6_K ? dec.d_sc16[i / 16] * float(dec.q[i])
                                                  : dec.d_sc[i / 32] * float(dec.q[i]) - dec.dmin_m[i / 32];
                 }
+            }
+            return;
+        }
+        case WeightType::Q4_1:
+        case WeightType::Q5_0:
+        case WeightType::Q5_1: {
+            const size_t bytes = row_bytes(t, kQK);
+            Decoded32 dec;
+            for (int64_t b = 0; b < k / kQK; ++b, y += kQK) {
+                decode_32(t, row + b * bytes, dec);
+                for (int i = 0; i < kQK; ++i) y[i] = float(dec.q[i]) * dec.d + dec.m;
             }
             return;
         }
@@ -180,10 +243,24 @@ void quantize_row(WeightType t, const float* x, uint8_t* row, int64_t k) {
         case WeightType::F16_X16:
         case WeightType::BF16_X16:
             return;  // made from rows by pack_rows_x16, never from floats directly
+        case WeightType::Q4_1:
+            quantize_row_min<15>(x, reinterpret_cast<block_q4_1*>(row), k);
+            return;
+        case WeightType::Q5_0:
+            quantize_row_q5_0(x, reinterpret_cast<block_q5_0*>(row), k);
+            return;
+        case WeightType::Q5_1:
+            quantize_row_min<31>(x, reinterpret_cast<block_q5_1*>(row), k);
+            return;
         case WeightType::Q4_K:
+            quantize_row_q4_K(x, reinterpret_cast<block_q4_K*>(row), k);
+            return;
         case WeightType::Q5_K:
+            quantize_row_q5_K(x, reinterpret_cast<block_q5_K*>(row), k);
+            return;
         case WeightType::Q6_K:
-            return;  // no k-quant quantizer yet: the bindings refuse these
+            quantize_row_q6_K(x, reinterpret_cast<block_q6_K*>(row), k);
+            return;
     }
 }
 

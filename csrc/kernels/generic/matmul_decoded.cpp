@@ -1,9 +1,10 @@
-// k-quant matrix products (Q4_K, Q5_K, Q6_K), compiled once per path like ops.cpp. Each
-// super-block of a weight row is decoded once to int8 codes (kquants.h), then meets every
-// activation row's int8 blocks in integer dot products: one scale per 32 (Q4_K/Q5_K, with
-// the min term applied through the activation block's sum) or per 16 (Q6_K).
+// Matrix products of the types kernels decode rather than read in place: the k-quants (Q4_K,
+// Q5_K, Q6_K) and Q4_1 / Q5_0 / Q5_1, compiled once per path like ops.cpp. Each block of a
+// weight row is decoded once to int8 codes (decode.h), then meets every activation row's int8
+// blocks in integer dot products: one scale per 32 (Q4_K/Q5_K and the 32-blocks, the min term
+// applied through the activation block's sum) or per 16 (Q6_K).
 #include "../../core/kernel_table.h"
-#include "../../core/kquants.h"
+#include "../../core/decode.h"
 
 #ifndef CORELM_ISA_NS
 #error "compile with -DCORELM_ISA_NS=<path name>"
@@ -48,9 +49,30 @@ void matmul_k(const MatmulArgs& a, int64_t n0, int64_t n1) {
     }
 }
 
+template <WeightType T>
+void matmul_32(const MatmulArgs& a, int64_t n0, int64_t n1) {
+    const int64_t nb = a.k / kQK;
+    const size_t block_bytes = row_bytes(T, kQK);
+    Decoded32 dec;
+    for (int64_t n = n0; n < n1; ++n) {
+        for (int64_t m = 0; m < a.m; ++m) a.y[m * a.ldy + n] = 0.0f;
+        const uint8_t* row = a.w + n * a.w_stride;
+        for (int64_t b = 0; b < nb; ++b) {
+            decode_32(T, row + b * block_bytes, dec);
+            for (int64_t m = 0; m < a.m; ++m) {
+                const block_q8_act& x = a.xq[m * nb + b];
+                a.y[m * a.ldy + n] += x.d * (dec.d * float(idot(dec.q, x.qs, kQK)) + dec.m * float(x.s));
+            }
+        }
+    }
+}
+
 }  // namespace
 
-void fill_kquants(KernelTable& t) {
+void fill_decoded(KernelTable& t) {
+    t.matmul_q4_1 = matmul_32<WeightType::Q4_1>;
+    t.matmul_q5_0 = matmul_32<WeightType::Q5_0>;
+    t.matmul_q5_1 = matmul_32<WeightType::Q5_1>;
     t.matmul_q4_k = matmul_k<WeightType::Q4_K>;
     t.matmul_q5_k = matmul_k<WeightType::Q5_K>;
     t.matmul_q6_k = matmul_k<WeightType::Q6_K>;

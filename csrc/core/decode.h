@@ -1,11 +1,46 @@
-// Decoding one k-quant super-block (Q4_K, Q5_K, Q6_K) to integer codes and float scales.
-// Inline so that each kernel path compiles it with its own flags (the loops vectorise).
+// Decoding the block types that have no kernel of their own layout to integer codes and float
+// scales: the 32-element Q4_1 / Q5_0 / Q5_1 blocks and the k-quant super-blocks (Q4_K, Q5_K,
+// Q6_K). Inline so that each kernel path compiles it with its own flags (the loops vectorise).
 #pragma once
 #include <cstdint>
 
 #include "formats.h"
 
 namespace corelm {
+
+// One Q4_1 / Q5_0 / Q5_1 block: value i = d * q[i] + m (Q5_0's offset is folded into q: m = 0).
+struct Decoded32 {
+    int8_t q[kQK];
+    float d, m;
+};
+
+inline void decode_32(WeightType t, const uint8_t* block, Decoded32& out) {
+    const uint8_t* qs;
+    uint32_t qh = 0;
+    if (t == WeightType::Q4_1) {
+        const auto& b = *reinterpret_cast<const block_q4_1*>(block);
+        out.d = fp16_to_f32(b.d);
+        out.m = fp16_to_f32(b.m);
+        qs = b.qs;
+    } else if (t == WeightType::Q5_1) {
+        const auto& b = *reinterpret_cast<const block_q5_1*>(block);
+        out.d = fp16_to_f32(b.d);
+        out.m = fp16_to_f32(b.m);
+        std::memcpy(&qh, b.qh, 4);
+        qs = b.qs;
+    } else {  // Q5_0
+        const auto& b = *reinterpret_cast<const block_q5_0*>(block);
+        out.d = fp16_to_f32(b.d);
+        out.m = 0.0f;
+        std::memcpy(&qh, b.qh, 4);
+        qs = b.qs;
+    }
+    const int offset = t == WeightType::Q5_0 ? 16 : 0;
+    for (int i = 0; i < kQK / 2; ++i) {
+        out.q[i] = int8_t(((qs[i] & 0x0f) | (((qh >> i) & 1) << 4)) - offset);
+        out.q[i + kQK / 2] = int8_t(((qs[i] >> 4) | (((qh >> (i + kQK / 2)) & 1) << 4)) - offset);
+    }
+}
 
 // Q4_K / Q5_K: q in 0..15 / 0..31 with d*sc and dmin*m per 32; Q6_K: q - 32 with d*sc per 16.
 struct KDecoded {
