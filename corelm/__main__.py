@@ -1,4 +1,5 @@
 """`python -m corelm ...` runs the `corelm` command line."""
+
 import sys
 
 from corelm.cli import main

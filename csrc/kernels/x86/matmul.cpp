@@ -291,7 +291,10 @@ void matmul_bf16(const MatmulArgs& a, int64_t n0, int64_t n1) { matmul_tiled<Flo
 
 }  // namespace
 
+void fill_matmul_decoded(KernelTable& t);  // matmul_decoded.cpp
+
 void fill_matmul(KernelTable& t) {
+    fill_matmul_decoded(t);
     t.quantize_act = quantize_act;
     t.matmul_f32 = matmul_f32;
     t.matmul_f16 = matmul_f16;
