@@ -53,10 +53,15 @@ SHAKESPEARE = DATA / "corpora" / "tinyshakespeare.txt"
 VARIANTS = [
     ("F32", "f32", {}),
     ("Q8_0", "q8_0", {}),
+    ("Q6_K", "q6_k", {}),
+    ("Q5_0", "q5_0", {}),
+    ("Q4_K_M", "q4_k_m", {}),
     ("Q4_0", "q4_0", {}),
-    ("Q4_0 --optimize", "q4_0", {"optimize": True}),
-    ("Q4_0 --optimize --calib stories260K.md", "q4_0", {"optimize": True, "calib": CARD}),
-    ("Q4_0 --optimize --calib tinyshakespeare", "q4_0", {"optimize": True, "calib": SHAKESPEARE}),
+    # every matrix in Q4_0 (output too): where the error-minimising scales are compared
+    ("Q4_0 --pure", "q4_0", {"pure": True}),
+    ("Q4_0 --pure --optimize", "q4_0", {"pure": True, "optimize": True}),
+    ("Q4_0 --pure --optimize --calib stories260K.md", "q4_0", {"pure": True, "optimize": True, "calib": CARD}),
+    ("Q4_0 --pure --optimize --calib tinyshakespeare", "q4_0", {"pure": True, "optimize": True, "calib": SHAKESPEARE}),
 ]
 
 
@@ -121,7 +126,7 @@ def main() -> int:
         llama_base = None
         plain_q4 = None
         for label, qtype, kw in VARIANTS:
-            path = work / f"stories-{label.split()[0].lower()}{'-' + str(len(rows)) if kw else ''}.gguf"
+            path = work / f"{args.model.stem}-{label.split()[0].lower()}{'-' + str(len(rows)) if kw else ''}.gguf"
             t0 = time.perf_counter()
             report = quantize_model(args.model, path, qtype, progress=False, **kw)
             q_seconds = time.perf_counter() - t0
@@ -130,8 +135,9 @@ def main() -> int:
                 base_info = load_base(base_npz)
             else:
                 r = perplexity_file(path, args.text, ctx=args.ctx, chunks=args.chunks, kld_base=base_npz)
-            row = {"label": label, "bytes": report.output_bytes, "corelm": r, "seconds": q_seconds, "kept": report.kept}
-            if label == "Q4_0":
+            row = {"label": label, "bytes": report.output_bytes, "corelm": r, "seconds": q_seconds}
+            row["types"] = ", ".join(f"{n} {t}" for t, n in report.types_after.most_common())
+            if label == "Q4_0 --pure":
                 plain_q4 = r
             if plain_q4 is not None and r is not plain_q4 and r.token_kld is not None and "optimize" in label:
                 d = r.token_kld - plain_q4.token_kld
@@ -158,7 +164,7 @@ def main() -> int:
     head = "| weights | file size | PPL (corelm) |"
     head += " PPL (llama.cpp) |" if use_llama else ""
     head += " KLD vs F32 (corelm) |" + (" KLD vs F32 (llama.cpp) |" if use_llama else "")
-    head += " KLD 99th pct | same top token | ΔKLD vs Q4_0 (paired) |"
+    head += " KLD 99th pct | same top token | ΔKLD vs Q4_0 --pure (paired) |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for row in rows:
@@ -176,12 +182,9 @@ def main() -> int:
             cells += [f"{k.kld_percentiles['99.0']:.4f}", f"{100 * k.same_top:.2f}%"]
             cells.append(f"{row['paired'][0]:+.5f} ± {row['paired'][1]:.5f}" if "paired" in row else "-")
         print("| " + " | ".join(cells) + " |")
-    kept = rows[1]["kept"]
-    if kept:
-        print(
-            f"\nKept in F32 by Q8_0/Q4_0 (rows not a multiple of 32 long): {', '.join(n for n, *_ in kept)} "
-            f"({kept[0][1]} x {kept[0][2]})."
-        )
+    print("\nMatrix types per file (llama.cpp's rules, fallbacks included):")
+    for row in rows:
+        print(f"- {row['label']}: {row['types']}")
     if use_llama:
         same = all(row.get("same_tokens") for row in rows)
         print(f"llama.cpp's tokenization of the text {'equals' if same else 'DIFFERS from'} corelm's.")
