@@ -10,7 +10,7 @@ from support import DATA, data_file
 
 import corelm
 from corelm.engine.chat import render_chat
-from corelm.engine.sampling import Sampler, SamplingParams
+from corelm.engine.sampling import Sampler, SamplingParams, top_k_ids
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +187,15 @@ def test_chat_with_fallback_template(llm):
     assert llm.tokenizer.chat_template is None
     reply = llm.chat([{"role": "user", "content": "Tell me a story"}], max_tokens=20, temperature=0)
     assert isinstance(reply, str) and llm.last_stats.generated_tokens > 0
+
+
+@pytest.mark.parametrize("n", [100, 130, 1000, 50257, 151936])
+@pytest.mark.parametrize("k", [1, 40, 64])
+def test_top_k_ids_equal_a_full_partition(n, k):
+    rng = np.random.default_rng(n + k)
+    logits = rng.standard_normal(n).astype(np.float32)
+    logits[: n // 3] = logits.max()  # many ties at the top
+    logits[-5:] = 50.0  # the largest in the tail after the last whole chunk
+    ours = top_k_ids(logits, k)
+    assert len(set(ours.tolist())) == k
+    np.testing.assert_array_equal(np.sort(logits[ours]), np.sort(logits[np.argpartition(-logits, k - 1)[:k]]))

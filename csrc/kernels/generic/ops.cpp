@@ -1,10 +1,11 @@
 // Norms, rotary embeddings, softmax and activations. One source, compiled once per
 // instruction-set path with that path's flags (CORELM_ISA_NS names the namespace): these
 // ops are a few percent of a forward pass, so the compiler's vectorization of plain loops
-// (with `omp simd` allowing vector reductions) is all they get.
+// (with `omp simd` allowing vector reductions; exp from fastmath.h, not libm) is all they get.
 #include <algorithm>
 #include <cmath>
 
+#include "../../core/fastmath.h"
 #include "../../core/kernel_table.h"
 
 #ifndef CORELM_ISA_NS
@@ -47,7 +48,8 @@ void softmax(const float* x, float* y, int64_t rows, int64_t n) {
 #pragma omp simd reduction(max : mx)
         for (int64_t i = 0; i < n; ++i) mx = std::max(mx, x[i]);
         float sum = 0.0f;
-        for (int64_t i = 0; i < n; ++i) sum += (y[i] = std::exp(x[i] - mx));
+#pragma omp simd reduction(+ : sum)
+        for (int64_t i = 0; i < n; ++i) sum += (y[i] = exp_fast(x[i] - mx));
         const float inv = 1.0f / sum;
 #pragma omp simd
         for (int64_t i = 0; i < n; ++i) y[i] *= inv;
@@ -77,18 +79,14 @@ void rope(float* x, const int32_t* pos, const float* inv_freq, int64_t rows, int
     }
 }
 
-inline float silu1(float v) { return v / (1.0f + std::exp(-v)); }
-
 void silu(const float* x, float* y, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) y[i] = silu1(x[i]);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) y[i] = silu_fast(x[i]);
 }
 
 void gelu_tanh(const float* x, float* y, int64_t n) {
-    constexpr float kSqrt2OverPi = 0.7978845608028654f;
-    for (int64_t i = 0; i < n; ++i) {
-        const float v = x[i];
-        y[i] = 0.5f * v * (1.0f + std::tanh(kSqrt2OverPi * (v + 0.044715f * v * v * v)));
-    }
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) y[i] = gelu_tanh_fast(x[i]);
 }
 
 void gelu_erf(const float* x, float* y, int64_t n) {
@@ -97,7 +95,8 @@ void gelu_erf(const float* x, float* y, int64_t n) {
 }
 
 void swiglu(const float* gate, const float* up, float* y, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) y[i] = silu1(gate[i]) * up[i];
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) y[i] = silu_fast(gate[i]) * up[i];
 }
 
 void add(const float* a, const float* b, float* y, int64_t n) {

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "../../core/kernel_table.h"
+#include "../../core/fastmath.h"
 #include "simd.h"
 
 #ifndef CORELM_ISA_NS
@@ -57,20 +58,20 @@ void attention_impl(const AttentionArgs& a, int64_t task0, int64_t task1) {
                     tile_max = std::max(tile_max, s[jj]);
                 }
                 const float m_new = std::max(m, tile_max);
-                const float c = std::exp(m - m_new);
+                const float c = exp_fast(m - m_new);
                 l *= c;
                 const vf cv = vf_set1(c);
                 for (int64_t i = 0; i < dv; i += kLanes) vf_store(acc + i, vf_mul(vf_load(acc + i), cv));
                 for (int64_t i = dv; i < a.d; ++i) acc[i] *= c;
+#pragma omp simd reduction(+ : l)
+                for (int64_t jj = 0; jj < nt; ++jj) l += (s[jj] = exp_fast(s[jj] - m_new));  // scores -> weights
                 for (int64_t jj = 0; jj < nt; ++jj) {
                     const int64_t base = (kvh * a.t_cap + j0 + jj) * a.d;
-                    const float p = std::exp(s[jj] - m_new);
-                    l += p;
-                    const vf pv = vf_set1(p);
+                    const vf pv = vf_set1(s[jj]);
                     for (int64_t i = 0; i < dv; i += kLanes) {
                         vf_store(acc + i, vf_fma(pv, load_cache<F16>(a.v, base + i), vf_load(acc + i)));
                     }
-                    for (int64_t i = dv; i < a.d; ++i) acc[i] += p * cache_at<F16>(a.v, base + i);
+                    for (int64_t i = dv; i < a.d; ++i) acc[i] += s[jj] * cache_at<F16>(a.v, base + i);
                 }
                 m = m_new;
             }
