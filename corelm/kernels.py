@@ -127,9 +127,17 @@ class Weight:
         return self.data.nbytes
 
 
-def matmul(x: np.ndarray, w: Weight, out: np.ndarray | None = None) -> np.ndarray:
-    """``x[..., k] @ w.T`` -> ``[..., n]`` float32. Integer weight types quantize x to 8-bit blocks."""
-    return _C.matmul(x, w.data, int(w.type), w.n, out)
+def matmul(
+    x: np.ndarray,
+    w: Weight,
+    out: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    residual: np.ndarray | None = None,
+) -> np.ndarray:
+    """``x[..., k] @ w.T (+ bias) (+ residual)`` -> ``[..., n]`` float32, in one native call;
+    ``residual`` may be ``out`` itself (``out += x @ w.T``). Integer weight types quantize x to
+    8-bit blocks."""
+    return _C.matmul(x, w.data, int(w.type), w.n, out, bias, residual)
 
 
 def embedding(w: Weight, ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -126,7 +126,8 @@ PYBIND11_MODULE(_C, m) {
        "Best-of-reps read bandwidth (GB/s) of the thread pool over a buffer of `bytes`.");
     m.def("row_bytes", [](int t, int64_t k) { return row_bytes(weight_type(t), k); }, py::arg("type"), py::arg("k"));
 
-    m.def("matmul", [](const Array& x, const Array& w, int type, int64_t n, const py::object& out) {
+    m.def("matmul", [](const Array& x, const Array& w, int type, int64_t n, const py::object& out,
+                       const py::object& bias, const py::object& residual) {
         const WeightType t = weight_type(type);
         const float* xp = f32_in(x, "x");
         const int64_t k = x.shape(x.ndim() - 1), rows = rows_of(x);
@@ -135,13 +136,27 @@ PYBIND11_MODULE(_C, m) {
         shape.back() = n;
         Array y = f32_out(out, shape);
         float* yp = static_cast<float*>(y.mutable_data());
+        const float* bp = nullptr;
+        const float* rp = nullptr;
+        if (!bias.is_none()) {
+            const Array b = py::cast<Array>(bias);
+            bp = f32_in(b, "bias", 1);
+            if (b.shape(0) != n) fail("bias has " + std::to_string(b.shape(0)) + " elements, expected n=" + std::to_string(n));
+        }
+        if (!residual.is_none()) {
+            const Array r = py::cast<Array>(residual);
+            rp = f32_in(r, "residual");
+            if (shape_of(r) != shape) fail("residual has shape " + shape_str(r) + ", expected " + shape_str(y));
+        }
         if (rows > 0) {
             py::gil_scoped_release nogil;
-            ops::matmul(xp, rows, k, wp, t, n, yp);
+            ops::matmul(xp, rows, k, wp, t, n, yp, bp, rp);
         }
         return y;
     }, py::arg("x"), py::arg("w"), py::arg("type"), py::arg("n"), py::arg("out") = py::none(),
-       "y[..., n] = x[..., k] @ W.T for W (n rows of k elements of `type`, raw bytes).");
+       py::arg("bias") = py::none(), py::arg("residual") = py::none(),
+       "y[..., n] = x[..., k] @ W.T (+ bias[n]) (+ residual[..., n]) for W (n rows of k elements of `type`, "
+       "raw bytes). residual may be out itself: out += x @ W.T.");
 
     m.def("quantize", [](const Array& x, int type) {
         const WeightType t = weight_type(type);

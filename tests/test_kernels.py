@@ -455,3 +455,36 @@ def test_info_reports_every_kernel():
     assert set(info["kernels"]) >= {"matmul_q4_0", "matmul_q8_0", "attention", "rmsnorm", "rope"}
     assert all(path in info["supported_isas"] for path in info["kernels"].values())
     assert info["threads"] >= 1
+
+
+# ---- matmul epilogue: bias and residual in the same call ----
+
+
+@pytest.mark.parametrize("wtype", [WeightType.F32, WeightType.Q8_0_X16, WeightType.Q4_0_X16, WeightType.Q4_K],
+                         ids=lambda t: t.name)  # fmt: skip
+@pytest.mark.parametrize("m", [1, 3, 33])
+def test_matmul_bias_and_residual(isa, wtype, m):
+    rng = np.random.default_rng(m)
+    n, k = 40, 256  # 40 rows: packed layouts have two whole groups and a tail of 8
+    x = rand(rng, m, k)
+    base = wtype.base
+    w = Weight.from_float(rand(rng, n, k), base)
+    w = w.packed() if wtype.packed else w
+    bias, res = rand(rng, n), rand(rng, m, n)
+    plain = matmul(x, w)
+    np.testing.assert_allclose(matmul(x, w, bias=bias), plain + bias, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(matmul(x, w, residual=res), plain + res, rtol=1e-6, atol=1e-5)
+    out = res.copy()
+    matmul(x, w, out=out, bias=bias, residual=out)  # out += x @ w.T + bias
+    np.testing.assert_allclose(out, plain + bias + res, rtol=1e-6, atol=1e-5)
+
+
+def test_matmul_epilogue_bad_shapes():
+    rng = np.random.default_rng(0)
+    x, w = rand(rng, 2, 64), Weight.from_float(rand(rng, 8, 64), WeightType.Q8_0)
+    with pytest.raises(ValueError, match="bias has 7 elements, expected n=8"):
+        matmul(x, w, bias=rand(rng, 7))
+    with pytest.raises(ValueError, match=r"residual has shape \(2, 7\), expected \(2, 8\)"):
+        matmul(x, w, residual=rand(rng, 2, 7))
+    with pytest.raises(TypeError, match="bias"):
+        matmul(x, w, bias=np.zeros(8, np.float64))

@@ -154,13 +154,10 @@ class Model:
 
     # ---- shared pieces ----
 
-    def linear(self, x: np.ndarray, name: str, out: np.ndarray) -> np.ndarray:
-        """x @ W.T (+ bias when the model has one under the same name), into out."""
-        y = kernels.matmul(x, self.w[name + ".weight"], out=out)
-        bias = self.w.get(name + ".bias")
-        if bias is not None:
-            _C.add(y, bias, out=y)
-        return y
+    def linear(self, x: np.ndarray, name: str, out: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
+        """x @ W.T (+ bias when the model has one under the same name) (+ residual), into out,
+        in one native call; residual may be out itself."""
+        return kernels.matmul(x, self.w[name + ".weight"], out=out, bias=self.w.get(name + ".bias"), residual=residual)
 
     def attention(
         self, q: np.ndarray, k: np.ndarray, v: np.ndarray, layer: int, step: Step, out: np.ndarray

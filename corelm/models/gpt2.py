@@ -70,7 +70,6 @@ class GPT2(Model):
             "x": (t, c.n_embd),
             "pos_embd": (t, c.n_embd),
             "h": (t, c.n_embd),
-            "tmp": (t, c.n_embd),
             "qkv": (t, 3, c.n_head, c.head_dim),
             "q": (t, c.n_head, c.head_dim),
             "k": (t, c.n_head, c.head_dim),
@@ -93,11 +92,11 @@ class GPT2(Model):
         for i, dst in enumerate((q, k, v)):
             np.copyto(dst, qkv[:, i])
         a = self.attention(q, k, v, layer, step, out=b["attn"])
-        _C.add(x, self.linear(a, p + "attn_output", b["tmp"]), out=x)
+        self.linear(a, p + "attn_output", x, residual=x)
         h = _C.layernorm(x, self.w[p + "ffn_norm.weight"], self.w[p + "ffn_norm.bias"], c.norm_eps, out=b["h"])
         f = self.linear(h, p + "ffn_up", b["ff"])
         _C.gelu_tanh(f, out=f)
-        _C.add(x, self.linear(f, p + "ffn_down", b["tmp"]), out=x)
+        self.linear(f, p + "ffn_down", x, residual=x)
 
     def final_norm(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         return _C.layernorm(x, self.w["output_norm.weight"], self.w["output_norm.bias"], self.config.norm_eps, out=out)

@@ -90,7 +90,6 @@ class Llama(Model):
         return {
             "x": (t, c.n_embd),
             "h": (t, c.n_embd),
-            "tmp": (t, c.n_embd),
             "q": (t, c.n_head, c.head_dim),
             "k": (t, c.n_head_kv, c.head_dim),
             "v": (t, c.n_head_kv, c.head_dim),
@@ -109,11 +108,11 @@ class Llama(Model):
         _C.rope(q, step.positions, self.inv_freq, c.rope_neox)
         _C.rope(k, step.positions, self.inv_freq, c.rope_neox)
         a = self.attention(q, k, v, layer, step, out=b["attn"])
-        _C.add(x, self.linear(a, p + "attn_output", b["tmp"]), out=x)
+        self.linear(a, p + "attn_output", x, residual=x)
         h = _C.rmsnorm(x, self.w[p + "ffn_norm.weight"], c.norm_eps, out=b["h"])
         g = self.linear(h, p + "ffn_gate", b["gate"])
         _C.swiglu(g, self.linear(h, p + "ffn_up", b["up"]), out=g)
-        _C.add(x, self.linear(g, p + "ffn_down", b["tmp"]), out=x)
+        self.linear(g, p + "ffn_down", x, residual=x)
 
     def final_norm(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         return _C.rmsnorm(x, self.w["output_norm.weight"], self.config.norm_eps, out=out)

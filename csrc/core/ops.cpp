@@ -46,7 +46,8 @@ MatmulFn matmul_kernel(const KernelTable& kt, WeightType t) {
 
 }  // namespace
 
-void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, WeightType t, int64_t n, float* y) {
+void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, WeightType t, int64_t n, float* y,
+            const float* bias, const float* residual) {
     const KernelTable& kt = kernels();
     MatmulArgs a{w, row_bytes(t, k), x, k, nullptr, m, n, k, y, n};
     // Reused across calls, so a decode loop allocates nothing once warm.
@@ -64,9 +65,34 @@ void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, WeightType t
     // Packed matrices keep the rows past the last whole group of 16 in GGUF layout.
     const int64_t n_packed = is_packed(t) ? n / kPackRows * kPackRows : n;
     const MatmulFn tail_fn = is_packed(t) ? matmul_kernel(kt, unpacked_of(t)) : fn;
+    auto run = [&](const MatmulArgs& args, int64_t n0, int64_t n1, int64_t packed_end) {
+        if (n0 < packed_end) fn(args, n0, std::min(n1, packed_end));
+        if (n1 > packed_end) tail_fn(args, std::max(n0, packed_end), n1);
+    };
     parallel(n, kPackRows, m * n * k, [&](int64_t n0, int64_t n1) {
-        if (n0 < n_packed) fn(a, n0, std::min(n1, n_packed));
-        if (n1 > n_packed) tail_fn(a, std::max(n0, n_packed), n1);
+        if (!bias && !residual) {
+            run(a, n0, n1, n_packed);
+            return;
+        }
+        // Epilogue: the chunk's columns go to a scratch tile (so `residual` may be `y` itself),
+        // then y = tile + bias + residual while they are still in cache. n0 is a multiple of 16,
+        // so packed groups stay whole in the shifted view.
+        thread_local std::vector<float> tile;
+        const int64_t w_cols = n1 - n0;
+        if (int64_t(tile.size()) < m * w_cols) tile.resize(size_t(m * w_cols));
+        MatmulArgs part = a;
+        part.w = a.w + n0 * a.w_stride;
+        part.n = w_cols;
+        part.y = tile.data();
+        part.ldy = w_cols;
+        run(part, 0, w_cols, n_packed - n0);
+        for (int64_t r = 0; r < m; ++r) {
+            const float* src = tile.data() + r * w_cols;
+            float* dst = y + r * n + n0;
+            const float* res = residual ? residual + r * n + n0 : nullptr;
+            for (int64_t j = 0; j < w_cols; ++j)
+                dst[j] = src[j] + (bias ? bias[n0 + j] : 0.0f) + (res ? res[j] : 0.0f);
+        }
     });
 }
 
