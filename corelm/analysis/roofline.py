@@ -67,9 +67,10 @@ def profiling(profile: Profile):
 
         setattr(owner, name, timed)
 
-    def matmul_cost(y, x, w: Weight, out=None):
+    def matmul_cost(y, x, w: Weight, out=None, bias=None, residual=None):
         m = x.size // w.k
-        return f"matmul {w.type.name}", w.nbytes + x.nbytes + y.nbytes, 2.0 * m * w.n * w.k
+        extra = _nbytes(*(a for a in (bias, residual) if a is not None))
+        return f"matmul {w.type.name}", w.nbytes + x.nbytes + y.nbytes + extra, 2.0 * m * w.n * w.k
 
     def attention_cost(y, q, k_cache, v_cache, n_past, scale, out=None):
         m, hq, d = q.shape

@@ -28,7 +28,7 @@ def _recording_matmul(model: Model, sums: dict[str, np.ndarray], counts: dict[st
     names = {id(w): name for name, w in model.w.items() if isinstance(w, Weight)}
     original = kernels.matmul
 
-    def matmul(x: np.ndarray, w: Weight, out: np.ndarray | None = None) -> np.ndarray:
+    def matmul(x: np.ndarray, w: Weight, out: np.ndarray | None = None, **epilogue) -> np.ndarray:
         name = names.get(id(w))
         if name is not None:
             rows = x.reshape(-1, x.shape[-1]).astype(np.float64)
@@ -37,7 +37,7 @@ def _recording_matmul(model: Model, sums: dict[str, np.ndarray], counts: dict[st
             else:
                 sums[name] = np.einsum("ij,ij->j", rows, rows)
             counts[name] = counts.get(name, 0) + rows.shape[0]
-        return original(x, w, out)
+        return original(x, w, out, **epilogue)
 
     kernels.matmul = matmul
     try:
