@@ -26,10 +26,9 @@ from pathlib import Path
 
 import corelm
 from benchmarks.models import CONFIGS, make_ggufs, make_hf_folder
-from benchmarks.models import GGUF_TYPES as WEIGHT_TYPES
 
 ROOT = Path(__file__).resolve().parents[1]
-GGUF_TYPES = ("f16", "q8_0", "q4_0")
+GGUF_TYPES = ("f16", "q8_0", "q4_0", "q4_k_m")
 
 
 def llama_python(env_dir: Path) -> str:
@@ -189,7 +188,7 @@ def main() -> None:
     for model in args.models:
         if not (args.out / model / "hf" / "model.safetensors").exists():
             make_hf_folder(model, args.out)
-        ggufs = make_ggufs(model, args.out, {t: WEIGHT_TYPES[t] for t in args.types})
+        ggufs = make_ggufs(model, args.out, args.types)
         plan = []  # (key, python, runtime, path)
         for rt in args.runtimes:
             if rt in ("corelm", "llama.cpp"):

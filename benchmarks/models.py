@@ -21,6 +21,7 @@ from safetensors.numpy import save_file
 import corelm
 from corelm.formats.gguf_write import write_gguf
 from corelm.kernels import WeightType
+from corelm.quantize import quantize_model
 from corelm.tokenizer import Tokenizer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tokenizers"
@@ -86,7 +87,8 @@ CONFIGS = {
         ),
     ),
 }
-GGUF_TYPES = {"f16": WeightType.F16, "q8_0": WeightType.Q8_0, "q4_0": WeightType.Q4_0}
+GGUF_TYPES = {"f16": WeightType.F16, "q8_0": WeightType.Q8_0, "q4_0": WeightType.Q4_0, "q4_k_m": None}
+MIXES = ("q4_k_m",)  # written from the F16 file by corelm quantize
 
 
 def _shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
@@ -174,15 +176,21 @@ def make_hf_folder(name: str, out: Path, seed: int = 0) -> Path:
 
 
 def make_ggufs(name: str, out: Path, types=GGUF_TYPES) -> dict[str, Path]:
+    """The GGUF files of `name`: F16, Q8_0 and Q4_0 with every matrix in the type (as
+    llama-quantize --pure), and Q4_K_M as llama-quantize writes it (corelm quantize, same bytes)."""
     spec = CONFIGS[name]
     folder = out / name / "hf"
     vocab_meta = Tokenizer.from_gguf(DATA / spec["vocab"]).gguf_metadata()
     model = corelm.load(folder).model
     paths = {}
-    for tname, wtype in types.items():
+    for tname in sorted(types, key=lambda t: t in MIXES):  # mixes last: made from the F16 file
         path = out / name / f"{name}-{tname}.gguf"
         if not path.exists():
-            write_gguf(model, path, tokenizer_metadata=vocab_meta, wtype=wtype, name=f"{name} (random weights)")
+            if tname in MIXES:
+                quantize_model(make_ggufs(name, out, ["f16"])["f16"], path, tname, progress=False)
+            else:
+                write_gguf(model, path, tokenizer_metadata=vocab_meta, wtype=GGUF_TYPES[tname],
+                           name=f"{name} (random weights)")  # fmt: skip
         paths[tname] = path
     return paths
 

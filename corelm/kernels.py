@@ -47,13 +47,15 @@ class WeightType(enum.IntEnum):
     F16_X16 = 1001
     Q4_0_X16 = 1002
     Q8_0_X16 = 1008
+    Q4_K_X16 = 1012
+    Q6_K_X16 = 1014
     BF16_X16 = 1030
 
     @property
     def block_size(self) -> int:
         if self in (WeightType.F32, WeightType.F16, WeightType.BF16, WeightType.F16_X16, WeightType.BF16_X16):
             return 1
-        return 256 if self in (WeightType.Q4_K, WeightType.Q5_K, WeightType.Q6_K) else 32
+        return 256 if self.base in (WeightType.Q4_K, WeightType.Q5_K, WeightType.Q6_K) else 32
 
     @property
     def packed(self) -> bool:
@@ -71,6 +73,8 @@ _PACKED = {
     WeightType.Q8_0: WeightType.Q8_0_X16,
     WeightType.F16: WeightType.F16_X16,
     WeightType.BF16: WeightType.BF16_X16,
+    WeightType.Q4_K: WeightType.Q4_K_X16,
+    WeightType.Q6_K: WeightType.Q6_K_X16,
 }
 _UNPACKED = {p: b for b, p in _PACKED.items()}
 
@@ -78,7 +82,7 @@ _UNPACKED = {p: b for b, p in _PACKED.items()}
 def packing_pays() -> bool:
     """Whether the active kernel path has native kernels for the interleaved layouts."""
     paths = _C.info()["kernels"]
-    return all(paths[f"matmul_{t}x16"] != "ref" for t in ("q4_0", "q8_0", "f16", "bf16"))
+    return all(paths[f"matmul_{t}x16"] != "ref" for t in ("q4_0", "q8_0", "f16", "bf16", "q4_k", "q6_k"))
 
 
 @dataclass(frozen=True)
@@ -110,8 +114,9 @@ class Weight:
         return _C.dequantize(self.data, int(self.type), self.n, self.k)
 
     def packed(self) -> Weight:
-        """This Q4_0 / Q8_0 / F16 / BF16 matrix in the 16-row interleaved layout (itself for other types): whole
-        groups of 16 rows interleaved, the last n % 16 rows as they were. Same bytes, another order."""
+        """This Q4_0 / Q8_0 / F16 / BF16 / Q4_K / Q6_K matrix in the 16-row interleaved layout (itself for
+        other types): whole groups of 16 rows interleaved, the last n % 16 rows as they were. Same bytes,
+        another order."""
         if self.type not in _PACKED or self.n < PACK_ROWS:
             return self
         return Weight(_C.pack(self.data, int(self.type), self.n, self.k), _PACKED[self.type], self.n, self.k)

@@ -136,7 +136,7 @@ def _llama_cpp():
     return llama_cpp
 
 
-@pytest.mark.parametrize("qtype", [*TYPES, "q4_0-opt"])
+@pytest.mark.parametrize("qtype", [*TYPES, "q4_0-opt", "q4_k_m", "q5_k_m", "q6_k", "q5_0", "q5_1", "q4_1"])
 def test_llama_cpp_loads_and_generates(stories, hf_llama, tmp_path, qtype):
     llama_cpp = _llama_cpp()
     for name, src in (("stories", stories), ("hf", hf_llama)):

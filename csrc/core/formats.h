@@ -25,6 +25,8 @@ enum class WeightType : int32_t {
     F16_X16 = 1001,
     Q4_0_X16 = 1002,
     Q8_0_X16 = 1008,
+    Q4_K_X16 = 1012,
+    Q6_K_X16 = 1014,
     BF16_X16 = 1030,
 };
 
@@ -122,6 +124,27 @@ struct block_q8_0x16 {
 };
 static_assert(sizeof(block_q8_0x16) == kPackRows * sizeof(block_q8_0), "packed Q8_0 must keep its size");
 
+// k-quants interleave the same way, per super-block of 16 rows; the per-row header bytes are
+// transposed so that one 16-byte vector holds the same field of the 16 rows.
+// Q4_K: qs[64*(8c + s) + 4r + e] = byte 32c + 4s + e of row r's qs (low nibbles: sub-block 2c,
+// high: 2c + 1); scales[16*b + r] = byte b of row r's 12 scale bytes.
+struct block_q4_Kx16 {
+    uint16_t d[kPackRows], dmin[kPackRows];
+    uint8_t scales[12 * kPackRows];
+    uint8_t qs[kPackRows * kQK_K / 2];
+};
+static_assert(sizeof(block_q4_Kx16) == kPackRows * sizeof(block_q4_K), "packed Q4_K must keep its size");
+
+// Q6_K: ql and qh sliced as Q4_K's qs (ql[64*i + 4r + e] = byte 4i + e of row r's ql, qh alike);
+// scales[16*j + r] = row r's scale of sub-block j (of 16 elements).
+struct block_q6_Kx16 {
+    uint8_t ql[kPackRows * kQK_K / 2];
+    uint8_t qh[kPackRows * kQK_K / 4];
+    int8_t scales[kQK_K / 16 * kPackRows];
+    uint16_t d[kPackRows];
+};
+static_assert(sizeof(block_q6_Kx16) == kPackRows * sizeof(block_q6_K), "packed Q6_K must keep its size");
+
 // F16_X16 / BF16_X16: a group of 16 rows stored element by element, the 16 rows' element i side
 // by side (32 bytes), so one vector of 16 lanes is element i of 16 rows: one FMA against the
 // broadcast activation advances 16 outputs, with no horizontal sums.
@@ -152,9 +175,11 @@ inline size_t row_bytes(WeightType t, int64_t k) {
         case WeightType::Q4_1: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q4_1);
         case WeightType::Q5_0: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q5_0);
         case WeightType::Q5_1: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q5_1);
-        case WeightType::Q4_K: return k % kQK_K ? 0 : size_t(k / kQK_K) * sizeof(block_q4_K);
+        case WeightType::Q4_K:
+        case WeightType::Q4_K_X16: return k % kQK_K ? 0 : size_t(k / kQK_K) * sizeof(block_q4_K);
         case WeightType::Q5_K: return k % kQK_K ? 0 : size_t(k / kQK_K) * sizeof(block_q5_K);
-        case WeightType::Q6_K: return k % kQK_K ? 0 : size_t(k / kQK_K) * sizeof(block_q6_K);
+        case WeightType::Q6_K:
+        case WeightType::Q6_K_X16: return k % kQK_K ? 0 : size_t(k / kQK_K) * sizeof(block_q6_K);
     }
     return 0;
 }
@@ -163,14 +188,16 @@ inline int64_t block_size(WeightType t) {
     if (t == WeightType::F32 || t == WeightType::F16 || t == WeightType::BF16 || t == WeightType::F16_X16 ||
         t == WeightType::BF16_X16)
         return 1;
-    if (t == WeightType::Q4_K || t == WeightType::Q5_K || t == WeightType::Q6_K) return kQK_K;
+    if (t == WeightType::Q4_K || t == WeightType::Q5_K || t == WeightType::Q6_K || t == WeightType::Q4_K_X16 ||
+        t == WeightType::Q6_K_X16)
+        return kQK_K;
     return kQK;
 }
 
 // Rows must come in whole groups of kPackRows for these.
 inline bool is_packed(WeightType t) {
     return t == WeightType::Q4_0_X16 || t == WeightType::Q8_0_X16 || t == WeightType::F16_X16 ||
-           t == WeightType::BF16_X16;
+           t == WeightType::BF16_X16 || t == WeightType::Q4_K_X16 || t == WeightType::Q6_K_X16;
 }
 
 inline WeightType packed_of(WeightType t) {
@@ -179,6 +206,8 @@ inline WeightType packed_of(WeightType t) {
         case WeightType::Q8_0: return WeightType::Q8_0_X16;
         case WeightType::F16: return WeightType::F16_X16;
         case WeightType::BF16: return WeightType::BF16_X16;
+        case WeightType::Q4_K: return WeightType::Q4_K_X16;
+        case WeightType::Q6_K: return WeightType::Q6_K_X16;
         default: return t;
     }
 }
@@ -189,6 +218,8 @@ inline WeightType unpacked_of(WeightType t) {
         case WeightType::Q8_0_X16: return WeightType::Q8_0;
         case WeightType::F16_X16: return WeightType::F16;
         case WeightType::BF16_X16: return WeightType::BF16;
+        case WeightType::Q4_K_X16: return WeightType::Q4_K;
+        case WeightType::Q6_K_X16: return WeightType::Q6_K;
         default: return t;
     }
 }
@@ -200,6 +231,7 @@ inline bool is_known_type(int32_t t) {
         case WeightType::Q4_1: case WeightType::Q5_0: case WeightType::Q5_1:
         case WeightType::Q4_0_X16: case WeightType::Q8_0_X16:
         case WeightType::F16_X16: case WeightType::BF16_X16:
+        case WeightType::Q4_K_X16: case WeightType::Q6_K_X16:
         case WeightType::Q4_K: case WeightType::Q5_K: case WeightType::Q6_K: return true;
     }
     return false;
@@ -222,6 +254,8 @@ inline const char* type_name(WeightType t) {
         case WeightType::Q8_0_X16: return "Q8_0_X16";
         case WeightType::F16_X16: return "F16_X16";
         case WeightType::BF16_X16: return "BF16_X16";
+        case WeightType::Q4_K_X16: return "Q4_K_X16";
+        case WeightType::Q6_K_X16: return "Q6_K_X16";
     }
     return "unknown";
 }

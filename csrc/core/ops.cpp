@@ -40,6 +40,8 @@ MatmulFn matmul_kernel(const KernelTable& kt, WeightType t) {
         case WeightType::Q4_K: return kt.matmul_q4_k;
         case WeightType::Q5_K: return kt.matmul_q5_k;
         case WeightType::Q6_K: return kt.matmul_q6_k;
+        case WeightType::Q4_K_X16: return kt.matmul_q4_kx16;
+        case WeightType::Q6_K_X16: return kt.matmul_q6_kx16;
     }
     return nullptr;
 }

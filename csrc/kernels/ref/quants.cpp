@@ -3,6 +3,7 @@
 // bit-identical to them); the k-quants' are in quantize_k.cpp.
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <type_traits>
 
 #include "../../core/kernel_table.h"
@@ -140,6 +141,8 @@ void dequantize_row(WeightType t, const uint8_t* row, float* y, int64_t k) {
         case WeightType::Q8_0_X16:
         case WeightType::F16_X16:
         case WeightType::BF16_X16:
+        case WeightType::Q4_K_X16:
+        case WeightType::Q6_K_X16:
             return;  // groups of rows, not rows: the drivers unpack them first (unpack_rows_x16)
         case WeightType::Q4_0: {
             const auto* b = reinterpret_cast<const block_q4_0*>(row);
@@ -155,66 +158,76 @@ void dequantize_row(WeightType t, const uint8_t* row, float* y, int64_t k) {
     }
 }
 
-void pack_rows_x16(WeightType packed, const uint8_t* rows, size_t row_stride, uint8_t* out, int64_t k) {
-    if (packed == WeightType::F16_X16 || packed == WeightType::BF16_X16) {
-        auto* dst = reinterpret_cast<uint16_t*>(out);
-        for (int r = 0; r < kPackRows; ++r) {
-            const auto* src = reinterpret_cast<const uint16_t*>(rows + r * row_stride);
-            for (int64_t i = 0; i < k; ++i) dst[i * kPackRows + r] = src[i];
-        }
-        return;
+namespace {
+
+// One row's bytes <-> its place in a packed group of kPackRows rows; `to_packed` picks the direction.
+struct RowSlot {
+    uint8_t* group;
+    uint8_t* row;
+    int r;
+    bool to_packed;
+
+    void move(uint8_t& packed, uint8_t& unpacked, uint8_t flip = 0) const {
+        if (to_packed) packed = unpacked ^ flip;
+        else unpacked = packed ^ flip;
     }
-    const int64_t nb = k / kQK;
-    for (int64_t b = 0; b < nb; ++b) {
-        if (packed == WeightType::Q4_0_X16) {
-            auto& dst = reinterpret_cast<block_q4_0x16*>(out)[b];
-            for (int r = 0; r < kPackRows; ++r) {
-                const auto& src = reinterpret_cast<const block_q4_0*>(rows + r * row_stride)[b];
-                dst.d[r] = src.d;
-                for (int j = 0; j < 4; ++j)
-                    for (int e = 0; e < 4; ++e) dst.qs[64 * j + 4 * r + e] = src.qs[4 * j + e];
-            }
-        } else {
-            auto& dst = reinterpret_cast<block_q8_0x16*>(out)[b];
-            for (int r = 0; r < kPackRows; ++r) {
-                const auto& src = reinterpret_cast<const block_q8_0*>(rows + r * row_stride)[b];
-                dst.d[r] = src.d;
-                for (int j = 0; j < 8; ++j)
-                    for (int e = 0; e < 4; ++e) dst.qs[64 * j + 4 * r + e] = uint8_t(src.qs[4 * j + e] ^ 0x80);
+    // n bytes of the row as 4-byte slices: group[at + 64*i + 4*r + e] <-> row[from + 4*i + e]
+    void slices(size_t at, size_t from, int n, uint8_t flip = 0) const {
+        for (int i = 0; i < n / 4; ++i)
+            for (int e = 0; e < 4; ++e) move(group[at + 64 * i + 4 * r + e], row[from + 4 * i + e], flip);
+    }
+    // n fields of `width` bytes, transposed: field i of the 16 rows side by side
+    void fields(size_t at, size_t from, int n, int width) const {
+        for (int i = 0; i < n; ++i)
+            for (int e = 0; e < width; ++e) move(group[at + (i * kPackRows + r) * width + e], row[from + i * width + e]);
+    }
+};
+
+void interleave_rows_x16(WeightType packed, uint8_t* group, uint8_t* rows, size_t row_stride, int64_t k,
+                         bool to_packed) {
+    const WeightType base = unpacked_of(packed);
+    const int64_t blocks = k / block_size(base);
+    const size_t block_bytes = row_bytes(base, block_size(base));
+    for (int r = 0; r < kPackRows; ++r) {
+        for (int64_t b = 0; b < blocks; ++b) {
+            const RowSlot slot{group + b * kPackRows * block_bytes, rows + r * row_stride + b * block_bytes, r, to_packed};
+            switch (packed) {
+                case WeightType::F16_X16:
+                case WeightType::BF16_X16: slot.fields(0, 0, 1, 2); break;  // blocks of one element
+                case WeightType::Q4_0_X16:
+                    slot.fields(offsetof(block_q4_0x16, d), offsetof(block_q4_0, d), 1, 2);
+                    slot.slices(offsetof(block_q4_0x16, qs), offsetof(block_q4_0, qs), kQK / 2);
+                    break;
+                case WeightType::Q8_0_X16:  // codes stored unsigned (+128)
+                    slot.fields(offsetof(block_q8_0x16, d), offsetof(block_q8_0, d), 1, 2);
+                    slot.slices(offsetof(block_q8_0x16, qs), offsetof(block_q8_0, qs), kQK, 0x80);
+                    break;
+                case WeightType::Q4_K_X16:
+                    slot.fields(offsetof(block_q4_Kx16, d), offsetof(block_q4_K, d), 1, 2);
+                    slot.fields(offsetof(block_q4_Kx16, dmin), offsetof(block_q4_K, dmin), 1, 2);
+                    slot.fields(offsetof(block_q4_Kx16, scales), offsetof(block_q4_K, scales), 12, 1);
+                    slot.slices(offsetof(block_q4_Kx16, qs), offsetof(block_q4_K, qs), kQK_K / 2);
+                    break;
+                case WeightType::Q6_K_X16:
+                    slot.slices(offsetof(block_q6_Kx16, ql), offsetof(block_q6_K, ql), kQK_K / 2);
+                    slot.slices(offsetof(block_q6_Kx16, qh), offsetof(block_q6_K, qh), kQK_K / 4);
+                    slot.fields(offsetof(block_q6_Kx16, scales), offsetof(block_q6_K, scales), kQK_K / 16, 1);
+                    slot.fields(offsetof(block_q6_Kx16, d), offsetof(block_q6_K, d), 1, 2);
+                    break;
+                default: return;
             }
         }
     }
 }
 
+}  // namespace
+
+void pack_rows_x16(WeightType packed, const uint8_t* rows, size_t row_stride, uint8_t* out, int64_t k) {
+    interleave_rows_x16(packed, out, const_cast<uint8_t*>(rows), row_stride, k, true);  // rows only read
+}
+
 void unpack_rows_x16(WeightType packed, const uint8_t* group, uint8_t* rows, size_t row_stride, int64_t k) {
-    if (packed == WeightType::F16_X16 || packed == WeightType::BF16_X16) {
-        const auto* src = reinterpret_cast<const uint16_t*>(group);
-        for (int r = 0; r < kPackRows; ++r) {
-            auto* dst = reinterpret_cast<uint16_t*>(rows + r * row_stride);
-            for (int64_t i = 0; i < k; ++i) dst[i] = src[i * kPackRows + r];
-        }
-        return;
-    }
-    const int64_t nb = k / kQK;
-    for (int64_t b = 0; b < nb; ++b) {
-        if (packed == WeightType::Q4_0_X16) {
-            const auto& src = reinterpret_cast<const block_q4_0x16*>(group)[b];
-            for (int r = 0; r < kPackRows; ++r) {
-                auto& dst = reinterpret_cast<block_q4_0*>(rows + r * row_stride)[b];
-                dst.d = src.d[r];
-                for (int j = 0; j < 4; ++j)
-                    for (int e = 0; e < 4; ++e) dst.qs[4 * j + e] = src.qs[64 * j + 4 * r + e];
-            }
-        } else {
-            const auto& src = reinterpret_cast<const block_q8_0x16*>(group)[b];
-            for (int r = 0; r < kPackRows; ++r) {
-                auto& dst = reinterpret_cast<block_q8_0*>(rows + r * row_stride)[b];
-                dst.d = src.d[r];
-                for (int j = 0; j < 8; ++j)
-                    for (int e = 0; e < 4; ++e) dst.qs[4 * j + e] = int8_t(src.qs[64 * j + 4 * r + e] ^ 0x80);
-            }
-        }
-    }
+    interleave_rows_x16(packed, const_cast<uint8_t*>(group), rows, row_stride, k, false);  // group only read
 }
 
 void quantize_row(WeightType t, const float* x, uint8_t* row, int64_t k) {
@@ -242,6 +255,8 @@ void quantize_row(WeightType t, const float* x, uint8_t* row, int64_t k) {
         case WeightType::Q8_0_X16:
         case WeightType::F16_X16:
         case WeightType::BF16_X16:
+        case WeightType::Q4_K_X16:
+        case WeightType::Q6_K_X16:
             return;  // made from rows by pack_rows_x16, never from floats directly
         case WeightType::Q4_1:
             quantize_row_min<15>(x, reinterpret_cast<block_q4_1*>(row), k);

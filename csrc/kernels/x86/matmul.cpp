@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "../../core/kernel_table.h"
+#include "groups.h"
 #include "simd.h"
 
 #ifndef CORELM_ISA_NS
@@ -164,21 +165,6 @@ struct QuantX16 {
     static void tile(const MatmulArgs& a, int64_t n, int64_t m) { tile_x16<Q4, C>(a, n, m); }
 };
 
-// Covers y[0:m, n0:n1] (n0, n1 multiples of 16) with tiles of up to 4 activation rows.
-template <typename Family>
-void matmul_groups(const MatmulArgs& a, int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; n += kPackRows) {
-        int64_t m = 0;
-        for (; m + 4 <= a.m; m += 4) Family::template tile<4>(a, n, m);
-        switch (a.m - m) {
-            case 3: Family::template tile<3>(a, n, m); break;
-            case 2: Family::template tile<2>(a, n, m); break;
-            case 1: Family::template tile<1>(a, n, m); break;
-            default: break;
-        }
-    }
-}
-
 // ---- packed float groups (F16_X16 / BF16_X16): lanes are rows ----
 
 template <bool BF16, int C>
@@ -291,10 +277,12 @@ void matmul_bf16(const MatmulArgs& a, int64_t n0, int64_t n1) { matmul_tiled<Flo
 
 }  // namespace
 
-void fill_matmul_decoded(KernelTable& t);  // matmul_decoded.cpp
+void fill_matmul_decoded(KernelTable& t);      // matmul_decoded.cpp
+void fill_matmul_kquant_x16(KernelTable& t);  // matmul_kquant_x16.cpp
 
 void fill_matmul(KernelTable& t) {
     fill_matmul_decoded(t);
+    fill_matmul_kquant_x16(t);
     t.quantize_act = quantize_act;
     t.matmul_f32 = matmul_f32;
     t.matmul_f16 = matmul_f16;

@@ -74,6 +74,10 @@ inline Slice slice_load(const uint8_t* p) { return _mm512_loadu_si512(p); }
 inline Slice slice_low4(Slice v) { return _mm512_and_si512(v, _mm512_set1_epi8(0x0f)); }
 inline Slice slice_high4(Slice v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0f)); }
 inline Slice slice_set1(int32_t v) { return _mm512_set1_epi32(v); }
+inline Slice slice_and(Slice a, Slice b) { return _mm512_and_si512(a, b); }
+inline Slice slice_or(Slice a, Slice b) { return _mm512_or_si512(a, b); }
+inline Slice slice_srl16(Slice v, int n) { return _mm512_srli_epi16(v, unsigned(n)); }
+inline Slice slice_sll16(Slice v, int n) { return _mm512_slli_epi16(v, unsigned(n)); }
 inline vf slice_to_float(Slice v) { return _mm512_cvtepi32_ps(v); }
 // The packed codes carry an offset (8 or 128) that is taken back once per block: start the
 // sum at -offset * sum(x).
@@ -88,9 +92,13 @@ inline Slice slice_load(const uint8_t* p) { return _mm256_loadu_si256(reinterpre
 inline Slice slice_low4(Slice v) { return _mm256_and_si256(v, _mm256_set1_epi8(0x0f)); }
 inline Slice slice_high4(Slice v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0f)); }
 inline Slice slice_set1(int32_t v) { return _mm256_set1_epi32(v); }
+inline Slice slice_and(Slice a, Slice b) { return _mm256_and_si256(a, b); }
+inline Slice slice_or(Slice a, Slice b) { return _mm256_or_si256(a, b); }
+inline Slice slice_srl16(Slice v, int n) { return _mm256_srli_epi16(v, n); }
+inline Slice slice_sll16(Slice v, int n) { return _mm256_slli_epi16(v, n); }
 inline vf slice_to_float(Slice v) { return _mm256_cvtepi32_ps(v); }
 inline Slice slice_offset_sum(int32_t offset, int32_t x_sum) { return _mm256_set1_epi32(-offset * x_sum); }
-// Codes 0..15 times int8 stay far from vpmaddubsw's int16 saturation.
+// Codes below 128 times int8 stay clear of vpmaddubsw's int16 saturation (2 * 127 * 127 < 32768).
 inline Slice slice_dot_small(Slice acc, Slice u, Slice s) { return dot_u8s8(acc, u, s); }
 // Q8 codes (w + 128) would saturate vpmaddubsw: take w back and multiply |w| by x with w's
 // sign (at most 2 * 128 * 127 per pair), so no offset is needed.
@@ -100,5 +108,17 @@ inline Slice slice_dot_q8(Slice acc, Slice u, Slice s) {
     return dot_u8s8(acc, _mm256_abs_epi8(w), _mm256_sign_epi8(s, w));
 }
 #endif
+
+// 16 bytes (one per row of a packed group) -> the float lanes of rows h*kLanes .. h*kLanes+kLanes-1.
+template <bool Signed>
+inline vf bytes_to_vf(__m128i v, int h) {
+#if defined(__AVX512F__)
+    (void)h;
+    return _mm512_cvtepi32_ps(Signed ? _mm512_cvtepi8_epi32(v) : _mm512_cvtepu8_epi32(v));
+#else
+    const __m128i part = h ? _mm_srli_si128(v, 8) : v;
+    return _mm256_cvtepi32_ps(Signed ? _mm256_cvtepi8_epi32(part) : _mm256_cvtepu8_epi32(part));
+#endif
+}
 
 }  // namespace corelm::x86

@@ -1,0 +1,149 @@
+// x86 matrix products of the packed k-quant groups (block_q4_Kx16, block_q6_Kx16; formats.h),
+// compiled once per path (avx2, avx512; simd.h). As for packed Q4_0: each vector of codes holds a
+// 4-element slice of kSliceRows rows (a row per 32-bit lane), so one vpdpbusd (AVX-512 VNNI) or
+// vpmaddubsw/vpmaddwd (AVX2) against the broadcast slice of the activations adds 4 products to
+// every row's lane - no decoding to memory and no horizontal sums. The per-row sub-block scales
+// sit transposed in the group, so the 16 rows' scales of a sub-block are one 16-byte load.
+#include "../../core/kernel_table.h"
+#include "groups.h"
+#include "simd.h"
+
+#ifndef CORELM_ISA_NS
+#error "compile with -DCORELM_ISA_NS=<path name>"
+#endif
+
+namespace corelm::CORELM_ISA_NS {
+
+using namespace corelm::x86;
+
+namespace {
+
+constexpr int kHalves = kPackRows / kSliceRows;  // vectors per 16 rows: 1 (AVX-512) or 2 (AVX2)
+static_assert(kSliceRows == kLanes, "a row's int32 lane and float lane must line up");
+
+inline __m128i load128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
+
+// Q4_K: value = d * sc_j * q - dmin * m_j per sub-block j of 32, q in 0..15 (sub-blocks 2c and
+// 2c + 1 are the low and high nibbles of the 32 bytes of chunk c).
+template <int C>
+void tile_q4_k_x16(const MatmulArgs& a, int64_t n, int64_t m) {
+    const int64_t n_super = a.k / kQK_K, nb = a.k / kQK;
+    const auto* grp = reinterpret_cast<const block_q4_Kx16*>(a.w + n * a.w_stride);
+    const block_q8_act* x[C];
+    for (int c = 0; c < C; ++c) x[c] = a.xq + (m + c) * nb;
+    vf acc[C][kHalves];
+    for (int c = 0; c < C; ++c)
+        for (int h = 0; h < kHalves; ++h) acc[c][h] = vf_zero();
+    for (int64_t sb = 0; sb < n_super; ++sb) {
+        const block_q4_Kx16& g = grp[sb];
+        __m128i s[12];  // byte b of the 16 rows' packed 6-bit scales and mins
+        for (int b = 0; b < 12; ++b) s[b] = load128(g.scales + kPackRows * b);
+        const __m128i low6 = _mm_set1_epi8(63), low4 = _mm_set1_epi8(0x0f);
+        for (int j = 0; j < kQK_K / kQK; ++j) {  // sub-block j (ggml's get_scale_min_k4, 16 rows at once)
+            __m128i sc, mn;
+            if (j < 4) {
+                sc = _mm_and_si128(s[j], low6);
+                mn = _mm_and_si128(s[j + 4], low6);
+            } else {
+                const __m128i top_sc = _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(s[j - 4], 6), _mm_set1_epi8(3)), 4);
+                const __m128i top_mn = _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(s[j], 6), _mm_set1_epi8(3)), 4);
+                sc = _mm_or_si128(_mm_and_si128(s[j + 4], low4), top_sc);
+                mn = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(s[j + 4], 4), low4), top_mn);
+            }
+            const int chunk = j / 2;
+            const bool high = j % 2;
+            for (int h = 0; h < kHalves; ++h) {
+                const vf d_sc = vf_mul(vf_load_f16(g.d + kSliceRows * h), bytes_to_vf<false>(sc, h));
+                const vf dmin_m = vf_mul(vf_load_f16(g.dmin + kSliceRows * h), bytes_to_vf<false>(mn, h));
+                Slice w[8];
+                for (int i = 0; i < 8; ++i) {
+                    const Slice v = slice_load(g.qs + 64 * (8 * chunk + i) + 4 * kSliceRows * h);
+                    w[i] = high ? slice_high4(v) : slice_low4(v);
+                }
+                for (int c = 0; c < C; ++c) {
+                    const block_q8_act& xb = x[c][sb * (kQK_K / kQK) + j];
+                    const auto* xq = reinterpret_cast<const int32_t*>(xb.qs);
+                    Slice isum = slice_set1(0);
+                    for (int i = 0; i < 8; ++i) isum = slice_dot_small(isum, w[i], slice_set1(xq[i]));
+                    acc[c][h] = vf_fma(slice_to_float(isum), vf_mul(d_sc, vf_set1(xb.d)), acc[c][h]);
+                    acc[c][h] = vf_fma(dmin_m, vf_set1(-xb.d * float(xb.s)), acc[c][h]);
+                }
+            }
+        }
+    }
+    for (int c = 0; c < C; ++c)
+        for (int h = 0; h < kHalves; ++h) vf_store(a.y + (m + c) * a.ldy + n + kSliceRows * h, acc[c][h]);
+}
+
+// Sum of the first 16 int8 of an activation block (the other 16: s minus it).
+inline int32_t sum16(const int8_t* q) {
+    const __m128i biased = _mm_xor_si128(load128(q), _mm_set1_epi8(char(0x80)));  // q + 128, unsigned
+    const __m128i sad = _mm_sad_epu8(biased, _mm_setzero_si128());
+    return _mm_cvtsi128_si32(sad) + _mm_extract_epi16(sad, 4) - 16 * 128;
+}
+
+// Q6_K: value = d * sc_g * (q - 32) per sub-block g of 16, q in 0..63 from 4 bits of ql and 2 of
+// qh. Each 32 elements 128t + 32i .. are one activation block and sub-blocks 8t + 2i, 8t + 2i + 1;
+// the -32 enters through the activations' sums of 16 (the starting value of the dot).
+template <int C>
+void tile_q6_k_x16(const MatmulArgs& a, int64_t n, int64_t m) {
+    const int64_t n_super = a.k / kQK_K, nb = a.k / kQK;
+    const auto* grp = reinterpret_cast<const block_q6_Kx16*>(a.w + n * a.w_stride);
+    const block_q8_act* x[C];
+    for (int c = 0; c < C; ++c) x[c] = a.xq + (m + c) * nb;
+    vf acc[C][kHalves];
+    for (int c = 0; c < C; ++c)
+        for (int h = 0; h < kHalves; ++h) acc[c][h] = vf_zero();
+    const Slice low4 = slice_set1(0x0f0f0f0f), two_bits = slice_set1(0x03030303);
+    for (int64_t sb = 0; sb < n_super; ++sb) {
+        const block_q6_Kx16& g = grp[sb];
+        for (int t = 0; t < 2; ++t) {
+            for (int i = 0; i < 4; ++i) {
+                const int sub = 8 * t + 2 * i;
+                const __m128i sc_lo = load128(g.scales + kPackRows * sub), sc_hi = load128(g.scales + kPackRows * (sub + 1));
+                for (int h = 0; h < kHalves; ++h) {
+                    const vf d = vf_load_f16(g.d + kSliceRows * h);
+                    const vf d_lo = vf_mul(d, bytes_to_vf<true>(sc_lo, h)), d_hi = vf_mul(d, bytes_to_vf<true>(sc_hi, h));
+                    Slice w[8];
+                    for (int e = 0; e < 8; ++e) {
+                        const Slice ql = slice_load(g.ql + 64 * (16 * t + 8 * (i & 1) + e) + 4 * kSliceRows * h);
+                        const Slice qh = slice_load(g.qh + 64 * (8 * t + e) + 4 * kSliceRows * h);
+                        const Slice nib = i < 2 ? slice_and(ql, low4) : slice_and(slice_srl16(ql, 4), low4);
+                        w[e] = slice_or(nib, slice_sll16(slice_and(slice_srl16(qh, 2 * i), two_bits), 4));
+                    }
+                    for (int c = 0; c < C; ++c) {
+                        const block_q8_act& xb = x[c][sb * (kQK_K / kQK) + 4 * t + i];
+                        const auto* xq = reinterpret_cast<const int32_t*>(xb.qs);
+                        const int32_t s_lo = sum16(xb.qs);
+                        Slice lo = slice_offset_sum(32, s_lo), hi = slice_offset_sum(32, xb.s - s_lo);
+                        for (int e = 0; e < 4; ++e) lo = slice_dot_small(lo, w[e], slice_set1(xq[e]));
+                        for (int e = 4; e < 8; ++e) hi = slice_dot_small(hi, w[e], slice_set1(xq[e]));
+                        const vf xd = vf_set1(xb.d);
+                        acc[c][h] = vf_fma(slice_to_float(lo), vf_mul(d_lo, xd), acc[c][h]);
+                        acc[c][h] = vf_fma(slice_to_float(hi), vf_mul(d_hi, xd), acc[c][h]);
+                    }
+                }
+            }
+        }
+    }
+    for (int c = 0; c < C; ++c)
+        for (int h = 0; h < kHalves; ++h) vf_store(a.y + (m + c) * a.ldy + n + kSliceRows * h, acc[c][h]);
+}
+
+template <bool Q4>
+struct KQuantX16 {
+    template <int C>
+    static void tile(const MatmulArgs& a, int64_t n, int64_t m) {
+        if constexpr (Q4) tile_q4_k_x16<C>(a, n, m);
+        else tile_q6_k_x16<C>(a, n, m);
+    }
+};
+
+}  // namespace
+
+void fill_matmul_kquant_x16(KernelTable& t) {
+    t.matmul_q4_kx16 = matmul_groups<KQuantX16<true>>;
+    t.matmul_q6_kx16 = matmul_groups<KQuantX16<false>>;
+}
+
+}  // namespace corelm::CORELM_ISA_NS
