@@ -46,6 +46,7 @@ class WeightType(enum.IntEnum):
     # corelm's own interleaved layouts of 16 rows (faster AVX-512 VNNI kernels; never in files)
     F16_X16 = 1001
     Q4_0_X16 = 1002
+    Q5_0_X16 = 1006
     Q8_0_X16 = 1008
     Q4_K_X16 = 1012
     Q6_K_X16 = 1014
@@ -73,6 +74,7 @@ _PACKED = {
     WeightType.Q8_0: WeightType.Q8_0_X16,
     WeightType.F16: WeightType.F16_X16,
     WeightType.BF16: WeightType.BF16_X16,
+    WeightType.Q5_0: WeightType.Q5_0_X16,
     WeightType.Q4_K: WeightType.Q4_K_X16,
     WeightType.Q6_K: WeightType.Q6_K_X16,
 }
@@ -82,7 +84,7 @@ _UNPACKED = {p: b for b, p in _PACKED.items()}
 def packing_pays() -> bool:
     """Whether the active kernel path has native kernels for the interleaved layouts."""
     paths = _C.info()["kernels"]
-    return all(paths[f"matmul_{t}x16"] != "ref" for t in ("q4_0", "q8_0", "f16", "bf16", "q4_k", "q6_k"))
+    return all(paths[f"matmul_{t}x16"] != "ref" for t in ("q4_0", "q5_0", "q8_0", "f16", "bf16", "q4_k", "q6_k"))
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ class Weight:
         return _C.dequantize(self.data, int(self.type), self.n, self.k)
 
     def packed(self) -> Weight:
-        """This Q4_0 / Q8_0 / F16 / BF16 / Q4_K / Q6_K matrix in the 16-row interleaved layout (itself for
+        """This Q4_0 / Q5_0 / Q8_0 / F16 / BF16 / Q4_K / Q6_K matrix in the 16-row interleaved layout (itself for
         other types): whole groups of 16 rows interleaved, the last n % 16 rows as they were. Same bytes,
         another order."""
         if self.type not in _PACKED or self.n < PACK_ROWS:

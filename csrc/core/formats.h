@@ -24,6 +24,7 @@ enum class WeightType : int32_t {
     // corelm's own row-interleaved layouts (see block_q4_0x16); never stored in files.
     F16_X16 = 1001,
     Q4_0_X16 = 1002,
+    Q5_0_X16 = 1006,
     Q8_0_X16 = 1008,
     Q4_K_X16 = 1012,
     Q6_K_X16 = 1014,
@@ -117,6 +118,14 @@ struct block_q4_0x16 {
 };
 static_assert(sizeof(block_q4_0x16) == kPackRows * sizeof(block_q4_0), "packed Q4_0 must keep its size");
 
+// As block_q4_0x16, with qh[r] = row r's fifth bits (bit i: element i).
+struct block_q5_0x16 {
+    uint16_t d[kPackRows];
+    uint32_t qh[kPackRows];
+    uint8_t qs[kPackRows * kQK / 2];
+};
+static_assert(sizeof(block_q5_0x16) == kPackRows * sizeof(block_q5_0), "packed Q5_0 must keep its size");
+
 // qs[64*j + 4*r + e] = row r's element 4j+e plus 128, j < 8.
 struct block_q8_0x16 {
     uint16_t d[kPackRows];
@@ -173,7 +182,8 @@ inline size_t row_bytes(WeightType t, int64_t k) {
         case WeightType::Q4_0:
         case WeightType::Q4_0_X16: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q4_0);
         case WeightType::Q4_1: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q4_1);
-        case WeightType::Q5_0: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q5_0);
+        case WeightType::Q5_0:
+        case WeightType::Q5_0_X16: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q5_0);
         case WeightType::Q5_1: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q5_1);
         case WeightType::Q4_K:
         case WeightType::Q4_K_X16: return k % kQK_K ? 0 : size_t(k / kQK_K) * sizeof(block_q4_K);
@@ -197,12 +207,14 @@ inline int64_t block_size(WeightType t) {
 // Rows must come in whole groups of kPackRows for these.
 inline bool is_packed(WeightType t) {
     return t == WeightType::Q4_0_X16 || t == WeightType::Q8_0_X16 || t == WeightType::F16_X16 ||
-           t == WeightType::BF16_X16 || t == WeightType::Q4_K_X16 || t == WeightType::Q6_K_X16;
+           t == WeightType::BF16_X16 || t == WeightType::Q4_K_X16 || t == WeightType::Q6_K_X16 ||
+           t == WeightType::Q5_0_X16;
 }
 
 inline WeightType packed_of(WeightType t) {
     switch (t) {
         case WeightType::Q4_0: return WeightType::Q4_0_X16;
+        case WeightType::Q5_0: return WeightType::Q5_0_X16;
         case WeightType::Q8_0: return WeightType::Q8_0_X16;
         case WeightType::F16: return WeightType::F16_X16;
         case WeightType::BF16: return WeightType::BF16_X16;
@@ -215,6 +227,7 @@ inline WeightType packed_of(WeightType t) {
 inline WeightType unpacked_of(WeightType t) {
     switch (t) {
         case WeightType::Q4_0_X16: return WeightType::Q4_0;
+        case WeightType::Q5_0_X16: return WeightType::Q5_0;
         case WeightType::Q8_0_X16: return WeightType::Q8_0;
         case WeightType::F16_X16: return WeightType::F16;
         case WeightType::BF16_X16: return WeightType::BF16;
@@ -231,7 +244,7 @@ inline bool is_known_type(int32_t t) {
         case WeightType::Q4_1: case WeightType::Q5_0: case WeightType::Q5_1:
         case WeightType::Q4_0_X16: case WeightType::Q8_0_X16:
         case WeightType::F16_X16: case WeightType::BF16_X16:
-        case WeightType::Q4_K_X16: case WeightType::Q6_K_X16:
+        case WeightType::Q4_K_X16: case WeightType::Q6_K_X16: case WeightType::Q5_0_X16:
         case WeightType::Q4_K: case WeightType::Q5_K: case WeightType::Q6_K: return true;
     }
     return false;
@@ -248,6 +261,7 @@ inline const char* type_name(WeightType t) {
         case WeightType::Q5_0: return "Q5_0";
         case WeightType::Q5_1: return "Q5_1";
         case WeightType::Q4_0_X16: return "Q4_0_X16";
+        case WeightType::Q5_0_X16: return "Q5_0_X16";
         case WeightType::Q4_K: return "Q4_K";
         case WeightType::Q5_K: return "Q5_K";
         case WeightType::Q6_K: return "Q6_K";

@@ -63,6 +63,7 @@ using BinaryFn = void (*)(const float* a, const float* b, float* y, int64_t n);
     X(matmul_q5_1, MatmulFn)                 \
     X(matmul_q8_0x16, MatmulFn)              \
     X(matmul_q4_0x16, MatmulFn)              \
+    X(matmul_q5_0x16, MatmulFn)              \
     X(matmul_f16x16, MatmulFn)               \
     X(matmul_bf16x16, MatmulFn)              \
     X(matmul_q4_k, MatmulFn)                 \

@@ -35,6 +35,7 @@ MatmulFn matmul_kernel(const KernelTable& kt, WeightType t) {
         case WeightType::Q5_1: return kt.matmul_q5_1;
         case WeightType::Q8_0_X16: return kt.matmul_q8_0x16;
         case WeightType::Q4_0_X16: return kt.matmul_q4_0x16;
+        case WeightType::Q5_0_X16: return kt.matmul_q5_0x16;
         case WeightType::F16_X16: return kt.matmul_f16x16;
         case WeightType::BF16_X16: return kt.matmul_bf16x16;
         case WeightType::Q4_K: return kt.matmul_q4_k;

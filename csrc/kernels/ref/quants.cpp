@@ -143,6 +143,7 @@ void dequantize_row(WeightType t, const uint8_t* row, float* y, int64_t k) {
         case WeightType::BF16_X16:
         case WeightType::Q4_K_X16:
         case WeightType::Q6_K_X16:
+        case WeightType::Q5_0_X16:
             return;  // groups of rows, not rows: the drivers unpack them first (unpack_rows_x16)
         case WeightType::Q4_0: {
             const auto* b = reinterpret_cast<const block_q4_0*>(row);
@@ -197,6 +198,11 @@ void interleave_rows_x16(WeightType packed, uint8_t* group, uint8_t* rows, size_
                 case WeightType::Q4_0_X16:
                     slot.fields(offsetof(block_q4_0x16, d), offsetof(block_q4_0, d), 1, 2);
                     slot.slices(offsetof(block_q4_0x16, qs), offsetof(block_q4_0, qs), kQK / 2);
+                    break;
+                case WeightType::Q5_0_X16:
+                    slot.fields(offsetof(block_q5_0x16, d), offsetof(block_q5_0, d), 1, 2);
+                    slot.fields(offsetof(block_q5_0x16, qh), offsetof(block_q5_0, qh), 1, 4);
+                    slot.slices(offsetof(block_q5_0x16, qs), offsetof(block_q5_0, qs), kQK / 2);
                     break;
                 case WeightType::Q8_0_X16:  // codes stored unsigned (+128)
                     slot.fields(offsetof(block_q8_0x16, d), offsetof(block_q8_0, d), 1, 2);
@@ -257,6 +263,7 @@ void quantize_row(WeightType t, const float* x, uint8_t* row, int64_t k) {
         case WeightType::BF16_X16:
         case WeightType::Q4_K_X16:
         case WeightType::Q6_K_X16:
+        case WeightType::Q5_0_X16:
             return;  // made from rows by pack_rows_x16, never from floats directly
         case WeightType::Q4_1:
             quantize_row_min<15>(x, reinterpret_cast<block_q4_1*>(row), k);

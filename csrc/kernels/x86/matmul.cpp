@@ -109,15 +109,19 @@ void tile_quant(const MatmulArgs& a, int64_t n, int64_t m) {
 }
 
 
-// ---- packed groups of 16 rows (block_q4_0x16 / block_q8_0x16) ----
+// ---- packed groups of 16 rows (block_q4_0x16 / block_q5_0x16 / block_q8_0x16) ----
 // Each vector of weight codes holds one 4-element slice of kSliceRows rows (a row per 32-bit
 // lane), so one dot instruction against that slice of the activations, broadcast, adds 4
 // products to kSliceRows outputs. Eight slices cover a block; one fma per block applies the
-// row scales. AVX-512 covers the 16 rows in one vector, AVX2 in two.
+// row scales. AVX-512 covers the 16 rows in one vector, AVX2 in two. The codes are unsigned
+// with an offset (8, 16, 128) taken back through the activation block's sum.
 
-template <bool Q4, int C>
+enum class X16 { Q4_0, Q5_0, Q8_0 };
+
+template <X16 L, int C>
 void tile_x16(const MatmulArgs& a, int64_t n, int64_t m) {
-    using Block = std::conditional_t<Q4, block_q4_0x16, block_q8_0x16>;
+    using Block = std::conditional_t<L == X16::Q4_0, block_q4_0x16,
+                                     std::conditional_t<L == X16::Q5_0, block_q5_0x16, block_q8_0x16>>;
     constexpr int kHalves = kPackRows / kSliceRows;
     const int64_t nb = a.k / kQK;
     const auto* grp = reinterpret_cast<const Block*>(a.w + n * a.w_stride);
@@ -129,14 +133,21 @@ void tile_x16(const MatmulArgs& a, int64_t n, int64_t m) {
     for (int64_t b = 0; b < nb; ++b) {
         Slice w[8][kHalves];  // w[j][h]: elements 4j..4j+3 of rows h*kSliceRows ..
         for (int h = 0; h < kHalves; ++h) {
-            if constexpr (Q4) {
+            if constexpr (L == X16::Q8_0) {
+                for (int j = 0; j < 8; ++j) w[j][h] = slice_load(grp[b].qs + 64 * j + 4 * kSliceRows * h);
+            } else {
                 for (int j = 0; j < 4; ++j) {
                     const Slice v = slice_load(grp[b].qs + 64 * j + 4 * kSliceRows * h);
                     w[j][h] = slice_low4(v);
                     w[4 + j][h] = slice_high4(v);
                 }
-            } else {
-                for (int j = 0; j < 8; ++j) w[j][h] = slice_load(grp[b].qs + 64 * j + 4 * kSliceRows * h);
+                if constexpr (L == X16::Q5_0) {  // the fifth bits: bit i of the row's qh for element i
+                    const Slice qh = slice_load(reinterpret_cast<const uint8_t*>(grp[b].qh + kSliceRows * h));
+                    for (int j = 0; j < 4; ++j) {
+                        w[j][h] = slice_or(w[j][h], slice_bits_to_0x10(qh, 4 * j));
+                        w[4 + j][h] = slice_or(w[4 + j][h], slice_bits_to_0x10(qh, 16 + 4 * j));
+                    }
+                }
             }
         }
         vf wd[kHalves];
@@ -145,10 +156,12 @@ void tile_x16(const MatmulArgs& a, int64_t n, int64_t m) {
             const auto* xq = reinterpret_cast<const int32_t*>(x[c][b].qs);
             const vf xd = vf_set1(x[c][b].d);
             for (int h = 0; h < kHalves; ++h) {
-                Slice isum = Q4 ? slice_offset_sum(8, x[c][b].s) : slice_q8_start(x[c][b].s);
+                Slice isum = L == X16::Q4_0   ? slice_offset_sum(8, x[c][b].s)
+                             : L == X16::Q5_0 ? slice_offset_sum(16, x[c][b].s)
+                                              : slice_q8_start(x[c][b].s);
                 for (int j = 0; j < 8; ++j) {
                     const Slice xb = slice_set1(xq[j]);
-                    isum = Q4 ? slice_dot_small(isum, w[j][h], xb) : slice_dot_q8(isum, w[j][h], xb);
+                    isum = L == X16::Q8_0 ? slice_dot_q8(isum, w[j][h], xb) : slice_dot_small(isum, w[j][h], xb);
                 }
                 acc[c][h] = vf_fma(slice_to_float(isum), vf_mul(wd[h], xd), acc[c][h]);
             }
@@ -159,10 +172,10 @@ void tile_x16(const MatmulArgs& a, int64_t n, int64_t m) {
 }
 
 // Kernel families with a tile<C>(a, n, m) over 16 rows x C activation rows.
-template <bool Q4>
+template <X16 L>
 struct QuantX16 {
     template <int C>
-    static void tile(const MatmulArgs& a, int64_t n, int64_t m) { tile_x16<Q4, C>(a, n, m); }
+    static void tile(const MatmulArgs& a, int64_t n, int64_t m) { tile_x16<L, C>(a, n, m); }
 };
 
 // ---- packed float groups (F16_X16 / BF16_X16): lanes are rows ----
@@ -289,8 +302,9 @@ void fill_matmul(KernelTable& t) {
     t.matmul_bf16 = matmul_bf16;
     t.matmul_q8_0 = matmul_q8_0;
     t.matmul_q4_0 = matmul_q4_0;
-    t.matmul_q8_0x16 = matmul_groups<QuantX16<false>>;
-    t.matmul_q4_0x16 = matmul_groups<QuantX16<true>>;
+    t.matmul_q8_0x16 = matmul_groups<QuantX16<X16::Q8_0>>;
+    t.matmul_q4_0x16 = matmul_groups<QuantX16<X16::Q4_0>>;
+    t.matmul_q5_0x16 = matmul_groups<QuantX16<X16::Q5_0>>;
     t.matmul_f16x16 = matmul_groups<FloatX16<false>>;
     t.matmul_bf16x16 = matmul_groups<FloatX16<true>>;
 }

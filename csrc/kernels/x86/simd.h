@@ -79,6 +79,13 @@ inline Slice slice_or(Slice a, Slice b) { return _mm512_or_si512(a, b); }
 inline Slice slice_srl16(Slice v, int n) { return _mm512_srli_epi16(v, unsigned(n)); }
 inline Slice slice_sll16(Slice v, int n) { return _mm512_slli_epi16(v, unsigned(n)); }
 inline vf slice_to_float(Slice v) { return _mm512_cvtepi32_ps(v); }
+// Per lane: byte e = 0x10 where bit shift + e of the lane is set (e < 4); a 16-entry table lookup.
+inline Slice slice_bits_to_0x10(Slice bits, int shift) {
+    const __m512i table = _mm512_setr_epi32(0x00000000, 0x00000010, 0x00001000, 0x00001010, 0x00100000, 0x00100010,
+                                            0x00101000, 0x00101010, 0x10000000, 0x10000010, 0x10001000, 0x10001010,
+                                            0x10100000, 0x10100010, 0x10101000, 0x10101010);
+    return _mm512_permutexvar_epi32(_mm512_srli_epi32(bits, unsigned(shift)), table);  // uses the index's low 4 bits
+}
 // The packed codes carry an offset (8 or 128) that is taken back once per block: start the
 // sum at -offset * sum(x).
 inline Slice slice_offset_sum(int32_t offset, int32_t x_sum) { return _mm512_set1_epi32(-offset * x_sum); }
@@ -97,6 +104,13 @@ inline Slice slice_or(Slice a, Slice b) { return _mm256_or_si256(a, b); }
 inline Slice slice_srl16(Slice v, int n) { return _mm256_srli_epi16(v, n); }
 inline Slice slice_sll16(Slice v, int n) { return _mm256_slli_epi16(v, n); }
 inline vf slice_to_float(Slice v) { return _mm256_cvtepi32_ps(v); }
+// Per lane: byte e = 0x10 where bit shift + e of the lane is set (e < 4): the 4 bits times
+// 0x00204081 put bit e at bit 8e of the product.
+inline Slice slice_bits_to_0x10(Slice bits, int shift) {
+    const __m256i t = _mm256_and_si256(_mm256_srli_epi32(bits, shift), _mm256_set1_epi32(0xf));
+    const __m256i spread = _mm256_and_si256(_mm256_mullo_epi32(t, _mm256_set1_epi32(0x00204081)), _mm256_set1_epi32(0x01010101));
+    return _mm256_slli_epi32(spread, 4);
+}
 inline Slice slice_offset_sum(int32_t offset, int32_t x_sum) { return _mm256_set1_epi32(-offset * x_sum); }
 // Codes below 128 times int8 stay clear of vpmaddubsw's int16 saturation (2 * 127 * 127 < 32768).
 inline Slice slice_dot_small(Slice acc, Slice u, Slice s) { return dot_u8s8(acc, u, s); }
