@@ -49,6 +49,7 @@ class WeightType(enum.IntEnum):
     Q5_0_X16 = 1006
     Q8_0_X16 = 1008
     Q4_K_X16 = 1012
+    Q5_K_X16 = 1013
     Q6_K_X16 = 1014
     BF16_X16 = 1030
 
@@ -76,6 +77,7 @@ _PACKED = {
     WeightType.BF16: WeightType.BF16_X16,
     WeightType.Q5_0: WeightType.Q5_0_X16,
     WeightType.Q4_K: WeightType.Q4_K_X16,
+    WeightType.Q5_K: WeightType.Q5_K_X16,
     WeightType.Q6_K: WeightType.Q6_K_X16,
 }
 _UNPACKED = {p: b for b, p in _PACKED.items()}
@@ -84,7 +86,7 @@ _UNPACKED = {p: b for b, p in _PACKED.items()}
 def packing_pays() -> bool:
     """Whether the active kernel path has native kernels for the interleaved layouts."""
     paths = _C.info()["kernels"]
-    return all(paths[f"matmul_{t}x16"] != "ref" for t in ("q4_0", "q5_0", "q8_0", "f16", "bf16", "q4_k", "q6_k"))
+    return all(paths[f"matmul_{t.name.lower().replace('_x16', 'x16')}"] != "ref" for t in _UNPACKED)
 
 
 @dataclass(frozen=True)
@@ -116,8 +118,8 @@ class Weight:
         return _C.dequantize(self.data, int(self.type), self.n, self.k)
 
     def packed(self) -> Weight:
-        """This Q4_0 / Q5_0 / Q8_0 / F16 / BF16 / Q4_K / Q6_K matrix in the 16-row interleaved layout (itself for
-        other types): whole groups of 16 rows interleaved, the last n % 16 rows as they were. Same bytes,
+        """This Q4_0 / Q5_0 / Q8_0 / F16 / BF16 / Q4_K / Q5_K / Q6_K matrix in the 16-row interleaved layout (itself
+        for other types): whole groups of 16 rows interleaved, the last n % 16 rows as they were. Same bytes,
         another order."""
         if self.type not in _PACKED or self.n < PACK_ROWS:
             return self

@@ -27,6 +27,7 @@ enum class WeightType : int32_t {
     Q5_0_X16 = 1006,
     Q8_0_X16 = 1008,
     Q4_K_X16 = 1012,
+    Q5_K_X16 = 1013,
     Q6_K_X16 = 1014,
     BF16_X16 = 1030,
 };
@@ -144,6 +145,15 @@ struct block_q4_Kx16 {
 };
 static_assert(sizeof(block_q4_Kx16) == kPackRows * sizeof(block_q4_K), "packed Q4_K must keep its size");
 
+// Q5_K: as Q4_K, with qh[64*i + 4r + e] = byte 4i + e of row r's qh (bit j: sub-block j's fifth bit).
+struct block_q5_Kx16 {
+    uint16_t d[kPackRows], dmin[kPackRows];
+    uint8_t scales[12 * kPackRows];
+    uint8_t qh[kPackRows * kQK_K / 8];
+    uint8_t qs[kPackRows * kQK_K / 2];
+};
+static_assert(sizeof(block_q5_Kx16) == kPackRows * sizeof(block_q5_K), "packed Q5_K must keep its size");
+
 // Q6_K: ql and qh sliced as Q4_K's qs (ql[64*i + 4r + e] = byte 4i + e of row r's ql, qh alike);
 // scales[16*j + r] = row r's scale of sub-block j (of 16 elements).
 struct block_q6_Kx16 {
@@ -187,7 +197,8 @@ inline size_t row_bytes(WeightType t, int64_t k) {
         case WeightType::Q5_1: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q5_1);
         case WeightType::Q4_K:
         case WeightType::Q4_K_X16: return k % kQK_K ? 0 : size_t(k / kQK_K) * sizeof(block_q4_K);
-        case WeightType::Q5_K: return k % kQK_K ? 0 : size_t(k / kQK_K) * sizeof(block_q5_K);
+        case WeightType::Q5_K:
+        case WeightType::Q5_K_X16: return k % kQK_K ? 0 : size_t(k / kQK_K) * sizeof(block_q5_K);
         case WeightType::Q6_K:
         case WeightType::Q6_K_X16: return k % kQK_K ? 0 : size_t(k / kQK_K) * sizeof(block_q6_K);
     }
@@ -199,7 +210,7 @@ inline int64_t block_size(WeightType t) {
         t == WeightType::BF16_X16)
         return 1;
     if (t == WeightType::Q4_K || t == WeightType::Q5_K || t == WeightType::Q6_K || t == WeightType::Q4_K_X16 ||
-        t == WeightType::Q6_K_X16)
+        t == WeightType::Q5_K_X16 || t == WeightType::Q6_K_X16)
         return kQK_K;
     return kQK;
 }
@@ -208,7 +219,7 @@ inline int64_t block_size(WeightType t) {
 inline bool is_packed(WeightType t) {
     return t == WeightType::Q4_0_X16 || t == WeightType::Q8_0_X16 || t == WeightType::F16_X16 ||
            t == WeightType::BF16_X16 || t == WeightType::Q4_K_X16 || t == WeightType::Q6_K_X16 ||
-           t == WeightType::Q5_0_X16;
+           t == WeightType::Q5_0_X16 || t == WeightType::Q5_K_X16;
 }
 
 inline WeightType packed_of(WeightType t) {
@@ -219,6 +230,7 @@ inline WeightType packed_of(WeightType t) {
         case WeightType::F16: return WeightType::F16_X16;
         case WeightType::BF16: return WeightType::BF16_X16;
         case WeightType::Q4_K: return WeightType::Q4_K_X16;
+        case WeightType::Q5_K: return WeightType::Q5_K_X16;
         case WeightType::Q6_K: return WeightType::Q6_K_X16;
         default: return t;
     }
@@ -232,6 +244,7 @@ inline WeightType unpacked_of(WeightType t) {
         case WeightType::F16_X16: return WeightType::F16;
         case WeightType::BF16_X16: return WeightType::BF16;
         case WeightType::Q4_K_X16: return WeightType::Q4_K;
+        case WeightType::Q5_K_X16: return WeightType::Q5_K;
         case WeightType::Q6_K_X16: return WeightType::Q6_K;
         default: return t;
     }
@@ -245,6 +258,7 @@ inline bool is_known_type(int32_t t) {
         case WeightType::Q4_0_X16: case WeightType::Q8_0_X16:
         case WeightType::F16_X16: case WeightType::BF16_X16:
         case WeightType::Q4_K_X16: case WeightType::Q6_K_X16: case WeightType::Q5_0_X16:
+        case WeightType::Q5_K_X16:
         case WeightType::Q4_K: case WeightType::Q5_K: case WeightType::Q6_K: return true;
     }
     return false;
@@ -269,6 +283,7 @@ inline const char* type_name(WeightType t) {
         case WeightType::F16_X16: return "F16_X16";
         case WeightType::BF16_X16: return "BF16_X16";
         case WeightType::Q4_K_X16: return "Q4_K_X16";
+        case WeightType::Q5_K_X16: return "Q5_K_X16";
         case WeightType::Q6_K_X16: return "Q6_K_X16";
     }
     return "unknown";

@@ -70,6 +70,7 @@ using BinaryFn = void (*)(const float* a, const float* b, float* y, int64_t n);
     X(matmul_q5_k, MatmulFn)                 \
     X(matmul_q6_k, MatmulFn)                 \
     X(matmul_q4_kx16, MatmulFn)              \
+    X(matmul_q5_kx16, MatmulFn)              \
     X(matmul_q6_kx16, MatmulFn)              \
     X(attention, AttentionFn)                \
     X(rmsnorm, RmsNormFn)                    \

@@ -42,6 +42,7 @@ MatmulFn matmul_kernel(const KernelTable& kt, WeightType t) {
         case WeightType::Q5_K: return kt.matmul_q5_k;
         case WeightType::Q6_K: return kt.matmul_q6_k;
         case WeightType::Q4_K_X16: return kt.matmul_q4_kx16;
+        case WeightType::Q5_K_X16: return kt.matmul_q5_kx16;
         case WeightType::Q6_K_X16: return kt.matmul_q6_kx16;
     }
     return nullptr;

@@ -67,11 +67,12 @@ void matmul_decoded(const MatmulArgs& a, int64_t n0, int64_t n1) {
     }
 }
 
-// The packed groups (Q4_K_X16, Q6_K_X16, Q5_0_X16) for paths without their own kernels: each
+// The packed groups (Q4_K_X16, Q5_K_X16, Q6_K_X16, Q5_0_X16) for paths without their own kernels: each
 // block column of the 16 rows is unpacked to GGUF blocks on the stack, then as matmul_decoded.
 template <WeightType T>
 void matmul_decoded_x16(const MatmulArgs& a, int64_t n0, int64_t n1) {
     constexpr size_t kBlockBytes = T == WeightType::Q6_K   ? sizeof(block_q6_K)
+                                   : T == WeightType::Q5_K ? sizeof(block_q5_K)
                                    : T == WeightType::Q4_K ? sizeof(block_q4_K)
                                                            : sizeof(block_q5_0);
     uint8_t rows[kPackRows * kBlockBytes];
@@ -96,6 +97,7 @@ void fill_decoded(KernelTable& t) {
     t.matmul_q5_k = matmul_decoded<WeightType::Q5_K>;
     t.matmul_q6_k = matmul_decoded<WeightType::Q6_K>;
     t.matmul_q4_kx16 = matmul_decoded_x16<WeightType::Q4_K>;
+    t.matmul_q5_kx16 = matmul_decoded_x16<WeightType::Q5_K>;
     t.matmul_q6_kx16 = matmul_decoded_x16<WeightType::Q6_K>;
     t.matmul_q5_0x16 = matmul_decoded_x16<WeightType::Q5_0>;
 }

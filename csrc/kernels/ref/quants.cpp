@@ -144,6 +144,7 @@ void dequantize_row(WeightType t, const uint8_t* row, float* y, int64_t k) {
         case WeightType::Q4_K_X16:
         case WeightType::Q6_K_X16:
         case WeightType::Q5_0_X16:
+        case WeightType::Q5_K_X16:
             return;  // groups of rows, not rows: the drivers unpack them first (unpack_rows_x16)
         case WeightType::Q4_0: {
             const auto* b = reinterpret_cast<const block_q4_0*>(row);
@@ -214,6 +215,13 @@ void interleave_rows_x16(WeightType packed, uint8_t* group, uint8_t* rows, size_
                     slot.fields(offsetof(block_q4_Kx16, scales), offsetof(block_q4_K, scales), 12, 1);
                     slot.slices(offsetof(block_q4_Kx16, qs), offsetof(block_q4_K, qs), kQK_K / 2);
                     break;
+                case WeightType::Q5_K_X16:
+                    slot.fields(offsetof(block_q5_Kx16, d), offsetof(block_q5_K, d), 1, 2);
+                    slot.fields(offsetof(block_q5_Kx16, dmin), offsetof(block_q5_K, dmin), 1, 2);
+                    slot.fields(offsetof(block_q5_Kx16, scales), offsetof(block_q5_K, scales), 12, 1);
+                    slot.slices(offsetof(block_q5_Kx16, qh), offsetof(block_q5_K, qh), kQK_K / 8);
+                    slot.slices(offsetof(block_q5_Kx16, qs), offsetof(block_q5_K, qs), kQK_K / 2);
+                    break;
                 case WeightType::Q6_K_X16:
                     slot.slices(offsetof(block_q6_Kx16, ql), offsetof(block_q6_K, ql), kQK_K / 2);
                     slot.slices(offsetof(block_q6_Kx16, qh), offsetof(block_q6_K, qh), kQK_K / 4);
@@ -264,6 +272,7 @@ void quantize_row(WeightType t, const float* x, uint8_t* row, int64_t k) {
         case WeightType::Q4_K_X16:
         case WeightType::Q6_K_X16:
         case WeightType::Q5_0_X16:
+        case WeightType::Q5_K_X16:
             return;  // made from rows by pack_rows_x16, never from floats directly
         case WeightType::Q4_1:
             quantize_row_min<15>(x, reinterpret_cast<block_q4_1*>(row), k);

@@ -1,9 +1,11 @@
-// x86 matrix products of the packed k-quant groups (block_q4_Kx16, block_q6_Kx16; formats.h),
+// x86 matrix products of the packed k-quant groups (block_q4_Kx16, block_q5_Kx16, block_q6_Kx16),
 // compiled once per path (avx2, avx512; simd.h). As for packed Q4_0: each vector of codes holds a
 // 4-element slice of kSliceRows rows (a row per 32-bit lane), so one vpdpbusd (AVX-512 VNNI) or
 // vpmaddubsw/vpmaddwd (AVX2) against the broadcast slice of the activations adds 4 products to
 // every row's lane - no decoding to memory and no horizontal sums. The per-row sub-block scales
 // sit transposed in the group, so the 16 rows' scales of a sub-block are one 16-byte load.
+#include <type_traits>
+
 #include "../../core/kernel_table.h"
 #include "groups.h"
 #include "simd.h"
@@ -23,19 +25,21 @@ static_assert(kSliceRows == kLanes, "a row's int32 lane and float lane must line
 
 inline __m128i load128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
 
-// Q4_K: value = d * sc_j * q - dmin * m_j per sub-block j of 32, q in 0..15 (sub-blocks 2c and
-// 2c + 1 are the low and high nibbles of the 32 bytes of chunk c).
-template <int C>
-void tile_q4_k_x16(const MatmulArgs& a, int64_t n, int64_t m) {
+// Q4_K / Q5_K: value = d * sc_j * q - dmin * m_j per sub-block j of 32, q in 0..15 / 0..31
+// (sub-blocks 2c and 2c + 1 are the low and high nibbles of the 32 bytes of chunk c; Q5_K's
+// fifth bit of byte l's values is bit j of qh[l]).
+template <bool Q5, int C>
+void tile_q45_k_x16(const MatmulArgs& a, int64_t n, int64_t m) {
+    using Block = std::conditional_t<Q5, block_q5_Kx16, block_q4_Kx16>;
     const int64_t n_super = a.k / kQK_K, nb = a.k / kQK;
-    const auto* grp = reinterpret_cast<const block_q4_Kx16*>(a.w + n * a.w_stride);
+    const auto* grp = reinterpret_cast<const Block*>(a.w + n * a.w_stride);
     const block_q8_act* x[C];
     for (int c = 0; c < C; ++c) x[c] = a.xq + (m + c) * nb;
     vf acc[C][kHalves];
     for (int c = 0; c < C; ++c)
         for (int h = 0; h < kHalves; ++h) acc[c][h] = vf_zero();
     for (int64_t sb = 0; sb < n_super; ++sb) {
-        const block_q4_Kx16& g = grp[sb];
+        const Block& g = grp[sb];
         __m128i s[12];  // byte b of the 16 rows' packed 6-bit scales and mins
         for (int b = 0; b < 12; ++b) s[b] = load128(g.scales + kPackRows * b);
         const __m128i low6 = _mm_set1_epi8(63), low4 = _mm_set1_epi8(0x0f);
@@ -59,6 +63,10 @@ void tile_q4_k_x16(const MatmulArgs& a, int64_t n, int64_t m) {
                 for (int i = 0; i < 8; ++i) {
                     const Slice v = slice_load(g.qs + 64 * (8 * chunk + i) + 4 * kSliceRows * h);
                     w[i] = high ? slice_high4(v) : slice_low4(v);
+                    if constexpr (Q5) {
+                        const Slice qh = slice_load(g.qh + 64 * i + 4 * kSliceRows * h);
+                        w[i] = slice_or(w[i], slice_sll16(slice_and(slice_srl16(qh, j), slice_set1(0x01010101)), 4));
+                    }
                 }
                 for (int c = 0; c < C; ++c) {
                     const block_q8_act& xb = x[c][sb * (kQK_K / kQK) + j];
@@ -130,20 +138,21 @@ void tile_q6_k_x16(const MatmulArgs& a, int64_t n, int64_t m) {
         for (int h = 0; h < kHalves; ++h) vf_store(a.y + (m + c) * a.ldy + n + kSliceRows * h, acc[c][h]);
 }
 
-template <bool Q4>
+template <WeightType T>
 struct KQuantX16 {
     template <int C>
     static void tile(const MatmulArgs& a, int64_t n, int64_t m) {
-        if constexpr (Q4) tile_q4_k_x16<C>(a, n, m);
-        else tile_q6_k_x16<C>(a, n, m);
+        if constexpr (T == WeightType::Q6_K) tile_q6_k_x16<C>(a, n, m);
+        else tile_q45_k_x16<T == WeightType::Q5_K, C>(a, n, m);
     }
 };
 
 }  // namespace
 
 void fill_matmul_kquant_x16(KernelTable& t) {
-    t.matmul_q4_kx16 = matmul_groups<KQuantX16<true>>;
-    t.matmul_q6_kx16 = matmul_groups<KQuantX16<false>>;
+    t.matmul_q4_kx16 = matmul_groups<KQuantX16<WeightType::Q4_K>>;
+    t.matmul_q5_kx16 = matmul_groups<KQuantX16<WeightType::Q5_K>>;
+    t.matmul_q6_kx16 = matmul_groups<KQuantX16<WeightType::Q6_K>>;
 }
 
 }  // namespace corelm::CORELM_ISA_NS
