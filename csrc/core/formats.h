@@ -156,11 +156,12 @@ static_assert(sizeof(block_q5_Kx16) == kPackRows * sizeof(block_q5_K), "packed Q
 
 // Q6_K: ql and qh sliced as Q4_K's qs (ql[64*i + 4r + e] = byte 4i + e of row r's ql, qh alike);
 // scales[16*j + r] = row r's scale of sub-block j (of 16 elements).
+// The header comes first (GGUF's Q6_K puts it last), so the kernel reads a block in address order.
 struct block_q6_Kx16 {
+    uint16_t d[kPackRows];
+    int8_t scales[kQK_K / 16 * kPackRows];
     uint8_t ql[kPackRows * kQK_K / 2];
     uint8_t qh[kPackRows * kQK_K / 4];
-    int8_t scales[kQK_K / 16 * kPackRows];
-    uint16_t d[kPackRows];
 };
 static_assert(sizeof(block_q6_Kx16) == kPackRows * sizeof(block_q6_K), "packed Q6_K must keep its size");
 
