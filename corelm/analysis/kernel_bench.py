@@ -21,6 +21,10 @@ from corelm.kernels import Weight, WeightType, matmul
 
 # The packed layouts are what models use for Q4_0 / Q8_0 where the path has kernels for them.
 BENCH_TYPES = (
+    WeightType.Q4_K_X16,
+    WeightType.Q5_K_X16,
+    WeightType.Q6_K_X16,
+    WeightType.Q5_0_X16,
     WeightType.Q4_0_X16,
     WeightType.Q8_0_X16,
     WeightType.BF16_X16,
