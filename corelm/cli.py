@@ -8,6 +8,7 @@ import logging
 import sys
 
 import corelm
+from corelm.models import QUANT_NAMES
 
 
 def _threads_list(text: str) -> list[int]:
@@ -115,7 +116,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--ctx", type=int, default=None, help="context size in tokens (default: the model's, <= 4096)")
     p.add_argument(
         "--quant",
-        choices=["q8_0", "q4_0", "bf16", "f16", "f32"],
+        choices=list(QUANT_NAMES),
         default=None,
         help="quantize the weights while loading",
     )
@@ -218,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-r", "--reps", type=int, default=3, help="repetitions per measurement (median is shown)")
     p.add_argument(
         "--quant",
-        choices=["q8_0", "q4_0", "bf16", "f16", "f32"],
+        choices=list(QUANT_NAMES),
         default=None,
         help="quantize the weights while loading",
     )

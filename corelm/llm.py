@@ -175,7 +175,7 @@ def load(
 
     threads: size of corelm's thread pool (default: the physical cores);
     ctx: KV-cache size in tokens (default: the model's context, at most 4096);
-    quant: quantize weights while loading ("q8_0", "q4_0", "f16", "bf16").
+    quant: quantize weights while loading (corelm.models.QUANT_NAMES: "q8_0", "q4_k", "q4_0", "bf16", ...).
     """
     if path is None:
         if not DEFAULT_MODEL.is_file():

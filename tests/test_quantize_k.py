@@ -74,3 +74,17 @@ def test_kquant_zero_and_constant_rows(wtype):
     y = Weight.from_float(x, wtype).to_float()
     assert np.isfinite(y).all() and np.abs(y[0]).max() == 0
     np.testing.assert_allclose(y, x, atol=0.02 * 3)
+
+
+@pytest.mark.parametrize("quant", ["q6_k", "q5_k", "q4_k", "q5_0"])
+def test_quantize_while_loading(inputs, tmp_path, quant):
+    """load(..., quant=) to the k-quants and Q5_0 holds the bytes `corelm quantize --pure` writes
+    (interleaved where the path has the kernels), so both give the same logits."""
+    q = corelm.load(inputs["random_llama"], quant=quant)
+    assert q.model.w["blk.0.ffn_up.weight"].type.base.name == quant.upper()
+    out = tmp_path / f"{quant}.gguf"
+    recipe = {"q5_k": "q5_k_m", "q4_k": "q4_k_m"}.get(quant, quant)  # a mix's --pure is its base type
+    quantize_model(inputs["random_llama"], out, recipe, pure=True, progress=False)
+    ids = [1, 5, 9, 200, 301, 7]
+    a, b = corelm.load(out).logits(ids), q.logits(ids)
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()

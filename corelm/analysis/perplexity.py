@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from corelm.argtypes import positive_int
+from corelm.models import QUANT_NAMES
 from corelm.models.base import Model, Segment
 
 BASE_FORMAT = "corelm-logprobs"
@@ -468,7 +469,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--kld-base", default=None, metavar="FILE", help="KL divergence from a --save-logits file")
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
     p.add_argument(
-        "--quant", choices=["q8_0", "q4_0", "bf16", "f16", "f32"], default=None, help="quantize while loading"
+        "--quant", choices=list(QUANT_NAMES), default=None, help="quantize while loading"
     )
     p.set_defaults(func=cmd_perplexity)
     return p

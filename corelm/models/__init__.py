@@ -30,11 +30,16 @@ ARCHITECTURES: dict[str, tuple[type[Model], Any]] = {
 }
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "gpt2": "gpt2"}
 KERNEL_TYPES = {int(t) for t in WeightType if not t.packed}
+# load(..., quant=NAME): every matrix whose rows fit the type's blocks is converted while loading
 QUANT_NAMES = {
     "f32": WeightType.F32,
     "f16": WeightType.F16,
     "bf16": WeightType.BF16,
     "q8_0": WeightType.Q8_0,
+    "q6_k": WeightType.Q6_K,
+    "q5_k": WeightType.Q5_K,
+    "q5_0": WeightType.Q5_0,
+    "q4_k": WeightType.Q4_K,
     "q4_0": WeightType.Q4_0,
 }
 
