@@ -5,7 +5,8 @@
 Runs only where llama_cpp is importable (never in CI). Two F32 inputs: the real stories260K
 (widths 64 and 172, so every k-quant falls back to a 32-block type or F16) and a seeded random
 Llama of widths 256/512 with 8 layers (tests/support.py random_llama_gguf: the same bytes on
-every machine), where the mixes give some layers' attn_v / ffn_down Q6_K. Each is quantized by
+every machine), where the mixes give some layers' attn_v / ffn_down Q6_K, and a seeded random
+GPT-2 (fused attn_qkv, tied embeddings: their own rules in the mixes). Each is quantized by
 llama.cpp (default parameters: no importance matrix, so its reference quantizers run) to every
 --type corelm writes; the JSON records, per tensor, llama.cpp's type and the sha256 of its bytes.
 tests/test_quantize_k.py quantizes the same inputs with corelm and compares.
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from make_golden import quantize  # noqa: E402
-from support import random_llama_gguf, stories260k  # noqa: E402
+from support import random_gpt2_gguf, random_llama_gguf, stories260k  # noqa: E402
 
 OUT = ROOT / "tests" / "golden" / "quantize_llamacpp.json"
 FTYPES = {  # corelm --type -> llama.cpp LLAMA_FTYPE_MOSTLY_*
@@ -51,7 +52,11 @@ def tensors(path: Path) -> dict[str, list[str]]:
 def main() -> None:
     golden: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        inputs = {"stories260K": stories260k(), "random_llama": random_llama_gguf(Path(tmp) / "random.gguf")}
+        inputs = {
+            "stories260K": stories260k(),
+            "random_llama": random_llama_gguf(Path(tmp) / "random.gguf"),
+            "random_gpt2": random_gpt2_gguf(Path(tmp) / "random-gpt2.gguf"),
+        }
         for label, src in inputs.items():
             golden[label] = {}
             for ctype, ftype in FTYPES.items():

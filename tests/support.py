@@ -73,3 +73,41 @@ def random_llama_gguf(path: Path, n_layer: int = 8, seed: int = 0) -> Path:
         w[f"blk.{i}.ffn_norm.weight"] = np.ones(c.n_embd, np.float32)
     write_gguf(Llama(c, w), path, tokenizer_metadata=tok.gguf_metadata(vocab_size=c.vocab_size), name="kquant-test")
     return path
+
+
+def random_gpt2_gguf(path: Path, n_layer: int = 8, seed: int = 0) -> Path:
+    """A GPT-2 GGUF (F32) with seeded random weights, widths k-quants fit (256 / 1024), 8 layers and
+    llama.cpp's gpt-2 vocabulary: its fused attn_qkv and tied embedding take their own rules in
+    llama.cpp's mixes. Same bytes on every machine (see random_llama_gguf)."""
+    import numpy as np
+
+    from corelm.formats.gguf_write import write_gguf
+    from corelm.models.base import ModelConfig
+    from corelm.models.gpt2 import GPT2
+    from corelm.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_gguf(data_file("tokenizers", "llama.cpp-vocab", "ggml-vocab-gpt-2.gguf"))
+    vocab = len(tok.gguf_metadata()["tokenizer.ggml.tokens"])
+    c = ModelConfig("gpt2", vocab_size=vocab, n_layer=n_layer, n_embd=256, n_head=4, n_head_kv=4, n_ff=1024,
+                    ctx=256, norm_eps=1e-5, tied_embeddings=True, qkv_bias=True)  # fmt: skip
+    rng = np.random.default_rng(seed)
+
+    def matrix(n: int, k: int) -> np.ndarray:
+        return (rng.standard_t(5, size=(n, k)) * 0.05).astype(np.float32)
+
+    def vector(n: int, one: bool = False) -> np.ndarray:
+        return np.ones(n, np.float32) if one else (rng.standard_normal(n) * 0.01).astype(np.float32)
+
+    w = {"token_embd.weight": matrix(vocab, c.n_embd), "position_embd.weight": matrix(c.ctx, c.n_embd),
+         "output_norm.weight": vector(c.n_embd, True), "output_norm.bias": vector(c.n_embd)}  # fmt: skip
+    shapes = {"attn_qkv": (3 * c.n_embd, c.n_embd), "attn_output": (c.n_embd, c.n_embd),
+              "ffn_up": (c.n_ff, c.n_embd), "ffn_down": (c.n_embd, c.n_ff)}  # fmt: skip
+    for i in range(n_layer):
+        for name, (n, k) in shapes.items():
+            w[f"blk.{i}.{name}.weight"] = matrix(n, k)
+            w[f"blk.{i}.{name}.bias"] = vector(n)
+        for norm in ("attn_norm", "ffn_norm"):
+            w[f"blk.{i}.{norm}.weight"] = vector(c.n_embd, True)
+            w[f"blk.{i}.{norm}.bias"] = vector(c.n_embd)
+    write_gguf(GPT2(c, w), path, tokenizer_metadata=tok.gguf_metadata(vocab_size=vocab), name="kquant-test-gpt2")
+    return path

@@ -1,6 +1,6 @@
 """corelm quantize writes what llama.cpp's llama-quantize writes: the same type for every tensor
 (mixes and fallbacks) and the same bytes (k-quant and 32-block quantizers), for every --type, on
-the real stories260K and on a random Llama whose widths k-quants fit. The reference is
+the real stories260K and on a random Llama and a random GPT-2 whose widths k-quants fit. The reference is
 tests/golden/quantize_llamacpp.json (scripts/make_golden_quantize.py, llama-cpp-python)."""
 
 import hashlib
@@ -10,7 +10,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from support import random_llama_gguf, stories260k
+from support import random_gpt2_gguf, random_llama_gguf, stories260k
 
 import corelm
 from corelm.kernels import Weight, WeightType
@@ -28,10 +28,15 @@ def tensors(path: Path) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    return {"stories260K": stories260k(), "random_llama": random_llama_gguf(tmp_path_factory.mktemp("k") / "r.gguf")}
+    tmp = tmp_path_factory.mktemp("k")
+    return {
+        "stories260K": stories260k(),
+        "random_llama": random_llama_gguf(tmp / "llama.gguf"),
+        "random_gpt2": random_gpt2_gguf(tmp / "gpt2.gguf"),
+    }
 
 
-@pytest.mark.parametrize("label", ["stories260K", "random_llama"])
+@pytest.mark.parametrize("label", ["stories260K", "random_llama", "random_gpt2"])
 @pytest.mark.parametrize("qtype", TYPES)
 def test_same_types_and_bytes_as_llama_cpp(inputs, tmp_path, label, qtype):
     out = tmp_path / f"{qtype}.gguf"

@@ -25,9 +25,10 @@ types (which matrix gets what follows llama.cpp's llama-quantize, so the files m
   q4_1, q5_0, q5_1   32-weight blocks with 4/5-bit codes (and a min for _1)
   q6_k               256-weight super-blocks, 6-bit codes, 16 sub-block scales
   q4_k_m, q5_k_m     llama.cpp's mixes: Q4_K (Q5_K) everywhere except output.weight, and
-                     attn_v / ffn_down of the first and last eighth of the layers and every
-                     third layer between, in Q6_K; GPT-2's fused attn_qkv in Q5_K (Q6_K)
+                     attn_v (or a fused attn_qkv) / ffn_down of the first and last eighth of
+                     the layers and every third layer between, in Q6_K
   Quantized types put output.weight (the token embedding when tied) in Q6_K, except q8_0;
+  position_embd keeps its type;
   --pure keeps every matrix in the type itself. Matrices whose rows a k-quant's 256-blocks do
   not divide fall back as llama.cpp's do (Q4_K->Q5_0, Q5_K->Q5_1, Q6_K->Q8_0); rows no block
   fits keep their type (listed in the summary). Norms and biases are always F32.

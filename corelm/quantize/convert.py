@@ -200,7 +200,7 @@ def quantize_model(
             continue
         w = t.unpacked()  # GGUF layout (the loader may have interleaved it for the kernels)
         report.types_before[w.type.name] += 1
-        wanted = recipes.tensor_type(recipe, tname, w.k, n_layers, tied, pure)
+        wanted = w.type if tname in recipes.KEPT else recipes.tensor_type(recipe, tname, w.k, n_layers, tied, pure)
         wtype = recipes.fit(wanted, w.k)
         if wtype != wanted:
             report.fallbacks.append((tname, w.n, w.k, wanted.name, wtype.name))

@@ -6,25 +6,24 @@ f32, f16, bf16: every matrix. q8_0, q6_k, q5_1, q5_0, q4_1, q4_0: every matrix, 
 output matrix (the token embedding when the two are tied), which gets Q6_K (Q8_0 stays Q8_0).
 The mixes:
 
-    tensor                                   q4_k_m   q5_k_m
-    output.weight (token_embd when tied)     Q6_K     Q6_K
-    blk.i.attn_v.weight, i in more_bits()    Q6_K     Q6_K
-    blk.i.ffn_down.weight, i in more_bits()  Q6_K     Q6_K
-    blk.i.attn_qkv.weight (GPT-2's fused)    Q5_K     Q6_K
-    every other matrix                       Q4_K     Q5_K
+    tensor                                            q4_k_m   q5_k_m
+    output.weight (token_embd when tied)              Q6_K     Q6_K
+    blk.i.attn_v.weight, i in more_bits()             Q6_K     Q6_K
+    blk.i.attn_qkv.weight (fused), i in more_bits()   Q6_K     Q6_K
+    blk.i.ffn_down.weight, i in more_bits()           Q6_K     Q6_K
+    every other matrix                                Q4_K     Q5_K
 
 more_bits(i) holds for the first and last eighth of the layers and every third layer between:
 the layers whose errors cost the most. k-quants need rows that are a multiple of 256 long;
 other matrices fall back as llama.cpp's do (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, and the
 output matrix straight to Q8_0; F16 when no block fits), which is why a k-quant file of a model whose width is not a
 multiple of 256 (Qwen2.5-0.5B: 896) holds Q5_0 and Q8_0 tensors. --pure puts every matrix
-in the base type (llama-quantize --pure).
+in the base type (llama-quantize --pure). Positional embeddings keep their type (KEPT).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from gguf import LlamaFileType
 
@@ -43,16 +42,7 @@ _PURE = {
 }
 
 
-@dataclass(frozen=True)
-class _Mix:
-    default: WeightType
-    qkv: WeightType
-
-
-_MIXES = {
-    "q4_k_m": _Mix(WeightType.Q4_K, WeightType.Q5_K),
-    "q5_k_m": _Mix(WeightType.Q5_K, WeightType.Q6_K),
-}
+_MIXES = {"q4_k_m": WeightType.Q4_K, "q5_k_m": WeightType.Q5_K}  # the type of every other matrix
 TYPE_NAMES = [*_PURE, *_MIXES]
 
 # general.file_type of each --type, as llama.cpp writes it.
@@ -76,6 +66,8 @@ _FALLBACK = {
     WeightType.Q6_K: WeightType.Q8_0,
 }
 _LAYER = re.compile(r"blk\.(\d+)\.")
+# Matrices llama.cpp never converts (positional embeddings): they keep the type they have.
+KEPT = ("position_embd.weight", "token_types.weight")
 
 
 def more_bits(layer: int, n_layers: int) -> bool:
@@ -91,23 +83,22 @@ def tensor_type(recipe: str, name: str, k: int, n_layers: int, tied: bool, pure:
     """The type `recipe` gives the matrix `name` whose rows are k long, before the fallback for
     a k that the type's blocks do not divide (`fit`). pure: every matrix in the recipe's base
     type, as llama-quantize --pure."""
-    mix = _MIXES.get(recipe)
-    base = mix.default if mix else _PURE[recipe]
+    mix = recipe in _MIXES
+    base = _MIXES[recipe] if mix else _PURE[recipe]
     if pure or base in (WeightType.F32, WeightType.F16, WeightType.BF16):
         return base
     if name == "output.weight" or (tied and name == "token_embd.weight"):
         if k % base.block_size or base == WeightType.Q8_0:
             return WeightType.Q8_0
         return WeightType.Q6_K
-    if mix is None:
+    if not mix:
         return base
     match = _LAYER.match(name)
     layer = int(match.group(1)) if match else -1
-    if name.endswith(("attn_v.weight", "ffn_down.weight")) and more_bits(layer, n_layers):
+    # llama.cpp (as of llama-cpp-python 0.3.36) counts a fused attn_qkv as attention V
+    if name.endswith(("attn_v.weight", "attn_qkv.weight", "ffn_down.weight")) and more_bits(layer, n_layers):
         return WeightType.Q6_K
-    if name.endswith("attn_qkv.weight"):
-        return mix.qkv
-    return mix.default
+    return base
 
 
 def fit(wtype: WeightType, k: int) -> WeightType:
