@@ -137,15 +137,8 @@ void dequantize_row(WeightType t, const uint8_t* row, float* y, int64_t k) {
             }
             return;
         }
-        case WeightType::Q4_0_X16:
-        case WeightType::Q8_0_X16:
-        case WeightType::F16_X16:
-        case WeightType::BF16_X16:
-        case WeightType::Q4_K_X16:
-        case WeightType::Q6_K_X16:
-        case WeightType::Q5_0_X16:
-        case WeightType::Q5_K_X16:
-            return;  // groups of rows, not rows: the drivers unpack them first (unpack_rows_x16)
+        default:
+            return;  // packed: groups of rows, not rows; the drivers unpack them first (unpack_rows_x16)
         case WeightType::Q4_0: {
             const auto* b = reinterpret_cast<const block_q4_0*>(row);
             for (int64_t j = 0; j < k / kQK; ++j) {
@@ -265,15 +258,8 @@ void quantize_row(WeightType t, const float* x, uint8_t* row, int64_t k) {
         case WeightType::Q4_0:
             quantize_row_q4_0(x, reinterpret_cast<block_q4_0*>(row), k);
             return;
-        case WeightType::Q4_0_X16:
-        case WeightType::Q8_0_X16:
-        case WeightType::F16_X16:
-        case WeightType::BF16_X16:
-        case WeightType::Q4_K_X16:
-        case WeightType::Q6_K_X16:
-        case WeightType::Q5_0_X16:
-        case WeightType::Q5_K_X16:
-            return;  // made from rows by pack_rows_x16, never from floats directly
+        default:
+            return;  // packed: made from rows by pack_rows_x16, never from floats directly
         case WeightType::Q4_1:
             quantize_row_min<15>(x, reinterpret_cast<block_q4_1*>(row), k);
             return;
