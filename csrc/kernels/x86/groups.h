@@ -2,8 +2,28 @@
 // has tile<C>(a, n, m) computing 16 weight rows x C activation rows.
 #pragma once
 #include "../../core/kernel_table.h"
+#include "simd.h"
 
 namespace corelm::CORELM_ISA_NS {
+
+constexpr int kHalves = kPackRows / x86::kLanes;  // float vectors per 16 rows: 1 (AVX-512) or 2 (AVX2)
+static_assert(x86::kSliceRows == x86::kLanes, "a row's int32 lane and float lane must line up");
+
+// The C x 16 outputs of a tile over a packed group: acc[c][h] holds activation row c's outputs for
+// rows h*kLanes .. of the group, zeroed at start, stored to y[m + c, n ..] at the end.
+template <int C>
+struct GroupAcc {
+    x86::vf v[C][kHalves];
+    GroupAcc() {
+        for (int c = 0; c < C; ++c)
+            for (int h = 0; h < kHalves; ++h) v[c][h] = x86::vf_zero();
+    }
+    x86::vf (&operator[](int c))[kHalves] { return v[c]; }
+    void store(const MatmulArgs& a, int64_t n, int64_t m) const {
+        for (int c = 0; c < C; ++c)
+            for (int h = 0; h < kHalves; ++h) x86::vf_store(a.y + (m + c) * a.ldy + n + x86::kLanes * h, v[c][h]);
+    }
+};
 
 // Covers y[0:m, n0:n1] (n0, n1 multiples of 16) with tiles of up to 4 activation rows.
 template <typename Family>

@@ -122,14 +122,11 @@ template <X16 L, int C>
 void tile_x16(const MatmulArgs& a, int64_t n, int64_t m) {
     using Block = std::conditional_t<L == X16::Q4_0, block_q4_0x16,
                                      std::conditional_t<L == X16::Q5_0, block_q5_0x16, block_q8_0x16>>;
-    constexpr int kHalves = kPackRows / kSliceRows;
     const int64_t nb = a.k / kQK;
     const auto* grp = reinterpret_cast<const Block*>(a.w + n * a.w_stride);
     const block_q8_act* x[C];
     for (int c = 0; c < C; ++c) x[c] = a.xq + (m + c) * nb;
-    vf acc[C][kHalves];
-    for (int c = 0; c < C; ++c)
-        for (int h = 0; h < kHalves; ++h) acc[c][h] = vf_zero();
+    GroupAcc<C> acc;
     for (int64_t b = 0; b < nb; ++b) {
         Slice w[8][kHalves];  // w[j][h]: elements 4j..4j+3 of rows h*kSliceRows ..
         for (int h = 0; h < kHalves; ++h) {
@@ -167,8 +164,7 @@ void tile_x16(const MatmulArgs& a, int64_t n, int64_t m) {
             }
         }
     }
-    for (int c = 0; c < C; ++c)
-        for (int h = 0; h < kHalves; ++h) vf_store(a.y + (m + c) * a.ldy + n + kSliceRows * h, acc[c][h]);
+    acc.store(a, n, m);
 }
 
 // Kernel families with a tile<C>(a, n, m) over 16 rows x C activation rows.
@@ -182,13 +178,10 @@ struct QuantX16 {
 
 template <bool BF16, int C>
 void tile_float_x16(const MatmulArgs& a, int64_t n, int64_t m) {
-    constexpr int kHalves = kPackRows / kLanes;
     const auto* grp = reinterpret_cast<const uint16_t*>(a.w + n * a.w_stride);
     const float* x[C];
     for (int c = 0; c < C; ++c) x[c] = a.x + (m + c) * a.ldx;
-    vf acc[C][kHalves];
-    for (int c = 0; c < C; ++c)
-        for (int h = 0; h < kHalves; ++h) acc[c][h] = vf_zero();
+    GroupAcc<C> acc;
     for (int64_t i = 0; i < a.k; ++i) {
         vf w[kHalves];
         for (int h = 0; h < kHalves; ++h)
@@ -198,8 +191,7 @@ void tile_float_x16(const MatmulArgs& a, int64_t n, int64_t m) {
             for (int h = 0; h < kHalves; ++h) acc[c][h] = vf_fma(w[h], xb, acc[c][h]);
         }
     }
-    for (int c = 0; c < C; ++c)
-        for (int h = 0; h < kHalves; ++h) vf_store(a.y + (m + c) * a.ldy + n + h * kLanes, acc[c][h]);
+    acc.store(a, n, m);
 }
 
 template <bool BF16>

@@ -20,9 +20,6 @@ using namespace corelm::x86;
 
 namespace {
 
-constexpr int kHalves = kPackRows / kSliceRows;  // vectors per 16 rows: 1 (AVX-512) or 2 (AVX2)
-static_assert(kSliceRows == kLanes, "a row's int32 lane and float lane must line up");
-
 inline __m128i load128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
 
 // Q4_K / Q5_K: value = d * sc_j * q - dmin * m_j per sub-block j of 32, q in 0..15 / 0..31
@@ -35,9 +32,7 @@ void tile_q45_k_x16(const MatmulArgs& a, int64_t n, int64_t m) {
     const auto* grp = reinterpret_cast<const Block*>(a.w + n * a.w_stride);
     const block_q8_act* x[C];
     for (int c = 0; c < C; ++c) x[c] = a.xq + (m + c) * nb;
-    vf acc[C][kHalves];
-    for (int c = 0; c < C; ++c)
-        for (int h = 0; h < kHalves; ++h) acc[c][h] = vf_zero();
+    GroupAcc<C> acc;
     for (int64_t sb = 0; sb < n_super; ++sb) {
         const Block& g = grp[sb];
         __m128i s[12];  // byte b of the 16 rows' packed 6-bit scales and mins
@@ -88,8 +83,7 @@ void tile_q45_k_x16(const MatmulArgs& a, int64_t n, int64_t m) {
             }
         }
     }
-    for (int c = 0; c < C; ++c)
-        for (int h = 0; h < kHalves; ++h) vf_store(a.y + (m + c) * a.ldy + n + kSliceRows * h, acc[c][h]);
+    acc.store(a, n, m);
 }
 
 // Sum of the first 16 int8 of an activation block (the other 16: s minus it).
@@ -108,9 +102,7 @@ void tile_q6_k_x16(const MatmulArgs& a, int64_t n, int64_t m) {
     const auto* grp = reinterpret_cast<const block_q6_Kx16*>(a.w + n * a.w_stride);
     const block_q8_act* x[C];
     for (int c = 0; c < C; ++c) x[c] = a.xq + (m + c) * nb;
-    vf acc[C][kHalves];
-    for (int c = 0; c < C; ++c)
-        for (int h = 0; h < kHalves; ++h) acc[c][h] = vf_zero();
+    GroupAcc<C> acc;
     const Slice low4 = slice_set1(0x0f0f0f0f), two_bits = slice_set1(0x03030303);
     for (int64_t sb = 0; sb < n_super; ++sb) {
         const block_q6_Kx16& g = grp[sb];
@@ -150,8 +142,7 @@ void tile_q6_k_x16(const MatmulArgs& a, int64_t n, int64_t m) {
             }
         }
     }
-    for (int c = 0; c < C; ++c)
-        for (int h = 0; h < kHalves; ++h) vf_store(a.y + (m + c) * a.ldy + n + kSliceRows * h, acc[c][h]);
+    acc.store(a, n, m);
 }
 
 template <WeightType T>
