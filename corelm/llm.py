@@ -1,10 +1,12 @@
-"""The Python API: `corelm.load(path)` returns an `LLM` that generates, streams and chats."""
+"""The Python API: `corelm.load(path)` returns an `LLM` that generates, streams and chats, and
+embeds, classifies and tags texts (encoders, and decoders with a classification head)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -17,13 +19,26 @@ from corelm.engine.generate import GenerationStats, generate_tokens
 from corelm.engine.sampling import Sampler, SamplingParams
 from corelm.engine.stops import StopStrings
 from corelm.models import load_model
-from corelm.models.base import Model
-from corelm.tokenizer import StreamDecoder, Tokenizer
+from corelm.models.base import Model, Segment, Step
+from corelm.tokenizer import Encoded, StreamDecoder, Tokenizer
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_CTX = 4096  # the default cache size is the model's context, capped here
 # corelm's own small model, trained by `corelm train` on Shakespeare (see data/MODEL_CARD.md).
 DEFAULT_MODEL = Path(__file__).resolve().parent / "data" / "default.gguf"
+ROWS_PER_STEP = 4096  # texts are embedded / classified in forward passes of about this many tokens
+
+
+@dataclass(frozen=True)
+class Entity:
+    """A tagged span: consecutive tokens of one entity type (B-/I- tags merged, as transformers'
+    aggregation "simple"); score is the mean probability of its tokens' tags."""
+
+    label: str
+    text: str
+    start: int  # character offsets in the text: text[start:end]
+    end: int
+    score: float
 
 
 class LLM:
@@ -38,13 +53,36 @@ class LLM:
         self.ctx = int(ctx) if ctx else min(model.config.ctx, DEFAULT_MAX_CTX)
         if self.ctx < 1:
             raise ValueError(f"ctx must be positive, got {ctx}")
-        self.cache = model.new_cache(self.ctx, kv_dtype)
+        # Encoders keep no state between calls; decoders keep one sequence's cache for generation.
+        self.cache = model.new_cache(self.ctx, kv_dtype) if model.config.causal else None
         self.last_stats = GenerationStats()
         self._lock = threading.Lock()
 
     @property
     def config(self):
         return self.model.config
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What this model can do: "generate" (decoders with a language-model head), "embed" (every
+        model: pooled hidden states), "classify" (a sequence classifier), "tag" (a token classifier)."""
+        c, caps = self.config, {"embed"}
+        if c.causal and ("output.weight" in self.model.w or (c.tied_embeddings and not c.head)):
+            caps.add("generate")
+        if c.head:
+            caps.add("classify" if c.head == "sequence" else "tag")
+        return frozenset(caps)
+
+    @property
+    def labels(self) -> list[str]:
+        """The classifier's labels, in the order of its outputs ([] without a classifier)."""
+        return list(self.config.labels)
+
+    def _require(self, capability: str) -> None:
+        if capability not in self.capabilities:
+            kind = "encoder" if not self.config.causal else "decoder"
+            can = ", ".join(sorted(self.capabilities))
+            raise ValueError(f"this {self.config.arch} {kind} cannot {capability} (it can: {can})")
 
     # ---- text <-> ids ----
 
@@ -73,6 +111,7 @@ class LLM:
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """float32 logits [len(ids), vocab] at every position, from an empty context (no state kept)."""
+        self._require("generate")
         arr = self._check_ids(ids)
         cache = self.model.new_cache(len(arr))
         with self._lock:
@@ -111,6 +150,7 @@ class LLM:
         Generation ends at a stop token (the model's EOS/EOT ids and `stop_ids`, unless
         ignore_eos), at `max_tokens`, at a full context, or before the first stop string.
         """
+        self._require("generate")
         if max_tokens < 0:
             raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
         ids = self._prompt_ids(prompt)
@@ -162,6 +202,132 @@ class LLM:
         # The template writes BOS itself when the model wants one (as transformers assumes).
         ids = tok.encode(text, add_bos=False if tok.chat_template else None)
         return self.stream(ids, **kwargs)
+
+    # ---- embeddings and classifiers ----
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest text (in tokens, special tokens included) embedded or classified whole;
+        longer ones are cut: the sentence-transformers max_seq_length, else the context."""
+        c = self.config
+        return min(c.max_tokens or c.ctx, c.ctx if not c.causal else self.ctx)
+
+    def encode(self, texts: Sequence[str], truncate: bool = True) -> list[Encoded]:
+        """Token ids and character spans as embed / classify / tag see them: framed by the
+        encoder's special tokens ([CLS] ... [SEP]) or BOS-first for decoders, cut to max_tokens
+        (truncate=False: a text that does not fit is a ValueError)."""
+        if isinstance(texts, str):
+            raise TypeError("expected a list of texts (wrap a single text in a list)")
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"text {i} is {type(t).__name__}, not str")
+        limit = self.max_tokens
+        encoded = self._tok().encode_batch(texts, limit if truncate else limit + 1, template=not self.config.causal)
+        for i, e in enumerate(encoded):
+            if not e.ids:
+                raise ValueError(f"text {i} is empty and this model adds no tokens of its own to it")
+            if len(e.ids) > limit:
+                raise ValueError(f"text {i} has more than {limit} tokens (pass truncate=True to cut it)")
+            if max(e.ids) >= self.config.vocab_size:
+                raise ValueError(
+                    f"text {i} has token id {max(e.ids)}, beyond the model's {self.config.vocab_size}: "
+                    "the tokenizer does not belong to this model"
+                )
+        return encoded
+
+    def _hidden_batches(self, encoded: list[Encoded]) -> Iterator[tuple[list[int], np.ndarray, Step]]:
+        """Hidden states of all texts, a few thousand tokens per forward pass, texts of similar
+        length together: yields (indices of the texts, hidden states [rows, C], step)."""
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
+        start = 0
+        while start < len(order):
+            stop, rows = start, 0
+            while stop < len(order) and (stop == start or rows + len(encoded[order[stop]].ids) <= ROWS_PER_STEP):
+                rows += len(encoded[order[stop]].ids)
+                stop += 1
+            batch = order[start:stop]
+            tokens = np.concatenate([np.asarray(encoded[i].ids, np.int32) for i in batch])
+            lengths = [len(encoded[i].ids) for i in batch]
+            causal = self.config.causal
+            segments = [Segment(self.model.new_cache(n) if causal else None, 0, n) for n in lengths]
+            h, step = self.model.hidden_states(tokens, segments)
+            yield batch, h, step
+            start = stop
+
+    def embed(self, texts: str | Sequence[str], normalize: bool | None = None, truncate: bool = True) -> np.ndarray:
+        """One float32 vector per text, [len(texts), n_embd] (or [n_embd] for one string): hidden
+        states pooled as the model's sentence-transformers config says (mean for encoders without
+        one, the last token for decoders), scaled to unit length if normalize (default: the
+        model's config, which is True unless a sentence-transformers folder says otherwise)."""
+        single = isinstance(texts, str)
+        encoded = self.encode([texts] if single else texts, truncate)
+        c = self.config
+        out = np.empty((len(encoded), c.n_embd), np.float32)
+        with self._lock:
+            for batch, h, step in self._hidden_batches(encoded):
+                out[batch] = self.model.pool(h, step, c.default_pooling)
+        if c.normalize if normalize is None else normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out[0] if single else out
+
+    def class_probabilities(self, texts: Sequence[str], truncate: bool = True) -> np.ndarray:
+        """Softmax over the sequence classifier's labels, [len(texts), len(labels)]."""
+        self._require("classify")
+        encoded = self.encode(texts, truncate)
+        out = np.empty((len(encoded), len(self.config.labels)), np.float32)
+        with self._lock:
+            for batch, h, step in self._hidden_batches(encoded):
+                out[batch] = _softmax(self.model.classifier_logits(h, step))
+        return out
+
+    def classify(self, texts: str | Sequence[str], truncate: bool = True) -> list[tuple[str, float]]:
+        """The most probable label of each text and its probability: [(label, score), ...]."""
+        probs = self.class_probabilities([texts] if isinstance(texts, str) else texts, truncate)
+        return [(self.config.labels[int(p.argmax())], float(p.max())) for p in probs]
+
+    def tag(self, text: str | Sequence[str], truncate: bool = True) -> list[Entity] | list[list[Entity]]:
+        """Entities of a text (a list of them for a list of texts), from a token classifier's BIO
+        tags, merged as transformers' token-classification pipeline with aggregation "simple"."""
+        self._require("tag")
+        single = isinstance(text, str)
+        texts = [text] if single else list(text)
+        encoded = self.encode(texts, truncate)
+        result: list[list[Entity]] = [[] for _ in texts]
+        with self._lock:
+            for batch, h, step in self._hidden_batches(encoded):
+                probs = _softmax(self.model.classifier_logits(h, step))
+                for i, rows in zip(batch, step.rows, strict=True):
+                    result[i] = _entities(texts[i], encoded[i], probs[rows], self.config.labels)
+        return result[0] if single else result
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _entities(text: str, encoded: Encoded, probs: np.ndarray, labels: list[str]) -> list[Entity]:
+    """Tokens' best tags grouped into entities: a B- tag or a change of type starts a new group;
+    tokens the framing added (empty spans) are skipped; groups tagged O are dropped."""
+    groups: list[tuple[str, list[int]]] = []  # (type, token rows)
+    for row, (start, end) in enumerate(encoded.offsets):
+        if start == end:
+            continue
+        tag = labels[int(probs[row].argmax())]
+        bi, kind = (tag[0], tag[2:]) if tag[:2] in ("B-", "I-") else ("I", tag)
+        if groups and groups[-1][0] == kind and bi != "B":
+            groups[-1][1].append(row)
+        else:
+            groups.append((kind, [row]))
+    entities = []
+    for kind, rows in groups:
+        if kind == "O":
+            continue
+        start, end = encoded.offsets[rows[0]][0], encoded.offsets[rows[-1]][1]
+        score = float(np.mean([probs[r].max() for r in rows]))
+        entities.append(Entity(kind, text[start:end], start, end, score))
+    return entities
 
 
 def load(

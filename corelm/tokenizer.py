@@ -1,8 +1,10 @@
 """Text <-> token ids, on top of Hugging Face `tokenizers`.
 
 GGUF vocabularies are converted so that ids match llama.cpp's tokenizer (src/llama-vocab.cpp):
-"llama" (SentencePiece) and "gpt2" (byte-level BPE) models are supported. Tokenizer.gguf_metadata()
-goes the other way, describing any supported tokenizer with llama.cpp's tokenizer.* GGUF keys.
+"llama" (SentencePiece), "gpt2" (byte-level BPE) and "bert" (WordPiece) models are supported.
+Encoders frame a text with their special tokens ([CLS] ... [SEP], <s> ... </s>) through the
+tokenizer's post-processor (encode_batch(template=True)); decoders get BOS as the vocabulary says.
+Tokenizer.gguf_metadata() goes the other way, describing any supported tokenizer with llama.cpp's tokenizer.* GGUF keys.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ import re
 import threading
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gguf
 import tokenizers
-from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 
 # llama.cpp token types (tokenizer.ggml.token_type)
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
@@ -128,6 +130,7 @@ class Tokenizer:
         # _gguf_types holds the GGUF (type, element type) of each key read from a file.
         self._gguf_meta: dict[str, Any] | None = None
         self._gguf_types: dict[str, tuple[gguf.GGUFValueType, gguf.GGUFValueType | None]] = {}
+        self._framing: tokenizers.Tokenizer | None = None  # a copy that truncates, for encode_batch
 
     def encode(self, text: str, add_bos: bool | None = None, special: bool = True) -> list[int]:
         """Token ids of `text`, with BOS first if `add_bos` (default: the vocabulary's own choice).
@@ -142,6 +145,26 @@ class Tokenizer:
                 raise ValueError("BOS requested but this vocabulary has no BOS token")
             ids.insert(0, self.bos_id)
         return ids
+
+    def encode_batch(self, texts: list[str], max_tokens: int, template: bool) -> list[Encoded]:
+        """Ids and character spans of each text, at most max_tokens each (longer texts are cut,
+        as transformers and sentence-transformers cut them). template=True frames each text with
+        the tokenizer's post-processor ([CLS] ... [SEP]), as encoders are trained; False puts BOS
+        first where the vocabulary wants it, as encode() does. Special tokens in the text are
+        parsed; special tokens added by the framing have the span (0, 0)."""
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+        with self._lock:
+            if self._framing is None:
+                self._framing = tokenizers.Tokenizer.from_str(self._hf.to_str())
+            self._framing.enable_truncation(max_tokens)
+            encodings = self._framing.encode_batch(texts, add_special_tokens=template)
+        out = [Encoded(e.ids, e.offsets) for e in encodings]
+        if not template and self.add_bos:
+            if self.bos_id is None:
+                raise ValueError("BOS requested but this vocabulary has no BOS token")
+            out = [Encoded([self.bos_id, *e.ids][:max_tokens], [(0, 0), *e.offsets][:max_tokens]) for e in out]
+        return out
 
     def decode(self, ids: list[int], skip_special: bool = False) -> str:
         """Text of `ids`; skip_special drops control tokens such as BOS and EOS."""
@@ -172,7 +195,7 @@ class Tokenizer:
     def from_gguf_metadata(cls, meta: dict[str, Any]) -> Tokenizer:
         """Build from GGUF metadata (key -> python value), reproducing llama.cpp's tokenization."""
         kind = meta.get("tokenizer.ggml.model")
-        if kind not in ("llama", "gpt2"):
+        if kind not in ("llama", "gpt2", "bert"):
             raise ValueError(f"unsupported GGUF tokenizer model {kind!r}")
         tokens: list[str] = meta.get("tokenizer.ggml.tokens") or []
         if not tokens:
@@ -182,6 +205,8 @@ class Tokenizer:
             raise ValueError("tokenizer.ggml.tokens has duplicate tokens")
         types = meta.get("tokenizer.ggml.token_type") or [_NORMAL] * len(tokens)
 
+        if kind == "bert":
+            return _wordpiece_from_gguf(meta, tokens, types)
         if kind == "llama":
             space_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
             scores = meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
@@ -216,11 +241,18 @@ class Tokenizer:
 
         eos_id = meta.get("tokenizer.ggml.eos_token_id", default_eos)
         eog |= {meta.get("tokenizer.ggml.eot_token_id"), meta.get("tokenizer.ggml.eom_token_id"), eos_id}
+        bos_id = meta.get("tokenizer.ggml.bos_token_id", default_bos)
+        if meta.get("tokenizer.ggml.add_eos_token") and bos_id is not None and eos_id is not None:
+            # An encoder's framing (RoBERTa's <s> ... </s>), used by encode_batch(template=True).
+            hf.post_processor = processors.TemplateProcessing(
+                single=f"{tokens[bos_id]} $A {tokens[eos_id]}",
+                special_tokens=[(tokens[bos_id], bos_id), (tokens[eos_id], eos_id)],
+            )
         tok = cls(
             hf,
             byte_level=kind == "gpt2",
             strip_leading_space=space_prefix,
-            bos_id=meta.get("tokenizer.ggml.bos_token_id", default_bos),
+            bos_id=bos_id,
             eos_id=eos_id,
             eos_ids=frozenset(eog - {None}),
             add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", default_add_bos)),
@@ -256,7 +288,7 @@ class Tokenizer:
         decoder = json.loads(hf.decoder.__getstate__()) if hf.decoder else {}
         parts = decoder.get("decoders", [decoder])
         kinds = {d.get("type") for d in parts}
-        if not ("ByteLevel" in kinds or "ByteFallback" in kinds):
+        if not kinds & {"ByteLevel", "ByteFallback", "WordPiece"}:
             raise ValueError(f"unsupported tokenizer.json decoder {sorted(map(str, kinds))}")
 
         bos_id = _token_id(hf, config.get("bos_token"))
@@ -348,6 +380,8 @@ class Tokenizer:
         """tokenizer.* metadata for a tokenizer.json tokenizer (see gguf_metadata)."""
         config = json.loads(self._hf.to_str())
         model = config["model"]
+        if model.get("type") == "WordPiece":
+            return self._wordpiece_gguf_metadata(config)
         if model.get("type") != "BPE":
             raise ValueError(f"GGUF metadata needs a BPE tokenizer.json model, not {model.get('type')!r}")
         for option in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
@@ -423,9 +457,61 @@ class Tokenizer:
         for key, i in zip(("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"), extra, strict=False):
             meta[key] = i
         meta["tokenizer.ggml.add_bos_token"] = self.add_bos
+        if self.frames_with_eos():  # an encoder's <s> ... </s>: llama.cpp's add_bos + add_eos
+            meta["tokenizer.ggml.add_bos_token"] = meta["tokenizer.ggml.add_eos_token"] = True
         if self.chat_template is not None:
             meta["tokenizer.chat_template"] = self.chat_template
         return meta
+
+    def frames_with_eos(self) -> bool:
+        """Whether the post-processor frames a text as BOS ... EOS (RoBERTa's <s> ... </s>)."""
+        if self.bos_id is None or self.eos_id is None or self._hf.post_processor is None:
+            return False
+        framed = self._hf.encode("a", add_special_tokens=True).ids
+        return framed[:1] == [self.bos_id] and framed[-1:] == [self.eos_id]
+
+    def _wordpiece_gguf_metadata(self, config: dict[str, Any]) -> dict[str, Any]:
+        """llama.cpp's "bert" vocabulary (what its converter writes for BERT): word-initial pieces
+        get a leading "▁", continuation pieces lose their "##"; the framing tokens by id."""
+        normalizer = config.get("normalizer") or {}
+        if normalizer.get("type") != "BertNormalizer" or not normalizer.get("lowercase", True):
+            raise ValueError("llama.cpp's WordPiece lowercases: only uncased BERT vocabularies can be written to GGUF")
+        prefix = config["model"].get("continuing_subword_prefix", "##")
+        added = self._hf.get_added_tokens_decoder()
+        text = {i: t for t, i in config["model"]["vocab"].items()} | {i: t.content for i, t in added.items()}
+        tokens, types = [], []
+        for i in range(max(text) + 1):
+            token = text.get(i, f"[PAD{i}]")
+            if i in added or i not in text:
+                tokens.append(token)
+                types.append(_CONTROL if i in added else _UNUSED)
+            else:
+                tokens.append(token[len(prefix) :] if token.startswith(prefix) else "▁" + token)
+                types.append(_NORMAL)
+        meta: dict[str, Any] = {
+            "tokenizer.ggml.model": "bert",
+            "tokenizer.ggml.pre": "default",
+            "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.token_type": types,
+            "tokenizer.ggml.token_type_count": 2,
+        }
+        framed = self._hf.encode("a", add_special_tokens=True).ids
+        ids = {
+            "unknown_token_id": self._hf.token_to_id(config["model"].get("unk_token", "[UNK]")),
+            "cls_token_id": framed[0] if len(framed) > 2 else None,
+            "seperator_token_id": framed[-1] if len(framed) > 2 else None,  # llama.cpp's spelling
+            "padding_token_id": self._hf.token_to_id("[PAD]"),
+            "mask_token_id": self._hf.token_to_id("[MASK]"),
+        }
+        meta |= {f"tokenizer.ggml.{k}": v for k, v in ids.items() if v is not None}
+        return meta
+
+
+class Encoded(NamedTuple):
+    """A tokenized text: ids and each token's character span [start, end) in the text."""
+
+    ids: list[int]
+    offsets: list[tuple[int, int]]
 
 
 class StreamDecoder:
@@ -478,6 +564,48 @@ def _spm_tokenizer(
     steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
     hf.decoder = decoders.Sequence([*steps, decoders.Strip(" ", 1, 0)] if add_space_prefix else steps)
     return hf
+
+
+def _wordpiece_from_gguf(meta: dict[str, Any], tokens: list[str], types: list[int]) -> Tokenizer:
+    """llama.cpp's WPM vocabulary as a WordPiece tokenizer framed [CLS] ... [SEP].
+
+    llama.cpp's converter stores word-initial pieces with a leading "▁" and continuation pieces
+    without BERT's "##" (its "phantom space" form); the HF spelling is restored here. Like
+    llama.cpp's WPM, it lowercases and splits punctuation and CJK characters into words."""
+
+    spelled = [t[1:] if t.startswith("▁") else t if (ty == _CONTROL or t.startswith("[")) else "##" + t
+               for t, ty in zip(tokens, types, strict=True)]  # fmt: skip
+    vocab: dict[str, int] = {}
+    for i, t in enumerate(spelled):
+        vocab.setdefault(t, i)
+    unk = meta.get("tokenizer.ggml.unknown_token_id", 100)
+    cls_id = meta.get("tokenizer.ggml.cls_token_id", meta.get("tokenizer.ggml.bos_token_id", 101))
+    sep_id = meta.get("tokenizer.ggml.seperator_token_id", meta.get("tokenizer.ggml.eos_token_id", 102))
+    for name, i in (("unknown", unk), ("cls", cls_id), ("separator", sep_id)):
+        if not 0 <= i < len(tokens):
+            raise ValueError(f"tokenizer.ggml.{name} token id {i} is out of range")
+    hf = tokenizers.Tokenizer(models.WordPiece(vocab, unk_token=spelled[unk], max_input_chars_per_word=100))
+    hf.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=True)
+    hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    hf.decoder = decoders.WordPiece()
+    hf.add_special_tokens([spelled[i] for i, ty in enumerate(types) if ty == _CONTROL])
+    cls_text, sep_text = spelled[cls_id], spelled[sep_id]
+    hf.post_processor = processors.TemplateProcessing(
+        single=f"{cls_text} $A {sep_text}",
+        pair=f"{cls_text} $A {sep_text} $B:1 {sep_text}:1",
+        special_tokens=[(cls_text, cls_id), (sep_text, sep_id)],
+    )
+    tok = Tokenizer(
+        hf,
+        byte_level=False,
+        strip_leading_space=False,
+        bos_id=cls_id,
+        eos_id=sep_id,
+        eos_ids=frozenset({sep_id}),
+        add_bos=False,
+    )
+    tok._gguf_meta = {k: v for k, v in meta.items() if k.startswith("tokenizer.")}
+    return tok
 
 
 def _bpe_tokenizer(vocab: dict[str, int], merges: list[str], regex: str, ignore_merges: bool) -> tokenizers.Tokenizer:

@@ -89,6 +89,24 @@ int64_t rows_of(const Array& a) {
 
 std::vector<py::ssize_t> shape_of(const Array& a) { return {a.shape(), a.shape() + a.ndim()}; }
 
+// Keys and values of an attention call: same dtype (float32 or float16), same shape, contiguous.
+// Returns whether they are float16.
+bool kv_is_f16(const Array& k, const Array& v) {
+    const bool f16 = k.dtype().is(py::dtype::of<uint16_t>()) || k.dtype().is(py::dtype("float16"));
+    if (!f16) check_dtype<float>(k, "k", "float32 or float16");
+    if (!k.dtype().is(v.dtype())) throw py::type_error("keys and values must have the same dtype");
+    check_contiguous(k, "k");
+    check_contiguous(v, "v");
+    if (shape_of(k) != shape_of(v)) fail("keys " + shape_str(k) + " and values " + shape_str(v) + " differ in shape");
+    return f16;
+}
+
+void check_heads(int64_t hq, int64_t d, int64_t hkv, int64_t kv_d, const char* what) {
+    if (kv_d != d) fail("head_dim of q (" + std::to_string(d) + ") and " + what + " (" + std::to_string(kv_d) + ") differ");
+    if (d > kMaxHeadDim) fail("head_dim " + std::to_string(d) + " exceeds " + std::to_string(kMaxHeadDim));
+    if (hkv < 1 || hq % hkv) fail("query heads (" + std::to_string(hq) + ") must be a multiple of kv heads (" + std::to_string(hkv) + ")");
+}
+
 py::dict info() {
     const CpuFeatures& f = cpu_features();
     py::dict d;
@@ -223,28 +241,43 @@ PYBIND11_MODULE(_C, m) {
                           const py::object& out) {
         const float* qp = f32_in(q, "q", 3);
         const int64_t m_rows = q.shape(0), hq = q.shape(1), d = q.shape(2);
-        const bool f16 = k_cache.dtype().is(py::dtype::of<uint16_t>()) || k_cache.dtype().is(py::dtype("float16"));
-        if (!f16) check_dtype<float>(k_cache, "k_cache", "float32 or float16");
-        if (!k_cache.dtype().is(v_cache.dtype())) throw py::type_error("k_cache and v_cache must have the same dtype");
-        check_contiguous(k_cache, "k_cache");
-        check_contiguous(v_cache, "v_cache");
-        if (k_cache.ndim() != 3 || v_cache.ndim() != 3) fail("k_cache and v_cache must be 3-D [kv_heads, capacity, head_dim]");
-        if (shape_of(k_cache) != shape_of(v_cache)) fail("k_cache " + shape_str(k_cache) + " and v_cache " + shape_str(v_cache) + " differ in shape");
+        const bool f16 = kv_is_f16(k_cache, v_cache);
+        if (k_cache.ndim() != 3) fail("k_cache and v_cache must be 3-D [kv_heads, capacity, head_dim]");
         const int64_t hkv = k_cache.shape(0), t_cap = k_cache.shape(1);
-        if (k_cache.shape(2) != d) fail("head_dim of q (" + std::to_string(d) + ") and cache (" + std::to_string(k_cache.shape(2)) + ") differ");
-        if (d > kMaxHeadDim) fail("head_dim " + std::to_string(d) + " exceeds " + std::to_string(kMaxHeadDim));
-        if (hkv < 1 || hq % hkv) fail("query heads (" + std::to_string(hq) + ") must be a multiple of kv heads (" + std::to_string(hkv) + ")");
+        check_heads(hq, d, hkv, k_cache.shape(2), "cache");
         if (n_past < 0 || n_past + m_rows > t_cap)
             fail("positions " + std::to_string(n_past) + ".." + std::to_string(n_past + m_rows) + " exceed the cache capacity " + std::to_string(t_cap));
         Array y = f32_out(out, shape_of(q));
-        float* yp = static_cast<float*>(y.mutable_data());
         if (m_rows > 0) {
+            const AttentionArgs a{qp, k_cache.data(), v_cache.data(), f16, t_cap * d, d, m_rows, hq, hkv, d, n_past,
+                                  /*causal=*/true, scale, static_cast<float*>(y.mutable_data())};
             py::gil_scoped_release nogil;
-            ops::attention(qp, k_cache.data(), v_cache.data(), f16, t_cap, m_rows, hq, hkv, d, n_past, scale, yp);
+            ops::attention(a);
         }
         return y;
     }, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("n_past"), py::arg("scale"), py::arg("out") = py::none(),
        "Causal GQA: q [m, hq, d] at positions n_past.. against caches [hkv, capacity, d] (float32 or float16).");
+
+    m.def("self_attention", [](const Array& q, const Array& k, const Array& v, float scale, bool causal,
+                               const py::object& out) {
+        const float* qp = f32_in(q, "q", 3);
+        const int64_t m_rows = q.shape(0), hq = q.shape(1), d = q.shape(2);
+        const bool f16 = kv_is_f16(k, v);
+        if (k.ndim() != 3 || k.shape(0) != m_rows)
+            fail("k and v must be 3-D [" + std::to_string(m_rows) + ", kv_heads, head_dim], got " + shape_str(k));
+        const int64_t hkv = k.shape(1);
+        check_heads(hq, d, hkv, k.shape(2), "k");
+        Array y = f32_out(out, shape_of(q));
+        if (m_rows > 0) {
+            const AttentionArgs a{qp, k.data(), v.data(), f16, d, hkv * d, m_rows, hq, hkv, d, 0,
+                                  causal, scale, static_cast<float*>(y.mutable_data())};
+            py::gil_scoped_release nogil;
+            ops::attention(a);
+        }
+        return y;
+    }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"), py::arg("causal") = false, py::arg("out") = py::none(),
+       "GQA of one sequence's m rows among themselves: q [m, hq, d], k/v [m, hkv, d] (float32 or float16); "
+       "causal=False lets every row see all m keys (encoders).");
 
     m.def("rmsnorm", [](const Array& x, const Array& w, float eps, const py::object& out) {
         const float* xp = f32_in(x, "x");

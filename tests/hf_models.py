@@ -87,3 +87,89 @@ def build_hf_model(name: str, folder: Path, seed: int = 0) -> transformers.PreTr
 def hf_logits(model: transformers.PreTrainedModel, ids: list[int]):
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+# ---- encoders and task heads ----
+
+ENCODERS = {
+    "bert": (transformers.BertConfig, dict(hidden_size=64, num_attention_heads=4, intermediate_size=128)),
+    "roberta": (transformers.RobertaConfig, dict(hidden_size=64, num_attention_heads=2, intermediate_size=96)),
+    "distilbert": (transformers.DistilBertConfig, dict(dim=64, n_heads=4, hidden_dim=128)),
+}
+HEADS = {"": "AutoModel", "sequence": "AutoModelForSequenceClassification", "token": "AutoModelForTokenClassification"}
+SEQUENCE_LABELS = ["negative", "neutral", "positive"]
+TOKEN_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+
+def train_tokenizer(kind: str, folder: Path, text: str, vocab_size: int = VOCAB):
+    """A small real tokenizer trained on `text` and saved as folder/tokenizer.json: WordPiece
+    framed [CLS] ... [SEP] (bert, distilbert) or byte-level BPE framed <s> ... </s> (roberta)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    if kind == "roberta":
+        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        )
+        tok.train_from_iterator([text], trainer)
+        tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True)
+    else:
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        tok.train_from_iterator([text], trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
+        tok.post_processor = processors.BertProcessing(("[SEP]", 3), ("[CLS]", 2))
+    tok.save(str(folder / "tokenizer.json"))
+    return tok
+
+
+def build_encoder(kind: str, head: str, folder: Path, seed: int = 0, text: str = "") -> transformers.PreTrainedModel:
+    """A random BERT / RoBERTa / DistilBERT (with a sequence or token classifier when `head` says
+    so) saved to `folder`, with a tokenizer trained on `text` when given; the torch model (eval)."""
+    config_cls, overrides = ENCODERS[kind]
+    labels = {"sequence": SEQUENCE_LABELS, "token": TOKEN_LABELS}.get(head, [])
+    extra = dict(id2label=dict(enumerate(labels)), label2id={k: i for i, k in enumerate(labels)}) if labels else {}
+    if kind == "distilbert":
+        config = config_cls(vocab_size=VOCAB, max_position_embeddings=CTX, n_layers=2, **overrides, **extra)
+    else:
+        pad = {"pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2} if kind == "roberta" else {}
+        ctx = CTX + 2 if kind == "roberta" else CTX
+        sizes = dict(vocab_size=VOCAB, max_position_embeddings=ctx, num_hidden_layers=2, type_vocab_size=2)
+        config = config_cls(**sizes, **pad, **overrides, **extra)
+    torch.manual_seed(seed)
+    model = getattr(transformers, HEADS[head]).from_config(config).eval()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "LayerNorm" in pname or "layer_norm" in pname or pname.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(folder, safe_serialization=True)
+    if text:
+        train_tokenizer(kind, folder, text)
+    return model
+
+
+def build_decoder_head(
+    name: str, head: str, folder: Path, seed: int = 0, vocab: int = VOCAB
+) -> transformers.PreTrainedModel:
+    """A random decoder of CONFIGS with a sequence or token classifier, saved to `folder`."""
+    kind, overrides = CONFIGS[name]
+    labels = SEQUENCE_LABELS if head == "sequence" else TOKEN_LABELS
+    extra = dict(id2label=dict(enumerate(labels)), label2id={k: i for i, k in enumerate(labels)})
+    torch.manual_seed(seed)
+    if kind == "gpt2":
+        config = transformers.GPT2Config(vocab_size=vocab, n_positions=CTX, pad_token_id=0, **overrides, **extra)
+    else:
+        cls = transformers.Qwen2Config if kind == "qwen2" else transformers.LlamaConfig
+        config = cls(vocab_size=vocab, max_position_embeddings=CTX, pad_token_id=0, **overrides, **extra)
+    model = getattr(transformers, HEADS[head]).from_config(config).eval()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "norm" in pname or "ln_" in pname or pname.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(folder, safe_serialization=True)
+    return model

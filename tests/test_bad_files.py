@@ -197,6 +197,6 @@ def test_malformed_safetensors(tmp_path):
     st.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 100)
     with pytest.raises(ModelFileError, match="past the end"):
         corelm.load(folder)
-    (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(ModelFileError, match="unsupported architecture 'bert'"):
+    (folder / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    with pytest.raises(ModelFileError, match="unsupported architecture 't5'"):
         corelm.load(folder)

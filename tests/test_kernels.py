@@ -294,13 +294,14 @@ def test_embedding_rows(wtype):
 # ---- attention ----
 
 
-def attention_np(q, k, v, n_past, scale):
+def attention_np(q, k, v, n_past, scale, causal=True):
+    """k, v: [hkv, keys, d]."""
     m, hq, d = q.shape
     hkv = k.shape[0]
     out = np.zeros((m, hq, d))
     kf, vf = k.astype(np.float64), v.astype(np.float64)
     for i in range(m):
-        n_keys = n_past + i + 1
+        n_keys = n_past + i + 1 if causal else n_past + m
         for h in range(hq):
             g = h // (hq // hkv)
             s = kf[g, :n_keys] @ q[i, h].astype(np.float64) * scale
@@ -328,6 +329,27 @@ def test_attention_matches_numpy(isa, d, cache, m, n_past, heads, seed):
     scale = 1.0 / np.sqrt(d)
     y = _C.attention(q, k, v, n_past, scale)
     np.testing.assert_allclose(y, attention_np(q, k, v, n_past, scale), rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("d", [32, 64, 80])
+@pytest.mark.parametrize("kv", ["float32", "float16"])
+@pytest.mark.parametrize("causal", [False, True])
+@given(
+    m=st.sampled_from([1, 3, 64, 65, 150]),
+    heads=st.sampled_from([(1, 1), (12, 12), (8, 2)]),
+    seed=st.integers(0, 2**31 - 1),
+)
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_self_attention_matches_numpy(isa, d, kv, causal, m, heads, seed):
+    """A step's own rows [m, hkv, d] as keys: every row sees all of them (encoders) or its past."""
+    rng = np.random.default_rng(seed)
+    hq, hkv = heads
+    q = rand(rng, m, hq, d)
+    k = rand(rng, m, hkv, d).astype(kv)
+    v = rand(rng, m, hkv, d).astype(kv)
+    y = _C.self_attention(q, k, v, 0.125, causal=causal)
+    expected = attention_np(q, k.transpose(1, 0, 2), v.transpose(1, 0, 2), 0, 0.125, causal=causal)
+    np.testing.assert_allclose(y, expected, rtol=0, atol=2e-5)
 
 
 # ---- norms, rope, activations ----
@@ -436,6 +458,11 @@ def test_bad_calls_raise_clear_errors():
         _C.attention(rand(rng, 1, 4, 32), cache, cache, 0, 0.1)
     with pytest.raises(TypeError, match="same dtype"):
         _C.attention(q, cache, cache.astype(np.float16), 0, 0.1)
+    rows = rand(rng, 3, 2, 64)
+    with pytest.raises(ValueError, match=r"\[1, kv_heads, head_dim\]"):
+        _C.self_attention(q, rows, rows, 0.1)
+    with pytest.raises(ValueError, match="differ in shape"):
+        _C.self_attention(rand(rng, 3, 4, 64), rows, rows[:, :1].copy(), 0.1)
     with pytest.raises(ValueError, match="rotary dims"):
         _C.rope(rand(rng, 1, 1, 8), np.zeros(1, np.int32), np.ones(8, np.float32), False)
     with pytest.raises(ValueError, match="writeable"):

@@ -17,6 +17,7 @@ import gguf
 import numpy as np
 
 from corelm.kernels import Weight, WeightType
+from corelm.models import ARCHITECTURES
 from corelm.models.base import Model, ModelConfig
 
 
@@ -42,6 +43,13 @@ def _add_value(w: gguf.GGUFWriter, key: str, value: Any) -> None:
 
 
 def _hparams(w: gguf.GGUFWriter, c: ModelConfig) -> None:
+    module = ARCHITECTURES[c.arch][1]
+    if hasattr(module, "write_hparams"):
+        module.write_hparams(w, c)
+        return
+    if c.head:  # a decoder with a classifier: llama.cpp's keys for it
+        w.add_pooling_type(gguf.PoolingType.RANK if c.head == "sequence" else gguf.PoolingType.NONE)
+        w.add_array(f"{c.arch}.classifier.output_labels", c.labels)
     w.add_context_length(c.ctx)
     w.add_embedding_length(c.n_embd)
     w.add_block_count(c.n_layer)

@@ -14,9 +14,9 @@ from tqdm import tqdm
 from corelm import kernels
 from corelm.formats import ModelFileError
 from corelm.formats.gguf import GGUFFile, load_gguf
-from corelm.formats.hf import is_hf_dir, load_hf_tensors, read_json
+from corelm.formats.hf import is_hf_dir, load_hf_tensors, read_json, sentence_transformers_settings
 from corelm.kernels import Weight, WeightType
-from corelm.models import gpt2, llama
+from corelm.models import bert, gpt2, llama
 from corelm.models.base import Model, ModelConfig, as_weight, to_f32
 from corelm.tokenizer import Tokenizer
 
@@ -27,8 +27,15 @@ ARCHITECTURES: dict[str, tuple[type[Model], Any]] = {
     "llama": (llama.Llama, llama),
     "qwen2": (llama.Llama, llama),
     "gpt2": (gpt2.GPT2, gpt2),
+    "bert": (bert.Bert, bert),
 }
-HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "gpt2": "gpt2"}
+HF_MODEL_TYPES = {
+    "llama": "llama",
+    "mistral": "llama",
+    "qwen2": "qwen2",
+    "gpt2": "gpt2",
+    **dict.fromkeys(bert.HF_MODEL_TYPES, "bert"),
+}
 KERNEL_TYPES = {int(t) for t in WeightType if not t.packed}
 # load(..., quant=NAME): every matrix whose rows fit the type's blocks is converted while loading
 QUANT_NAMES = {
@@ -99,17 +106,19 @@ def load_hf(folder: Path, quant: str | None = None) -> tuple[Model, Tokenizer | 
     cls, module = ARCHITECTURES[HF_MODEL_TYPES[model_type]]
     try:
         config = module.config_from_hf(cfg)
+        config.head, config.labels = bert.head_of_hf(cfg)
     except KeyError as e:
         raise ModelFileError(f"{folder}/config.json: missing {e}") from e
     qtype = _quant_type(quant)
     table = _hf_name_table(module.HF_NAMES, config.n_layer)
     transposed = getattr(module, "TRANSPOSED", ())
+    prefixes = ("", *getattr(module, "HF_PREFIXES", ("transformer.", "model.")))
     tensors = load_hf_tensors(folder)
     weights: dict[str, Any] = {}
     for hf_name, (dtype, array) in _progress(
         tensors.items(), "loading", len(tensors), sum(a.nbytes for _, a in tensors.values())
     ):
-        name = table.get(hf_name) or table.get("transformer." + hf_name) or table.get("model." + hf_name)
+        name = next((table[n] for n in _hf_spellings(hf_name, prefixes) if n in table), None)
         if name is None:
             log.debug("ignoring tensor %s", hf_name)
             continue
@@ -120,14 +129,36 @@ def load_hf(folder: Path, quant: str | None = None) -> tuple[Model, Tokenizer | 
             weights[name] = _maybe_quantize(as_weight(dtype, array), qtype)
         else:
             weights[name] = to_f32(dtype, array).reshape(-1)
+    _drop_unused_head(weights, config)
     tokenizer = Tokenizer.from_hf_dir(folder) if (folder / "tokenizer.json").is_file() else None
+    for key, value in sentence_transformers_settings(folder).items():
+        setattr(config, key, value)
     return pack_for_kernels(cls(config, weights)), tokenizer
+
+
+def _hf_spellings(name: str, prefixes: tuple[str, ...]) -> list[str]:
+    """A parameter name with each of the architecture's prefixes added or removed."""
+    return [name] + [p + name for p in prefixes if p] + [name[len(p) :] for p in prefixes if p and name.startswith(p)]
+
+
+def _drop_unused_head(weights: dict[str, Any], config: ModelConfig) -> None:
+    """A classifier's dense layer without the classifier (BERT's pooler in a plain BertModel) is
+    never used: leave it out. A classifier the config does not describe is an error."""
+    if "cls.output.weight" not in weights:
+        config.head, config.labels = "", []
+        for name in ("cls.weight", "cls.bias"):
+            weights.pop(name, None)
+    elif config.head and weights["cls.output.weight"].n != len(config.labels):
+        outputs = weights["cls.output.weight"].n
+        raise ModelFileError(f"the classifier has {outputs} outputs but the config names {len(config.labels)} labels")
+    elif not config.head:
+        raise ModelFileError("the weights hold a classifier but config.json names no *Classification architecture")
 
 
 # ---- GGUF ----
 
 
-def config_from_gguf(meta: dict[str, Any], arch: str, vocab: int, tied: bool) -> ModelConfig:
+def config_from_gguf(meta: dict[str, Any], arch: str, vocab: int, tied: bool, n_labels: int) -> ModelConfig:
     def get(key: str, default: Any = None) -> Any:
         value = meta.get(f"{arch}.{key}", default)
         if value is None:
@@ -143,6 +174,8 @@ def config_from_gguf(meta: dict[str, Any], arch: str, vocab: int, tied: bool) ->
     elif scaling not in ("none", None):
         raise ModelFileError(f"unsupported rope scaling {scaling!r}")
     eps_key = "attention.layer_norm_epsilon" if arch == "gpt2" else "attention.layer_norm_rms_epsilon"
+    labels = [str(s) for s in meta.get(f"{arch}.classifier.output_labels", [])]
+    head = ("sequence" if meta.get(f"{arch}.pooling_type") == bert.RANK else "token") if n_labels else ""
     return ModelConfig(
         arch=arch,
         vocab_size=vocab,
@@ -159,6 +192,8 @@ def config_from_gguf(meta: dict[str, Any], arch: str, vocab: int, tied: bool) ->
         rope_scaling=rope,
         tied_embeddings=tied,
         qkv_bias=arch != "llama",
+        head=head,
+        labels=labels or [f"LABEL_{i}" for i in range(n_labels)],
     )
 
 
@@ -189,13 +224,17 @@ def load_gguf_model(path: Path, quant: str | None = None) -> tuple[Model, Tokeni
     if "token_embd.weight" not in f.tensors:
         raise ModelFileError(f"{path}: no token_embd.weight tensor")
     qtype = _quant_type(quant)
-    cls, _ = ARCHITECTURES[arch]
+    cls, module = ARCHITECTURES[arch]
     try:
         weights: dict[str, Any] = {}
         for name, t in _progress(f.tensors.items(), "loading", len(f.tensors), f.path.stat().st_size):
             weights[name] = _gguf_weight(t, qtype)
         vocab = weights["token_embd.weight"].n
-        config = config_from_gguf(f.metadata, arch, vocab, tied="output.weight" not in weights)
+        if hasattr(module, "config_from_gguf"):
+            config = module.config_from_gguf(f.metadata, vocab, weights)
+        else:
+            n_labels = weights["cls.output.weight"].n if "cls.output.weight" in weights else 0
+            config = config_from_gguf(f.metadata, arch, vocab, "output.weight" not in weights, n_labels)
         tokenizer = Tokenizer.from_gguf_metadata(f.metadata) if "tokenizer.ggml.model" in f.metadata else None
         model = cls(config, weights)
     except ModelFileError:
@@ -213,30 +252,7 @@ def load_gguf_model(path: Path, quant: str | None = None) -> tuple[Model, Tokeni
 def _check_shapes(model: Model, path: Path) -> None:
     """Matrix shapes must agree with the config, or a kernel call would be asked for nonsense."""
     c = model.config
-    hd = c.head_dim
-    expected = {"token_embd.weight": (c.vocab_size, c.n_embd)}
-    for i in range(c.n_layer):
-        if c.arch == "gpt2":
-            expected.update(
-                {
-                    f"blk.{i}.attn_qkv.weight": (3 * c.n_embd, c.n_embd),
-                    f"blk.{i}.attn_output.weight": (c.n_embd, c.n_embd),
-                    f"blk.{i}.ffn_up.weight": (c.n_ff, c.n_embd),
-                    f"blk.{i}.ffn_down.weight": (c.n_embd, c.n_ff),
-                }
-            )
-        else:
-            expected.update(
-                {
-                    f"blk.{i}.attn_q.weight": (c.n_head * hd, c.n_embd),
-                    f"blk.{i}.attn_k.weight": (c.n_head_kv * hd, c.n_embd),
-                    f"blk.{i}.attn_v.weight": (c.n_head_kv * hd, c.n_embd),
-                    f"blk.{i}.attn_output.weight": (c.n_embd, c.n_head * hd),
-                    f"blk.{i}.ffn_gate.weight": (c.n_ff, c.n_embd),
-                    f"blk.{i}.ffn_up.weight": (c.n_ff, c.n_embd),
-                    f"blk.{i}.ffn_down.weight": (c.n_embd, c.n_ff),
-                }
-            )
+    expected = ARCHITECTURES[c.arch][1].expected_shapes(c)
     for name, shape in expected.items():
         w = model.w.get(name)
         if w is not None and (w.n, w.k) != shape:

@@ -1,9 +1,16 @@
-"""What every architecture shares: the config, the weights, and the transformer skeleton.
+"""What every architecture shares: the config, the weights, the transformer skeleton and the
+task heads on top of it.
 
 Weights are keyed by llama.cpp's GGUF tensor names (token_embd.weight, blk.0.attn_q.weight,
 ...) whatever file they came from; each architecture file maps Hugging Face names onto them.
 A forward pass is a sequence of native kernel calls over float32 activations [T, C]
-(T tokens of this step, C = n_embd).
+(T tokens of this step, C = n_embd). A batch is its sequences' rows one after another, with
+no padding: matrix products run on all rows, attention on each sequence's own rows.
+
+Heads (llama.cpp's names): the language-model head `output` (or the tied `token_embd`); a
+classifier `cls.output` on the pooled hidden state (sequence classification) or on every row
+(token classification), after an optional dense layer `cls` with its activation (BERT's pooler,
+RoBERTa's classifier.dense, DistilBERT's pre_classifier).
 """
 
 from __future__ import annotations
@@ -36,6 +43,20 @@ class ModelConfig:
     rope_scaling: dict[str, Any] = field(default_factory=dict)  # HF rope_scaling ({} = none)
     tied_embeddings: bool = False
     qkv_bias: bool = False
+    causal: bool = True  # False: encoders, every token sees the whole sequence
+    pooling: str = ""  # sentence embedding: "mean", "cls" or "last" ("": the architecture's default)
+    head: str = ""  # classifier on top: "sequence", "token" or "" (none)
+    labels: list[str] = field(default_factory=list)  # the classifier's outputs, in order
+    head_act: str = ""  # activation after the `cls` dense layer: "tanh", "relu" or ""
+    pos_offset: int = 0  # rows of position_embd before position 0 (RoBERTa: padding_idx + 1)
+    normalize: bool = True  # embeddings scaled to unit length (sentence-transformers' Normalize)
+    max_tokens: int = 0  # longer texts are cut to this many tokens when embedded or classified (0: ctx)
+
+    @property
+    def default_pooling(self) -> str:
+        """How a sequence becomes one vector when nothing says otherwise: encoders average their
+        tokens (sentence-transformers' default), decoders take the last one (it has seen them all)."""
+        return self.pooling or ("last" if self.causal else "mean")
 
     def __post_init__(self) -> None:
         if self.head_dim == 0:
@@ -45,6 +66,10 @@ class ModelConfig:
                 raise ValueError(f"model config: {name} must be positive, got {getattr(self, name)}")
         if self.n_head % self.n_head_kv:
             raise ValueError(f"model config: {self.n_head} heads is not a multiple of {self.n_head_kv} kv heads")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"model config: unknown pooling {self.pooling!r} (known: {', '.join(POOLINGS[1:])})")
+        if self.head not in ("", "sequence", "token"):
+            raise ValueError(f"model config: unknown head {self.head!r}")
 
     def rope_inv_freq(self) -> np.ndarray:
         """Inverse frequencies of the rotary pairs, with the config's scaling applied."""
@@ -69,6 +94,7 @@ class ModelConfig:
         return inv.astype(np.float32)
 
 
+POOLINGS = ("", "mean", "cls", "last")
 Weights = dict[str, Any]  # name -> Weight (matrices) or float32 ndarray (norms, biases)
 
 
@@ -130,17 +156,60 @@ class Model:
         (all_logits) or for the last row of each segment [len(segments), vocab]. The
         returned array is reused by the next call: copy it to keep it.
         """
-        for s in segments:
-            if s.pos + s.length > s.cache.capacity:
-                raise ValueError(f"context full: {s.pos} + {s.length} tokens exceed the context of {s.cache.capacity}")
-        step = Step.make(segments, self.workspace(len(tokens)))
-        x = self.embed(tokens, step)
-        for layer in range(self.config.n_layer):
-            self.block(x, layer, step)
+        x, step = self._layers(tokens, segments)
         if not all_logits:
             x = x[step.last_rows] if len(segments) > 1 or x.shape[0] > 1 else x
         h = self.final_norm(x, step.ws.get("logits_norm", x.shape))
         return kernels.matmul(h, self.output_weight(), out=step.ws.get("logits", (x.shape[0], self.config.vocab_size)))
+
+    def hidden_states(self, tokens: np.ndarray, segments: list[Segment]) -> tuple[np.ndarray, Step]:
+        """The last layer's output after the final norm, [T, C] for all rows, and the step that
+        says which rows are whose. Reused by the next call: copy to keep."""
+        x, step = self._layers(tokens, segments)
+        return self.final_norm(x, step.ws.get("hidden", x.shape)), step
+
+    def _layers(self, tokens: np.ndarray, segments: list[Segment]) -> tuple[np.ndarray, Step]:
+        for s in segments:
+            if s.cache is not None and s.pos + s.length > s.cache.capacity:
+                raise ValueError(f"context full: {s.pos} + {s.length} tokens exceed the context of {s.cache.capacity}")
+            if s.cache is None and self.config.causal:
+                raise ValueError("a decoder step needs a KV cache for every segment")
+        tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+        step = Step.make(segments, self.workspace(len(tokens)))
+        x = self.embed(tokens, step)
+        for layer in range(self.config.n_layer):
+            self.block(x, layer, step)
+        return x, step
+
+    # ---- task heads ----
+
+    def pool(self, h: np.ndarray, step: Step, how: str) -> np.ndarray:
+        """One vector per segment from hidden states h [T, C]: the mean of its rows, its first
+        row ("cls") or its last row. -> [len(segments), C] (a new array)."""
+        if how == "mean":
+            return np.stack([h[r].mean(axis=0) for r in step.rows])
+        if how == "cls":
+            return h[[r.start for r in step.rows]]
+        if how == "last":
+            return h[step.last_rows]
+        raise ValueError(f"unknown pooling {how!r} (known: mean, cls, last)")
+
+    def classifier_logits(self, h: np.ndarray, step: Step) -> np.ndarray:
+        """The classifier head's logits: [segments, labels] for a sequence head (first row of
+        each sequence for encoders, last row for decoders, as transformers pools), [T, labels]
+        for a token head. A new array."""
+        c = self.config
+        if not c.head or "cls.output.weight" not in self.w:
+            raise ValueError(f"this {c.arch} model has no classification head (it embeds; it cannot classify or tag)")
+        if c.head == "sequence":
+            h = np.ascontiguousarray(self.pool(h, step, "last" if c.causal else "cls"))
+        if "cls.weight" in self.w:
+            h = self.linear(h, "cls", np.empty((h.shape[0], self.w["cls.weight"].n), np.float32))
+            if c.head_act == "tanh":
+                np.tanh(h, out=h)
+            elif c.head_act == "relu":
+                np.maximum(h, 0, out=h)
+        return self.linear(h, "cls.output", np.empty((h.shape[0], self.w["cls.output.weight"].n), np.float32))
 
     def workspace(self, t: int) -> Workspace:
         # Decode steps (few rows) reuse their buffers across calls: a token allocates nothing.
@@ -174,9 +243,10 @@ class Model:
 
 @dataclass
 class Segment:
-    """One sequence's share of a batched step: `length` tokens at positions pos.. in `cache`."""
+    """One sequence's share of a batched step: `length` tokens at positions pos.. in `cache`
+    (None for an encoder, whose sequences attend only to their own rows of the step)."""
 
-    cache: KVCache
+    cache: KVCache | None
     pos: int
     length: int
 

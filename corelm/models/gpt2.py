@@ -21,6 +21,10 @@ HF_NAMES = {
     "transformer.ln_f.weight": "output_norm.weight",
     "transformer.ln_f.bias": "output_norm.bias",
     "lm_head.weight": "output.weight",
+    # GPT2ForSequenceClassification's `score` (no bias), GPT2ForTokenClassification's `classifier`
+    "score.weight": "cls.output.weight",
+    "classifier.weight": "cls.output.weight",
+    "classifier.bias": "cls.output.bias",
     **{
         f"transformer.h.{{i}}.{hf}.{kind}": f"blk.{{i}}.{gg}.{kind}"
         for hf, gg in (
@@ -51,6 +55,18 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
         tied_embeddings=True,
         qkv_bias=True,
     )
+
+
+def expected_shapes(c: ModelConfig) -> dict[str, tuple[int, int]]:
+    shapes = {"token_embd.weight": (c.vocab_size, c.n_embd)}
+    for i in range(c.n_layer):
+        shapes |= {
+            f"blk.{i}.attn_qkv.weight": (3 * c.n_embd, c.n_embd),
+            f"blk.{i}.attn_output.weight": (c.n_embd, c.n_embd),
+            f"blk.{i}.ffn_up.weight": (c.n_ff, c.n_embd),
+            f"blk.{i}.ffn_down.weight": (c.n_embd, c.n_ff),
+        }
+    return shapes
 
 
 class GPT2(Model):

@@ -30,6 +30,9 @@ HF_NAMES = {
     "model.layers.{i}.mlp.gate_proj.weight": "blk.{i}.ffn_gate.weight",
     "model.layers.{i}.mlp.up_proj.weight": "blk.{i}.ffn_up.weight",
     "model.layers.{i}.mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
+    # *ForSequenceClassification / *ForTokenClassification heads
+    "score.weight": "cls.output.weight",
+    "score.bias": "cls.output.bias",
 }
 
 
@@ -57,6 +60,21 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
         tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         qkv_bias=cfg["model_type"] == "qwen2" or bool(cfg.get("attention_bias", False)),
     )
+
+
+def expected_shapes(c: ModelConfig) -> dict[str, tuple[int, int]]:
+    hd, shapes = c.head_dim, {"token_embd.weight": (c.vocab_size, c.n_embd)}
+    for i in range(c.n_layer):
+        shapes |= {
+            f"blk.{i}.attn_q.weight": (c.n_head * hd, c.n_embd),
+            f"blk.{i}.attn_k.weight": (c.n_head_kv * hd, c.n_embd),
+            f"blk.{i}.attn_v.weight": (c.n_head_kv * hd, c.n_embd),
+            f"blk.{i}.attn_output.weight": (c.n_embd, c.n_head * hd),
+            f"blk.{i}.ffn_gate.weight": (c.n_ff, c.n_embd),
+            f"blk.{i}.ffn_up.weight": (c.n_ff, c.n_embd),
+            f"blk.{i}.ffn_down.weight": (c.n_embd, c.n_ff),
+        }
+    return shapes
 
 
 class Llama(Model):

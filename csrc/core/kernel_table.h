@@ -24,18 +24,25 @@ struct MatmulArgs {
 };
 using MatmulFn = void (*)(const MatmulArgs&, int64_t n0, int64_t n1);
 
-// Causal grouped-query attention of m query rows at positions n_past .. n_past+m-1 against
-// a cache holding keys/values of positions 0 .. n_past+m-1. Work is split in tasks of
-// (query row, kv head): task t covers row t / hkv, kv head t % hkv, and its hq/hkv heads.
+// Grouped-query attention of m query rows at positions n_past .. n_past+m-1 against keys/values
+// of positions 0 .. n_past+m-1. Causal: a row sees the keys up to its own position (decoders);
+// otherwise every row sees all n_past+m keys (encoders). Key j of kv head h starts at element
+// h * kv_head_stride + j * kv_row_stride of k and v: a cache [hkv, capacity, d] or a step's own
+// [m, hkv, d] rows. Work is split in tasks of (query row, kv head): task t covers row t / hkv,
+// kv head t % hkv, and its hq/hkv heads.
 struct AttentionArgs {
     const float* q;              // [m, hq, d]
-    const void* k;               // [hkv, t_cap, d], fp32 or fp16
-    const void* v;               // [hkv, t_cap, d], same type as k
+    const void* k;               // fp32 or fp16
+    const void* v;               // same type and layout as k
     bool f16_cache;
-    int64_t t_cap;
+    int64_t kv_head_stride, kv_row_stride;
     int64_t m, hq, hkv, d, n_past;
+    bool causal;
     float scale;
     float* out;                  // [m, hq, d]
+
+    int64_t keys_of_row(int64_t row) const { return causal ? n_past + row + 1 : n_past + m; }
+    int64_t kv_at(int64_t head, int64_t key) const { return head * kv_head_stride + key * kv_row_stride; }
 };
 using AttentionFn = void (*)(const AttentionArgs&, int64_t task0, int64_t task1);
 

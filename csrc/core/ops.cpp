@@ -159,12 +159,10 @@ void dequantize(const uint8_t* w, WeightType t, int64_t rows, int64_t k, float* 
     });
 }
 
-void attention(const float* q, const void* k_cache, const void* v_cache, bool f16_cache, int64_t t_cap,
-               int64_t m, int64_t hq, int64_t hkv, int64_t d, int64_t n_past, float scale, float* out) {
+void attention(const AttentionArgs& a) {
     const KernelTable& kt = kernels();
-    const AttentionArgs a{q, k_cache, v_cache, f16_cache, t_cap, m, hq, hkv, d, n_past, scale, out};
-    const int64_t work = m * hq * d * (n_past + m);
-    parallel(m * hkv, 1, work, [&](int64_t t0, int64_t t1) { kt.attention(a, t0, t1); });
+    const int64_t work = a.m * a.hq * a.d * (a.n_past + a.m);
+    parallel(a.m * a.hkv, 1, work, [&](int64_t t0, int64_t t1) { kt.attention(a, t0, t1); });
 }
 
 void rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t d, float eps) {

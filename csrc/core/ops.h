@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "formats.h"
+#include "kernel_table.h"
 
 namespace corelm::ops {
 
@@ -22,8 +23,7 @@ void pack(const uint8_t* w, WeightType packed, int64_t n, int64_t k, uint8_t* ou
 void unpack(const uint8_t* w, WeightType packed, int64_t n, int64_t k, uint8_t* out);
 void dequantize(const uint8_t* w, WeightType t, int64_t rows, int64_t k, float* out);
 
-void attention(const float* q, const void* k_cache, const void* v_cache, bool f16_cache, int64_t t_cap,
-               int64_t m, int64_t hq, int64_t hkv, int64_t d, int64_t n_past, float scale, float* out);
+void attention(const AttentionArgs& a);
 
 void rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t d, float eps);
 void layernorm(const float* x, const float* w, const float* b, float* y, int64_t rows, int64_t d, float eps);

@@ -1,0 +1,244 @@
+"""BERT-family encoders: BERT (MiniLM, BGE, ...), RoBERTa and DistilBERT, with their task heads.
+
+Embeddings: x = LN(word + position + token type)   (RoBERTa's positions start at padding_idx + 1)
+Per block (post-LayerNorm):  x = LN(x + Wo·attn(Wq·x, Wk·x, Wv·x));  x = LN(x + Wd·gelu(Wu·x))
+Attention is bidirectional within each sequence of a batch: sequences are stored one after
+another with no padding, and each attends to its own rows only (no KV cache).
+
+GGUF: llama.cpp's `bert` layout and keys (token_types, token_embd_norm, attn_output_norm,
+layer_output_norm; bert.pooling_type; bert.classifier.output_labels). RoBERTa and DistilBERT
+are written in the same layout: RoBERTa's position rows before its first position are dropped
+at load (as llama.cpp's converter does), DistilBERT's ReLU head is the one corelm.* key.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import gguf
+import numpy as np
+
+from corelm import _C, kernels
+from corelm.kernels import Weight
+from corelm.models.base import Model, ModelConfig, Step
+
+# Hugging Face parameter names (after the "bert." / "roberta." / "distilbert." prefix) -> GGUF
+# names; "{i}" is the layer, "{kind}" weight or bias.
+_LAYER_NAMES = {
+    # BERT, RoBERTa
+    "encoder.layer.{i}.attention.self.query": "attn_q",
+    "encoder.layer.{i}.attention.self.key": "attn_k",
+    "encoder.layer.{i}.attention.self.value": "attn_v",
+    "encoder.layer.{i}.attention.output.dense": "attn_output",
+    "encoder.layer.{i}.attention.output.LayerNorm": "attn_output_norm",
+    "encoder.layer.{i}.intermediate.dense": "ffn_up",
+    "encoder.layer.{i}.output.dense": "ffn_down",
+    "encoder.layer.{i}.output.LayerNorm": "layer_output_norm",
+    # DistilBERT
+    "transformer.layer.{i}.attention.q_lin": "attn_q",
+    "transformer.layer.{i}.attention.k_lin": "attn_k",
+    "transformer.layer.{i}.attention.v_lin": "attn_v",
+    "transformer.layer.{i}.attention.out_lin": "attn_output",
+    "transformer.layer.{i}.sa_layer_norm": "attn_output_norm",
+    "transformer.layer.{i}.ffn.lin1": "ffn_up",
+    "transformer.layer.{i}.ffn.lin2": "ffn_down",
+    "transformer.layer.{i}.output_layer_norm": "layer_output_norm",
+}
+_OTHER_NAMES = {
+    "embeddings.LayerNorm": "token_embd_norm",
+    # heads: the dense layer before the classifier, then the classifier
+    "pooler.dense": "cls",  # BERT (tanh); kept only when a classifier follows
+    "classifier.dense": "cls",  # RoBERTa (tanh)
+    "pre_classifier": "cls",  # DistilBERT (ReLU)
+    "classifier.out_proj": "cls.output",  # RoBERTa
+    "classifier": "cls.output",
+}
+HF_NAMES = {
+    "embeddings.word_embeddings.weight": "token_embd.weight",
+    "embeddings.position_embeddings.weight": "position_embd.weight",
+    "embeddings.token_type_embeddings.weight": "token_types.weight",
+    **{f"{hf}.{kind}": f"blk.{{i}}.{gg}.{kind}" for hf, gg in _LAYER_NAMES.items() for kind in ("weight", "bias")},
+    **{f"{hf}.{kind}": f"{gg}.{kind}" for hf, gg in _OTHER_NAMES.items() for kind in ("weight", "bias")},
+}
+HF_PREFIXES = ("bert.", "roberta.", "distilbert.")
+HF_MODEL_TYPES = ("bert", "roberta", "distilbert", "xlm-roberta")
+_LAYER_TENSORS = ("attn_q", "attn_k", "attn_v", "attn_output", "attn_output_norm", "ffn_up", "ffn_down",
+                  "layer_output_norm")  # fmt: skip
+
+# llama.cpp's enum llama_pooling_type, as stored in {arch}.pooling_type
+POOLING_TYPES = {"": 0, "mean": 1, "cls": 2, "last": 3}
+RANK = 4  # a sequence classifier on the pooled state (llama.cpp's rerankers)
+
+
+def head_of_hf(cfg: dict[str, Any]) -> tuple[str, list[str]]:
+    """The task head an HF config describes: ("sequence" | "token" | "", labels in id order)."""
+    archs = " ".join(cfg.get("architectures") or [])
+    head = "sequence" if "SequenceClassification" in archs else "token" if "TokenClassification" in archs else ""
+    if not head:
+        return "", []
+    id2label = cfg.get("id2label") or {}
+    n = int(cfg.get("num_labels") or len(id2label) or 2)
+    return head, [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
+
+
+def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
+    head, labels = head_of_hf(cfg)
+    if cfg["model_type"] == "distilbert":
+        if cfg.get("sinusoidal_pos_embds"):
+            raise ValueError("DistilBERT with sinusoidal position embeddings is not supported")
+        activation = cfg.get("activation", "gelu")
+        width, heads, layers, ff, eps = cfg["dim"], cfg["n_heads"], cfg["n_layers"], cfg["hidden_dim"], 1e-12
+        head_act = "relu"
+    else:
+        activation = cfg.get("hidden_act", "gelu")
+        width, heads, layers = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_hidden_layers"]
+        ff, eps, head_act = cfg["intermediate_size"], cfg.get("layer_norm_eps", 1e-12), "tanh"
+    if activation != "gelu":
+        raise ValueError(f"unsupported activation {activation!r} (supported: gelu)")
+    roberta = cfg["model_type"] in ("roberta", "xlm-roberta")
+    offset = int(cfg.get("pad_token_id", 1)) + 1 if roberta else 0
+    return ModelConfig(
+        arch="bert",
+        vocab_size=cfg["vocab_size"],
+        n_layer=layers,
+        n_embd=width,
+        n_head=heads,
+        n_head_kv=heads,
+        n_ff=ff,
+        ctx=cfg.get("max_position_embeddings", 512) - offset,
+        norm_eps=eps,
+        qkv_bias=True,
+        causal=False,
+        head=head,
+        labels=labels,
+        head_act=head_act,
+        pos_offset=offset,
+    )
+
+
+def config_from_gguf(meta: dict[str, Any], vocab: int, weights: dict[str, Any]) -> ModelConfig:
+    def get(key: str, default: Any = None) -> Any:
+        value = meta.get(f"bert.{key}", default)
+        if value is None:
+            raise ValueError(f"GGUF metadata lacks bert.{key}")
+        return value
+
+    labels = [str(s) for s in get("classifier.output_labels", [])]
+    pooling = int(get("pooling_type", 0))
+    if pooling not in (*POOLING_TYPES.values(), RANK):
+        raise ValueError(f"unknown bert.pooling_type {pooling}")
+    head = ("sequence" if pooling == RANK else "token") if "cls.output.weight" in weights else ""
+    if head and not labels:
+        labels = [f"LABEL_{i}" for i in range(weights["cls.output.weight"].n)]
+    heads = int(get("attention.head_count"))
+    return ModelConfig(
+        arch="bert",
+        vocab_size=vocab,
+        n_layer=int(get("block_count")),
+        n_embd=int(get("embedding_length")),
+        n_head=heads,
+        n_head_kv=heads,
+        n_ff=int(get("feed_forward_length")),
+        ctx=int(get("context_length")),
+        norm_eps=float(get("attention.layer_norm_epsilon")),
+        qkv_bias=True,
+        causal=False,
+        pooling={v: k for k, v in POOLING_TYPES.items()}.get(pooling, ""),
+        head=head,
+        labels=labels,
+        head_act=str(meta.get("corelm.bert.head_activation", "tanh")),
+    )
+
+
+def write_hparams(w: gguf.GGUFWriter, c: ModelConfig) -> None:
+    w.add_context_length(c.ctx)
+    w.add_embedding_length(c.n_embd)
+    w.add_block_count(c.n_layer)
+    w.add_feed_forward_length(c.n_ff)
+    w.add_head_count(c.n_head)
+    w.add_layer_norm_eps(c.norm_eps)
+    w.add_causal_attention(False)
+    w.add_pooling_type(gguf.PoolingType(RANK if c.head == "sequence" else POOLING_TYPES[c.default_pooling]))
+    if c.labels:
+        w.add_array("bert.classifier.output_labels", c.labels)
+    if c.head_act != "tanh":
+        w.add_string("corelm.bert.head_activation", c.head_act)
+
+
+def expected_shapes(c: ModelConfig) -> dict[str, tuple[int, int]]:
+    shapes = {"token_embd.weight": (c.vocab_size, c.n_embd), "position_embd.weight": (c.ctx, c.n_embd)}
+    for i in range(c.n_layer):
+        shapes |= {f"blk.{i}.attn_{x}.weight": (c.n_embd, c.n_embd) for x in ("q", "k", "v", "output")}
+        shapes |= {f"blk.{i}.ffn_up.weight": (c.n_ff, c.n_embd), f"blk.{i}.ffn_down.weight": (c.n_embd, c.n_ff)}
+    return shapes
+
+
+class Bert(Model):
+    def __init__(self, config: ModelConfig, weights: dict[str, Any]) -> None:
+        if config.pos_offset:  # RoBERTa: drop the position rows no token uses, so positions start at 0
+            wpe, skip = weights["position_embd.weight"], config.pos_offset
+            weights["position_embd.weight"] = Weight(wpe.data[skip:], wpe.type, wpe.n - skip, wpe.k)
+            config.pos_offset = 0
+        super().__init__(config, weights)
+
+    def required_weights(self) -> list[str]:
+        names = ["token_embd.weight", "position_embd.weight", "token_embd_norm.weight", "token_embd_norm.bias"]
+        for i in range(self.config.n_layer):
+            names += [f"blk.{i}.{t}.{kind}" for t in _LAYER_TENSORS for kind in ("weight", "bias")]
+        return names
+
+    def buffer_shapes(self, t: int) -> dict[str, tuple[int, ...]]:
+        c = self.config
+        return {
+            "x": (t, c.n_embd),
+            "pos_embd": (t, c.n_embd),
+            "q": (t, c.n_head, c.head_dim),
+            "k": (t, c.n_head, c.head_dim),
+            "v": (t, c.n_head, c.head_dim),
+            "attn": (t, c.n_embd),
+            "ff": (t, c.n_ff),
+        }
+
+    def embed(self, tokens: np.ndarray, step: Step) -> np.ndarray:
+        c, w = self.config, self.w
+        x = kernels.embedding(w["token_embd.weight"], tokens, out=step.ws["x"])
+        _C.add(x, kernels.embedding(w["position_embd.weight"], step.positions, out=step.ws["pos_embd"]), out=x)
+        if "token_types.weight" in w:  # one segment per text: every token is of type 0
+            x += self._token_type0
+        return _C.layernorm(x, w["token_embd_norm.weight"], w["token_embd_norm.bias"], c.norm_eps, out=x)
+
+    @property
+    def _token_type0(self) -> np.ndarray:
+        if not hasattr(self, "_type0"):
+            self._type0 = kernels.embedding(self.w["token_types.weight"], np.zeros(1, np.int32))[0]
+        return self._type0
+
+    def block(self, x: np.ndarray, layer: int, step: Step) -> None:
+        c, p, b = self.config, f"blk.{layer}.", step.ws
+        t = x.shape[0]
+        q = self.linear(x, p + "attn_q", b["q"].reshape(t, -1)).reshape(b["q"].shape)
+        k = self.linear(x, p + "attn_k", b["k"].reshape(t, -1)).reshape(b["k"].shape)
+        v = self.linear(x, p + "attn_v", b["v"].reshape(t, -1)).reshape(b["v"].shape)
+        a = self.attention(q, k, v, layer, step, out=b["attn"])
+        self.linear(a, p + "attn_output", x, residual=x)
+        _C.layernorm(x, self.w[p + "attn_output_norm.weight"], self.w[p + "attn_output_norm.bias"], c.norm_eps, out=x)
+        f = self.linear(x, p + "ffn_up", b["ff"])
+        _C.gelu_erf(f, out=f)
+        self.linear(f, p + "ffn_down", x, residual=x)
+        _C.layernorm(x, self.w[p + "layer_output_norm.weight"], self.w[p + "layer_output_norm.bias"], c.norm_eps, out=x)
+
+    def attention(
+        self, q: np.ndarray, k: np.ndarray, v: np.ndarray, layer: int, step: Step, out: np.ndarray
+    ) -> np.ndarray:
+        scale = 1.0 / math.sqrt(self.config.head_dim)
+        o = out.reshape(q.shape)
+        for rows in step.rows:
+            _C.self_attention(q[rows], k[rows], v[rows], scale, causal=False, out=o[rows])
+        return out
+
+    def final_norm(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        return x  # post-LayerNorm: every block already ends normalised
+
+    def forward_batch(self, tokens: np.ndarray, segments: list, all_logits: bool = False) -> np.ndarray:
+        raise ValueError("this model is an encoder (bert): it embeds, classifies and tags; it does not generate text")
