@@ -44,6 +44,7 @@ class WeightType(enum.IntEnum):
     Q6_K = 14
     BF16 = 30
     # corelm's own interleaved layouts of 16 rows (faster AVX-512 VNNI kernels; never in files)
+    F32_X16 = 1000
     F16_X16 = 1001
     Q4_0_X16 = 1002
     Q5_0_X16 = 1006
@@ -55,7 +56,7 @@ class WeightType(enum.IntEnum):
 
     @property
     def block_size(self) -> int:
-        if self in (WeightType.F32, WeightType.F16, WeightType.BF16, WeightType.F16_X16, WeightType.BF16_X16):
+        if self.base in (WeightType.F32, WeightType.F16, WeightType.BF16):
             return 1
         return 256 if self.base in (WeightType.Q4_K, WeightType.Q5_K, WeightType.Q6_K) else 32
 
@@ -73,6 +74,7 @@ PACK_ROWS = 16
 _PACKED = {
     WeightType.Q4_0: WeightType.Q4_0_X16,
     WeightType.Q8_0: WeightType.Q8_0_X16,
+    WeightType.F32: WeightType.F32_X16,
     WeightType.F16: WeightType.F16_X16,
     WeightType.BF16: WeightType.BF16_X16,
     WeightType.Q5_0: WeightType.Q5_0_X16,
@@ -118,7 +120,7 @@ class Weight:
         return _C.dequantize(self.data, int(self.type), self.n, self.k)
 
     def packed(self) -> Weight:
-        """This Q4_0 / Q5_0 / Q8_0 / F16 / BF16 / Q4_K / Q5_K / Q6_K matrix in the 16-row interleaved layout (itself
+        """This Q4_0 / Q5_0 / Q8_0 / F32 / F16 / BF16 / Q4_K / Q5_K / Q6_K matrix in the 16-row interleaved layout (itself
         for other types): whole groups of 16 rows interleaved, the last n % 16 rows as they were. Same bytes,
         another order."""
         if self.type not in _PACKED or self.n < PACK_ROWS:

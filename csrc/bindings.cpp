@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <string>
+#include <vector>
 
 #include "core/cpu_features.h"
 #include "core/dispatch.h"
@@ -259,7 +260,7 @@ PYBIND11_MODULE(_C, m) {
        "Causal GQA: q [m, hq, d] at positions n_past.. against caches [hkv, capacity, d] (float32 or float16).");
 
     m.def("self_attention", [](const Array& q, const Array& k, const Array& v, float scale, bool causal,
-                               const py::object& out) {
+                               const py::object& seq_lengths, const py::object& out) {
         const float* qp = f32_in(q, "q", 3);
         const int64_t m_rows = q.shape(0), hq = q.shape(1), d = q.shape(2);
         const bool f16 = kv_is_f16(k, v);
@@ -267,17 +268,35 @@ PYBIND11_MODULE(_C, m) {
             fail("k and v must be 3-D [" + std::to_string(m_rows) + ", kv_heads, head_dim], got " + shape_str(k));
         const int64_t hkv = k.shape(1);
         check_heads(hq, d, hkv, k.shape(2), "k");
+        // Per row, the bounds of its sequence, from the sequences' lengths (which must cover the rows).
+        std::vector<int32_t> start, end;
+        if (!seq_lengths.is_none()) {
+            auto lengths = py::cast<py::array_t<int64_t, py::array::c_style | py::array::forcecast>>(seq_lengths);
+            if (lengths.ndim() != 1) fail("seq_lengths must be 1-D");
+            int64_t row = 0;
+            for (py::ssize_t s = 0; s < lengths.size(); ++s) {
+                const int64_t len = lengths.at(s);
+                if (len < 1 || row + len > m_rows) fail("seq_lengths must be positive and sum to the rows of q (" + std::to_string(m_rows) + ")");
+                start.insert(start.end(), size_t(len), int32_t(row));
+                end.insert(end.end(), size_t(len), int32_t(row + len));
+                row += len;
+            }
+            if (row != m_rows) fail("seq_lengths must be positive and sum to the rows of q (" + std::to_string(m_rows) + ")");
+        }
         Array y = f32_out(out, shape_of(q));
         if (m_rows > 0) {
-            const AttentionArgs a{qp, k.data(), v.data(), f16, d, hkv * d, m_rows, hq, hkv, d, 0,
-                                  causal, scale, static_cast<float*>(y.mutable_data())};
+            AttentionArgs a{qp, k.data(), v.data(), f16, d, hkv * d, m_rows, hq, hkv, d, 0,
+                            causal, scale, static_cast<float*>(y.mutable_data())};
+            if (!start.empty()) { a.seq_start = start.data(); a.seq_end = end.data(); }
             py::gil_scoped_release nogil;
             ops::attention(a);
         }
         return y;
-    }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"), py::arg("causal") = false, py::arg("out") = py::none(),
-       "GQA of one sequence's m rows among themselves: q [m, hq, d], k/v [m, hkv, d] (float32 or float16); "
-       "causal=False lets every row see all m keys (encoders).");
+    }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"), py::arg("causal") = false,
+       py::arg("seq_lengths") = py::none(), py::arg("out") = py::none(),
+       "GQA of m rows among themselves: q [m, hq, d], k/v [m, hkv, d] (float32 or float16). causal=False lets "
+       "every row see all keys (encoders). seq_lengths: the rows are several sequences one after another, "
+       "each attending only to its own rows (one call for a batch).");
 
     m.def("rmsnorm", [](const Array& x, const Array& w, float eps, const py::object& out) {
         const float* xp = f32_in(x, "x");

@@ -350,6 +350,13 @@ def test_self_attention_matches_numpy(isa, d, kv, causal, m, heads, seed):
     y = _C.self_attention(q, k, v, 0.125, causal=causal)
     expected = attention_np(q, k.transpose(1, 0, 2), v.transpose(1, 0, 2), 0, 0.125, causal=causal)
     np.testing.assert_allclose(y, expected, rtol=0, atol=2e-5)
+    # the same rows as a batch of sequences: each attends only to its own rows
+    cuts = sorted(set(rng.integers(1, m, 3).tolist())) if m > 1 else []
+    bounds = [0, *cuts, m]
+    y = _C.self_attention(q, k, v, 0.125, causal=causal, seq_lengths=np.diff(bounds))
+    for a, b in zip(bounds, bounds[1:]):
+        kt, vt = k[a:b].transpose(1, 0, 2), v[a:b].transpose(1, 0, 2)
+        np.testing.assert_allclose(y[a:b], attention_np(q[a:b], kt, vt, 0, 0.125, causal=causal), rtol=0, atol=2e-5)
 
 
 # ---- norms, rope, activations ----
@@ -463,6 +470,9 @@ def test_bad_calls_raise_clear_errors():
         _C.self_attention(q, rows, rows, 0.1)
     with pytest.raises(ValueError, match="differ in shape"):
         _C.self_attention(rand(rng, 3, 4, 64), rows, rows[:, :1].copy(), 0.1)
+    for lengths in ([1, 1], [2, 2], [3, 0], [4, -1]):
+        with pytest.raises(ValueError, match="sum to the rows"):
+            _C.self_attention(rand(rng, 3, 4, 64), rows, rows, 0.1, seq_lengths=lengths)
     with pytest.raises(ValueError, match="rotary dims"):
         _C.rope(rand(rng, 1, 1, 8), np.zeros(1, np.int32), np.ones(8, np.float32), False)
     with pytest.raises(ValueError, match="writeable"):

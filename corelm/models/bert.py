@@ -232,9 +232,8 @@ class Bert(Model):
         self, q: np.ndarray, k: np.ndarray, v: np.ndarray, layer: int, step: Step, out: np.ndarray
     ) -> np.ndarray:
         scale = 1.0 / math.sqrt(self.config.head_dim)
-        o = out.reshape(q.shape)
-        for rows in step.rows:
-            _C.self_attention(q[rows], k[rows], v[rows], scale, causal=False, out=o[rows])
+        lengths = [s.length for s in step.segments]
+        _C.self_attention(q, k, v, scale, causal=False, seq_lengths=lengths, out=out.reshape(q.shape))
         return out
 
     def final_norm(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:

@@ -43,4 +43,16 @@ inline float gelu_tanh_fast(float v) {
     return v / (1.0f + exp_fast(-kTwoSqrt2OverPi * (v + 0.044715f * v * v * v)));
 }
 
+// 0.5 v (1 + erf(v / sqrt 2)). 1 + erf(z) is 2 - erfc(z) for z >= 0 and erfc(-z) below, so the
+// negative side never subtracts nearly equal numbers; erfc(|z|) = poly(t) e^(-z^2), t = 1/(1 + p|z|)
+// (Abramowitz & Stegun 7.1.26: absolute error below 1.5e-7).
+inline float gelu_erf_fast(float v) {
+    constexpr float kInvSqrt2 = 0.7071067811865476f, kP = 0.3275911f;
+    const float z = v * kInvSqrt2, az = std::fabs(z);
+    const float t = 1.0f / (1.0f + kP * az);
+    const float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+    const float erfc_az = poly * exp_fast(-az * az);
+    return 0.5f * v * (z >= 0.0f ? 2.0f - erfc_az : erfc_az);
+}
+
 }  // namespace corelm

@@ -22,6 +22,7 @@ enum class WeightType : int32_t {
     Q6_K = 14,
     BF16 = 30,
     // corelm's own row-interleaved layouts (see block_q4_0x16); never stored in files.
+    F32_X16 = 1000,
     F16_X16 = 1001,
     Q4_0_X16 = 1002,
     Q5_0_X16 = 1006,
@@ -165,9 +166,9 @@ struct block_q6_Kx16 {
 };
 static_assert(sizeof(block_q6_Kx16) == kPackRows * sizeof(block_q6_K), "packed Q6_K must keep its size");
 
-// F16_X16 / BF16_X16: a group of 16 rows stored element by element, the 16 rows' element i side
-// by side (32 bytes), so one vector of 16 lanes is element i of 16 rows: one FMA against the
-// broadcast activation advances 16 outputs, with no horizontal sums.
+// F32_X16 / F16_X16 / BF16_X16: a group of 16 rows stored element by element, the 16 rows'
+// element i side by side (64 or 32 bytes), so one vector of 16 lanes is element i of 16 rows: one
+// FMA against the broadcast activation advances 16 outputs, with no horizontal sums.
 
 // Activations quantized on the fly for the integer dot products (never stored in files).
 // d is kept in fp32 (ggml's q8_0/q8_1 round it to fp16) so activation rounding is the only
@@ -183,7 +184,8 @@ static_assert(sizeof(block_q8_act) == 40, "block_q8_act must be 40 bytes");
 // Bytes of one row of k elements, or 0 when k does not fit the type's block size.
 inline size_t row_bytes(WeightType t, int64_t k) {
     switch (t) {
-        case WeightType::F32: return size_t(k) * 4;
+        case WeightType::F32:
+        case WeightType::F32_X16: return size_t(k) * 4;
         case WeightType::F16:
         case WeightType::BF16:
         case WeightType::F16_X16:
@@ -207,8 +209,8 @@ inline size_t row_bytes(WeightType t, int64_t k) {
 }
 
 inline int64_t block_size(WeightType t) {
-    if (t == WeightType::F32 || t == WeightType::F16 || t == WeightType::BF16 || t == WeightType::F16_X16 ||
-        t == WeightType::BF16_X16)
+    if (t == WeightType::F32 || t == WeightType::F16 || t == WeightType::BF16 || t == WeightType::F32_X16 ||
+        t == WeightType::F16_X16 || t == WeightType::BF16_X16)
         return 1;
     if (t == WeightType::Q4_K || t == WeightType::Q5_K || t == WeightType::Q6_K || t == WeightType::Q4_K_X16 ||
         t == WeightType::Q5_K_X16 || t == WeightType::Q6_K_X16)
@@ -218,7 +220,7 @@ inline int64_t block_size(WeightType t) {
 
 // Rows must come in whole groups of kPackRows for these.
 inline bool is_packed(WeightType t) {
-    return t == WeightType::Q4_0_X16 || t == WeightType::Q8_0_X16 || t == WeightType::F16_X16 ||
+    return t == WeightType::Q4_0_X16 || t == WeightType::Q8_0_X16 || t == WeightType::F32_X16 || t == WeightType::F16_X16 ||
            t == WeightType::BF16_X16 || t == WeightType::Q4_K_X16 || t == WeightType::Q6_K_X16 ||
            t == WeightType::Q5_0_X16 || t == WeightType::Q5_K_X16;
 }
@@ -228,6 +230,7 @@ inline WeightType packed_of(WeightType t) {
         case WeightType::Q4_0: return WeightType::Q4_0_X16;
         case WeightType::Q5_0: return WeightType::Q5_0_X16;
         case WeightType::Q8_0: return WeightType::Q8_0_X16;
+        case WeightType::F32: return WeightType::F32_X16;
         case WeightType::F16: return WeightType::F16_X16;
         case WeightType::BF16: return WeightType::BF16_X16;
         case WeightType::Q4_K: return WeightType::Q4_K_X16;
@@ -242,6 +245,7 @@ inline WeightType unpacked_of(WeightType t) {
         case WeightType::Q4_0_X16: return WeightType::Q4_0;
         case WeightType::Q5_0_X16: return WeightType::Q5_0;
         case WeightType::Q8_0_X16: return WeightType::Q8_0;
+        case WeightType::F32_X16: return WeightType::F32;
         case WeightType::F16_X16: return WeightType::F16;
         case WeightType::BF16_X16: return WeightType::BF16;
         case WeightType::Q4_K_X16: return WeightType::Q4_K;
@@ -257,7 +261,7 @@ inline bool is_known_type(int32_t t) {
         case WeightType::Q8_0: case WeightType::Q4_0:
         case WeightType::Q4_1: case WeightType::Q5_0: case WeightType::Q5_1:
         case WeightType::Q4_0_X16: case WeightType::Q8_0_X16:
-        case WeightType::F16_X16: case WeightType::BF16_X16:
+        case WeightType::F32_X16: case WeightType::F16_X16: case WeightType::BF16_X16:
         case WeightType::Q4_K_X16: case WeightType::Q6_K_X16: case WeightType::Q5_0_X16:
         case WeightType::Q5_K_X16:
         case WeightType::Q4_K: case WeightType::Q5_K: case WeightType::Q6_K: return true;
@@ -281,6 +285,7 @@ inline const char* type_name(WeightType t) {
         case WeightType::Q5_K: return "Q5_K";
         case WeightType::Q6_K: return "Q6_K";
         case WeightType::Q8_0_X16: return "Q8_0_X16";
+        case WeightType::F32_X16: return "F32_X16";
         case WeightType::F16_X16: return "F16_X16";
         case WeightType::BF16_X16: return "BF16_X16";
         case WeightType::Q4_K_X16: return "Q4_K_X16";

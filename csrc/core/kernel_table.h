@@ -28,8 +28,10 @@ using MatmulFn = void (*)(const MatmulArgs&, int64_t n0, int64_t n1);
 // of positions 0 .. n_past+m-1. Causal: a row sees the keys up to its own position (decoders);
 // otherwise every row sees all n_past+m keys (encoders). Key j of kv head h starts at element
 // h * kv_head_stride + j * kv_row_stride of k and v: a cache [hkv, capacity, d] or a step's own
-// [m, hkv, d] rows. Work is split in tasks of (query row, kv head): task t covers row t / hkv,
-// kv head t % hkv, and its hq/hkv heads.
+// [m, hkv, d] rows. With seq_start / seq_end (per query row: the rows [start, end) of the
+// sequence it belongs to), the m rows are several sequences one after another, each attending
+// only to its own rows (n_past = 0): one call for a whole batch. Work is split in tasks of
+// (query row, kv head): task t covers row t / hkv, kv head t % hkv, and its hq/hkv heads.
 struct AttentionArgs {
     const float* q;              // [m, hq, d]
     const void* k;               // fp32 or fp16
@@ -40,8 +42,14 @@ struct AttentionArgs {
     bool causal;
     float scale;
     float* out;                  // [m, hq, d]
+    const int32_t* seq_start = nullptr;  // optional, [m]
+    const int32_t* seq_end = nullptr;    // optional, [m]
 
-    int64_t keys_of_row(int64_t row) const { return causal ? n_past + row + 1 : n_past + m; }
+    int64_t first_key(int64_t row) const { return seq_start ? seq_start[row] : 0; }
+    int64_t keys_of_row(int64_t row) const {
+        if (seq_start) return causal ? row - seq_start[row] + 1 : seq_end[row] - seq_start[row];
+        return causal ? n_past + row + 1 : n_past + m;
+    }
     int64_t kv_at(int64_t head, int64_t key) const { return head * kv_head_stride + key * kv_row_stride; }
 };
 using AttentionFn = void (*)(const AttentionArgs&, int64_t task0, int64_t task1);
@@ -71,6 +79,7 @@ using BinaryFn = void (*)(const float* a, const float* b, float* y, int64_t n);
     X(matmul_q8_0x16, MatmulFn)              \
     X(matmul_q4_0x16, MatmulFn)              \
     X(matmul_q5_0x16, MatmulFn)              \
+    X(matmul_f32x16, MatmulFn)               \
     X(matmul_f16x16, MatmulFn)               \
     X(matmul_bf16x16, MatmulFn)              \
     X(matmul_q4_k, MatmulFn)                 \

@@ -36,6 +36,7 @@ MatmulFn matmul_kernel(const KernelTable& kt, WeightType t) {
         case WeightType::Q8_0_X16: return kt.matmul_q8_0x16;
         case WeightType::Q4_0_X16: return kt.matmul_q4_0x16;
         case WeightType::Q5_0_X16: return kt.matmul_q5_0x16;
+        case WeightType::F32_X16: return kt.matmul_f32x16;
         case WeightType::F16_X16: return kt.matmul_f16x16;
         case WeightType::BF16_X16: return kt.matmul_bf16x16;
         case WeightType::Q4_K: return kt.matmul_q4_k;
@@ -161,7 +162,9 @@ void dequantize(const uint8_t* w, WeightType t, int64_t rows, int64_t k, float* 
 
 void attention(const AttentionArgs& a) {
     const KernelTable& kt = kernels();
-    const int64_t work = a.m * a.hq * a.d * (a.n_past + a.m);
+    // Work per task for the pool's split: the keys a row sees (a batch's rows see their own sequence).
+    const int64_t keys = a.seq_start ? std::max<int64_t>(1, (a.seq_end[a.m - 1] - a.seq_start[0]) / 2) : a.n_past + a.m;
+    const int64_t work = a.m * a.hq * a.d * keys;
     parallel(a.m * a.hkv, 1, work, [&](int64_t t0, int64_t t1) { kt.attention(a, t0, t1); });
 }
 

@@ -1,6 +1,8 @@
 // Reference matrix products: one output at a time, blocks in order. The integer types
 // multiply int8 activation blocks (block_q8_act) with the weights' integer codes exactly,
 // then scale per block, as every SIMD path does.
+#include <type_traits>
+
 #include "../../core/kernel_table.h"
 
 namespace corelm::ref {
@@ -99,17 +101,23 @@ void matmul_x16(const MatmulArgs& a, int64_t n0, int64_t n1) {
     }
 }
 
-template <bool BF16>
+inline float element(const float* p) { return *p; }
+inline float element(const uint16_t* p, std::false_type /*bf16*/) { return fp16_to_f32(*p); }
+inline float element(const uint16_t* p, std::true_type /*bf16*/) { return bf16_to_f32(*p); }
+
+// T: float (F32_X16) or uint16_t (F16_X16, BF16_X16 when BF16).
+template <typename T, bool BF16>
 void matmul_float_x16(const MatmulArgs& a, int64_t n0, int64_t n1) {
     for (int64_t g = n0 / kPackRows; g < n1 / kPackRows; ++g) {
-        const auto* grp = reinterpret_cast<const uint16_t*>(a.w + g * kPackRows * a.w_stride);
+        const auto* grp = reinterpret_cast<const T*>(a.w + g * kPackRows * a.w_stride);
         for (int64_t m = 0; m < a.m; ++m) {
             const float* x = a.x + m * a.ldx;
             float acc[kPackRows] = {};
             for (int64_t i = 0; i < a.k; ++i)
                 for (int r = 0; r < kPackRows; ++r) {
-                    const uint16_t h = grp[i * kPackRows + r];
-                    acc[r] += (BF16 ? bf16_to_f32(h) : fp16_to_f32(h)) * x[i];
+                    const T* p = grp + i * kPackRows + r;
+                    if constexpr (std::is_same_v<T, float>) acc[r] += element(p) * x[i];
+                    else acc[r] += element(p, std::bool_constant<BF16>{}) * x[i];
                 }
             for (int r = 0; r < kPackRows; ++r) a.y[m * a.ldy + g * kPackRows + r] = acc[r];
         }
@@ -119,8 +127,9 @@ void matmul_float_x16(const MatmulArgs& a, int64_t n0, int64_t n1) {
 }  // namespace
 
 void fill_matmul(KernelTable& t) {
-    t.matmul_f16x16 = matmul_float_x16<false>;
-    t.matmul_bf16x16 = matmul_float_x16<true>;
+    t.matmul_f32x16 = matmul_float_x16<float, false>;
+    t.matmul_f16x16 = matmul_float_x16<uint16_t, false>;
+    t.matmul_bf16x16 = matmul_float_x16<uint16_t, true>;
     t.matmul_q8_0x16 = matmul_x16<block_q8_0x16, 128>;
     t.matmul_q4_0x16 = matmul_x16<block_q4_0x16, 8>;
     t.quantize_act = quantize_act;

@@ -187,8 +187,9 @@ void interleave_rows_x16(WeightType packed, uint8_t* group, uint8_t* rows, size_
         for (int64_t b = 0; b < blocks; ++b) {
             const RowSlot slot{group + b * kPackRows * block_bytes, rows + r * row_stride + b * block_bytes, r, to_packed};
             switch (packed) {
+                case WeightType::F32_X16: slot.fields(0, 0, 1, 4); break;  // blocks of one element
                 case WeightType::F16_X16:
-                case WeightType::BF16_X16: slot.fields(0, 0, 1, 2); break;  // blocks of one element
+                case WeightType::BF16_X16: slot.fields(0, 0, 1, 2); break;
                 case WeightType::Q4_0_X16:
                     slot.fields(offsetof(block_q4_0x16, d), offsetof(block_q4_0, d), 1, 2);
                     slot.slices(offsetof(block_q4_0x16, qs), offsetof(block_q4_0, qs), kQK / 2);

@@ -40,7 +40,7 @@ void attention_impl(const AttentionArgs& a, int64_t task0, int64_t task1) {
     float s[kKeyTile];
     for (int64_t t = task0; t < task1; ++t) {
         const int64_t row = t / a.hkv, kvh = t % a.hkv;
-        const int64_t n_keys = a.keys_of_row(row);
+        const int64_t n_keys = a.keys_of_row(row), key0 = a.first_key(row);
         for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
             const float* q = a.q + (row * a.hq + h) * a.d;
             float m = -INFINITY, l = 0.0f;
@@ -49,7 +49,7 @@ void attention_impl(const AttentionArgs& a, int64_t task0, int64_t task1) {
                 const int64_t nt = std::min(kKeyTile, n_keys - j0);
                 float tile_max = -INFINITY;
                 for (int64_t jj = 0; jj < nt; ++jj) {
-                    const int64_t base = a.kv_at(kvh, j0 + jj);
+                    const int64_t base = a.kv_at(kvh, key0 + j0 + jj);
                     vf dot = vf_zero();
                     for (int64_t i = 0; i < dv; i += kLanes) dot = vf_fma(vf_load(q + i), load_cache<F16>(a.k, base + i), dot);
                     float sc = vf_sum(dot);
@@ -66,7 +66,7 @@ void attention_impl(const AttentionArgs& a, int64_t task0, int64_t task1) {
 #pragma omp simd reduction(+ : l)
                 for (int64_t jj = 0; jj < nt; ++jj) l += (s[jj] = exp_fast(s[jj] - m_new));  // scores -> weights
                 for (int64_t jj = 0; jj < nt; ++jj) {
-                    const int64_t base = a.kv_at(kvh, j0 + jj);
+                    const int64_t base = a.kv_at(kvh, key0 + j0 + jj);
                     const vf pv = vf_set1(s[jj]);
                     for (int64_t i = 0; i < dv; i += kLanes) {
                         vf_store(acc + i, vf_fma(pv, load_cache<F16>(a.v, base + i), vf_load(acc + i)));

@@ -174,33 +174,7 @@ struct QuantX16 {
     static void tile(const MatmulArgs& a, int64_t n, int64_t m) { tile_x16<L, C>(a, n, m); }
 };
 
-// ---- packed float groups (F16_X16 / BF16_X16): lanes are rows ----
-
-template <bool BF16, int C>
-void tile_float_x16(const MatmulArgs& a, int64_t n, int64_t m) {
-    const auto* grp = reinterpret_cast<const uint16_t*>(a.w + n * a.w_stride);
-    const float* x[C];
-    for (int c = 0; c < C; ++c) x[c] = a.x + (m + c) * a.ldx;
-    GroupAcc<C> acc;
-    for (int64_t i = 0; i < a.k; ++i) {
-        vf w[kHalves];
-        for (int h = 0; h < kHalves; ++h)
-            w[h] = BF16 ? vf_load_bf16(grp + i * kPackRows + h * kLanes) : vf_load_f16(grp + i * kPackRows + h * kLanes);
-        for (int c = 0; c < C; ++c) {
-            const vf xb = vf_set1(x[c][i]);
-            for (int h = 0; h < kHalves; ++h) acc[c][h] = vf_fma(w[h], xb, acc[c][h]);
-        }
-    }
-    acc.store(a, n, m);
-}
-
-template <bool BF16>
-struct FloatX16 {
-    template <int C>
-    static void tile(const MatmulArgs& a, int64_t n, int64_t m) { tile_float_x16<BF16, C>(a, n, m); }
-};
-
-// ---- float weight types ----
+// ---- float weight types: element loaders ----
 
 struct LoadF32 {
     using T = float;
@@ -216,6 +190,32 @@ struct LoadBF16 {
     using T = uint16_t;
     static vf load(const T* p) { return vf_load_bf16(p); }
     static float at(const T* p) { return bf16_to_f32(*p); }
+};
+
+// ---- packed float groups (F32_X16 / F16_X16 / BF16_X16): lanes are rows ----
+
+
+template <typename Load, int C>
+void tile_float_x16(const MatmulArgs& a, int64_t n, int64_t m) {
+    const auto* grp = reinterpret_cast<const typename Load::T*>(a.w + n * a.w_stride);
+    const float* x[C];
+    for (int c = 0; c < C; ++c) x[c] = a.x + (m + c) * a.ldx;
+    GroupAcc<C> acc;
+    for (int64_t i = 0; i < a.k; ++i) {
+        vf w[kHalves];
+        for (int h = 0; h < kHalves; ++h) w[h] = Load::load(grp + i * kPackRows + h * kLanes);
+        for (int c = 0; c < C; ++c) {
+            const vf xb = vf_set1(x[c][i]);
+            for (int h = 0; h < kHalves; ++h) acc[c][h] = vf_fma(w[h], xb, acc[c][h]);
+        }
+    }
+    acc.store(a, n, m);
+}
+
+template <typename Load>
+struct FloatX16 {
+    template <int C>
+    static void tile(const MatmulArgs& a, int64_t n, int64_t m) { tile_float_x16<Load, C>(a, n, m); }
 };
 
 template <typename Load, int R, int C>
@@ -297,8 +297,9 @@ void fill_matmul(KernelTable& t) {
     t.matmul_q8_0x16 = matmul_groups<QuantX16<X16::Q8_0>>;
     t.matmul_q4_0x16 = matmul_groups<QuantX16<X16::Q4_0>>;
     t.matmul_q5_0x16 = matmul_groups<QuantX16<X16::Q5_0>>;
-    t.matmul_f16x16 = matmul_groups<FloatX16<false>>;
-    t.matmul_bf16x16 = matmul_groups<FloatX16<true>>;
+    t.matmul_f32x16 = matmul_groups<FloatX16<LoadF32>>;
+    t.matmul_f16x16 = matmul_groups<FloatX16<LoadF16>>;
+    t.matmul_bf16x16 = matmul_groups<FloatX16<LoadBF16>>;
 }
 
 }  // namespace corelm::CORELM_ISA_NS
