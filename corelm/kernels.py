@@ -120,9 +120,9 @@ class Weight:
         return _C.dequantize(self.data, int(self.type), self.n, self.k)
 
     def packed(self) -> Weight:
-        """This Q4_0 / Q5_0 / Q8_0 / F32 / F16 / BF16 / Q4_K / Q5_K / Q6_K matrix in the 16-row interleaved layout (itself
-        for other types): whole groups of 16 rows interleaved, the last n % 16 rows as they were. Same bytes,
-        another order."""
+        """This Q4_0 / Q5_0 / Q8_0 / F32 / F16 / BF16 / Q4_K / Q5_K / Q6_K matrix in the 16-row interleaved layout
+        (itself for other types): whole groups of 16 rows interleaved, the last n % 16 rows as they were. Same
+        bytes, another order."""
         if self.type not in _PACKED or self.n < PACK_ROWS:
             return self
         return Weight(_C.pack(self.data, int(self.type), self.n, self.k), _PACKED[self.type], self.n, self.k)

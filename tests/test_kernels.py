@@ -354,7 +354,7 @@ def test_self_attention_matches_numpy(isa, d, kv, causal, m, heads, seed):
     cuts = sorted(set(rng.integers(1, m, 3).tolist())) if m > 1 else []
     bounds = [0, *cuts, m]
     y = _C.self_attention(q, k, v, 0.125, causal=causal, seq_lengths=np.diff(bounds))
-    for a, b in zip(bounds, bounds[1:]):
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         kt, vt = k[a:b].transpose(1, 0, 2), v[a:b].transpose(1, 0, 2)
         np.testing.assert_allclose(y[a:b], attention_np(q[a:b], kt, vt, 0, 0.125, causal=causal), rtol=0, atol=2e-5)
 

@@ -79,7 +79,7 @@ def pack_for_kernels(model: Model) -> Model:
     Matrices used only for embedding lookups stay as they are (a lookup reads one row)."""
     if not kernels.packing_pays():
         return model
-    lookup_only = {"position_embd.weight"} | ({"token_embd.weight"} if "output.weight" in model.w else set())
+    lookup_only = model.lookup_only_weights()
     for name, w in model.w.items():
         if isinstance(w, Weight) and name not in lookup_only:
             model.w[name] = w.packed()

@@ -140,6 +140,11 @@ class Model:
 
     # ---- the forward pass ----
 
+    def lookup_only_weights(self) -> set[str]:
+        """Matrices only ever read a row at a time (embeddings): packing them would not pay."""
+        tied = "output.weight" not in self.w  # the token embedding is the output matrix too
+        return {"position_embd.weight", "token_types.weight"} | (set() if tied else {"token_embd.weight"})
+
     def output_weight(self) -> Weight:
         return self.w.get("output.weight") or self.w["token_embd.weight"]
 

@@ -182,6 +182,9 @@ class Bert(Model):
             config.pos_offset = 0
         super().__init__(config, weights)
 
+    def lookup_only_weights(self) -> set[str]:
+        return {"token_embd.weight", "position_embd.weight", "token_types.weight"}
+
     def required_weights(self) -> list[str]:
         names = ["token_embd.weight", "position_embd.weight", "token_embd_norm.weight", "token_embd_norm.bias"]
         for i in range(self.config.n_layer):
