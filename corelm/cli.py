@@ -8,6 +8,7 @@ import logging
 import sys
 
 import corelm
+from corelm.argtypes import positive_int
 from corelm.models import QUANT_NAMES
 
 
@@ -131,6 +132,79 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence tokens")
 
 
+def _texts(args: argparse.Namespace) -> list[str]:
+    """The texts of an embed / classify / tag command: arguments, or the lines of --file (- is stdin)."""
+    if args.file is None:
+        if not args.texts:
+            raise ValueError("give texts as arguments or -f FILE (one text per line; - reads stdin)")
+        return list(args.texts)
+    if args.texts:
+        raise ValueError("give texts as arguments or -f FILE, not both")
+    raw = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+    texts = [line for line in raw.splitlines() if line.strip()]
+    if not texts:
+        raise ValueError(f"{args.file}: no texts (one per line)")
+    return texts
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    texts = _texts(args)
+    llm = corelm.load(args.model, threads=args.threads, quant=args.quant)
+    vectors = llm.embed(texts, normalize=False if args.no_normalize else None)
+    if args.npy:
+        import numpy as np
+
+        np.save(args.npy, vectors)
+        print(f"{len(texts)} vectors of {vectors.shape[1]} written to {args.npy}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([{"text": t, "embedding": v.tolist()} for t, v in zip(texts, vectors, strict=True)]))
+    elif not args.npy:
+        for text, v in zip(texts, vectors, strict=True):
+            head = " ".join(f"{x:+.4f}" for x in v[:6])
+            print(f"[{head} ... ] ({len(v)} dims)  {text[:60]}")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    texts = _texts(args)
+    llm = corelm.load(args.model, threads=args.threads, quant=args.quant)
+    probs = llm.class_probabilities(texts)
+    labels = llm.labels
+    if args.json:
+        rows = [
+            {
+                "text": t,
+                "label": labels[int(p.argmax())],
+                "score": float(p.max()),
+                "scores": dict(zip(labels, map(float, p), strict=True)),
+            }
+            for t, p in zip(texts, probs, strict=True)
+        ]
+        print(json.dumps(rows))
+        return 0
+    for text, p in zip(texts, probs, strict=True):
+        print(f"{labels[int(p.argmax())]}\t{p.max():.4f}\t{text}")
+    return 0
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    texts = _texts(args)
+    llm = corelm.load(args.model, threads=args.threads, quant=args.quant)
+    tagged = llm.tag(texts)
+    if args.json:
+        print(
+            json.dumps(
+                [{"text": t, "entities": [e.__dict__ for e in ents]} for t, ents in zip(texts, tagged, strict=True)]
+            )
+        )
+        return 0
+    for text, entities in zip(texts, tagged, strict=True):
+        print(text)
+        for e in entities:
+            print(f"  {e.label:<8} {e.text!r} [{e.start}:{e.end}] {e.score:.4f}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     threads = args.threads or [corelm.info()["physical_cores"]]
     progress = (lambda s: None) if args.json else (lambda s: print(f"... {s}", file=sys.stderr, flush=True))
@@ -225,6 +299,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_bench)
+    for name, func, what in (
+        ("embed", cmd_embed, "one vector per text (pooled as the model's sentence-transformers config says)"),
+        ("classify", cmd_classify, "the label of each text and its probability (a sequence classifier)"),
+        ("tag", cmd_tag, "the entities in each text: label, text, character span, score (a token classifier)"),
+    ):
+        p = sub.add_parser(
+            name,
+            help=what,
+            description=f"{name.capitalize()}: {what}. Texts are the arguments, or the lines of -f FILE.",
+        )
+        p.add_argument("model", metavar="MODEL", help="a .gguf file or a Hugging Face folder")
+        p.add_argument("texts", nargs="*", metavar="TEXT", help="texts (or use -f)")
+        p.add_argument("-f", "--file", default=None, help="a UTF-8 file of texts, one per line (- reads stdin)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument("-t", "--threads", type=positive_int, default=None, help="threads (default: physical cores)")
+        p.add_argument("--quant", choices=list(QUANT_NAMES), default=None, help="quantize the weights while loading")
+        if name == "embed":
+            p.add_argument("--no-normalize", action="store_true", help="leave the vectors' lengths as they come")
+            p.add_argument("--npy", default=None, metavar="FILE", help="save the vectors as a .npy array")
+        p.set_defaults(func=func)
+
+    from corelm.analysis.evaluate import add_parsers as add_eval_parsers
     from corelm.analysis.perplexity import add_parsers as add_perplexity_parsers
     from corelm.quantize import add_parsers as add_quantize_parsers
     from corelm.server import add_parser as add_serve_parser
@@ -234,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_quantize_parsers(sub)
     add_perplexity_parsers(sub)
+    add_eval_parsers(sub)
 
     p = sub.add_parser(
         "roofline",

@@ -246,3 +246,90 @@ def test_classifier_without_labels_in_config_is_refused(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(config.replace("BertForSequenceClassification", "BertModel"))
     with pytest.raises(ValueError, match="names no \\*Classification architecture"):
         load_model(tmp_path)
+
+
+# ---- the command line: embed / classify / tag / eval, and labelled files ----
+
+
+def cli(*args: str):
+    from test_cli import corelm as run
+
+    return run(*args)
+
+
+def test_cli_embed_classify_tag_eval(tmp_path: Path, story: str) -> None:
+    import json
+
+    seq_dir, tok_dir = tmp_path / "seq", tmp_path / "tok"
+    seq_dir.mkdir(), tok_dir.mkdir()
+    build_encoder("bert", "sequence", seq_dir, seed=1)
+    save_hf_tokenizer(seq_dir, "bert", story)
+    tagger = build_encoder("bert", "token", tok_dir, seed=2)
+    with torch.no_grad():
+        tagger.classifier.weight.mul_(40)
+    tagger.save_pretrained(tok_dir)
+    save_hf_tokenizer(tok_dir, "bert", story)
+    texts = ["Lily saw a big dog.", "Ben was sad."]
+
+    r = cli("embed", str(seq_dir), *texts, "--json")
+    assert r.returncode == 0, r.stderr
+    got = np.array([row["embedding"] for row in json.loads(r.stdout)])
+    np.testing.assert_allclose(got, corelm.load(seq_dir).embed(texts), atol=1e-6)
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
+    r = cli("classify", str(seq_dir), "-f", str(tmp_path / "texts.txt"), "--json")
+    assert r.returncode == 0, r.stderr
+    want = corelm.load(seq_dir).classify(texts)
+    assert [(row["label"], pytest.approx(row["score"], abs=1e-6)) for row in json.loads(r.stdout)] == want
+    r = cli("tag", str(tok_dir), *texts, "--json")
+    assert r.returncode == 0 and [row["text"] for row in json.loads(r.stdout)] == texts
+    for args, message in (
+        (("classify", str(tok_dir), "x"), "cannot classify (it can: embed, tag)"),
+        (("embed", str(seq_dir)), "give texts as arguments or -f FILE"),
+        (("embed", str(seq_dir), "-t", "0", "x"), "expected a positive integer"),
+    ):
+        r = cli(*args)
+        assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+
+    # eval: metrics equal scikit-learn's / seqeval's on the same predictions
+    labelled = tmp_path / "news.txt"
+    news = {"Lily saw a big dog.": "positive", "Ben was sad.": "negative", "The sky was blue.": "neutral"}
+    labelled.write_text("".join(f"{text}@{label}\n" for text, label in news.items()))
+    r = cli("eval", str(seq_dir), "-f", str(labelled), "--json", "--png", str(tmp_path / "cm.png"))
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    predicted = [label for label, _ in corelm.load(seq_dir).classify(list(news))]
+    assert result["accuracy"] == pytest.approx(np.mean([p == g for p, g in zip(predicted, news.values(), strict=True)]))
+    assert sum(map(sum, result["confusion"])) == 3 and (tmp_path / "cm.png").stat().st_size > 1000
+    conll = tmp_path / "ner.txt"
+    conll.write_text("-DOCSTART- O\n\nLily B-PER\nsaw O\nBen B-PER\n.\tO\n\nThe O\npark B-LOC\n")
+    r = cli("eval", str(tok_dir), "-f", str(conll))
+    assert r.returncode == 0, r.stderr
+    assert "entity-level micro F1" in r.stdout and "B-PER" in r.stdout and "weighted avg" in r.stdout
+    conll.write_text("Lily B-PER\nsaw\n")
+    r = cli("eval", str(tok_dir), "-f", str(conll))
+    assert r.returncode != 0 and f"{conll}:2: expected 'word ... tag'" in r.stderr
+
+
+def test_labelled_files_name_the_bad_line(tmp_path: Path) -> None:
+    from corelm.formats.labelled import LabelledDataError, read_conll, read_texts_with_labels
+
+    cases = {
+        "a.csv": ("text,label\nhello,pos\nbad line with, too, many\n", "a.csv:3: 3 columns, the header has 2"),
+        "b.tsv": ("sentence\tscore\nhi\t1\n", "b.tsv:1: the header needs a 'text'"),
+        "c.jsonl": ('{"text": "a", "label": 1}\n{"text": 2}\n', 'c.jsonl:2: expected {"text"'),
+        "d.txt": ("good@positive\nno label here\n", "d.txt:2: expected 'sentence@label'"),
+        "e.txt": ("", "e.txt: the file is empty"),
+    }
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_text(content)
+        with pytest.raises(LabelledDataError, match=message.replace("{", r"\{")):
+            read_texts_with_labels(tmp_path / name)
+    (tmp_path / "f.conll").write_text("Lily B-PER\nsaw X-Y\n")
+    with pytest.raises(LabelledDataError, match="f.conll:2: tag 'X-Y' is not BIO"):
+        read_conll(tmp_path / "f.conll")
+    (tmp_path / "g.txt").write_bytes("caf\xe9@neutral\n".encode("latin-1"))  # PhraseBank's older files
+    assert read_texts_with_labels(tmp_path / "g.txt") == [("café", "neutral")]
+    sst2 = data_file("labelled", "sst2", "dev.tsv")
+    if sst2.is_file():
+        rows = read_texts_with_labels(sst2)
+        assert len(rows) > 800 and {label for _, label in rows} == {"0", "1"}

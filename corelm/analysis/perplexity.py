@@ -468,8 +468,6 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--save-logits", default=None, metavar="FILE", help="save log-probabilities (.npz) as a KLD base")
     p.add_argument("--kld-base", default=None, metavar="FILE", help="KL divergence from a --save-logits file")
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
-    p.add_argument(
-        "--quant", choices=list(QUANT_NAMES), default=None, help="quantize while loading"
-    )
+    p.add_argument("--quant", choices=list(QUANT_NAMES), default=None, help="quantize while loading")
     p.set_defaults(func=cmd_perplexity)
     return p

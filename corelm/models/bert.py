@@ -8,7 +8,8 @@ another with no padding, and each attends to its own rows only (no KV cache).
 GGUF: llama.cpp's `bert` layout and keys (token_types, token_embd_norm, attn_output_norm,
 layer_output_norm; bert.pooling_type; bert.classifier.output_labels). RoBERTa and DistilBERT
 are written in the same layout: RoBERTa's position rows before its first position are dropped
-at load (as llama.cpp's converter does), DistilBERT's ReLU head is the one corelm.* key.
+at load (as llama.cpp's converter does). corelm.* keys hold what llama.cpp has no key for:
+DistilBERT's ReLU head, and a sentence-transformers folder's normalisation and max_seq_length.
 """
 
 from __future__ import annotations
@@ -148,6 +149,8 @@ def config_from_gguf(meta: dict[str, Any], vocab: int, weights: dict[str, Any]) 
         head=head,
         labels=labels,
         head_act=str(meta.get("corelm.bert.head_activation", "tanh")),
+        normalize=bool(meta.get("corelm.embedding.normalize", True)),
+        max_tokens=int(meta.get("corelm.embedding.max_tokens", 0)),
     )
 
 
@@ -164,6 +167,10 @@ def write_hparams(w: gguf.GGUFWriter, c: ModelConfig) -> None:
         w.add_array("bert.classifier.output_labels", c.labels)
     if c.head_act != "tanh":
         w.add_string("corelm.bert.head_activation", c.head_act)
+    # sentence-transformers settings llama.cpp has no key for
+    w.add_bool("corelm.embedding.normalize", c.normalize)
+    if c.max_tokens:
+        w.add_uint32("corelm.embedding.max_tokens", c.max_tokens)
 
 
 def expected_shapes(c: ModelConfig) -> dict[str, tuple[int, int]]:

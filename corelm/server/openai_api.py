@@ -5,7 +5,9 @@ wrong types, out-of-range values, unknown top-level fields (400, code "unknown_p
 features corelm does not have (n > 1, tools, echo, ...: 400 naming the field), a model other
 than this server's (404 "model_not_found"), a prompt plus max_tokens past the context (400
 "context_length_exceeded"). Fields that change nothing here (user, metadata, store, ...) are
-accepted and ignored.
+accepted and ignored. A model that cannot do what a route asks (completions on an encoder,
+/v1/classify without a classifier, ...) gets 400 "unsupported_model" naming what it can do
+and the routes that do it.
 
 Sampling follows OpenAI's meaning: temperature (default 1) and top_p (default 1) only; top_k,
 min_p, repeat_penalty and ignore_eos are corelm extensions (off unless given). Logprobs are
@@ -73,6 +75,20 @@ CHAT_FIELDS = _SAMPLING | {
     "verbosity",
 }
 _ROLES = ("system", "developer", "user", "assistant", "tool")
+
+# What each of LLM.capabilities is served by, and how an error says it
+CAPABILITY_ROUTES = {
+    "generate": ("/v1/completions", "/v1/chat/completions"),
+    "embed": ("/v1/embeddings",),
+    "classify": ("/v1/classify",),
+    "tag": ("/v1/tag",),
+}
+_CANNOT = {
+    "generate": "generate text",
+    "embed": "embed texts",
+    "classify": "classify texts (it has no sequence classification head)",
+    "tag": "tag tokens (it has no token classification head)",
+}
 
 
 class ApiError(Exception):
@@ -185,15 +201,52 @@ class _Fields:
 class OpenAIApi:
     """Turns request bodies into Jobs for one model, and results into response bodies."""
 
-    def __init__(self, tokenizer: Tokenizer, model_id: str, ctx: int, vocab_size: int) -> None:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        model_id: str,
+        ctx: int,
+        vocab_size: int,
+        capabilities: frozenset[str] = frozenset({"generate", "embed"}),
+    ) -> None:
         self.tok = tokenizer
         self.model_id = model_id
         self.ctx = ctx
         self.vocab_size = vocab_size
+        self.capabilities = capabilities  # LLM.capabilities
 
     # ---- requests ----
 
+    def routes(self) -> list[str]:
+        """The POST routes this model answers."""
+        return [r for cap in CAPABILITY_ROUTES if cap in self.capabilities for r in CAPABILITY_ROUTES[cap]]
+
+    def require(self, capability: str) -> None:
+        """400 unless the model can do `capability` (one of LLM.capabilities)."""
+        if capability not in self.capabilities:
+            can = ", ".join(c for c in CAPABILITY_ROUTES if c in self.capabilities)
+            raise ApiError(
+                400,
+                f"The model `{self.model_id}` cannot {_CANNOT[capability]}: it can {can}. "
+                f"This server answers POST {', '.join(self.routes())}.",
+                param="model",
+                code="unsupported_model",
+            )
+
+    def check_model(self, model: Any) -> None:
+        """A request's "model": absent, or this server's model id."""
+        if model is not None and not isinstance(model, str):
+            raise _invalid_type("model", "a string", model)
+        if model is not None and model != self.model_id:
+            raise ApiError(
+                404,
+                f"The model `{model}` does not exist (this server serves `{self.model_id}`).",
+                param="model",
+                code="model_not_found",
+            )
+
     def parse_completion(self, body: Any) -> ApiRequest:
+        self.require("generate")
         f = _Fields(body, COMPLETION_FIELDS)
         if f.bool("echo", False):
             raise ApiError(400, "'echo' is not supported by this server.", param="echo", code="unsupported_parameter")
@@ -209,6 +262,7 @@ class OpenAIApi:
         return self._common(f, "completion", prompt, prompt_text, logprobs, DEFAULT_MAX_TOKENS_COMPLETIONS)
 
     def parse_chat(self, body: Any) -> ApiRequest:
+        self.require("generate")
         f = _Fields(body, CHAT_FIELDS)
         for name in ("tools", "functions", "audio", "prediction", "web_search_options"):
             f.unsupported(name)
@@ -238,16 +292,7 @@ class OpenAIApi:
     def _common(
         self, f: _Fields, kind: str, prompt: list[int], prompt_text: str, logprobs: int | None, default_max: int | None
     ) -> ApiRequest:
-        model = f.body.get("model")
-        if model is not None and not isinstance(model, str):
-            raise _invalid_type("model", "a string", model)
-        if model is not None and model != self.model_id:
-            raise ApiError(
-                404,
-                f"The model `{model}` does not exist (this server serves `{self.model_id}`).",
-                param="model",
-                code="model_not_found",
-            )
+        self.check_model(f.body.get("model"))
         n = f.int("n", 1)
         if n != 1:
             raise _invalid_value("n", f"only n=1 is supported (one choice per request), got {n}.")
@@ -337,7 +382,7 @@ class OpenAIApi:
             out[int(key)] = float(value)
         return out
 
-    def _check_ids(self, ids: list[Any], name: str) -> list[int]:
+    def check_ids(self, ids: list[Any], name: str) -> list[int]:
         for i in ids:
             if isinstance(i, bool) or not isinstance(i, int):
                 raise _invalid_type(name, "an array of token ids (integers)", i)
@@ -355,7 +400,7 @@ class OpenAIApi:
             ids = self.tok.encode(prompt)
             text = prompt
         elif isinstance(prompt, list):
-            ids, text = self._check_ids(prompt, "prompt"), ""
+            ids, text = self.check_ids(prompt, "prompt"), ""
         else:
             raise _invalid_type("prompt", "a string or an array of token ids", prompt)
         if not ids:

@@ -14,6 +14,16 @@ as soon as its sequence finishes or its client goes away (Job.cancel).
 
 Each sequence has its own Sampler (seeded when the request gives a seed), StreamDecoder and
 StopStrings, so text, stop strings and logprobs come out exactly as LLM.stream makes them.
+
+Embeddings, classification and tagging (Task, from submit_task) run on this same thread:
+the native kernels share one thread pool, and this thread is the only one that calls the
+model, so no lock is needed and the two kinds of work never overlap. A task is cut into
+units of consecutive inputs of at most `prefill_chunk` tokens while sequences are
+generating (TASK_ROWS_IDLE when none are), and the loop runs one generation step, then one
+unit of the oldest task (round robin over tasks), then a step again: a large batch of texts
+slows generation by about one prefill chunk per token but never stops it, and generation
+never starves the batch. A model that cannot generate gets no KV slots at all
+(generate=False); its scheduler only ever runs tasks.
 """
 
 from __future__ import annotations
@@ -22,17 +32,23 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from corelm.engine.sampling import Sampler, SamplingParams
 from corelm.engine.stops import StopStrings
+from corelm.llm import ROWS_PER_STEP
 from corelm.models.base import Model, Segment
 from corelm.tokenizer import StreamDecoder, Tokenizer
 
 log = logging.getLogger(__name__)
+
+TASK_ROWS_IDLE = ROWS_PER_STEP  # tokens per task unit while nothing generates (LLM.embed's batch size)
+TASK_KINDS = ("embed", "classify", "tag")
 
 
 class QueueFull(Exception):
@@ -61,6 +77,31 @@ class Job:
             return self.events.get(timeout=timeout) if timeout > 0 else self.events.get_nowait()
         except queue.Empty:
             return None
+
+
+@dataclass
+class Task:
+    """An embeddings / classify / tag request: run(start, stop) does inputs [start, stop) and
+    returns their results; the scheduler calls it over consecutive ranges until all are done."""
+
+    kind: str  # one of TASK_KINDS (for /metrics)
+    lengths: list[int]  # tokens of each input, as the model sees them
+    run: Callable[[int, int], Any]
+    events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    cancelled: bool = False
+    done: int = 0  # inputs done so far (scheduler thread only)
+    results: list[Any] = field(default_factory=list)  # run's return values, in order
+
+    def next_event(self, timeout: float) -> TaskDone | Failed | None:
+        try:
+            return self.events.get(timeout=timeout) if timeout > 0 else self.events.get_nowait()
+        except queue.Empty:
+            return None
+
+
+@dataclass
+class TaskDone:
+    results: list[Any]  # what each Task.run call returned, in input order
 
 
 @dataclass
@@ -125,6 +166,11 @@ class SchedulerStats:
         self.finished = 0
         self.cancelled = 0
         self.failed = 0
+        self.task_requests: Counter[str] = Counter({k: 0 for k in TASK_KINDS})  # finished, by kind
+        self.task_tokens: Counter[str] = Counter({k: 0 for k in TASK_KINDS})  # their input tokens
+        self.task_units = 0
+        self.task_seconds = 0.0
+        self.task_failed = 0
         self._recent: deque[tuple[float, int]] = deque()  # (time, tokens generated in that step)
         self._lock = threading.Lock()
 
@@ -160,7 +206,10 @@ class Scheduler:
         queue_size: int,
         kv_dtype: str = "float32",
         prefill_chunk: int = 512,
+        generate: bool = True,
     ) -> None:
+        """generate=False (a model without a language-model head): no KV slots, tasks only;
+        `parallel` then only bounds the tasks held (see submit_task)."""
         if parallel < 1 or ctx < 2 or queue_size < 0 or prefill_chunk < 1:
             raise ValueError(
                 f"need parallel >= 1, ctx >= 2, queue >= 0 and prefill chunk >= 1; got "
@@ -171,10 +220,12 @@ class Scheduler:
         self.ctx = ctx
         self.queue_size = queue_size
         self.prefill_chunk = prefill_chunk
-        self.caches = [model.new_cache(ctx, kv_dtype) for _ in range(parallel)]  # the slot pool
-        self.free = list(range(parallel))[::-1]
+        self.caches = [model.new_cache(ctx, kv_dtype) for _ in range(parallel if generate else 0)]  # the slot pool
+        self.free = list(range(len(self.caches)))[::-1]
         self.waiting: deque[Job] = deque()
         self.active: list[_Seq] = []
+        self.tasks: deque[Task] = deque()  # the first one runs next
+        self.task_capacity = parallel + queue_size  # tasks held (running or waiting); more: QueueFull
         self.stats = SchedulerStats()
         self._cv = threading.Condition()
         self._stopping = False
@@ -204,20 +255,36 @@ class Scheduler:
         with self._cv:
             if self._stopping:
                 raise QueueFull("the server is shutting down")
+            if not self.caches:
+                raise RuntimeError("this scheduler has no KV slots: the model cannot generate")
             busy = len(self.active) + len(self.waiting) >= self.parallel
             if busy and len(self.waiting) >= self.queue_size:
                 raise QueueFull(f"all {self.parallel} slots are busy and {len(self.waiting)} requests are waiting")
             self.waiting.append(job)
             self._cv.notify()
 
-    def cancel(self, job: Job) -> None:
-        """The client went away: drop the job and free its slot before the next step."""
+    def submit_task(self, task: Task) -> None:
+        """Queue an embeddings / classify / tag task; raises QueueFull past task_capacity."""
+        with self._cv:
+            if self._stopping:
+                raise QueueFull("the server is shutting down")
+            if len(self.tasks) >= self.task_capacity:
+                raise QueueFull(f"{len(self.tasks)} embedding, classification or tagging requests are queued")
+            self.tasks.append(task)
+            self._cv.notify()
+
+    def cancel(self, job: Job | Task) -> None:
+        """The client went away (or the request is over): drop the job or task before the next
+        step, freeing its slot. A no-op for one that has finished."""
         with self._cv:
             job.cancelled = True
             self._cv.notify()
 
     def queue_depth(self) -> int:
         return len(self.waiting)
+
+    def tasks_queued(self) -> int:
+        return len(self.tasks)
 
     def running(self) -> int:
         return len(self.active)
@@ -227,16 +294,23 @@ class Scheduler:
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not (self._stopping or self.active or self.waiting):
+                while not (self._stopping or self.active or self.waiting or self.tasks):
                     self._cv.wait()
                 if self._stopping:
-                    for job in [s.job for s in self.active] + list(self.waiting):
+                    for job in [s.job for s in self.active] + list(self.waiting) + list(self.tasks):
                         job.events.put(Failed("the server is shutting down"))
                     return
                 self._reap()
                 self._admit()
+                task = self.tasks[0] if self.tasks else None
             if self.active:
                 self._step()
+            if task is not None:
+                more = self._work(task, self.prefill_chunk if self.active else TASK_ROWS_IDLE)
+                with self._cv:  # only this thread removes tasks: the first is still this one
+                    self.tasks.popleft()
+                    if more:
+                        self.tasks.append(task)  # round robin: the next task's turn
 
     def _reap(self) -> None:
         for seq in [s for s in self.active if s.job.cancelled]:
@@ -246,6 +320,36 @@ class Scheduler:
         if gone:
             self.waiting = deque(j for j in self.waiting if not j.cancelled)
             self.stats.cancelled += gone
+        if any(t.cancelled for t in self.tasks):
+            self.tasks = deque(t for t in self.tasks if not t.cancelled)
+
+    def _work(self, task: Task, budget: int) -> bool:
+        """Run the task's next inputs, about `budget` tokens of them (at least one input); False
+        when the task is over (done, failed or cancelled)."""
+        if task.cancelled:
+            return False
+        start = stop = task.done
+        rows = 0
+        while stop < len(task.lengths) and (stop == start or rows + task.lengths[stop] <= budget):
+            rows += task.lengths[stop]
+            stop += 1
+        t0 = time.perf_counter()
+        try:
+            task.results.append(task.run(start, stop))
+        except Exception as e:  # a bug, not bad input (requests are validated): fail this task, keep serving
+            log.exception("%s task failed", task.kind)
+            task.events.put(Failed(f"internal error: {e}"))
+            self.stats.task_failed += 1
+            return False
+        self.stats.task_units += 1
+        self.stats.task_seconds += time.perf_counter() - t0
+        task.done = stop
+        if stop < len(task.lengths):
+            return True
+        self.stats.task_requests[task.kind] += 1
+        self.stats.task_tokens[task.kind] += sum(task.lengths)
+        task.events.put(TaskDone(task.results))
+        return False
 
     def _admit(self) -> None:
         while self.free and self.waiting:
