@@ -76,9 +76,14 @@ def build_hf_model(name: str, folder: Path, seed: int = 0) -> transformers.PreTr
             vocab_size=VOCAB, max_position_embeddings=CTX, rms_norm_eps=1e-5, initializer_range=0.1, **overrides
         )
     model = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32).eval()
-    with torch.no_grad():  # non-trivial norms and biases, so a mistake there shows
+    return save_perturbed(model, folder)
+
+
+def save_perturbed(model: transformers.PreTrainedModel, folder: Path) -> transformers.PreTrainedModel:
+    """Save `model` after giving its norms and biases non-trivial values, so a mistake there shows."""
+    with torch.no_grad():
         for pname, p in model.named_parameters():
-            if "norm" in pname or "ln_" in pname or pname.endswith("bias"):
+            if any(s in pname.lower() for s in ("norm", "ln_")) or pname.endswith("bias"):
                 p.add_(torch.randn_like(p) * 0.1)
     model.save_pretrained(folder, safe_serialization=True)
     return model
@@ -143,11 +148,7 @@ def build_encoder(kind: str, head: str, folder: Path, seed: int = 0, text: str =
         config = config_cls(**sizes, **pad, **overrides, **extra)
     torch.manual_seed(seed)
     model = getattr(transformers, HEADS[head]).from_config(config).eval()
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if "LayerNorm" in pname or "layer_norm" in pname or pname.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(folder, safe_serialization=True)
+    save_perturbed(model, folder)
     if text:
         train_tokenizer(kind, folder, text)
     return model
@@ -167,9 +168,4 @@ def build_decoder_head(
         cls = transformers.Qwen2Config if kind == "qwen2" else transformers.LlamaConfig
         config = cls(vocab_size=vocab, max_position_embeddings=CTX, pad_token_id=0, **overrides, **extra)
     model = getattr(transformers, HEADS[head]).from_config(config).eval()
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if "norm" in pname or "ln_" in pname or pname.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(folder, safe_serialization=True)
-    return model
+    return save_perturbed(model, folder)

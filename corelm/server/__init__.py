@@ -4,14 +4,38 @@
     curl localhost:8080/v1/chat/completions -d '{"messages": [{"role": "user", "content": "Hi"}]}'
 
 Routes: GET / (chat page), /health, /metrics (Prometheus), /v1/models[/ID]; POST
-/v1/completions and /v1/chat/completions (with "stream": true for server-sent events).
+/v1/completions and /v1/chat/completions (with "stream": true for server-sent events),
+/v1/embeddings (OpenAI's Embeddings API: every model, a decoder's pooled hidden states too),
+/v1/classify and /v1/tag (corelm's own, for models with a sequence / token classifier):
+
+    curl localhost:8080/v1/embeddings -d '{"input": ["first text", "second text"]}'
+    curl localhost:8080/v1/classify -d '{"input": "I loved it"}'
+        -> {"object": "list", "data": [{"index": 0, "label": "positive", "score": 0.98,
+            "scores": {"negative": 0.01, "positive": 0.98, ...}}], "model": ..., "usage": ...}
+    curl localhost:8080/v1/tag -d '{"input": ["Ada lives in Paris"]}'
+        -> {"object": "list", "data": [{"index": 0, "entities": [{"label": "PER", "text": "Ada",
+            "start": 0, "end": 3, "score": 0.99}, ...]}], "model": ..., "usage": ...}
+
+(tasks.py tells the inputs each accepts). A route the model cannot serve (completions on
+an encoder, /v1/classify without a classifier) is 400 "unsupported_model", naming what the
+model can do. An encoder (or a decoder with no language-model head) gets no KV slots: the
+server then only embeds / classifies / tags, and / says it is not a chat model.
 The model id is the file's stem (a folder's name), or --alias; requests may leave out
 "model", and any other name gets 404 model_not_found.
 
 Choices:
 - Standard library only (http.server's ThreadingHTTPServer, HTTP/1.1 keep-alive): no new
-  dependency. Handler threads only parse, validate and write; one scheduler thread owns the
-  model and talks to them through queues.
+  dependency. Handler threads only parse, validate (and tokenize) and write; one scheduler
+  thread owns the model and talks to them through queues.
+- Embeddings, classification and tagging run on that same scheduler thread, as Tasks: the
+  native kernels use one thread pool, and a second thread calling the model would overlap
+  with the generation steps. A task is cut into units of whole inputs (at most
+  --prefill-chunk tokens while something generates, a few thousand when nothing does) and
+  the thread alternates one generation step with one unit (round robin over tasks), so a
+  2048-text request delays each generated token by about one prefill chunk's time but never
+  stops generation, nor does generation stop it. Units are LLM.embed / class_probabilities /
+  tag calls on sub-lists, so results equal the Python API's. --parallel + --queue tasks may
+  be held at once; more get 503.
 - Continuous batching: each step is one Model.forward_batch call over every active sequence.
   New prompts are prefilled as segments of that same call (at most --prefill-chunk prompt
   tokens per step, a longer prompt spreads over several steps), so running sequences keep
@@ -23,7 +47,8 @@ Choices:
 - A stream writer that falls behind sends the tokens that piled up as one chunk.
 
 Layout: scheduler.py (the one thread that runs the model: continuous batching over a pool of
-KV-cache slots), openai_api.py (request validation and response shapes), app.py (HTTP),
+KV-cache slots, and tasks between steps), openai_api.py (request validation and response
+shapes), tasks.py (the same for /v1/embeddings, /v1/classify, /v1/tag), app.py (HTTP),
 metrics.py (/metrics), chat.html (the page).
 """
 
@@ -75,8 +100,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "serve",
         help="OpenAI-compatible HTTP server with a chat page",
         description="Serve MODEL over HTTP: /v1/chat/completions, /v1/completions (streaming or not), "
+        "/v1/embeddings (every model), /v1/classify and /v1/tag (models with a sequence / token classifier), "
         "/v1/models, /health, /metrics, and a chat page at /. Requests that arrive while others are "
-        "generating join the running batch (continuous batching over --parallel KV-cache slots).",
+        "generating join the running batch (continuous batching over --parallel KV-cache slots). "
+        "An encoder (BERT, RoBERTa, DistilBERT) only embeds, classifies or tags: it has no KV slots.",
     )
     add_arguments(p)
     p.set_defaults(func=cmd_serve)
@@ -90,11 +117,12 @@ def model_id(path: str) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from corelm import _C
-    from corelm.llm import DEFAULT_MAX_CTX, DEFAULT_MODEL
+    from corelm.llm import DEFAULT_MAX_CTX, DEFAULT_MODEL, LLM
     from corelm.models import load_model
     from corelm.server.app import App, Server
     from corelm.server.openai_api import OpenAIApi
     from corelm.server.scheduler import Scheduler
+    from corelm.server.tasks import TaskApi
 
     path = args.model
     if path is None:
@@ -107,10 +135,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if tokenizer is None:
         raise ValueError(f"{path}: the model has no tokenizer; the server needs one")
     ctx = args.ctx or min(model.config.ctx, DEFAULT_MAX_CTX)
-    scheduler = Scheduler(model, tokenizer, args.parallel, ctx, args.queue, args.kv_dtype, args.prefill_chunk)
+    llm = LLM(model, tokenizer, ctx=ctx)  # embeds, classifies and tags (on the scheduler thread)
+    llm.cache = None  # it never generates here: the scheduler's slots do (zeroed pages, never touched)
+    caps = llm.capabilities
+    generate = "generate" in caps
+    scheduler = Scheduler(
+        model, tokenizer, args.parallel, ctx, args.queue, args.kv_dtype, args.prefill_chunk, generate=generate
+    )
     name = args.alias or model_id(path)
-    api = OpenAIApi(tokenizer, name, ctx, model.config.vocab_size)
-    server = Server((args.host, args.port), App(scheduler, api, args.api_key))
+    api = OpenAIApi(tokenizer, name, ctx, model.config.vocab_size, capabilities=caps)
+    server = Server((args.host, args.port), App(scheduler, api, args.api_key, tasks=TaskApi(llm, api)))
     host, port = server.server_address[:2]
     scheduler.start()
 
@@ -120,10 +154,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_term)
     if not args.api_key and host not in ("127.0.0.1", "::1", "localhost"):
         log.warning("listening on %s without --api-key: anyone who can reach this port can use the model", host)
+    if generate:
+        serving = f"{args.parallel} slots x {ctx} tokens, KV cache {scheduler.kv_bytes / 2**20:.1f} MiB"
+    else:
+        serving = f"{model.config.arch}, no generation: {', '.join(api.routes())}"
     print(
-        f"corelm serve: {name} on http://{host}:{port} ({args.parallel} slots x {ctx} tokens, "
-        f"KV cache {scheduler.kv_bytes / 2**20:.1f} MiB, queue {args.queue}, {_C.info()['threads']} threads"
-        f"{', API key required' if args.api_key else ''})",
+        f"corelm serve: {name} on http://{host}:{port} ({serving}, queue {args.queue}, "
+        f"{_C.info()['threads']} threads{', API key required' if args.api_key else ''})",
         file=sys.stderr,
         flush=True,
     )

@@ -5,12 +5,14 @@ keep-alive). Handler threads never touch the model: they validate a request into
 hand it to the Scheduler and turn its events into a JSON response or a stream of
 server-sent events (chunked transfer encoding). A client that goes away is noticed when a
 write fails or, while no event is due, when its socket reads end-of-file; its job is then
-cancelled and its KV slot freed before the scheduler's next step.
+cancelled and its KV slot freed before the scheduler's next step. Embeddings, classify and
+tag requests go the same way as a Task (see tasks.py): one JSON response when it is done.
 """
 
 from __future__ import annotations
 
 import hmac
+import html
 import json
 import logging
 import select
@@ -25,7 +27,8 @@ from urllib.parse import urlsplit
 
 from corelm.server import metrics
 from corelm.server.openai_api import ApiError, ApiRequest, OpenAIApi, usage
-from corelm.server.scheduler import Delta, Done, Failed, QueueFull, Scheduler
+from corelm.server.scheduler import Delta, Done, Failed, Job, QueueFull, Scheduler, Task, TaskDone
+from corelm.server.tasks import ROUTE_KINDS, TaskApi, TaskRequest
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,9 @@ ROUTES = {
     "/v1/models/{id}": ("GET",),
     "/v1/completions": ("POST",),
     "/v1/chat/completions": ("POST",),
+    "/v1/embeddings": ("POST",),
+    "/v1/classify": ("POST",),
+    "/v1/tag": ("POST",),
 }
 
 
@@ -52,13 +58,26 @@ class ClientGone(Exception):
 class App:
     """What every handler thread shares."""
 
-    def __init__(self, scheduler: Scheduler, api: OpenAIApi, api_key: str | None = None) -> None:
+    def __init__(
+        self, scheduler: Scheduler, api: OpenAIApi, api_key: str | None = None, tasks: TaskApi | None = None
+    ) -> None:
         self.scheduler = scheduler
         self.api = api
         self.api_key = api_key
+        self.tasks = tasks  # None: no /v1/embeddings, /v1/classify, /v1/tag
         self.http = metrics.HttpStats()
         self.created = int(time.time())
-        self.page = CHAT_PAGE.read_bytes()
+        self.page = CHAT_PAGE.read_bytes() if "generate" in api.capabilities else self._no_chat_page()
+
+    def _no_chat_page(self) -> bytes:
+        """What / shows for a model that cannot generate."""
+        routes = "".join(f"<li><code>POST {html.escape(r)}</code></li>" for r in self.api.routes())
+        name = html.escape(self.api.model_id)
+        return (
+            f"<!doctype html><html><head><meta charset='utf-8'><title>corelm: {name}</title></head>"
+            f"<body><h1>{name}</h1><p>This model cannot generate text, so there is no chat here. "
+            f"The server answers:</p><ul>{routes}</ul></body></html>"
+        ).encode()
 
 
 class Server(ThreadingHTTPServer):
@@ -193,9 +212,11 @@ class Handler(BaseHTTPRequestHandler):
                 {
                     "status": "ok",
                     "model": app.api.model_id,
+                    "capabilities": sorted(app.api.capabilities),
                     "slots_total": s.parallel,
                     "slots_busy": s.running(),
                     "queue_depth": s.queue_depth(),
+                    "tasks_queued": s.tasks_queued(),
                 },
             )
         elif route == "/metrics":
@@ -208,6 +229,11 @@ class Handler(BaseHTTPRequestHandler):
             if name != app.api.model_id:
                 raise ApiError(404, f"The model `{name}` does not exist.", param="model", code="model_not_found")
             self._json(200, app.api.model_card(app.created))
+        elif route in ROUTE_KINDS:
+            body = self._read_json()
+            if app.tasks is None:
+                raise ApiError(404, f"Unknown request URL: {self.command} {path}.", code="unknown_url")
+            self._task(app, app.tasks.parse(ROUTE_KINDS[route], body))
         else:
             body = self._read_json()
             req = app.api.parse_chat(body) if route == "/v1/chat/completions" else app.api.parse_completion(body)
@@ -254,12 +280,15 @@ class Handler(BaseHTTPRequestHandler):
                 code="invalid_json",
             ) from None
 
-    # ---- generation ----
+    # ---- the scheduler ----
 
-    def _generate(self, app: App, req: ApiRequest) -> None:
-        job = req.job
+    @staticmethod
+    def _submit(app: App, job: Job | Task) -> None:
         try:
-            app.scheduler.submit(job)
+            if isinstance(job, Task):
+                app.scheduler.submit_task(job)
+            else:
+                app.scheduler.submit(job)
         except QueueFull as e:
             raise ApiError(
                 503,
@@ -268,6 +297,29 @@ class Handler(BaseHTTPRequestHandler):
                 code="queue_full",
                 headers={"Retry-After": "1"},
             ) from None
+
+    # ---- embeddings, classification, tagging ----
+
+    def _task(self, app: App, req: TaskRequest) -> None:
+        task = app.tasks.task(req)
+        self._submit(app, task)
+        try:
+            ev = task.next_event(POLL_SECONDS)
+            while ev is None:
+                if self._client_gone():
+                    raise ClientGone
+                ev = task.next_event(POLL_SECONDS)
+        finally:
+            app.scheduler.cancel(task)  # the rest of its inputs are skipped if the client went away; else no-op
+        if not isinstance(ev, TaskDone):
+            raise ApiError(500, ev.message, type="server_error")
+        self._json(200, app.tasks.response(req, ev.results))
+
+    # ---- generation ----
+
+    def _generate(self, app: App, req: ApiRequest) -> None:
+        job = req.job
+        self._submit(app, job)
         rid = ("chatcmpl-" if req.kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         try:

@@ -69,6 +69,22 @@ def render(scheduler: Scheduler, http: HttpStats) -> str:
     )
     metric("corelm_batch_rows_max", "gauge", "Most token rows seen in one forward_batch call.", s.max_batch_rows)
     metric("corelm_busy_seconds_total", "counter", "Seconds spent inside forward_batch.", s.busy_seconds)
+    metric(
+        "corelm_task_requests_total",
+        "counter",
+        "Embedding (/v1/embeddings), classify and tag requests answered, by task.",
+        samples=[(f'task="{k}"', n) for k, n in sorted(s.task_requests.items())],
+    )
+    metric(
+        "corelm_task_input_tokens_total",
+        "counter",
+        "Input tokens of the answered embedding, classify and tag requests, by task.",
+        samples=[(f'task="{k}"', n) for k, n in sorted(s.task_tokens.items())],
+    )
+    metric("corelm_task_queue_depth", "gauge", "Embedding, classify and tag requests held.", scheduler.tasks_queued())
+    metric("corelm_task_units_total", "counter", "Forward passes run for those requests.", s.task_units)
+    metric("corelm_task_seconds_total", "counter", "Seconds spent on those requests' forward passes.", s.task_seconds)
+    metric("corelm_task_failed_total", "counter", "Those requests ended by an error.", s.task_failed)
     return "\n".join(out) + "\n"
 
 

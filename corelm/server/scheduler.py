@@ -20,9 +20,9 @@ the native kernels share one thread pool, and this thread is the only one that c
 model, so no lock is needed and the two kinds of work never overlap. A task is cut into
 units of consecutive inputs of at most `prefill_chunk` tokens while sequences are
 generating (TASK_ROWS_IDLE when none are), and the loop runs one generation step, then one
-unit of the oldest task (round robin over tasks), then a step again: a large batch of texts
-slows generation by about one prefill chunk per token but never stops it, and generation
-never starves the batch. A model that cannot generate gets no KV slots at all
+unit of the task at the head of the queue, which then goes to the back (round robin), then
+a step again: a large batch of texts slows generation by about one prefill chunk per token
+but never stops it, and generation never starves the batch. A model that cannot generate gets no KV slots at all
 (generate=False); its scheduler only ever runs tasks.
 """
 

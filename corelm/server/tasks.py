@@ -83,7 +83,9 @@ class TaskApi:
                 )
         truncate = f.bool("truncate", True)
         if "input" not in body:
-            raise ApiError(400, "Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+            raise ApiError(
+                400, "Missing required parameter: 'input'.", param="input", code="missing_required_parameter"
+            )
         inputs, token_ids = self._inputs(body["input"], allow_ids=kind == "embed")
         if token_ids:
             lengths = [len(ids) for ids in inputs]
@@ -96,8 +98,9 @@ class TaskApi:
         else:
             try:
                 lengths = [len(e.ids) for e in self.llm.encode(inputs, truncate)]
-            except ValueError as e:
-                raise _too_long(f"{e}.") if "tokens" in str(e) else _invalid_value("input", f"{e}.") from None
+            except ValueError as e:  # too long (truncate false), or a tokenizer that does not fit the model
+                code = "context_length_exceeded" if "more than" in str(e) else "invalid_value"
+                raise ApiError(400, f"Invalid 'input': {e}.", param="input", code=code) from None
         if sum(lengths) > MAX_TOTAL_TOKENS:
             raise _too_long(
                 f"the inputs have {sum(lengths)} tokens in all; at most {MAX_TOTAL_TOKENS} per request. "
@@ -129,8 +132,8 @@ class TaskApi:
                     raise _invalid_value("input", f"input {i} is an empty array of token ids.")
                 self.api.check_ids(ids, "input")
             return value, True
-        bad = next(v for v in value if not isinstance(v, str))
-        raise _invalid_type("input", expected + " (all of one kind)", bad)
+        bad = next(v for v in value if not isinstance(v, str))  # not all strings, nor all arrays
+        raise _invalid_type("input", expected + (" (all of one kind)" if allow_ids else ""), bad)
 
     # ---- the work, on the scheduler thread ----
 
@@ -172,7 +175,7 @@ class TaskApi:
                 for i, p in enumerate(np.concatenate(results))
             ]
         else:
-            entities = [e for part in results for e in part]
+            per_text = [found for part in results for found in part]
             out["data"] = [
                 {
                     "index": i,
@@ -181,7 +184,7 @@ class TaskApi:
                         for e in found
                     ],
                 }
-                for i, found in enumerate(entities)
+                for i, found in enumerate(per_text)
             ]
         return out
 
