@@ -268,26 +268,24 @@ PYBIND11_MODULE(_C, m) {
             fail("k and v must be 3-D [" + std::to_string(m_rows) + ", kv_heads, head_dim], got " + shape_str(k));
         const int64_t hkv = k.shape(1);
         check_heads(hq, d, hkv, k.shape(2), "k");
-        // Per row, the bounds of its sequence, from the sequences' lengths (which must cover the rows).
-        std::vector<int32_t> start, end;
+        // The first row of each sequence, from the sequences' lengths (which must cover the rows).
+        std::vector<int32_t> offsets{0};
         if (!seq_lengths.is_none()) {
             auto lengths = py::cast<py::array_t<int64_t, py::array::c_style | py::array::forcecast>>(seq_lengths);
             if (lengths.ndim() != 1) fail("seq_lengths must be 1-D");
-            int64_t row = 0;
             for (py::ssize_t s = 0; s < lengths.size(); ++s) {
                 const int64_t len = lengths.at(s);
-                if (len < 1 || row + len > m_rows) fail("seq_lengths must be positive and sum to the rows of q (" + std::to_string(m_rows) + ")");
-                start.insert(start.end(), size_t(len), int32_t(row));
-                end.insert(end.end(), size_t(len), int32_t(row + len));
-                row += len;
+                if (len < 1 || offsets.back() + len > m_rows)
+                    fail("seq_lengths must be positive and sum to the rows of q (" + std::to_string(m_rows) + ")");
+                offsets.push_back(int32_t(offsets.back() + len));
             }
-            if (row != m_rows) fail("seq_lengths must be positive and sum to the rows of q (" + std::to_string(m_rows) + ")");
+            if (offsets.back() != m_rows) fail("seq_lengths must be positive and sum to the rows of q (" + std::to_string(m_rows) + ")");
         }
         Array y = f32_out(out, shape_of(q));
         if (m_rows > 0) {
             AttentionArgs a{qp, k.data(), v.data(), f16, d, hkv * d, m_rows, hq, hkv, d, 0,
                             causal, scale, static_cast<float*>(y.mutable_data())};
-            if (!start.empty()) { a.seq_start = start.data(); a.seq_end = end.data(); }
+            if (offsets.size() > 1) { a.seq_offsets = offsets.data(); a.n_seqs = int64_t(offsets.size()) - 1; }
             py::gil_scoped_release nogil;
             ops::attention(a);
         }

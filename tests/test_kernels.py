@@ -335,7 +335,7 @@ def test_attention_matches_numpy(isa, d, cache, m, n_past, heads, seed):
 @pytest.mark.parametrize("kv", ["float32", "float16"])
 @pytest.mark.parametrize("causal", [False, True])
 @given(
-    m=st.sampled_from([1, 3, 64, 65, 150]),
+    m=st.sampled_from([1, 3, 64, 65, 150, 300]),
     heads=st.sampled_from([(1, 1), (12, 12), (8, 2)]),
     seed=st.integers(0, 2**31 - 1),
 )

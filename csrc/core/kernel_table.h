@@ -28,10 +28,10 @@ using MatmulFn = void (*)(const MatmulArgs&, int64_t n0, int64_t n1);
 // of positions 0 .. n_past+m-1. Causal: a row sees the keys up to its own position (decoders);
 // otherwise every row sees all n_past+m keys (encoders). Key j of kv head h starts at element
 // h * kv_head_stride + j * kv_row_stride of k and v: a cache [hkv, capacity, d] or a step's own
-// [m, hkv, d] rows. With seq_start / seq_end (per query row: the rows [start, end) of the
-// sequence it belongs to), the m rows are several sequences one after another, each attending
-// only to its own rows (n_past = 0): one call for a whole batch. Work is split in tasks of
-// (query row, kv head): task t covers row t / hkv, kv head t % hkv, and its hq/hkv heads.
+// [m, hkv, d] rows. `attention` splits the work in tasks of (query row, kv head): task t covers
+// row t / hkv, kv head t % hkv, and its hq/hkv heads. `attention_seqs` serves a batch: the m rows
+// are n_seqs sequences one after another (rows seq_offsets[s] .. seq_offsets[s+1]), each
+// attending only to its own rows (n_past = 0); task t covers sequence t / hkv, kv head t % hkv.
 struct AttentionArgs {
     const float* q;              // [m, hq, d]
     const void* k;               // fp32 or fp16
@@ -42,15 +42,24 @@ struct AttentionArgs {
     bool causal;
     float scale;
     float* out;                  // [m, hq, d]
-    const int32_t* seq_start = nullptr;  // optional, [m]
-    const int32_t* seq_end = nullptr;    // optional, [m]
+    const int32_t* seq_offsets = nullptr;  // attention_seqs: [n_seqs + 1]
+    int64_t n_seqs = 0;
 
-    int64_t first_key(int64_t row) const { return seq_start ? seq_start[row] : 0; }
-    int64_t keys_of_row(int64_t row) const {
-        if (seq_start) return causal ? row - seq_start[row] + 1 : seq_end[row] - seq_start[row];
-        return causal ? n_past + row + 1 : n_past + m;
-    }
+    int64_t keys_of_row(int64_t row) const { return causal ? n_past + row + 1 : n_past + m; }
     int64_t kv_at(int64_t head, int64_t key) const { return head * kv_head_stride + key * kv_row_stride; }
+    // The single-sequence problem of sequence s (attention_seqs): its rows, keys and outputs.
+    AttentionArgs sequence(int64_t s) const {
+        const int64_t r0 = seq_offsets[s], r1 = seq_offsets[s + 1];
+        AttentionArgs one = *this;
+        one.q = q + r0 * hq * d;
+        one.k = static_cast<const char*>(k) + r0 * kv_row_stride * (f16_cache ? 2 : 4);
+        one.v = static_cast<const char*>(v) + r0 * kv_row_stride * (f16_cache ? 2 : 4);
+        one.m = r1 - r0;
+        one.out = out + r0 * hq * d;
+        one.seq_offsets = nullptr;
+        one.n_seqs = 0;
+        return one;
+    }
 };
 using AttentionFn = void (*)(const AttentionArgs&, int64_t task0, int64_t task1);
 
@@ -89,6 +98,7 @@ using BinaryFn = void (*)(const float* a, const float* b, float* y, int64_t n);
     X(matmul_q5_kx16, MatmulFn)              \
     X(matmul_q6_kx16, MatmulFn)              \
     X(attention, AttentionFn)                \
+    X(attention_seqs, AttentionFn)           \
     X(rmsnorm, RmsNormFn)                    \
     X(layernorm, LayerNormFn)                \
     X(softmax, SoftmaxFn)                    \

@@ -80,23 +80,31 @@ void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, WeightType t
             return;
         }
         // Epilogue: the chunk's columns go to a scratch tile (so `residual` may be `y` itself),
-        // then y = tile + bias + residual while they are still in cache. n0 is a multiple of 16,
-        // so packed groups stay whole in the shifted view.
+        // then y = tile + bias + residual while they are still in cache: kEpilogueRows activation
+        // rows at a time, so a long prefill's tile stays in L2. n0 is a multiple of 16, so packed
+        // groups stay whole in the shifted view.
+        constexpr int64_t kEpilogueRows = 64;
         thread_local std::vector<float> tile;
         const int64_t w_cols = n1 - n0;
-        if (int64_t(tile.size()) < m * w_cols) tile.resize(size_t(m * w_cols));
-        MatmulArgs part = a;
-        part.w = a.w + n0 * a.w_stride;
-        part.n = w_cols;
-        part.y = tile.data();
-        part.ldy = w_cols;
-        run(part, 0, w_cols, n_packed - n0);
-        for (int64_t r = 0; r < m; ++r) {
-            const float* src = tile.data() + r * w_cols;
-            float* dst = y + r * n + n0;
-            const float* res = residual ? residual + r * n + n0 : nullptr;
-            for (int64_t j = 0; j < w_cols; ++j)
-                dst[j] = src[j] + (bias ? bias[n0 + j] : 0.0f) + (res ? res[j] : 0.0f);
+        if (int64_t(tile.size()) < kEpilogueRows * w_cols) tile.resize(size_t(kEpilogueRows * w_cols));
+        for (int64_t m0 = 0; m0 < m; m0 += kEpilogueRows) {
+            const int64_t rows = std::min(kEpilogueRows, m - m0);
+            MatmulArgs part = a;
+            part.x = a.x + m0 * a.ldx;
+            if (a.xq) part.xq = a.xq + m0 * (k / kQK);
+            part.m = rows;
+            part.w = a.w + n0 * a.w_stride;
+            part.n = w_cols;
+            part.y = tile.data();
+            part.ldy = w_cols;
+            run(part, 0, w_cols, n_packed - n0);
+            for (int64_t r = 0; r < rows; ++r) {
+                const float* src = tile.data() + r * w_cols;
+                float* dst = y + (m0 + r) * n + n0;
+                const float* res = residual ? residual + (m0 + r) * n + n0 : nullptr;
+                for (int64_t j = 0; j < w_cols; ++j)
+                    dst[j] = src[j] + (bias ? bias[n0 + j] : 0.0f) + (res ? res[j] : 0.0f);
+            }
         }
     });
 }
@@ -162,9 +170,12 @@ void dequantize(const uint8_t* w, WeightType t, int64_t rows, int64_t k, float* 
 
 void attention(const AttentionArgs& a) {
     const KernelTable& kt = kernels();
-    // Work per task for the pool's split: the keys a row sees (a batch's rows see their own sequence).
-    const int64_t keys = a.seq_start ? std::max<int64_t>(1, (a.seq_end[a.m - 1] - a.seq_start[0]) / 2) : a.n_past + a.m;
-    const int64_t work = a.m * a.hq * a.d * keys;
+    if (a.seq_offsets) {  // a batch of sequences: a task per (sequence, kv head)
+        const int64_t work = a.m * a.hq * a.d * std::max<int64_t>(1, a.m / a.n_seqs);
+        parallel(a.n_seqs * a.hkv, 1, work, [&](int64_t t0, int64_t t1) { kt.attention_seqs(a, t0, t1); });
+        return;
+    }
+    const int64_t work = a.m * a.hq * a.d * (a.n_past + a.m);
     parallel(a.m * a.hkv, 1, work, [&](int64_t t0, int64_t t1) { kt.attention(a, t0, t1); });
 }
 

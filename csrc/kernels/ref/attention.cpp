@@ -19,13 +19,13 @@ void attention(const AttentionArgs& a, int64_t task0, int64_t task1) {
     float acc[kMaxHeadDim];
     for (int64_t t = task0; t < task1; ++t) {
         const int64_t row = t / a.hkv, kvh = t % a.hkv;
-        const int64_t n_keys = a.keys_of_row(row), key0 = a.first_key(row);
+        const int64_t n_keys = a.keys_of_row(row);
         for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
             const float* q = a.q + (row * a.hq + h) * a.d;
             float m = -INFINITY, l = 0.0f;
             std::fill_n(acc, a.d, 0.0f);
             for (int64_t j = 0; j < n_keys; ++j) {
-                const int64_t base = a.kv_at(kvh, key0 + j);
+                const int64_t base = a.kv_at(kvh, j);
                 float s = 0.0f;
                 for (int64_t i = 0; i < a.d; ++i) s += q[i] * cache_at(a, a.k, base + i);
                 s *= a.scale;
@@ -41,8 +41,20 @@ void attention(const AttentionArgs& a, int64_t task0, int64_t task1) {
     }
 }
 
+// Each sequence of a batch as its own single-sequence problem, row by row.
+void attention_seqs(const AttentionArgs& a, int64_t task0, int64_t task1) {
+    for (int64_t t = task0; t < task1; ++t) {
+        const AttentionArgs one = a.sequence(t / a.hkv);
+        const int64_t kvh = t % a.hkv;
+        for (int64_t row = 0; row < one.m; ++row) attention(one, row * a.hkv + kvh, row * a.hkv + kvh + 1);
+    }
+}
+
 }  // namespace
 
-void fill_attention(KernelTable& t) { t.attention = attention; }
+void fill_attention(KernelTable& t) {
+    t.attention = attention;
+    t.attention_seqs = attention_seqs;
+}
 
 }  // namespace corelm::ref

@@ -3,6 +3,7 @@
 // key as in ref), then the probability-weighted values. No score matrix is ever formed.
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "../../core/kernel_table.h"
 #include "../../core/fastmath.h"
@@ -40,7 +41,7 @@ void attention_impl(const AttentionArgs& a, int64_t task0, int64_t task1) {
     float s[kKeyTile];
     for (int64_t t = task0; t < task1; ++t) {
         const int64_t row = t / a.hkv, kvh = t % a.hkv;
-        const int64_t n_keys = a.keys_of_row(row), key0 = a.first_key(row);
+        const int64_t n_keys = a.keys_of_row(row);
         for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
             const float* q = a.q + (row * a.hq + h) * a.d;
             float m = -INFINITY, l = 0.0f;
@@ -49,7 +50,7 @@ void attention_impl(const AttentionArgs& a, int64_t task0, int64_t task1) {
                 const int64_t nt = std::min(kKeyTile, n_keys - j0);
                 float tile_max = -INFINITY;
                 for (int64_t jj = 0; jj < nt; ++jj) {
-                    const int64_t base = a.kv_at(kvh, key0 + j0 + jj);
+                    const int64_t base = a.kv_at(kvh, j0 + jj);
                     vf dot = vf_zero();
                     for (int64_t i = 0; i < dv; i += kLanes) dot = vf_fma(vf_load(q + i), load_cache<F16>(a.k, base + i), dot);
                     float sc = vf_sum(dot);
@@ -66,7 +67,7 @@ void attention_impl(const AttentionArgs& a, int64_t task0, int64_t task1) {
 #pragma omp simd reduction(+ : l)
                 for (int64_t jj = 0; jj < nt; ++jj) l += (s[jj] = exp_fast(s[jj] - m_new));  // scores -> weights
                 for (int64_t jj = 0; jj < nt; ++jj) {
-                    const int64_t base = a.kv_at(kvh, key0 + j0 + jj);
+                    const int64_t base = a.kv_at(kvh, j0 + jj);
                     const vf pv = vf_set1(s[jj]);
                     for (int64_t i = 0; i < dv; i += kLanes) {
                         vf_store(acc + i, vf_fma(pv, load_cache<F16>(a.v, base + i), vf_load(acc + i)));
@@ -87,8 +88,86 @@ void attention(const AttentionArgs& a, int64_t task0, int64_t task1) {
     else attention_impl<false>(a, task0, task1);
 }
 
+// ---- a batch of sequences: one task per (sequence, kv head) ----
+
+// Sequences up to this long take the transposed-keys path below; longer ones go row by row.
+constexpr int64_t kShortSeq = 256;
+
+// One short sequence and kv head: its keys transposed once ([d][keys], shared by every row and
+// head of the group), so a row's scores for 16 keys are one FMA per element of the head, with no
+// horizontal sums; then softmax over the row's keys and the probability-weighted values.
+template <bool F16>
+void attention_short(const AttentionArgs& one, int64_t kvh, std::vector<float>& kt) {
+    const int64_t n = one.m, d = one.d, group = one.hq / one.hkv;
+    const int64_t np = (n + kLanes - 1) / kLanes * kLanes;  // keys padded to whole vectors
+    const int64_t dv = d - d % kLanes;
+    kt.assign(size_t(d * np), 0.0f);
+    for (int64_t j = 0; j < n; ++j) {
+        const int64_t base = one.kv_at(kvh, j);
+        for (int64_t c = 0; c < d; ++c) kt[size_t(c * np + j)] = cache_at<F16>(one.k, base + c);
+    }
+    alignas(64) float s[kShortSeq];
+    for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
+        for (int64_t row = 0; row < n; ++row) {
+            const float* q = one.q + (row * one.hq + h) * d;
+            const int64_t n_keys = one.causal ? row + 1 : n;
+            const int64_t nk = (n_keys + kLanes - 1) / kLanes * kLanes;
+            for (int64_t j = 0; j < nk; j += kLanes) {
+                // four independent sums over the head's elements, so the FMAs overlap their latency
+                vf dot[4] = {vf_zero(), vf_zero(), vf_zero(), vf_zero()};
+                const float* col = kt.data() + j;
+                int64_t c = 0;
+                for (; c + 4 <= d; c += 4)
+                    for (int u = 0; u < 4; ++u) dot[u] = vf_fma(vf_set1(q[c + u]), vf_load(col + (c + u) * np), dot[u]);
+                for (; c < d; ++c) dot[0] = vf_fma(vf_set1(q[c]), vf_load(col + c * np), dot[0]);
+                const vf sum = vf_add(vf_add(dot[0], dot[1]), vf_add(dot[2], dot[3]));
+                vf_store(s + j, vf_mul(sum, vf_set1(one.scale)));
+            }
+            float m = -INFINITY;
+            for (int64_t j = 0; j < n_keys; ++j) m = std::max(m, s[j]);
+            float l = 0.0f;
+#pragma omp simd reduction(+ : l)
+            for (int64_t j = 0; j < n_keys; ++j) l += (s[j] = exp_fast(s[j] - m));
+            // out = sum_j p_j v_j, a vector of the head at a time, four keys' sums kept apart in registers
+            float* out = one.out + (row * one.hq + h) * d;
+            const vf inv = vf_set1(1.0f / l);
+            for (int64_t c = 0; c < dv; c += kLanes) {
+                vf o[4] = {vf_zero(), vf_zero(), vf_zero(), vf_zero()};
+                int64_t j = 0;
+                for (; j + 4 <= n_keys; j += 4)
+                    for (int u = 0; u < 4; ++u)
+                        o[u] = vf_fma(vf_set1(s[j + u]), load_cache<F16>(one.v, one.kv_at(kvh, j + u) + c), o[u]);
+                for (; j < n_keys; ++j) o[0] = vf_fma(vf_set1(s[j]), load_cache<F16>(one.v, one.kv_at(kvh, j) + c), o[0]);
+                vf_store(out + c, vf_mul(vf_add(vf_add(o[0], o[1]), vf_add(o[2], o[3])), inv));
+            }
+            for (int64_t c = dv; c < d; ++c) {
+                float sum = 0.0f;
+                for (int64_t j = 0; j < n_keys; ++j) sum += s[j] * cache_at<F16>(one.v, one.kv_at(kvh, j) + c);
+                out[c] = sum / l;
+            }
+        }
+    }
+}
+
+void attention_seqs(const AttentionArgs& a, int64_t task0, int64_t task1) {
+    thread_local std::vector<float> kt;
+    for (int64_t t = task0; t < task1; ++t) {
+        const AttentionArgs one = a.sequence(t / a.hkv);
+        const int64_t kvh = t % a.hkv;
+        if (one.m <= kShortSeq) {
+            if (a.f16_cache) attention_short<true>(one, kvh, kt);
+            else attention_short<false>(one, kvh, kt);
+        } else {
+            for (int64_t row = 0; row < one.m; ++row) attention(one, row * a.hkv + kvh, row * a.hkv + kvh + 1);
+        }
+    }
+}
+
 }  // namespace
 
-void fill_attention(KernelTable& t) { t.attention = attention; }
+void fill_attention(KernelTable& t) {
+    t.attention = attention;
+    t.attention_seqs = attention_seqs;
+}
 
 }  // namespace corelm::CORELM_ISA_NS

@@ -31,6 +31,7 @@ inline vf vf_load_bf16(const uint16_t* p) {
 }
 inline vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 inline vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+inline vf vf_add(vf a, vf b) { return _mm512_add_ps(a, b); }
 inline float vf_sum(vf v) { return _mm512_reduce_add_ps(v); }
 #elif defined(__AVX2__)
 using vf = __m256;
@@ -48,6 +49,7 @@ inline vf vf_load_bf16(const uint16_t* p) {
 }
 inline vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 inline vf vf_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+inline vf vf_add(vf a, vf b) { return _mm256_add_ps(a, b); }
 inline float vf_sum(vf v) { return hsum_f32x8(v); }
 #else
 #error "x86 kernels need at least AVX2 + FMA + F16C"
