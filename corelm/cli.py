@@ -322,12 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     from corelm.analysis.evaluate import add_parsers as add_eval_parsers
     from corelm.analysis.perplexity import add_parsers as add_perplexity_parsers
+    from corelm.finetune import add_parser as add_finetune_parser
     from corelm.quantize import add_parsers as add_quantize_parsers
     from corelm.server import add_parser as add_serve_parser
     from corelm.train import add_parser as add_train_parser
 
     add_serve_parser(sub)
     add_train_parser(sub)
+    add_finetune_parser(sub)
     add_quantize_parsers(sub)
     add_perplexity_parsers(sub)
     add_eval_parsers(sub)

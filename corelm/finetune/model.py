@@ -1,0 +1,160 @@
+"""The model side of fine-tuning: what MODEL is (checked without torch), loading it with its task
+head, wrapping it with peft, merging, and writing the folder (and GGUF) corelm runs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+DECODERS = ("gpt2", "llama", "qwen2")
+ENCODERS = ("bert", "roberta", "distilbert")
+HEADS = {
+    "token-classification": "AutoModelForTokenClassification",
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "causal-lm": "AutoModelForCausalLM",
+}
+
+
+@dataclass
+class Source:
+    """Where the pretrained model is: a folder (with gguf_file when it is a GGUF file in it)."""
+
+    folder: Path
+    gguf_file: str | None
+    model_type: str
+
+    @property
+    def is_decoder(self) -> bool:
+        return self.model_type in DECODERS
+
+    def hf_kwargs(self) -> dict[str, str]:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+def inspect_source(path: str, task: str) -> Source:
+    """MODEL checked against the task without loading it: an HF folder's config.json, or a GGUF
+    file's general.architecture."""
+    p = Path(path)
+    if p.is_dir():
+        config = p / "config.json"
+        if not config.is_file():
+            raise ValueError(f"--model {path}: a folder without config.json is not a Hugging Face model folder")
+        try:
+            model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type", "")
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"--model {path}: config.json is not valid JSON: {e}") from None
+        source = Source(p, None, model_type)
+    elif p.is_file():
+        with open(p, "rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise ValueError(f"--model {path}: not a GGUF file (expected a .gguf file or a Hugging Face folder)")
+        import gguf
+
+        field = gguf.GGUFReader(p).get_field("general.architecture")
+        model_type = field.contents() if field is not None else ""
+        source = Source(p.parent, p.name, model_type)
+    else:
+        raise ValueError(f"--model {path}: no such file or folder")
+    if source.model_type not in DECODERS + ENCODERS:
+        kinds = ", ".join(DECODERS + ENCODERS)
+        raise ValueError(f"--model {path}: model type {source.model_type!r} is not one corelm fine-tunes ({kinds})")
+    if source.gguf_file and not source.is_decoder:
+        raise ValueError(f"--model {path}: GGUF input is supported for {', '.join(DECODERS)} (got {model_type})")
+    if task == "causal-lm" and not source.is_decoder:
+        raise ValueError(f"--task causal-lm needs a decoder ({', '.join(DECODERS)}); {path} is a {model_type} encoder")
+    return source
+
+
+def load(source: Source, task: str, labels: list[str], seed: int):
+    """(model in fp32, train mode; tokenizer) with a new task head of len(labels) outputs."""
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # the "newly initialized head" notice is expected here
+    kw = source.hf_kwargs()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source.folder, **kw)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{source.folder}: needs a fast tokenizer (tokenizer.json) for character offsets")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    extra = {}
+    if task != "causal-lm":
+        extra = dict(
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            ignore_mismatched_sizes=True,
+        )
+    torch.manual_seed(seed)  # the new head's initial weights
+    model = getattr(transformers, HEADS[task]).from_pretrained(source.folder, dtype=torch.float32, **kw, **extra)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.train()
+    return model, tokenizer
+
+
+def wrap(model, task: str, method: str, r: int, alpha: float | None, dropout: float, total_steps: int):
+    """The model with peft's LoRA / AdaLoRA on every linear layer (the task head trains whole), or
+    as it is for full fine-tuning."""
+    if method == "full":
+        return model
+    import peft
+
+    task_type = {
+        "token-classification": peft.TaskType.TOKEN_CLS,
+        "sequence-classification": peft.TaskType.SEQ_CLS,
+        "causal-lm": peft.TaskType.CAUSAL_LM,
+    }[task]
+    common = dict(task_type=task_type, lora_alpha=alpha or 2 * r, lora_dropout=dropout, target_modules="all-linear")
+    if method == "lora":
+        config = peft.LoraConfig(r=r, **common)
+    else:  # adalora: start at 1.5 r, prune to r on average between 10% and 80% of the steps
+        config = peft.AdaLoraConfig(
+            init_r=max(r + 1, round(1.5 * r)),
+            target_r=r,
+            tinit=total_steps // 10,
+            tfinal=total_steps // 5,
+            deltaT=max(1, total_steps // 50),
+            total_step=total_steps,
+            **common,
+        )
+    return peft.get_peft_model(model, config)
+
+
+def adalora_penalty(model):
+    """AdaLoRA's orthogonality penalty on its P and Q factors (what peft adds to a loss it computes
+    itself; here the loop computes the loss), or None for other methods."""
+    import torch
+
+    base = getattr(model, "base_model", None)
+    if type(base).__name__ != "AdaLoraModel":
+        return None
+    name = base.trainable_adapter_name
+    terms = []
+    for n, p in base.model.named_parameters():
+        if ("lora_A" in n or "lora_B" in n) and name in n:
+            cov = p @ p.T if "lora_A" in n else p.T @ p
+            terms.append(torch.linalg.matrix_norm(cov - torch.eye(*cov.shape, dtype=cov.dtype)))
+    if not terms:
+        return None
+    return base.peft_config[name].orth_reg_weight * torch.stack(terms).mean()
+
+
+def trainable_state(model) -> dict:
+    """The tensors training changes (trainable parameters, and peft's buffers such as AdaLoRA's ranks)."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k in names or "lora" in k}
+
+
+def merged(model):
+    """A plain transformers model: peft's low-rank updates added into the base weights."""
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model
+
+
+def save_folder(model, tokenizer, out: Path) -> None:
+    """DIR as a Hugging Face folder corelm loads: config.json (with id2label), model.safetensors,
+    tokenizer.json and tokenizer_config.json."""
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
