@@ -47,8 +47,11 @@ struct AttentionArgs {
 
     int64_t keys_of_row(int64_t row) const { return causal ? n_past + row + 1 : n_past + m; }
     int64_t kv_at(int64_t head, int64_t key) const { return head * kv_head_stride + key * kv_row_stride; }
-    // The single-sequence problem of sequence s (attention_seqs): its rows, keys and outputs.
-    AttentionArgs sequence(int64_t s) const {
+    // The single-sequence problem of attention_seqs' i-th sequence: its rows, keys and outputs.
+    // Threads get contiguous ranges of tasks and batches come sorted by length, so the i-th
+    // sequence is taken from both ends in turn (0, n-1, 1, n-2, ...): each range mixes lengths.
+    AttentionArgs sequence(int64_t i) const {
+        const int64_t s = i % 2 == 0 ? i / 2 : n_seqs - 1 - i / 2;
         const int64_t r0 = seq_offsets[s], r1 = seq_offsets[s + 1];
         AttentionArgs one = *this;
         one.q = q + r0 * hq * d;
