@@ -101,10 +101,11 @@ void attention_short(const AttentionArgs& one, int64_t kvh, std::vector<float>& 
     const int64_t n = one.m, d = one.d, group = one.hq / one.hkv;
     const int64_t np = (n + kLanes - 1) / kLanes * kLanes;  // keys padded to whole vectors
     const int64_t dv = d - d % kLanes;
-    kt.assign(size_t(d * np), 0.0f);
-    for (int64_t j = 0; j < n; ++j) {
-        const int64_t base = one.kv_at(kvh, j);
-        for (int64_t c = 0; c < d; ++c) kt[size_t(c * np + j)] = cache_at<F16>(one.k, base + c);
+    kt.resize(size_t(d * np));
+    for (int64_t c = 0; c < d; ++c) {  // written in order; the n rows read stay in L1
+        float* dst = kt.data() + c * np;
+        for (int64_t j = 0; j < n; ++j) dst[j] = cache_at<F16>(one.k, one.kv_at(kvh, j) + c);
+        std::fill(dst + n, dst + np, 0.0f);
     }
     alignas(64) float s[kShortSeq];
     for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
