@@ -15,6 +15,7 @@ uninterrupted one takes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -288,6 +289,7 @@ def fit(model, s: Settings, d: Data, out: Path, ranks: Ranks, ckpt: dict[str, An
     bar = tqdm(total=total, initial=progress["step"], desc="finetune", unit="step", dynamic_ncols=True,
                file=sys.stderr, disable=not (show and ranks.main))  # fmt: skip
     session_tokens, session_seconds = 0, 0.0
+    log = _loss_log(out / "losses.jsonl", progress["step"] if ckpt else 0, ranks.main)
 
     def checkpoint() -> None:
         rng = ranks.gather(torch.get_rng_state())
@@ -343,6 +345,8 @@ def fit(model, s: Settings, d: Data, out: Path, ranks: Ranks, ckpt: dict[str, An
                 progress["position"] = position + 1
                 tps = session_tokens / max(session_seconds, 1e-9)
                 step = progress["step"]
+                if log:
+                    log.write(json.dumps({"step": step, "loss": loss_value, "lr": lr}) + "\n")
                 writer.add_scalar("train/loss", loss_value, step)
                 writer.add_scalar("train/lr", lr, step)
                 writer.add_scalar("train/grad_norm", grad_norm, step)
@@ -373,8 +377,20 @@ def fit(model, s: Settings, d: Data, out: Path, ranks: Ranks, ckpt: dict[str, An
     finally:
         bar.close()
         writer.close()
+        if log:
+            log.close()
     return {"finished": True, **progress, "total_steps": total, "session_tokens_per_s": session_tokens / max(
         session_seconds, 1e-9)}  # fmt: skip
+
+
+def _loss_log(path: Path, keep: int, enabled: bool):
+    """losses.jsonl opened for appending, without the steps after `keep` (taken after the checkpoint)."""
+    if not enabled:
+        return None
+    rows = path.read_text(encoding="utf-8").splitlines() if keep and path.is_file() else []
+    kept = [r for r in rows if r.strip() and json.loads(r)["step"] <= keep]
+    path.write_text("".join(r + "\n" for r in kept), encoding="utf-8")
+    return open(path, "a", encoding="utf-8")  # closed by fit
 
 
 def _sum_gradients(params: list[torch.nn.Parameter], ranks: Ranks) -> None:
