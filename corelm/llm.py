@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -175,6 +175,7 @@ class LLM:
             self.last_stats = stats = GenerationStats()
             decoder = StreamDecoder(self._tok(), skip_special=True) if self.tokenizer else None
             held = StopStrings(stops)  # holds back text that could be the start of a stop string
+            assert self.cache is not None  # a model that generates is a decoder, which has a cache
             for token in generate_tokens(self.model, self.cache, ids, max_tokens, sampler, stop_set, ignore_eos, stats):
                 text = held.push(decoder.push(token) if decoder else f"<{token}>")
                 if text:
@@ -261,7 +262,7 @@ class LLM:
         one, the last token for decoders), scaled to unit length if normalize (default: the
         model's config, which is True unless a sentence-transformers folder says otherwise)."""
         single = isinstance(texts, str)
-        encoded = self.encode([texts] if single else texts, truncate)
+        encoded = self.encode(_text_list(texts), truncate)
         c = self.config
         out = np.empty((len(encoded), c.n_embd), np.float32)
         with self._lock:
@@ -283,15 +284,20 @@ class LLM:
 
     def classify(self, texts: str | Sequence[str], truncate: bool = True) -> list[tuple[str, float]]:
         """The most probable label of each text and its probability: [(label, score), ...]."""
-        probs = self.class_probabilities([texts] if isinstance(texts, str) else texts, truncate)
+        probs = self.class_probabilities(_text_list(texts), truncate)
         return [(self.config.labels[int(p.argmax())], float(p.max())) for p in probs]
+
+    @overload
+    def tag(self, text: str, truncate: bool = True) -> list[Entity]: ...  # type: ignore[overload-overlap]
+    @overload
+    def tag(self, text: Sequence[str], truncate: bool = True) -> list[list[Entity]]: ...
 
     def tag(self, text: str | Sequence[str], truncate: bool = True) -> list[Entity] | list[list[Entity]]:
         """Entities of a text (a list of them for a list of texts), from a token classifier's BIO
         tags, merged as transformers' token-classification pipeline with aggregation "simple"."""
         self._require("tag")
         single = isinstance(text, str)
-        texts = [text] if single else list(text)
+        texts = _text_list(text)
         encoded = self.encode(texts, truncate)
         result: list[list[Entity]] = [[] for _ in texts]
         with self._lock:
@@ -300,6 +306,11 @@ class LLM:
                 for i, rows in zip(batch, step.rows, strict=True):
                     result[i] = _entities(texts[i], encoded[i], probs[rows], self.config.labels)
         return result[0] if single else result
+
+
+def _text_list(texts: str | Sequence[str]) -> list[str]:
+    """One text as a list of one; a sequence of texts as a list."""
+    return [texts] if isinstance(texts, str) else list(texts)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

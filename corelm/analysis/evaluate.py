@@ -128,7 +128,7 @@ def confusion_png(result: dict[str, Any], path: str) -> None:
     ax.set_ylabel("true")
     for i in range(len(labels)):
         for j in range(len(labels)):
-            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", color="black")
+            ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", color="black")
     ax.set_title(f"accuracy {result['accuracy']:.4f}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

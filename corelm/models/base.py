@@ -104,6 +104,7 @@ class Model:
     def __init__(self, config: ModelConfig, weights: Weights) -> None:
         self.config = config
         self.w = weights
+        self._workspaces: dict[int, Workspace] = {}  # by step size, for steps of few rows
         self.check_weights()
 
     # Architectures list the tensors they need; loading fails early and clearly without them.
@@ -220,9 +221,8 @@ class Model:
         # Decode steps (few rows) reuse their buffers across calls: a token allocates nothing.
         if t > Workspace.REUSE_MAX_ROWS:
             return Workspace(self.buffer_shapes(t))
-        ws = self._workspaces.get(t) if hasattr(self, "_workspaces") else None
+        ws = self._workspaces.get(t)
         if ws is None:
-            self._workspaces = getattr(self, "_workspaces", {})
             ws = self._workspaces[t] = Workspace(self.buffer_shapes(t))
         return ws
 
@@ -241,6 +241,7 @@ class Model:
         scale = 1.0 / math.sqrt(self.config.head_dim)
         o = out.reshape(q.shape)
         for seg, rows in zip(step.segments, step.rows, strict=True):
+            assert seg.cache is not None  # checked by _layers: decoders' segments have caches
             seg.cache.write(layer, seg.pos, k[rows], v[rows])
             _C.attention(q[rows], seg.cache.keys(layer), seg.cache.values(layer), seg.pos, scale, out=o[rows])
         return out
