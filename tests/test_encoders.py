@@ -333,3 +333,13 @@ def test_labelled_files_name_the_bad_line(tmp_path: Path) -> None:
     if sst2.is_file():
         rows = read_texts_with_labels(sst2)
         assert len(rows) > 800 and {label for _, label in rows} == {"0", "1"}
+
+
+def test_bench_an_encoder(tmp_path: Path) -> None:
+    """`corelm bench` on an encoder measures its forward pass (pp) and says nothing of decoding."""
+    from corelm.analysis.model_bench import bench_model
+
+    build_encoder("bert", "sequence", tmp_path)
+    report = bench_model(tmp_path, prompt_tokens=1000, gen_tokens=8, threads=[1], reps=1)
+    assert [r["test"] for r in report["results"]] == ["pp256"]  # cut to the model's 256 positions
+    assert report["results"][0]["tokens_per_s"] > 0

@@ -3,6 +3,8 @@
 pp: one forward pass over a prompt of p random tokens from an empty cache.
 tg: n single-token forward passes (each on the previous step's argmax), after a 16-token
 prompt, as rivals measure decode. Reported as the median over repetitions, with the spread.
+Encoders (and classifiers without a language-model head) have pp only: one forward pass over
+p tokens as one sequence (at most the model's positions).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 from corelm import _C
 from corelm.llm import LLM, load
+from corelm.models.base import Segment
 
 
 @dataclass
@@ -32,9 +35,12 @@ class ModelBenchResult:
 
 
 def _prefill_seconds(llm: LLM, tokens: np.ndarray) -> float:
-    cache = llm.model.new_cache(len(tokens))
     t0 = time.perf_counter()
-    llm.model.forward(tokens, 0, cache)
+    if "generate" in llm.capabilities:  # as llama-bench: the last token's logits included
+        llm.model.forward(tokens, 0, llm.model.new_cache(len(tokens)))
+    else:
+        cache = llm.model.new_cache(len(tokens)) if llm.config.causal else None
+        llm.model.hidden_states(tokens, [Segment(cache, 0, len(tokens))])
     return time.perf_counter() - t0
 
 
@@ -68,6 +74,10 @@ def bench_model(
     load_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     vocab = llm.config.vocab_size
+    if not llm.config.causal:
+        prompt_tokens = min(prompt_tokens, llm.config.ctx)
+    if "generate" not in llm.capabilities:
+        gen_tokens = 0  # nothing to decode
     results = []
     for t in threads:
         _C.set_num_threads(t)
