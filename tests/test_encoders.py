@@ -343,3 +343,16 @@ def test_bench_an_encoder(tmp_path: Path) -> None:
     report = bench_model(tmp_path, prompt_tokens=1000, gen_tokens=8, threads=[1], reps=1)
     assert [r["test"] for r in report["results"]] == ["pp256"]  # cut to the model's 256 positions
     assert report["results"][0]["tokens_per_s"] > 0
+
+
+@pytest.mark.parametrize("head", ["sequence", "token"])
+@pytest.mark.parametrize("name", ["gpt2", "qwen2"])
+def test_decoder_head_gguf_round_trip(name: str, head: str, tmp_path: Path) -> None:
+    """A decoder's classifier is written as llama.cpp's cls.output with its labels and read back."""
+    build_decoder_head(name, head, tmp_path)
+    model, _ = load_model(tmp_path)
+    again, _ = load_model(write_gguf(model, tmp_path / "m.gguf"))
+    assert (again.config.head, again.config.labels) == (model.config.head, model.config.labels)
+    seqs = random_batch(pad=0, lo=1)
+    want = model.classifier_logits(*corelm_step(model, seqs))
+    np.testing.assert_allclose(again.classifier_logits(*corelm_step(again, seqs)), want, atol=1e-5)
