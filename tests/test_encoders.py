@@ -47,10 +47,10 @@ def corelm_step(model, seqs: list[np.ndarray]):
     return model.hidden_states(np.concatenate(seqs), segments)
 
 
-def assert_close(got: np.ndarray, want: np.ndarray, what: str) -> None:
+def assert_close(got: np.ndarray, want: np.ndarray, what: str, tol: float = 1e-3) -> None:
     scale = max(float(np.abs(want).max()), 1e-6)
     err = float(np.abs(got - want).max())
-    assert err <= 1e-3 * scale, f"{what}: max error {err:.3g} at scale {scale:.3g}"
+    assert err <= tol * scale, f"{what}: max error {err:.3g} at scale {scale:.3g}"
 
 
 @pytest.mark.parametrize("head", ["", "sequence", "token"])
@@ -356,3 +356,13 @@ def test_decoder_head_gguf_round_trip(name: str, head: str, tmp_path: Path) -> N
     seqs = random_batch(pad=0, lo=1)
     want = model.classifier_logits(*corelm_step(model, seqs))
     np.testing.assert_allclose(again.classifier_logits(*corelm_step(again, seqs)), want, atol=1e-5)
+
+
+def test_every_kernel_path(isa: str, tmp_path: Path) -> None:
+    """The encoder on each path this CPU runs (ref, avx2, avx512: the `isa` fixture), F32 and Q8_0."""
+    hf = build_encoder("roberta", "token", tmp_path)
+    seqs = random_batch(pad=1)
+    want = unpad(hf_padded(hf, seqs, pad=1).logits.numpy())
+    for quant, tol in ((None, 1e-3), ("q8_0", 3e-2)):
+        model, _ = load_model(tmp_path, quant=quant)
+        assert_close(model.classifier_logits(*corelm_step(model, seqs)), want, f"{isa} {quant or 'f32'} logits", tol)
