@@ -8,6 +8,7 @@ import logging
 import sys
 
 import corelm
+from corelm import chat_cli
 from corelm.argtypes import positive_int
 from corelm.models import QUANT_NAMES
 
@@ -58,52 +59,18 @@ def _sampling(args: argparse.Namespace) -> dict:
     )
 
 
-def _speed_line(llm: corelm.LLM) -> str:
-    s = llm.last_stats
-    return (
-        f"[prompt {s.prompt_tokens} tokens, {s.prefill_tps:.1f} tok/s | generated {s.generated_tokens} tokens, "
-        f"{s.decode_tps:.1f} tok/s | stop: {s.finish_reason} | {corelm.info()['isa']}, "
-        f"{corelm.info()['threads']} threads]"
-    )
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     llm = _load(args)
     print(args.prompt, end="", flush=True)
     for piece in llm.stream(args.prompt, max_tokens=args.n_predict, **_sampling(args)):
         print(piece, end="", flush=True)
     print()
-    print(_speed_line(llm), file=sys.stderr)
+    print(chat_cli.speed_line(llm), file=sys.stderr)
     return 0
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    llm = _load(args)
-    messages = [{"role": "system", "content": args.system}] if args.system else []
-    interactive = sys.stdin.isatty()
-    if interactive:
-        print("corelm chat: type a message; /reset clears the history, /exit or Ctrl-D quits.", file=sys.stderr)
-    while True:
-        try:
-            line = input("> " if interactive else "")
-        except EOFError:
-            break
-        if line.strip() in ("/exit", "/quit"):
-            break
-        if line.strip() == "/reset":
-            messages = messages[:1] if args.system else []
-            continue
-        if not line.strip():
-            continue
-        messages.append({"role": "user", "content": line})
-        reply = ""
-        for piece in llm.stream_chat(messages, max_tokens=args.n_predict, **_sampling(args)):
-            reply += piece
-            print(piece, end="", flush=True)
-        print()
-        print(_speed_line(llm), file=sys.stderr)
-        messages.append({"role": "assistant", "content": reply})
-    return 0
+    return chat_cli.run(_load(args), args.system, args.n_predict, _sampling(args))
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -264,9 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "chat",
-        help="interactive chat using the model's chat template",
+        help="interactive chat using the model's chat template (/help inside lists its commands)",
         description="Chat with the model: each line you type is a user message; replies are "
-        "rendered with the model's own chat template (or a plain fallback).",
+        "rendered with the model's own chat template (or a plain fallback, whose replies end at a blank "
+        "line or a turn marker). The oldest turns are dropped when the context fills (-c sets its size). "
+        "Commands: /help, /reset, /system TEXT, /save FILE, /load FILE, /exit. Ctrl-C stops a reply.",
     )
     _model_args(p)
     p.add_argument("--system", default=None, help="a system message to start the conversation")

@@ -14,7 +14,7 @@ from typing import Any, overload
 import numpy as np
 
 from corelm import _C
-from corelm.engine.chat import render_chat
+from corelm.engine.chat import FALLBACK_STOPS, render_chat
 from corelm.engine.generate import GenerationStats, generate_tokens
 from corelm.engine.sampling import Sampler, SamplingParams
 from corelm.engine.stops import StopStrings
@@ -196,13 +196,22 @@ class LLM:
         return "".join(self.stream_chat(messages, **kwargs))
 
     def stream_chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> Iterator[str]:
+        """`chat`, streamed. A model without a chat template gets corelm's plain format and
+        stops where a next turn would start (FALLBACK_STOPS: a turn marker or a blank line)."""
+        ids = self.chat_ids(messages)
+        if self._tok().chat_template is None:
+            stop = kwargs.get("stop")
+            kwargs["stop"] = [*([stop] if isinstance(stop, str) else stop or []), *FALLBACK_STOPS]
+        return self.stream(ids, **kwargs)
+
+    def chat_ids(self, messages: list[dict[str, Any]]) -> list[int]:
+        """The prompt token ids of `messages`, as `chat` renders them (the model's template)."""
         tok = self._tok()
         bos = tok.token_text(tok.bos_id) if tok.bos_id is not None else ""
         eos = tok.token_text(tok.eos_id) if tok.eos_id is not None else ""
         text = render_chat(tok.chat_template, messages, bos_token=bos, eos_token=eos)
         # The template writes BOS itself when the model wants one (as transformers assumes).
-        ids = tok.encode(text, add_bos=False if tok.chat_template else None)
-        return self.stream(ids, **kwargs)
+        return tok.encode(text, add_bos=False if tok.chat_template else None)
 
     # ---- embeddings and classifiers ----
 

@@ -77,6 +77,7 @@ def test_chat_page_keeps_a_conversation_within_the_context(page, server):
         sync_api.expect(page.locator(".msg.assistant").nth(i)).to_have_attribute("data-done", "true", timeout=20_000)
     assert page.locator(".msg.error").count() == 0
     assert all(len(t) > 20 for t in page.locator(".msg.assistant").all_text_contents())
+    assert "oldest messages no longer fit the context" in " ".join(page.locator(".stats").all_text_contents())
 
 
 def test_chat_page_shows_errors(page, server):

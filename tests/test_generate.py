@@ -199,3 +199,30 @@ def test_top_k_ids_equal_a_full_partition(n, k):
     ours = top_k_ids(logits, k)
     assert len(set(ours.tolist())) == k
     np.testing.assert_array_equal(np.sort(logits[ours]), np.sort(logits[np.argpartition(-logits, k - 1)[:k]]))
+
+
+def test_fit_messages_drops_the_oldest_turns_and_keeps_system_and_last():
+    from corelm.engine.chat import fit_messages
+
+    def msgs(*roles):
+        return [{"role": r, "content": f"{r}{i}"} for i, r in enumerate(roles)]
+
+    convo = msgs("system", "user", "assistant", "user", "assistant", "user")
+    kept, dropped = fit_messages(convo, len, 4)
+    assert dropped == 2 and [m["content"] for m in kept] == ["system0", "user3", "assistant4", "user5"]
+    kept, dropped = fit_messages(convo, len, 1)  # cannot fit: system and the last message stay
+    assert dropped == 4 and [m["content"] for m in kept] == ["system0", "user5"]
+    assert fit_messages(convo, len, 6) == (convo, 0)
+
+
+def test_chat_without_a_template_stops_at_a_turn_boundary():
+    # The fallback format's turn markers and a blank line end a reply (as the server's chat does):
+    # corelm's default model writes Shakespeare's speeches, a blank line between two.
+    from corelm.engine.chat import FALLBACK_STOPS
+
+    llm = corelm.load()
+    assert llm.tokenizer.chat_template is None and "\n\n" in FALLBACK_STOPS and "<|user|>" in FALLBACK_STOPS
+    messages = [{"role": "user", "content": "Hello there"}]
+    long = llm.generate(llm.chat_ids(messages), max_tokens=250, temperature=0)
+    reply = llm.chat(messages, max_tokens=250, temperature=0)
+    assert "\n\n" in long and reply == long[: long.index("\n\n")] and llm.last_stats.finish_reason == "stop"

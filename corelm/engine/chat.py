@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +15,9 @@ FALLBACK_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
+# Where a reply in the fallback format ends: the marker of a next turn, or a blank line (a model
+# that never saw the format, such as corelm's Shakespeare model, ends a speech there).
+FALLBACK_STOPS = ("<|user|>", "<|system|>", "<|assistant|>", "\n\n")
 
 
 def _raise(message: str) -> None:
@@ -49,3 +53,24 @@ def render_chat(
         )
     except jinja2.exceptions.TemplateError as e:
         raise ValueError(f"chat template failed: {e}") from e
+
+
+def fit_messages(
+    messages: list[dict[str, Any]], count: Callable[[list[dict[str, Any]]], int], budget: int
+) -> tuple[list[dict[str, Any]], int]:
+    """Drop the oldest turns until `count(messages) <= budget`: (the messages kept, how many were
+    dropped). System messages and the last message stay; a user message goes with the replies
+    that follow it, so the kept conversation still starts with a user turn. The result may still
+    be over budget when only those are left."""
+    kept = list(messages)
+    dropped = 0
+    while count(kept) > budget:
+        first = next((i for i, m in enumerate(kept[:-1]) if m["role"] != "system"), None)
+        if first is None:
+            break
+        end = first + 1
+        while end < len(kept) - 1 and kept[end]["role"] not in ("user", "system"):
+            end += 1
+        dropped += end - first
+        del kept[first:end]
+    return kept, dropped

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from corelm.engine.chat import render_chat
+from corelm.engine.chat import FALLBACK_STOPS, render_chat
 from corelm.engine.sampling import SamplingParams
 from corelm.server.scheduler import Job, TokenLogprob
 from corelm.tokenizer import Tokenizer
@@ -349,7 +349,8 @@ class OpenAIApi:
             prompt=prompt,
             max_tokens=max_tokens,
             params=params,
-            stops=self._stops(f.body.get("stop")),
+            stops=self._stops(f.body.get("stop"))
+            + (list(FALLBACK_STOPS) if kind == "chat" and self.tok.chat_template is None else []),  # as LLM.chat
             logprobs=logprobs,
             ignore_eos=f.bool("ignore_eos", False),
             logit_bias=self._logit_bias(f.body.get("logit_bias")),
