@@ -15,6 +15,7 @@ uninterrupted one takes.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -241,15 +242,39 @@ class _NoWriter:
         pass
 
 
-def tensorboard_writer(folder: Path, purge_step: int | None, enabled: bool):
+class _Logs:
+    """TensorBoard scalars, copied to Weights & Biases (offline, in DIR/wandb) where wandb is installed."""
+
+    def __init__(self, writer, wandb_run) -> None:
+        self.writer, self.wandb = writer, wandb_run
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.writer.add_scalar(tag, value, step)
+        if self.wandb is not None:
+            self.wandb.log({tag: value}, step=step)
+
+    def close(self) -> None:
+        self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def tensorboard_writer(folder: Path, purge_step: int | None, enabled: bool, config: dict[str, Any] | None = None):
     if not enabled:
         return _NoWriter()
     try:
         from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(folder), purge_step=purge_step)
     except ImportError:
         say("tensorboard is not installed, so no TensorBoard logs (pip install tensorboard)")
-        return _NoWriter()
-    return SummaryWriter(str(folder), purge_step=purge_step)
+        writer = _NoWriter()
+    run = None
+    if importlib.util.find_spec("wandb") is not None:
+        import wandb
+
+        run = wandb.init(project="corelm-finetune", dir=str(folder.parent), mode="offline", config=config or {})
+    return _Logs(writer, run)
 
 
 # ---- the run ----
@@ -285,7 +310,8 @@ def fit(model, s: Settings, d: Data, out: Path, ranks: Ranks, ckpt: dict[str, An
     else:
         torch.manual_seed(s.seed + ranks.rank)  # dropout
     adalora = type(getattr(model, "base_model", None)).__name__ == "AdaLoraModel"
-    writer = tensorboard_writer(out / "tb", progress["step"] + 1 if ckpt else None, ranks.main)
+    writer = tensorboard_writer(out / "tb", progress["step"] + 1 if ckpt else None, ranks.main, dataclasses.asdict(s))
+    every = max(1, total // 20)  # without a progress bar, a line every 5% of the steps
     bar = tqdm(total=total, initial=progress["step"], desc="finetune", unit="step", dynamic_ncols=True,
                file=sys.stderr, disable=not (show and ranks.main))  # fmt: skip
     session_tokens, session_seconds = 0, 0.0
@@ -354,6 +380,8 @@ def fit(model, s: Settings, d: Data, out: Path, ranks: Ranks, ckpt: dict[str, An
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}",
                                 refresh=False)  # fmt: skip
                 bar.update()
+                if bar.disable and step % every == 0:
+                    say(f"step {step}/{total}: loss {loss_value:.4f}, lr {lr:.2e}, {tps:,.0f} tokens/s")
                 if stop_after is not None and step >= stop_after and position + 1 < len(steps):
                     checkpoint()
                     return {"finished": False, **progress, "total_steps": total}
@@ -390,7 +418,7 @@ def _loss_log(path: Path, keep: int, enabled: bool):
     rows = path.read_text(encoding="utf-8").splitlines() if keep and path.is_file() else []
     kept = [r for r in rows if r.strip() and json.loads(r)["step"] <= keep]
     path.write_text("".join(r + "\n" for r in kept), encoding="utf-8")
-    return open(path, "a", encoding="utf-8")  # closed by fit
+    return open(path, "a", encoding="utf-8", buffering=1)  # line-buffered (followed with tail -f); closed by fit
 
 
 def _sum_gradients(params: list[torch.nn.Parameter], ranks: Ranks) -> None:

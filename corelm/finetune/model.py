@@ -106,6 +106,8 @@ def wrap(model, task: str, method: str, r: int, alpha: float | None, dropout: fl
         "causal-lm": peft.TaskType.CAUSAL_LM,
     }[task]
     common = dict(task_type=task_type, lora_alpha=alpha or 2 * r, lora_dropout=dropout, target_modules="all-linear")
+    if task != "causal-lm":  # the head trains whole (peft's modules_to_save), so no LoRA on it
+        common["exclude_modules"] = ["classifier", "score"]
     if method == "lora":
         config = peft.LoraConfig(r=r, **common)
     else:  # adalora: start at 1.5 r, prune to r on average between 10% and 80% of the steps
