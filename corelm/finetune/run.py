@@ -91,11 +91,11 @@ def _digest(examples: list[data.Example]) -> str:
     return h.hexdigest()[:16]
 
 
-def _corelm_predictions(llm, task: str, rows: list[Any], labels: list[str]) -> tuple[list[Any], int]:
-    """corelm's own predictions on `rows` (word tags or labels), and how many texts corelm
-    tokenized differently from transformers' tokenizer."""
+def _corelm_predictions(llm, task: str, rows: list[Any], labels: list[str]) -> list[Any]:
+    """corelm's own predictions on `rows`: a label per text, or word tags per sentence (the tag of
+    each word's first token, as the torch side scores them)."""
     if task == "sequence-classification":
-        return [label for label, _ in llm.classify([text for text, _ in rows])], 0
+        return [label for label, _ in llm.classify([text for text, _ in rows])]
     encoded = llm.encode([s.text for s in rows])
     tags: list[Any] = [None] * len(rows)
     with llm._lock:  # token logits: what llm.tag computes before merging tokens into entities
@@ -104,7 +104,7 @@ def _corelm_predictions(llm, task: str, rows: list[Any], labels: list[str]) -> t
             for i, r in zip(batch, step.rows, strict=True):
                 _, first = data.align_tags([tuple(o) for o in encoded[i].offsets], rows[i], [0] * len(rows[i].words))
                 tags[i] = word_tags(first, np.asarray(logits[r]).argmax(-1).tolist(), labels)
-    return tags, 0
+    return tags
 
 
 def _check_runtime(out: Path, merged, task: str, rows, examples, predicted, labels) -> dict[str, Any]:
@@ -117,7 +117,7 @@ def _check_runtime(out: Path, merged, task: str, rows, examples, predicted, labe
                 want = merged(torch.tensor([e.ids])).logits[0].float().numpy()
             worst = max(worst, float(np.abs(llm.logits(e.ids) - want).max()))
         return {"examples": min(len(examples), _LM_CHECK), "max_abs_logit_diff": worst, "equal": worst < 1e-3}
-    got, _ = _corelm_predictions(llm, task, rows, labels)
+    got = _corelm_predictions(llm, task, rows, labels)
     ids_differ = 0
     if task == "token-classification":
         enc = llm.encode([s.text for s in rows])
