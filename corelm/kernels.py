@@ -144,11 +144,12 @@ def matmul(
     out: np.ndarray | None = None,
     bias: np.ndarray | None = None,
     residual: np.ndarray | None = None,
+    activation: str = "",
 ) -> np.ndarray:
-    """``x[..., k] @ w.T (+ bias) (+ residual)`` -> ``[..., n]`` float32, in one native call;
-    ``residual`` may be ``out`` itself (``out += x @ w.T``). Integer weight types quantize x to
-    8-bit blocks."""
-    return _C.matmul(x, w.data, int(w.type), w.n, out, bias, residual)
+    """``act(x[..., k] @ w.T (+ bias)) (+ residual)`` -> ``[..., n]`` float32, in one native call
+    (activation "gelu_erf" or "gelu_tanh", applied while the output is in cache); ``residual`` may
+    be ``out`` itself (``out += x @ w.T``). Integer weight types quantize x to 8-bit blocks."""
+    return _C.matmul(x, w.data, int(w.type), w.n, out, bias, residual, activation)
 
 
 def embedding(w: Weight, ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

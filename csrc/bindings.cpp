@@ -146,7 +146,11 @@ PYBIND11_MODULE(_C, m) {
     m.def("row_bytes", [](int t, int64_t k) { return row_bytes(weight_type(t), k); }, py::arg("type"), py::arg("k"));
 
     m.def("matmul", [](const Array& x, const Array& w, int type, int64_t n, const py::object& out,
-                       const py::object& bias, const py::object& residual) {
+                       const py::object& bias, const py::object& residual, const std::string& activation) {
+        ops::Activation act = ops::Activation::None;
+        if (activation == "gelu_erf") act = ops::Activation::GeluErf;
+        else if (activation == "gelu_tanh") act = ops::Activation::GeluTanh;
+        else if (!activation.empty()) fail("unknown activation '" + activation + "' (known: gelu_erf, gelu_tanh)");
         const WeightType t = weight_type(type);
         const float* xp = f32_in(x, "x");
         const int64_t k = x.shape(x.ndim() - 1), rows = rows_of(x);
@@ -169,13 +173,13 @@ PYBIND11_MODULE(_C, m) {
         }
         if (rows > 0) {
             py::gil_scoped_release nogil;
-            ops::matmul(xp, rows, k, wp, t, n, yp, bp, rp);
+            ops::matmul(xp, rows, k, wp, t, n, yp, bp, rp, act);
         }
         return y;
     }, py::arg("x"), py::arg("w"), py::arg("type"), py::arg("n"), py::arg("out") = py::none(),
-       py::arg("bias") = py::none(), py::arg("residual") = py::none(),
-       "y[..., n] = x[..., k] @ W.T (+ bias[n]) (+ residual[..., n]) for W (n rows of k elements of `type`, "
-       "raw bytes). residual may be out itself: out += x @ W.T.");
+       py::arg("bias") = py::none(), py::arg("residual") = py::none(), py::arg("activation") = "",
+       "y[..., n] = act(x[..., k] @ W.T (+ bias[n])) (+ residual[..., n]) for W (n rows of k elements of `type`, "
+       "raw bytes); activation: '' (none), 'gelu_erf' or 'gelu_tanh'. residual may be out itself: out += x @ W.T.");
 
     m.def("quantize", [](const Array& x, int type) {
         const WeightType t = weight_type(type);

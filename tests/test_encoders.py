@@ -285,7 +285,7 @@ def test_cli_embed_classify_tag_eval(tmp_path: Path, story: str) -> None:
     for args, message in (
         (("classify", str(tok_dir), "x"), "cannot classify (it can: embed, tag)"),
         (("embed", str(seq_dir)), "give texts as arguments or -f FILE"),
-        (("embed", str(seq_dir), "-t", "0", "x"), "expected a positive integer"),
+        (("embed", str(seq_dir), "-t", "0", "x"), "-t/--threads"),
     ):
         r = cli(*args)
         assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)

@@ -499,12 +499,12 @@ def test_info_reports_every_kernel():
     assert info["threads"] >= 1
 
 
-# ---- matmul epilogue: bias and residual in the same call ----
+# ---- matmul epilogue: bias, activation and residual in the same call ----
 
 
 @pytest.mark.parametrize("wtype", [WeightType.F32, WeightType.Q8_0_X16, WeightType.Q4_0_X16, WeightType.Q4_K],
                          ids=lambda t: t.name)  # fmt: skip
-@pytest.mark.parametrize("m", [1, 3, 33])
+@pytest.mark.parametrize("m", [1, 3, 33, 70])
 def test_matmul_bias_and_residual(isa, wtype, m):
     rng = np.random.default_rng(m)
     n, k = 40, 256  # 40 rows: packed layouts have two whole groups and a tail of 8
@@ -519,6 +519,10 @@ def test_matmul_bias_and_residual(isa, wtype, m):
     out = res.copy()
     matmul(x, w, out=out, bias=bias, residual=out)  # out += x @ w.T + bias
     np.testing.assert_allclose(out, plain + bias + res, rtol=1e-6, atol=1e-5)
+    for name, act in (("gelu_erf", _C.gelu_erf), ("gelu_tanh", _C.gelu_tanh)):
+        np.testing.assert_allclose(matmul(x, w, bias=bias, activation=name), act(plain + bias), rtol=1e-5, atol=1e-5)
+        got = matmul(x, w, residual=res, activation=name)
+        np.testing.assert_allclose(got, act(plain) + res, rtol=1e-5, atol=1e-5)
 
 
 def test_matmul_epilogue_bad_shapes():
@@ -530,3 +534,5 @@ def test_matmul_epilogue_bad_shapes():
         matmul(x, w, residual=rand(rng, 2, 7))
     with pytest.raises(TypeError, match="bias"):
         matmul(x, w, bias=np.zeros(8, np.float64))
+    with pytest.raises(ValueError, match="unknown activation 'relu'"):
+        matmul(x, w, activation="relu")

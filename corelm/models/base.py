@@ -230,10 +230,13 @@ class Model:
 
     # ---- shared pieces ----
 
-    def linear(self, x: np.ndarray, name: str, out: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
-        """x @ W.T (+ bias when the model has one under the same name) (+ residual), into out,
+    def linear(
+        self, x: np.ndarray, name: str, out: np.ndarray, residual: np.ndarray | None = None, activation: str = ""
+    ) -> np.ndarray:
+        """act(x @ W.T (+ bias when the model has one under the same name)) (+ residual), into out,
         in one native call; residual may be out itself."""
-        return kernels.matmul(x, self.w[name + ".weight"], out=out, bias=self.w.get(name + ".bias"), residual=residual)
+        w, bias = self.w[name + ".weight"], self.w.get(name + ".bias")
+        return kernels.matmul(x, w, out=out, bias=bias, residual=residual, activation=activation)
 
     def attention(
         self, q: np.ndarray, k: np.ndarray, v: np.ndarray, layer: int, step: Step, out: np.ndarray

@@ -233,8 +233,7 @@ class Bert(Model):
         a = self.attention(q, k, v, layer, step, out=b["attn"])
         self.linear(a, p + "attn_output", x, residual=x)
         _C.layernorm(x, self.w[p + "attn_output_norm.weight"], self.w[p + "attn_output_norm.bias"], c.norm_eps, out=x)
-        f = self.linear(x, p + "ffn_up", b["ff"])
-        _C.gelu_erf(f, out=f)
+        f = self.linear(x, p + "ffn_up", b["ff"], activation="gelu_erf")
         self.linear(f, p + "ffn_down", x, residual=x)
         _C.layernorm(x, self.w[p + "layer_output_norm.weight"], self.w[p + "layer_output_norm.bias"], c.norm_eps, out=x)
 

@@ -110,8 +110,7 @@ class GPT2(Model):
         a = self.attention(q, k, v, layer, step, out=b["attn"])
         self.linear(a, p + "attn_output", x, residual=x)
         h = _C.layernorm(x, self.w[p + "ffn_norm.weight"], self.w[p + "ffn_norm.bias"], c.norm_eps, out=b["h"])
-        f = self.linear(h, p + "ffn_up", b["ff"])
-        _C.gelu_tanh(f, out=f)
+        f = self.linear(h, p + "ffn_up", b["ff"], activation="gelu_tanh")
         self.linear(f, p + "ffn_down", x, residual=x)
 
     def final_norm(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:

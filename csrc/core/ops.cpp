@@ -52,7 +52,7 @@ MatmulFn matmul_kernel(const KernelTable& kt, WeightType t) {
 }  // namespace
 
 void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, WeightType t, int64_t n, float* y,
-            const float* bias, const float* residual) {
+            const float* bias, const float* residual, Activation act) {
     const KernelTable& kt = kernels();
     MatmulArgs a{w, row_bytes(t, k), x, k, nullptr, m, n, k, y, n};
     // Reused across calls, so a decode loop allocates nothing once warm.
@@ -75,12 +75,12 @@ void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, WeightType t
         if (n1 > packed_end) tail_fn(args, std::max(n0, packed_end), n1);
     };
     parallel(n, kPackRows, m * n * k, [&](int64_t n0, int64_t n1) {
-        if (!bias && !residual) {
+        if (!bias && !residual && act == Activation::None) {
             run(a, n0, n1, n_packed);
             return;
         }
         // Epilogue: the chunk's columns go to a scratch tile (so `residual` may be `y` itself),
-        // then y = tile + bias + residual while they are still in cache: kEpilogueRows activation
+        // then y = act(tile + bias) + residual while they are still in cache: kEpilogueRows activation
         // rows at a time, so a long prefill's tile stays in L2. n0 is a multiple of 16, so packed
         // groups stay whole in the shifted view.
         constexpr int64_t kEpilogueRows = 64;
@@ -99,11 +99,14 @@ void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, WeightType t
             part.ldy = w_cols;
             run(part, 0, w_cols, n_packed - n0);
             for (int64_t r = 0; r < rows; ++r) {
-                const float* src = tile.data() + r * w_cols;
+                float* src = tile.data() + r * w_cols;
                 float* dst = y + (m0 + r) * n + n0;
                 const float* res = residual ? residual + (m0 + r) * n + n0 : nullptr;
-                for (int64_t j = 0; j < w_cols; ++j)
-                    dst[j] = src[j] + (bias ? bias[n0 + j] : 0.0f) + (res ? res[j] : 0.0f);
+                if (bias)
+                    for (int64_t j = 0; j < w_cols; ++j) src[j] += bias[n0 + j];
+                if (act == Activation::GeluErf) kt.gelu_erf(src, src, w_cols);
+                else if (act == Activation::GeluTanh) kt.gelu_tanh(src, src, w_cols);
+                for (int64_t j = 0; j < w_cols; ++j) dst[j] = src[j] + (res ? res[j] : 0.0f);
             }
         }
     });

@@ -8,10 +8,13 @@
 
 namespace corelm::ops {
 
-// y[m, n] = x[m, k] . W[n, k]^T (+ bias[n]) (+ residual[m, n]) for W of type t stored as n rows
-// of row_bytes(t, k). residual may be y itself (y += x . W^T); bias and residual may be null.
+// An activation applied to a matrix product's output in the same call (after the bias).
+enum class Activation { None, GeluErf, GeluTanh };
+
+// y[m, n] = act(x[m, k] . W[n, k]^T (+ bias[n])) (+ residual[m, n]) for W of type t stored as n
+// rows of row_bytes(t, k). residual may be y itself (y += x . W^T); bias and residual may be null.
 void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, WeightType t, int64_t n, float* y,
-            const float* bias = nullptr, const float* residual = nullptr);
+            const float* bias = nullptr, const float* residual = nullptr, Activation act = Activation::None);
 
 // Rows ids[i] of W (n rows of k) dequantized to fp32 y[len, k]. ids must be in range.
 void get_rows(const uint8_t* w, WeightType t, int64_t n, int64_t k, const int32_t* ids, int64_t len, float* y);
