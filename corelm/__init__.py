@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from corelm import _C
+try:
+    from corelm import _C
+except ImportError as e:  # a source checkout that was never built (or whose build is gone)
+    if e.name not in ("corelm", "corelm._C"):
+        raise
+    from pathlib import Path
+
+    raise ImportError(
+        f"corelm's native module _C is not built in {Path(__file__).resolve().parent}: run `pip install -e .` "
+        "in the source checkout (it builds the C++ core), or run from another folder to import an installed corelm"
+    ) from e
 from corelm.formats import ModelFileError
 from corelm.llm import LLM, load
 

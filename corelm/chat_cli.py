@@ -192,8 +192,11 @@ def _write(text: str) -> None:
     sys.stdout.flush()
 
 
-def run(llm: LLM, system: str | None, max_tokens: int, sampling: dict[str, Any]) -> int:
-    session = ChatSession(llm, system, max_tokens, sampling)
+def run(llm: LLM, system: str | None, max_tokens: int | None, sampling: dict[str, Any]) -> int:
+    """The REPL over stdin; max_tokens None: 256 per reply (or the room the context has)."""
+    if max_tokens is not None and max_tokens > llm.ctx // 2:
+        say(f"-n {max_tokens}: a reply stops when the {llm.ctx}-token context fills (-c sets a larger one)")
+    session = ChatSession(llm, system, 256 if max_tokens is None else max_tokens, sampling)
     interactive = sys.stdin.isatty()
     if interactive:
         try:

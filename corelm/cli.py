@@ -6,21 +6,12 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 import corelm
-from corelm import chat_cli
-from corelm.argtypes import positive_int
+from corelm import argtypes, chat_cli
+from corelm.argtypes import count, positive_int
 from corelm.models import QUANT_NAMES
-
-
-def _threads_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected thread counts like 1,2 - got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"thread counts must be positive, got {text!r}")
-    return values
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -42,8 +33,26 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+log = logging.getLogger("corelm")
+DEFAULT_N_PREDICT = 256  # tokens generated without -n (fewer when the context has less room)
+
+
 def _load(args: argparse.Namespace) -> corelm.LLM:
+    warning = argtypes.too_many_threads(args.threads)
+    if warning:
+        log.warning("%s", warning)
     return corelm.load(args.model, threads=args.threads, ctx=args.ctx, quant=args.quant)
+
+
+def _prompt(args: argparse.Namespace) -> str:
+    """run's prompt: -p TEXT, -p - (stdin) or -f FILE; one final newline of a file is dropped, as llama.cpp does."""
+    if args.file is not None:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+    elif args.prompt == "-":
+        text = sys.stdin.read()
+    else:
+        return args.prompt
+    return text[:-1] if text.endswith("\n") else text
 
 
 def _sampling(args: argparse.Namespace) -> dict:
@@ -60,9 +69,33 @@ def _sampling(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    prompt = _prompt(args)
     llm = _load(args)
-    print(args.prompt, end="", flush=True)
-    for piece in llm.stream(args.prompt, max_tokens=args.n_predict, **_sampling(args)):
+    ids = llm.tokenize(prompt)
+    n = args.n_predict if args.n_predict is not None else min(DEFAULT_N_PREDICT, llm.ctx - len(ids) + 1)
+    pieces = llm.stream(ids, max_tokens=max(n, 0), **_sampling(args))  # checks everything before any output
+    if args.json:
+        text = "".join(pieces)
+        s, info = llm.last_stats, corelm.info()
+        result = {
+            "prompt": prompt,
+            "text": text,
+            "finish_reason": s.finish_reason,
+            "usage": {"prompt_tokens": s.prompt_tokens, "completion_tokens": s.generated_tokens},
+            "timings": {
+                "prefill_seconds": s.prefill_seconds,
+                "decode_seconds": s.decode_seconds,
+                "prefill_tokens_per_s": s.prefill_tps,
+                "decode_tokens_per_s": s.decode_tps,
+            },
+            "isa": info["isa"],
+            "threads": info["threads"],
+            "ctx": llm.ctx,
+        }
+        print(json.dumps(result, ensure_ascii=False))
+        return 0
+    print(prompt, end="", flush=True)
+    for piece in pieces:
         print(piece, end="", flush=True)
     print()
     print(chat_cli.speed_line(llm), file=sys.stderr)
@@ -80,22 +113,47 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="a .gguf file or a Hugging Face model folder (default: corelm's own small Shakespeare model)",
     )
-    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
-    p.add_argument("-c", "--ctx", type=int, default=None, help="context size in tokens (default: the model's, <= 4096)")
+    p.add_argument("-t", "--threads", type=argtypes.threads, default=None, help=THREADS_HELP)
+    p.add_argument(
+        "-c", "--ctx", type=positive_int, default=None, help="context size in tokens (default: the model's, <= 4096)"
+    )
     p.add_argument(
         "--quant",
         choices=list(QUANT_NAMES),
         default=None,
         help="quantize the weights while loading",
     )
-    p.add_argument("-n", "--n-predict", type=int, default=256, help="maximum tokens to generate (default 256)")
-    p.add_argument("--temp", type=float, default=0.8, help="temperature; 0 = greedy (default 0.8)")
-    p.add_argument("--top-k", type=int, default=40, help="keep the k most likely tokens; 0 = off (default 40)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass; 1 = off (default 0.95)")
-    p.add_argument("--min-p", type=float, default=0.05, help="drop tokens below min-p x the top probability")
-    p.add_argument("--repeat-penalty", type=float, default=1.0, help="penalise recent tokens; 1 = off")
-    p.add_argument("--seed", type=int, default=None, help="random seed, for repeatable sampling")
-    p.add_argument("--stop", action="append", default=[], help="stop before this text (repeatable)")
+    p.add_argument(
+        "-n",
+        "--n-predict",
+        type=count,
+        default=None,
+        help=f"maximum tokens to generate (default {DEFAULT_N_PREDICT}, or the room left in the context)",
+    )
+    p.add_argument(
+        "--temp", type=argtypes.non_negative_float, default=0.8, help="temperature; 0 = greedy (default 0.8)"
+    )
+    p.add_argument("--top-k", type=count, default=40, help="keep the k most likely tokens; 0 = off (default 40)")
+    p.add_argument("--top-p", type=argtypes.top_p, default=0.95, help="nucleus sampling mass; 1 = off (default 0.95)")
+    p.add_argument(
+        "--min-p", type=argtypes.probability, default=0.05, help="drop tokens below min-p x the top probability"
+    )
+    p.add_argument(
+        "--repeat-penalty", type=argtypes.positive_float, default=1.0, help="penalise recent tokens; 1 = off"
+    )
+    p.add_argument(
+        "--seed",
+        type=argtypes.seed,
+        default=None,
+        help="random seed, for repeatable sampling (-1: random, the default)",
+    )
+    p.add_argument(
+        "--stop",
+        type=argtypes.escaped,
+        action="append",
+        default=[],
+        help=r"stop before this text (repeatable; escapes such as \n and \t work)",
+    )
     p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence tokens")
 
 
@@ -200,6 +258,13 @@ def cmd_roofline(args: argparse.Namespace) -> int:
     return 0
 
 
+THREADS_HELP = (
+    f"threads (default: the physical cores; at most {argtypes.THREADS_PER_CPU} per CPU, more than one per CPU "
+    "is slower and warned about)"
+)
+VERBOSE_HELP = "more logging (-vv: debug, and tracebacks)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="corelm",
@@ -207,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run `corelm COMMAND --help` for a command's options.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
+    parser.add_argument("--version", action="version", version=f"corelm {corelm.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -226,7 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
         "speed figures goes to stderr.",
     )
     _model_args(p)
-    p.add_argument("-p", "--prompt", required=True, help="the prompt text")
+    prompt = p.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("-p", "--prompt", help="the prompt text (- reads it from stdin)")
+    prompt.add_argument("-f", "--file", default=None, help="read the prompt from this UTF-8 file (- is stdin)")
+    p.add_argument("--json", action="store_true", help="print one JSON object: the text, usage and timings")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
@@ -250,16 +319,16 @@ def build_parser() -> argparse.ArgumentParser:
         "read bandwidth and each kernel path's peak.",
     )
     p.add_argument("model", help="a .gguf file, a Hugging Face folder, or `kernels`")
-    p.add_argument("-p", "--prompt-tokens", type=int, default=512, help="prompt length for pp (default 512)")
-    p.add_argument("-n", "--gen-tokens", type=int, default=128, help="tokens generated for tg (default 128)")
+    p.add_argument("-p", "--prompt-tokens", type=positive_int, default=512, help="prompt length for pp (default 512)")
+    p.add_argument("-n", "--gen-tokens", type=positive_int, default=128, help="tokens generated for tg (default 128)")
     p.add_argument(
         "-t",
         "--threads",
-        type=_threads_list,
+        type=argtypes.thread_list,
         default=None,
         help="thread counts to sweep, e.g. 1,2 (default: the physical cores)",
     )
-    p.add_argument("-r", "--reps", type=int, default=3, help="repetitions per measurement (median is shown)")
+    p.add_argument("-r", "--reps", type=positive_int, default=3, help="repetitions per measurement (median is shown)")
     p.add_argument(
         "--quant",
         choices=list(QUANT_NAMES),
@@ -282,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("texts", nargs="*", metavar="TEXT", help="texts (or use -f)")
         p.add_argument("-f", "--file", default=None, help="a UTF-8 file of texts, one per line (- reads stdin)")
         p.add_argument("--json", action="store_true", help="print JSON")
-        p.add_argument("-t", "--threads", type=positive_int, default=None, help="threads (default: physical cores)")
+        p.add_argument("-t", "--threads", type=argtypes.threads, default=None, help=THREADS_HELP)
         p.add_argument("--quant", choices=list(QUANT_NAMES), default=None, help="quantize the weights while loading")
         if name == "embed":
             p.add_argument("--no-normalize", action="store_true", help="leave the vectors' lengths as they come")
@@ -312,12 +381,19 @@ def build_parser() -> argparse.ArgumentParser:
         "ceiling that binds and the fraction of it reached. --png draws the roofline chart.",
     )
     p.add_argument("model", nargs="?", default=None, help="a .gguf file or Hugging Face folder (optional)")
-    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
-    p.add_argument("-p", "--prompt-tokens", type=int, default=128, help="prefill length profiled (default 128)")
-    p.add_argument("-n", "--gen-tokens", type=int, default=16, help="decode steps profiled (default 16)")
+    p.add_argument("-t", "--threads", type=argtypes.threads, default=None, help=THREADS_HELP)
+    p.add_argument(
+        "-p", "--prompt-tokens", type=positive_int, default=128, help="prefill length profiled (default 128)"
+    )
+    p.add_argument("-n", "--gen-tokens", type=positive_int, default=16, help="decode steps profiled (default 16)")
     p.add_argument("--png", default=None, help="write the roofline chart to this PNG file")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_roofline)
+    for p in sub.choices.values():  # -v / -vv after the command too (`corelm run -v ...`)
+        try:
+            p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+        except argparse.ArgumentError:
+            pass  # the command has a -v of its own
     return parser
 
 

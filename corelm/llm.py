@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from os import PathLike
@@ -18,6 +19,7 @@ from corelm.engine.chat import FALLBACK_STOPS, render_chat
 from corelm.engine.generate import GenerationStats, generate_tokens
 from corelm.engine.sampling import Sampler, SamplingParams
 from corelm.engine.stops import StopStrings
+from corelm.kernels import Weight
 from corelm.models import load_model
 from corelm.models.base import Model, Segment, Step
 from corelm.tokenizer import Encoded, StreamDecoder, Tokenizer
@@ -50,13 +52,36 @@ class LLM:
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.ctx = int(ctx) if ctx else min(model.config.ctx, DEFAULT_MAX_CTX)
+        self.ctx = int(ctx) if ctx is not None else min(model.config.ctx, DEFAULT_MAX_CTX)
         if self.ctx < 1:
             raise ValueError(f"ctx must be positive, got {ctx}")
+        if self.ctx > model.config.ctx and model.config.causal:
+            log.warning(
+                "a context of %d tokens is beyond the %d this model was trained on: text past position %d may degrade",
+                self.ctx,
+                model.config.ctx,
+                model.config.ctx,
+            )
         # Encoders keep no state between calls; decoders keep one sequence's cache for generation.
         self.cache = model.new_cache(self.ctx, kv_dtype) if model.config.causal else None
         self.last_stats = GenerationStats()
         self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        c, w = self.config, self.model.w
+        matrices = [x for x in w.values() if isinstance(x, Weight)]
+        params = sum(x.n * x.k for x in matrices) + sum(x.size for x in w.values() if isinstance(x, np.ndarray))
+        size = sum(x.data.nbytes for x in matrices) + sum(x.nbytes for x in w.values() if isinstance(x, np.ndarray))
+        types = Counter(x.type.base.name for x in matrices)
+        kinds = ", ".join(f"{n} {t}" for t, n in types.most_common())
+        info = _C.info()
+        kind = "decoder" if c.causal else "encoder"
+        head = f", {c.head} classifier of {len(c.labels)} labels" if c.head else ""
+        return (
+            f"<corelm.LLM {c.arch} {kind}{head}: {_count(params)} parameters, {size / 2**20:.1f} MiB "
+            f"(matrices: {kinds}), context {self.ctx} (trained {c.ctx}), {info['threads']} threads, "
+            f"{info['isa']} kernels>"
+        )
 
     @property
     def config(self):
@@ -125,7 +150,8 @@ class LLM:
             raise ValueError("the prompt is empty")
         if len(ids) >= self.ctx:
             raise ValueError(
-                f"the prompt has {len(ids)} tokens; the context holds {self.ctx} (pass a larger ctx= to corelm.load)"
+                f"the prompt has {len(ids)} tokens; the context holds {self.ctx} "
+                "(a larger one: -c N on the command line, ctx= in corelm.load)"
             )
         return [int(i) for i in ids]
 
@@ -154,6 +180,16 @@ class LLM:
         if max_tokens < 0:
             raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
         ids = self._prompt_ids(prompt)
+        room = self.ctx - len(ids) + 1  # the last token sampled needs no room in the cache
+        if max_tokens > room:
+            log.warning(
+                "max_tokens=%d: a prompt of %d tokens leaves room for %d in the %d-token context, "
+                "generation stops there (a larger context: -c N on the command line, ctx= in corelm.load)",
+                max_tokens,
+                len(ids),
+                room,
+                self.ctx,
+            )
         params = SamplingParams(
             temperature, top_k, top_p, min_p, repeat_penalty, presence_penalty, frequency_penalty, seed=seed
         )
@@ -315,6 +351,14 @@ class LLM:
                 for i, rows in zip(batch, step.rows, strict=True):
                     result[i] = _entities(texts[i], encoded[i], probs[rows], self.config.labels)
         return result[0] if single else result
+
+
+def _count(n: int) -> str:
+    """135M, 4.6M, 2.1B, 512K."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
 
 
 def _text_list(texts: str | Sequence[str]) -> list[str]:

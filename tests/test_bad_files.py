@@ -48,6 +48,15 @@ def test_truncations(tmp_path, good_bytes):
             corelm.load(path)
 
 
+def test_a_file_cut_in_its_tensor_data_says_truncated(tmp_path, good_bytes):
+    path = tmp_path / "cut.gguf"
+    for cut in [len(good_bytes) // 3, len(good_bytes) * 2 // 3, len(good_bytes) - 1]:
+        path.write_bytes(good_bytes[:cut])
+        with pytest.raises(ModelFileError, match=f"truncated GGUF: its tensors need {len(good_bytes)} bytes, the file "
+                           f"has {cut}"):  # fmt: skip
+            corelm.load(path)
+
+
 def test_bad_magic_and_version(tmp_path, good_bytes):
     path = tmp_path / "m.gguf"
     path.write_bytes(b"GGUX" + good_bytes[4:])

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from support import data_file, subprocess_kwargs
@@ -190,3 +193,119 @@ def test_chat_in_a_terminal_has_line_editing_and_history():
     finally:
         p.kill()
         os.close(master)
+
+
+# ---- flags: every number checked by name before a model loads ----
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["run", "-p", "hi", "-t", "0"], "-t/--threads: expected 1 to"),
+        (["run", "-p", "hi", "-t", "999"], "-t/--threads: expected 1 to"),
+        (["run", "-p", "hi", "-c", "0"], "-c/--ctx: expected a positive integer"),
+        (["run", "-p", "hi", "--top-k", "-3"], "--top-k: expected an integer >= 0"),
+        (["run", "-p", "hi", "--temp", "-1"], "--temp: expected a number >= 0"),
+        (["run", "-p", "hi", "--top-p", "2"], "--top-p: expected a number above 0 and at most 1"),
+        (["run", "-p", "hi", "--min-p", "1.5"], "--min-p: expected a number from 0 to 1"),
+        (["run", "-p", "hi", "-n", "-1"], "-n/--n-predict: expected an integer >= 0"),
+        (["run", "-p", "hi", "--seed", "-2"], "--seed: expected a seed >= 0, or -1 for a random one"),
+        (["chat", "--repeat-penalty", "0"], "--repeat-penalty: expected a positive number"),
+        (["bench", "m.gguf", "-r", "0"], "-r/--reps: expected a positive integer"),
+        (["bench", "m.gguf", "-t", "1,0"], "-t/--threads: expected 1 to"),
+        (["serve", "--port", "80000"], "--port: expected a port from 0 to 65535"),
+        (["serve", "-np", "0"], "-np/--parallel: expected a positive integer"),
+        (["roofline", "-t", "0"], "-t/--threads: expected 1 to"),
+    ],
+)
+def test_bad_numbers_are_refused_by_name(args, option):
+    from corelm import cli
+
+    with pytest.raises(SystemExit) as e, contextlib.redirect_stderr(io.StringIO()) as err:
+        cli.build_parser().parse_args(args)
+    assert e.value.code == 2 and option in err.getvalue(), err.getvalue()
+
+
+def test_a_bad_number_is_one_line_before_the_model_loads():
+    r = corelm("run", "missing.gguf", "-p", "hi", "--top-p", "2")
+    assert r.returncode == 2 and r.stdout == ""
+    assert (
+        r.stderr.splitlines()[-1]
+        == "corelm run: error: argument --top-p: expected a number above 0 and at most 1, got '2'"
+    )
+
+
+def test_flag_values():
+    from corelm import argtypes, cli
+
+    assert argtypes.seed("-1") is None and argtypes.seed("7") == 7
+    assert argtypes.escaped(r"a\nb\tc\\n\x41\u00e9\q") == "a\nb\tc\\nA\u00e9\\q"
+    parse = cli.build_parser().parse_args
+    assert parse(["run", "-p", "x", "-vv"]).verbose == 2 and parse(["-v", "run", "-p", "x"]).verbose == 1
+    assert parse(["serve", "-v"]).verbose == 1 and parse(["info"]).verbose == 0
+    assert parse(["run", "-p", "x", "--stop", r"\n\n", "--stop", "User:"]).stop == ["\n\n", "User:"]
+    assert argtypes.too_many_threads(argtypes.cpus()) is None and "slower" in argtypes.too_many_threads(99)
+
+
+def test_version():
+    import corelm as package
+
+    r = corelm("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"corelm {package.__version__}"
+
+
+def test_serve_names_a_port_in_use():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = corelm("serve", "--port", str(port), timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == (
+        f"corelm: error: cannot listen on 127.0.0.1 port {port}: the port is in use (another server?): "
+        "--port picks another, --port 0 a free one"
+    )
+
+
+def test_run_reads_its_prompt_from_a_file_or_stdin_and_prints_json(tmp_path):
+    model = str(data_file("models", "stories260K", "stories260K.gguf"))
+    (tmp_path / "prompt.txt").write_text("Once upon a time\n")
+    by_arg = corelm("run", model, "-p", "Once upon a time", "-n", "12", "--temp", "0", "--json")
+    by_file = corelm("run", model, "-f", str(tmp_path / "prompt.txt"), "-n", "12", "--temp", "0", "--json")
+    by_stdin = subprocess.run(
+        [sys.executable, "-m", "corelm.cli", "run", model, "-p", "-", "-n", "12", "--temp", "0", "--json"],
+        input="Once upon a time\n", capture_output=True, text=True, timeout=120, **subprocess_kwargs(),
+    )  # fmt: skip
+    results = [json.loads(r.stdout) for r in (by_arg, by_file, by_stdin)]
+    assert results[0]["text"].startswith(", there was a little girl named Lily")
+    assert all(x["text"] == results[0]["text"] and x["prompt"] == "Once upon a time" for x in results)
+    x = results[0]
+    assert x["usage"] == {"prompt_tokens": 5, "completion_tokens": 12} and x["finish_reason"] == "length"
+    assert x["timings"]["decode_tokens_per_s"] > 0 and x["threads"] >= 1 and x["isa"]
+    r = corelm("run", model, "-p", "x", "-f", str(tmp_path / "prompt.txt"))
+    assert r.returncode == 2 and "not allowed with argument" in r.stderr
+
+
+def test_run_stop_escapes_and_context_warnings():
+    # The default model writes verse: greedy, its first line ends at "\n" (typed as backslash-n).
+    r = corelm("run", "-p", "To be", "-n", "60", "--temp", "0", "--stop", r"\n")
+    assert r.returncode == 0 and r.stdout.count("\n") == 1 and "stop: stop" in r.stderr, r.stderr
+    # -c beyond the trained 256 tokens, and -n beyond the room the context has, are said.
+    r = corelm("run", "-p", "To be", "-n", "600", "-c", "512", "--temp", "0")
+    assert r.returncode == 0
+    assert "a context of 512 tokens is beyond the 256 this model was trained on" in r.stderr
+    assert "max_tokens=600: a prompt of 3 tokens leaves room for 510 in the 512-token context" in r.stderr
+    r = corelm("run", "-p", "To be " * 200, "-n", "4")
+    assert r.returncode == 1 and "the context holds 256 (a larger one: -c N on the command line" in r.stderr
+
+
+def test_import_from_an_unbuilt_checkout_says_what_to_run():
+    root = Path(__file__).resolve().parents[1]
+    if list((root / "corelm").glob("_C.*.so")) or list((root / "corelm").glob("_C.*.pyd")):
+        pytest.skip("this checkout is built in place")
+    # -S: no site-packages, so no installed (or editable) corelm can stand in for the checkout.
+    r = subprocess.run([sys.executable, "-S", "-c", "import corelm"], cwd=root, capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "corelm's native module _C is not built in" in r.stderr and "pip install -e ." in r.stderr

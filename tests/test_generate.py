@@ -226,3 +226,22 @@ def test_chat_without_a_template_stops_at_a_turn_boundary():
     long = llm.generate(llm.chat_ids(messages), max_tokens=250, temperature=0)
     reply = llm.chat(messages, max_tokens=250, temperature=0)
     assert "\n\n" in long and reply == long[: long.index("\n\n")] and llm.last_stats.finish_reason == "stop"
+
+
+def test_llm_repr_says_what_is_loaded(llm):
+    text = repr(llm)
+    info = corelm.info()
+    assert text.startswith("<corelm.LLM llama decoder: ") and "parameters" in text and "MiB" in text
+    assert "F32" in text and f"context {llm.ctx} (trained 2048)" in text
+    assert f"{info['threads']} threads, {info['isa']} kernels" in text
+
+
+def test_sampling_parameters_are_named_when_wrong(llm):
+    for kwargs, message in [
+        ({"temperature": -1}, "temperature must be >= 0, got -1"),
+        ({"top_p": 2}, "top_p must be above 0 and at most 1, got 2"),
+        ({"min_p": float("nan")}, "min_p must be from 0 to 1, got nan"),
+        ({"repeat_penalty": 0}, "repeat_penalty must be positive, got 0"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            llm.generate("Once", max_tokens=2, **kwargs)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from corelm.argtypes import positive_int
+from corelm.argtypes import positive_int, threads
 from corelm.formats.labelled import TaggedSentence, read_conll, read_texts_with_labels
 from corelm.models import QUANT_NAMES
 
@@ -184,7 +184,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="score the first N examples only")
     p.add_argument("--png", default=None, help="draw the confusion matrix (classifiers) to this PNG file")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.add_argument("-t", "--threads", type=positive_int, default=None, help="threads (default: physical cores)")
+    p.add_argument("-t", "--threads", type=threads, default=None, help="threads (default: physical cores)")
     p.add_argument("--quant", choices=list(QUANT_NAMES), default=None, help="quantize while loading")
     p.set_defaults(func=cmd_eval)
     return p

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from corelm.argtypes import positive_int
+from corelm.argtypes import positive_int, threads
 from corelm.models import QUANT_NAMES
 from corelm.models.base import Model, Segment
 
@@ -467,7 +467,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("--json", action="store_true", help='print the result as JSON (its last line: {"ppl": ...})')
     p.add_argument("--save-logits", default=None, metavar="FILE", help="save log-probabilities (.npz) as a KLD base")
     p.add_argument("--kld-base", default=None, metavar="FILE", help="KL divergence from a --save-logits file")
-    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
+    p.add_argument("-t", "--threads", type=threads, default=None, help="threads (default: physical cores)")
     p.add_argument("--quant", choices=list(QUANT_NAMES), default=None, help="quantize while loading")
     p.set_defaults(func=cmd_perplexity)
     return p

@@ -22,10 +22,15 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0 or self.top_p <= 0 or self.top_p > 1 or not 0 <= self.min_p <= 1:
-            raise ValueError(f"invalid sampling parameters: {self}")
-        if self.repeat_penalty <= 0:
-            raise ValueError(f"repeat_penalty must be positive, got {self.repeat_penalty}")
+        checks = (
+            ("temperature", self.temperature >= 0, ">= 0"),
+            ("top_p", 0 < self.top_p <= 1, "above 0 and at most 1"),
+            ("min_p", 0 <= self.min_p <= 1, "from 0 to 1"),
+            ("repeat_penalty", self.repeat_penalty > 0, "positive"),
+        )
+        for name, ok, wanted in checks:  # NaN fails every one of them
+            if not ok:
+                raise ValueError(f"{name} must be {wanted}, got {getattr(self, name)}")
 
 
 def top_k_ids(logits: np.ndarray, k: int) -> np.ndarray:

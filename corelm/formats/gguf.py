@@ -25,6 +25,7 @@ GGUF_MAGIC = b"GGUF"
 _SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUFValueType -> bytes
 _STRING, _ARRAY = 8, 9
 _MAX_DIMS = 4
+_TYPE_SIZES = {int(t): size for t, size in gguf.GGML_QUANT_SIZES.items()}  # type id -> (block, bytes per block)
 
 
 @dataclass(frozen=True)
@@ -121,15 +122,30 @@ def _check_layout(buf: memoryview, path: Path) -> None:
     # Every entry takes at least 12 (metadata) or 28 (tensor info) bytes: cheap sanity bounds.
     if n_kv * 12 > len(buf) or n_tensors * 28 > len(buf):
         raise w.fail(f"absurd counts: {n_tensors} tensors, {n_kv} metadata entries")
+    alignment = 32  # GGUF's default, unless general.alignment says otherwise
     for i in range(n_kv):
         key = w.string(f"metadata key #{i}")
-        w.skip_value(w.u32(f"type of {key!r}"), f"value of {key!r}")
+        vtype = w.u32(f"type of {key!r}")
+        if key == b"general.alignment" and vtype == 4:  # uint32
+            alignment = struct.unpack("<I", w.buf[w.pos : w.pos + 4])[0] or 1
+        w.skip_value(vtype, f"value of {key!r}")
+    data_end = 0  # of the tensor data, relative to the data section's start
     for i in range(n_tensors):
         name = w.string(f"tensor name #{i}")
         n_dims = w.u32(f"dims of {name!r}")
         if not 1 <= n_dims <= _MAX_DIMS:
             raise w.fail(f"tensor {name!r} has {n_dims} dimensions")
-        w.take(8 * n_dims + 4 + 8, f"info of tensor {name!r}")
+        dims = struct.unpack(f"<{n_dims}Q", w.take(8 * n_dims, f"dims of tensor {name!r}"))
+        ttype, offset = w.u32(f"type of tensor {name!r}"), w.u64(f"offset of tensor {name!r}")
+        if ttype in _TYPE_SIZES:  # unknown types and bad dims are named later, with the tensor
+            block, type_size = _TYPE_SIZES[ttype]
+            data_end = max(data_end, offset + int(np.prod(dims, dtype=object)) // block * type_size)
+    needed = -(-w.pos // alignment) * alignment + data_end
+    if needed > len(buf):
+        raise ModelFileError(
+            f"{path}: truncated GGUF: its tensors need {needed} bytes, the file has {len(buf)} "
+            "(an interrupted download or copy?)"
+        )
 
 
 def _metadata(reader: gguf.GGUFReader) -> dict[str, Any]:

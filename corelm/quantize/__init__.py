@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from corelm.argtypes import threads
 from corelm.quantize.convert import QuantizeReport, UnsupportedTypeError, format_report, quantize_model
 from corelm.quantize.recipes import TYPE_NAMES
 
@@ -94,7 +95,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument(
         "--calib-tokens", type=int, default=2048, metavar="N", help="--calib: use its first N tokens (default 2048)"
     )
-    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
+    p.add_argument("-t", "--threads", type=threads, default=None, help="threads (default: physical cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_quantize)
     return p

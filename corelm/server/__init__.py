@@ -55,11 +55,16 @@ metrics.py (/metrics), chat.html (the page).
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
+
+from corelm import argtypes
+from corelm.argtypes import count, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -72,24 +77,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a .gguf file or a Hugging Face model folder (default: corelm's own small model)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    p.add_argument("--port", type=argtypes.port, default=8080, help="port (default 8080; 0 picks a free one)")
     p.add_argument(
         "--api-key",
         default=os.environ.get("CORELM_API_KEY"),
         help="require 'Authorization: Bearer KEY' on /v1 routes (default: $CORELM_API_KEY, else none)",
     )
-    p.add_argument("-np", "--parallel", type=int, default=4, help="sequences generated together: KV slots (default 4)")
-    p.add_argument("--queue", type=int, default=16, help="requests that may wait for a slot; more get 503 (default 16)")
     p.add_argument(
-        "-c", "--ctx", type=int, default=None, help="context of each slot in tokens (default: the model's, <= 4096)"
+        "-np", "--parallel", type=positive_int, default=4, help="sequences generated together: KV slots (default 4)"
     )
-    p.add_argument("-t", "--threads", type=int, default=None, help="threads (default: physical cores)")
+    p.add_argument(
+        "--queue", type=count, default=16, help="requests that may wait for a slot; more get 503 (default 16)"
+    )
+    p.add_argument(
+        "-c",
+        "--ctx",
+        type=positive_int,
+        default=None,
+        help="context of each slot in tokens (default: the model's, <= 4096)",
+    )
+    p.add_argument(
+        "-t",
+        "--threads",
+        type=argtypes.threads,
+        default=None,
+        help="threads (default: physical cores; at most 4 per CPU)",
+    )
     p.add_argument(
         "--quant", choices=["q8_0", "q4_0", "bf16", "f16", "f32"], default=None, help="quantize weights while loading"
     )
     p.add_argument("--kv-dtype", choices=["float32", "float16"], default="float32", help="KV-cache element type")
     p.add_argument(
-        "--prefill-chunk", type=int, default=512, help="most prompt tokens prefilled in one step (default 512)"
+        "--prefill-chunk", type=positive_int, default=512, help="most prompt tokens prefilled in one step (default 512)"
     )
     p.add_argument("--alias", default=None, help="model id to report and accept (default: the file's stem)")
 
@@ -115,6 +134,31 @@ def model_id(path: str) -> str:
     return p.name if p.is_dir() else p.stem
 
 
+def _listen_error(host: str, port: int, e: OSError) -> OSError:
+    """One line naming the address a server could not listen on, and what to do."""
+    if e.errno == errno.EADDRINUSE:
+        why = "the port is in use (another server?): --port picks another, --port 0 a free one"
+    elif e.errno == errno.EACCES:
+        why = "permission denied (ports below 1024 need privileges): --port picks another"
+    else:
+        why = e.strerror or str(e)
+    return OSError(f"cannot listen on {host} port {port}: {why}")
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail before the model loads when the address cannot be listened on (the server binds
+    again once the model is ready, with the same options as http.server)."""
+    if port == 0:
+        return
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as e:
+        raise _listen_error(host, port, e) from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from corelm import _C
     from corelm.llm import DEFAULT_MAX_CTX, DEFAULT_MODEL, LLM
@@ -124,6 +168,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from corelm.server.scheduler import Scheduler
     from corelm.server.tasks import TaskApi
 
+    check_port(args.host, args.port)
+    warning = argtypes.too_many_threads(args.threads)
+    if warning:
+        log.warning("%s", warning)
     path = args.model
     if path is None:
         if not DEFAULT_MODEL.is_file():
@@ -144,7 +192,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     name = args.alias or model_id(path)
     api = OpenAIApi(tokenizer, name, ctx, model.config.vocab_size, capabilities=caps)
-    server = Server((args.host, args.port), App(scheduler, api, args.api_key, tasks=TaskApi(llm, api)))
+    try:
+        server = Server((args.host, args.port), App(scheduler, api, args.api_key, tasks=TaskApi(llm, api)))
+    except OSError as e:
+        raise _listen_error(args.host, args.port, e) from None
     host, port = server.server_address[:2]
     scheduler.start()
 
