@@ -24,21 +24,98 @@ from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tok
 # llama.cpp token types (tokenizer.ggml.token_type)
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 
-# Pre-tokenizer regexes of llama.cpp's llm_tokenizer_bpe, keyed by the tokenizer.ggml.pre names
-# that select them: (regex, ignore_merges). Unknown names raise, as they do in llama.cpp.
+# Pre-tokenizers of llama.cpp's llm_tokenizer_bpe (src/llama-vocab.cpp), keyed by the
+# tokenizer.ggml.pre names that select them. Each is a list of regexes applied one after another
+# (each splits the pieces the one before left, keeping what it does not match as pieces of their
+# own, as llama.cpp's unicode_regex_split does), with llama.cpp's ignore_merges flag and its
+# default for adding BOS. Unknown names raise, as they do in llama.cpp. Left out: pre-tokenizers
+# with hand-written splitters in llama.cpp's unicode.cpp (kimi-k2, afmoe), ones that are not
+# byte-level (gemma4, sarvam-moe, whitespace), and ones whose regexes need more than a regex
+# engine gives (superbpe's empty-match splits, chameleon's image tokens). Every regex here is
+# checked against llama.cpp's own ids on SmolLM2's vocabulary (tests/golden/pretokenizers_llamacpp.json).
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
-_LLAMA3 = (
-    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
-    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+_LLAMA3 = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_QWEN2 = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_QWEN35 = (
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_QWEN2 = (
-    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
-    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_JAIS2 = (
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s{512}(?!\S)|\s{256}(?!\S)|\s{128}(?!\S)|\s{64}(?!\S)|\s{32}(?!\S)|\s{16}(?!\S)|\s{8}(?!\S)|\s{4}(?!\S)"
+    r"|\s{1,2}(?!\S)|\s{1}"
 )
-_BPE_PRE = {
-    **dict.fromkeys(("gpt-2", "phi-2"), (_GPT2, False)),
-    **dict.fromkeys(("llama-bpe", "llama3", "llama-v3", "falcon3", "pixtral"), (_LLAMA3, True)),
-    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "megrez"), (_QWEN2, False)),
+_DEEPSEEK3 = (
+    r"\p{N}{1,3}",
+    r"[一-龥぀-ゟ゠-ヿ]+",
+    r"[!" + '"' + r"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+    r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+)
+_PORO = r" ?[^(\s|.,!?…。，、।۔،)]+"
+_SEED_CODER = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+"
+_BAILINGMOE = (
+    r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]|\s+(?!\S)|\s+"
+)
+_UFAKZEKA = r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_EXAONE_MOE = (
+    _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?(?:\p{L}\p{M}*(?: \p{L}\p{M}*)*)+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]?"
+    r"|\s*[\r\n]|\s+(?!\S)|\s+"
+)
+# llama.cpp's stand-in for \p{Lu}-style classes: (?=[\p{L}])([^a-z]) is a letter other than a-z.
+_UPPER, _LOWER = r"((?=[\p{L}])([^a-z]))", r"((?=[\p{L}])([^A-Z]))"
+_GPT4O = (
+    rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER}*{_LOWER}+{_CONTRACTIONS}?|[^\r\n\p{{L}}\p{{N}}]?{_UPPER}+{_LOWER}*{_CONTRACTIONS}?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_TEKKEN = (
+    rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER}*{_LOWER}+|[^\r\n\p{{L}}\p{{N}}]?{_UPPER}+{_LOWER}*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_MINICPM5 = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}+| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+
+
+class _Pre(NamedTuple):
+    regexes: tuple[str, ...]
+    ignore_merges: bool = False  # a piece that is a whole token is that token, merges or not
+    add_bos: bool = False  # llama.cpp's default when the file has no tokenizer.ggml.add_bos_token
+
+
+_BPE_PRE: dict[str, _Pre] = {
+    **dict.fromkeys(
+        "gpt-2 phi-2 mpt olmo jais trillion granite-docling exaone4 jina-es jina-de jina-v2-es jina-v2-de gigachat "
+        "a.x-4.0 mellum modern-bert".split(),
+        _Pre((_GPT2,)),
+    ),
+    **dict.fromkeys(
+        ("starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b", "mellum2"),
+        _Pre((r"\p{N}", _GPT2)),
+    ),
+    **dict.fromkeys(
+        ("llama-bpe", "llama3", "llama-v3", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano"),
+        _Pre((_LLAMA3,), ignore_merges=True, add_bos=True),
+    ),
+    **dict.fromkeys(("dbrx", "smaug-bpe", "glm4", "chatglm-bpe"), _Pre((_LLAMA3,))),
+    **dict.fromkeys(
+        ("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez", "stablelm2", "hunyuan", "solar-open", "grok-2"),
+        _Pre((_QWEN2,)),
+    ),
+    "qwen35": _Pre((_QWEN35,)),
+    "jais-2": _Pre((_JAIS2,)),
+    "default": _Pre((r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]")),
+    "falcon": _Pre((r"[\p{P}\$\+<=>\^~\|`]+", _GPT2, r"[0-9][0-9][0-9]")),
+    "deepseek-coder": _Pre(("[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+", r"\p{N}")),
+    **dict.fromkeys(("deepseek-v3", "hunyuan-dense", "joyai-llm", "hy_v4"), _Pre(_DEEPSEEK3)),
+    **dict.fromkeys(("poro-chat", "bloom", "gpt3-finnish"), _Pre((_PORO,))),
+    "viking": _Pre((_PORO, r"\p{N}")),
+    "seed-coder": _Pre((_SEED_CODER,)),
+    **dict.fromkeys(("bailingmoe", "bailingmoe2", "llada-moe"), _Pre((_BAILINGMOE,))),
+    "ufakzeka": _Pre((_UFAKZEKA,)),
+    "laguna": _Pre((r"[^\n]+|[\n]+", _QWEN2)),
+    "exaone-moe": _Pre((_EXAONE_MOE,)),
+    "minicpm5": _Pre((r"\p{N}{1,3}", _MINICPM5), ignore_merges=True),
+    **dict.fromkeys(("gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"), _Pre((_GPT4O,))),
+    "tekken": _Pre((_TEKKEN,), ignore_merges=True, add_bos=True),
 }
 # tokenizer.json pre-tokenizer regexes -> the tokenizer.ggml.pre name llama.cpp's converter writes.
 # Hugging Face files spell the contractions case-insensitively, llama.cpp spells out both cases;
@@ -54,8 +131,6 @@ _PRE_OF_REGEX = {
     _QWEN2: "qwen2",
     _QWEN2.replace(_CASED, _CASELESS): "qwen2",
 }
-# llama.cpp turns BOS on by default for exactly the Llama 3 pre-tokenizer group.
-_BOS_BY_DEFAULT = {name for name, (regex, _) in _BPE_PRE.items() if regex is _LLAMA3}
 
 # Token texts llama.cpp treats as end of generation (and so as control tokens) whatever their
 # type. Left out: its per-model exceptions (gpt-oss, gemma4), and "</s>", which it lists for
@@ -217,10 +292,10 @@ class Tokenizer:
             pre = meta.get("tokenizer.ggml.pre", "default")
             if pre not in _BPE_PRE:
                 raise ValueError(f"unsupported GGUF pre-tokenizer {pre!r} (tokenizer.ggml.pre)")
-            regex, ignore_merges = _BPE_PRE[pre]
-            hf = _bpe_tokenizer(vocab, meta.get("tokenizer.ggml.merges") or [], regex, ignore_merges)
+            spec = _BPE_PRE[pre]
+            hf = _bpe_tokenizer(vocab, meta.get("tokenizer.ggml.merges") or [], spec.regexes, spec.ignore_merges)
             space_prefix = False
-            default_bos, default_eos, default_add_bos = None, None, pre in _BOS_BY_DEFAULT
+            default_bos, default_eos, default_add_bos = None, None, spec.add_bos
 
         eog = {vocab[name] for name in _EOG_NAMES if name in vocab}
         # llama.cpp strips whitespace after Phi-3's special tokens (as Phi-3's own tokenizer.json does).
@@ -608,15 +683,17 @@ def _wordpiece_from_gguf(meta: dict[str, Any], tokens: list[str], types: list[in
     return tok
 
 
-def _bpe_tokenizer(vocab: dict[str, int], merges: list[str], regex: str, ignore_merges: bool) -> tokenizers.Tokenizer:
-    """A byte-level BPE model that splits words with llama.cpp's regex for the vocabulary."""
+def _bpe_tokenizer(
+    vocab: dict[str, int], merges: list[str], regexes: tuple[str, ...], ignore_merges: bool
+) -> tokenizers.Tokenizer:
+    """A byte-level BPE model that splits words with llama.cpp's regexes for the vocabulary."""
     # llama.cpp splits at the first space after the first character, so a left part that is
     # itself a space survives.
     pairs = [(m[: m.find(" ", 1)], m[m.find(" ", 1) + 1 :]) for m in merges]
     hf = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges))
     hf.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(regex), behavior="isolated"),
+            *(pre_tokenizers.Split(Regex(regex), behavior="isolated") for regex in regexes),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -631,6 +708,8 @@ def _bpe_pre_name(pre: dict[str, Any] | None) -> str:
     if last and last.get("type") == "ByteLevel" and not last.get("add_prefix_space", True):
         if not split and last.get("use_regex", True):
             return "gpt-2"
+        if split == [{"type": "Digits", "individual_digits": True}] and last.get("use_regex", True):
+            return "smollm"  # each digit alone, then GPT-2's regex (SmolLM, StarCoder)
         step = (split[0] or {}) if len(split) == 1 and not last.get("use_regex", True) else {}
         regex = (step.get("pattern") or {}).get("Regex")
         if step.get("type") == "Split" and step.get("behavior") == "Isolated" and not step.get("invert"):
