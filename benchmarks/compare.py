@@ -228,8 +228,10 @@ def main() -> None:
     }
     (args.out / f"{args.report}.json").write_text(json.dumps(report, indent=2))
     chart(results, args.threads, args.out / f"{args.report}.png")
-    text = (f"CPU: {info['cpu']} ({info['physical_cores']} cores; {' '.join(report['machine']['features'])})\n\n"
-            + markdown(results, args.threads))
+    text = (
+        f"CPU: {info['cpu']} ({info['physical_cores']} cores; {' '.join(report['machine']['features'])})\n\n"
+        + markdown(results, args.threads)
+    )
     (args.out / f"{args.report}.md").write_text(text)
     print(text)
 

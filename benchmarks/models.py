@@ -169,8 +169,9 @@ def make_hf_folder(name: str, out: Path, seed: int = 0) -> Path:
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     tok = Tokenizer.from_gguf(DATA / spec["vocab"])
     tok._hf.save(str(folder / "tokenizer.json"))
-    special = {name: tok.token_text(i) for name, i in (("bos_token", tok.bos_id), ("eos_token", tok.eos_id))
-               if i is not None}
+    special = {
+        name: tok.token_text(i) for name, i in (("bos_token", tok.bos_id), ("eos_token", tok.eos_id)) if i is not None
+    }
     (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 4096, **special}))
     return folder
 

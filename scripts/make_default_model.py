@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "data" / "corpora" / "tinyshakespeare.txt"
 TRAIN_ARGS = ["--config", "small", "--vocab-size", "2048", "--steps", "800", "--eval-every", "100",
-              "--threads", "2", "--seed", "1337"]
+              "--threads", "2", "--seed", "1337"]  # fmt: skip
 
 
 def greedy_agreement(out: Path, source: Path, prompt: str, n: int = 48) -> tuple[int, int, list[int]]:
@@ -38,11 +38,19 @@ def greedy_agreement(out: Path, source: Path, prompt: str, n: int = 48) -> tuple
     from corelm.engine.generate import generate_tokens
     from corelm.engine.sampling import Sampler, SamplingParams
 
-    ours = list(generate_tokens(llm.model, llm.model.new_cache(len(ids) + n + 1), ids, n,
-                                Sampler(SamplingParams(temperature=0)), ignore_eos=True))
+    ours = list(
+        generate_tokens(
+            llm.model,
+            llm.model.new_cache(len(ids) + n + 1),
+            ids,
+            n,
+            Sampler(SamplingParams(temperature=0)),
+            ignore_eos=True,
+        )
+    )
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     with torch.no_grad():
-        theirs = hf.generate(torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False)[0][len(ids):]
+        theirs = hf.generate(torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False)[0][len(ids) :]
     same = 0
     for a, b in zip(ours, theirs.tolist(), strict=False):
         if a != b:
@@ -56,11 +64,20 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/corelm-default"))
     ap.add_argument("--skip-train", action="store_true", help="reuse a finished run in --out")
     args = ap.parse_args()
-    command = ["corelm", "train", "--corpus", "../shared/data/corpora/tinyshakespeare.txt", "--out", str(args.out),
-               *TRAIN_ARGS]
+    command = [
+        "corelm",
+        "train",
+        "--corpus",
+        "../shared/data/corpora/tinyshakespeare.txt",
+        "--out",
+        str(args.out),
+        *TRAIN_ARGS,
+    ]
     if not args.skip_train:
-        subprocess.run([sys.executable, "-m", "corelm.cli", "train", "--corpus", str(CORPUS), "--out", str(args.out),
-                        *TRAIN_ARGS], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "corelm.cli", "train", "--corpus", str(CORPUS), "--out", str(args.out), *TRAIN_ARGS],
+            check=True,
+        )
     summary = json.loads((args.out / "train_summary.json").read_text())
     data = ROOT / "corelm" / "data"
     data.mkdir(exist_ok=True)
@@ -84,18 +101,18 @@ A small Llama-architecture language model trained by corelm's own training code
 generate text with no download: `corelm run -p "ROMEO:"`, `corelm chat`, `corelm.load()`.
 
 - **Data**: tinyshakespeare.txt (about 1.1 MB of Shakespeare's plays; public domain), 90/10
-  train/validation split of its {summary['corpus_tokens']['train'] + summary['corpus_tokens']['validation']:,} tokens.
+  train/validation split of its {summary["corpus_tokens"]["train"] + summary["corpus_tokens"]["validation"]:,} tokens.
 - **Licence**: MIT, like corelm; the training text is public domain.
-- **Architecture**: Llama (RMSNorm, SwiGLU, RoPE, grouped-query attention): hidden {c['hidden_size']},
-  {c['num_hidden_layers']} layers, {c['num_attention_heads']} heads ({c['num_key_value_heads']} key/value heads),
-  feed-forward {c['intermediate_size']}, context {c['max_position_embeddings']}, tied embeddings,
-  byte-level BPE vocabulary of {c['vocab_size']}. {summary['parameters']:,} parameters.
+- **Architecture**: Llama (RMSNorm, SwiGLU, RoPE, grouped-query attention): hidden {c["hidden_size"]},
+  {c["num_hidden_layers"]} layers, {c["num_attention_heads"]} heads ({c["num_key_value_heads"]} key/value heads),
+  feed-forward {c["intermediate_size"]}, context {c["max_position_embeddings"]}, tied embeddings,
+  byte-level BPE vocabulary of {c["vocab_size"]}. {summary["parameters"]:,} parameters.
 - **File**: `default.gguf`, F16, {size_mb:.1f} MB (loads in corelm and llama.cpp).
-- **Training**: {summary['steps']} steps of {summary['settings']['batch']} x {summary['settings']['seq_len']}
-  tokens ({summary['tokens_seen']:,} tokens), AdamW, warmup + cosine, {summary['dtype']} autocast,
-  {summary['threads']} threads, {summary['seconds'] / 60:.0f} minutes.
-- **Result**: validation loss {summary['final_val_loss']:.3f} nats/token (perplexity {summary['val_perplexity']:.1f});
-  final training loss {summary['final_train_loss']:.3f}.
+- **Training**: {summary["steps"]} steps of {summary["settings"]["batch"]} x {summary["settings"]["seq_len"]}
+  tokens ({summary["tokens_seen"]:,} tokens), AdamW, warmup + cosine, {summary["dtype"]} autocast,
+  {summary["threads"]} threads, {summary["seconds"] / 60:.0f} minutes.
+- **Result**: validation loss {summary["final_val_loss"]:.3f} nats/token (perplexity {summary["val_perplexity"]:.1f});
+  final training loss {summary["final_train_loss"]:.3f}.
 - **Exactness**: greedy tokens after "ROMEO:", against transformers on the Hugging Face folder the
   training wrote (fp32): corelm on that folder agrees for {same_hf} of {n} tokens; corelm on this F16
   GGUF for {same} of {n}.
@@ -103,8 +120,8 @@ generate text with no download: `corelm run -p "ROMEO:"`, `corelm chat`, `corelm
 Made with (from the repository root; `python scripts/make_default_model.py` runs it and writes this card):
 
 ```
-{' '.join(command)}
-{' '.join(quantize)}
+{" ".join(command)}
+{" ".join(quantize)}
 ```
 
 Sample (`corelm run -p "ROMEO:" -n 120 --temp 0.8 --seed 1`):
