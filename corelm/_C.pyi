@@ -1,0 +1,91 @@
+"""Typed stub of corelm._C, the native core (pybind11). Written by scripts/make_c_stub.py from the
+built module: rerun it after changing the bindings."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+def add(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
+def attention(
+    q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, n_past: int, scale: float, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Causal GQA: q [m, hq, d] at positions n_past.. against caches [hkv, capacity, d] (float32 or float16)."""
+
+def dequantize(w: np.ndarray, type: int, n: int, k: int) -> npt.NDArray[np.float32]:
+    """Raw weight bytes of n x k to fp32."""
+
+def gelu_erf(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
+def gelu_tanh(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
+def get_rows(w: np.ndarray, type: int, n: int, k: int, ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Embedding lookup: rows ids of W (n x k, `type`) as fp32 [len(ids), k]."""
+
+def info() -> dict[str, Any]:
+    """CPU model, features, thread count and the path each kernel takes."""
+
+def isa() -> str:
+    """The kernel path in use: 'ref', 'avx2' or 'avx512'."""
+
+def layernorm(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float, out: np.ndarray | None = None
+) -> np.ndarray: ...
+def matmul(
+    x: np.ndarray,
+    w: np.ndarray,
+    type: int,
+    n: int,
+    out: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    residual: np.ndarray | None = None,
+    activation: str = "",
+) -> np.ndarray:
+    """y[..., n] = act(x[..., k] @ W.T (+ bias[n])) (+ residual[..., n]) for W (n rows of k elements of `type`, raw
+    bytes); activation: '' (none), 'gelu_erf' or 'gelu_tanh'. residual may be out itself: out += x @ W.T."""
+
+def mul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
+def num_threads() -> int: ...
+def pack(w: np.ndarray, type: int, n: int, k: int) -> npt.NDArray[np.uint8]:
+    """Q4_0 / Q8_0 rows (GGUF layout, n a multiple of 16) to the interleaved Q4_0_X16 / Q8_0_X16."""
+
+def quantize(x: np.ndarray, type: int) -> npt.NDArray[np.uint8]:
+    """Rows of fp32 to the raw bytes of `type` (GGUF layout): uint8[rows, row_bytes]."""
+
+def read_bandwidth(bytes: int = 1073741824, reps: int = 5, streams: int = 8) -> float:
+    """Best-of-reps read bandwidth (GB/s) of the thread pool over a buffer of `bytes`."""
+
+def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float, out: np.ndarray | None = None) -> np.ndarray: ...
+def rope(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray, neox: bool) -> None:
+    """In place on x [rows, heads, head_dim]: rotate the first 2*len(inv_freq) dims by positions[row]*inv_freq;
+    neox=True pairs (i, i+n/2) (GPT-NeoX / Hugging Face), False pairs (2i, 2i+1) (GPT-J / llama.cpp normal)."""
+
+def row_bytes(type: int, k: int) -> int: ...
+def self_attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    scale: float,
+    causal: bool = False,
+    seq_lengths: Sequence[int] | np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """GQA of m rows among themselves: q [m, hq, d], k/v [m, hkv, d] (float32 or float16). causal=False lets every
+    row see all keys (encoders). seq_lengths: the rows are several sequences one after another, each attending
+    only to its own rows (one call for a batch)."""
+
+def set_isa(name: str) -> str:
+    """Switch kernel path; returns a warning string (empty if none) when it had to fall back."""
+
+def set_num_threads(n: int) -> None:
+    """Size the thread pool (n < 1: physical cores)."""
+
+def silu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
+def softmax(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Softmax over the last axis."""
+
+def supported_isas() -> list[str]:
+    """Kernel paths this CPU can run, slowest first."""
+
+def swiglu(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
+def unpack(w: np.ndarray, type: int, n: int, k: int) -> npt.NDArray[np.uint8]:
+    """Q4_0_X16 / Q8_0_X16 back to GGUF-layout rows."""
