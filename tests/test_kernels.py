@@ -158,11 +158,14 @@ def test_integer_dot_is_bit_exact(isa, wtype):
 def test_paths_agree_with_ref(wtype):
     rng = np.random.default_rng(3)
     x, w = rand(rng, 9, 2048), make_weight(rand(rng, rows_for(wtype, 37), 2048), wtype)
+    others = [isa for isa in _C.supported_isas() if isa != "ref"]
+    if not others:
+        pytest.skip("this CPU runs only the ref path: nothing to compare it with")
     previous = _C.isa()
     try:
         _C.set_isa("ref")
         y_ref = matmul(x, w)
-        for isa in _C.supported_isas():
+        for isa in others:
             _C.set_isa(isa)
             assert (np.abs(matmul(x, w) - y_ref) / magnitude(x, w)).max() < 1e-5, isa
     finally:

@@ -19,7 +19,7 @@ import numpy as np
 from corelm import _C
 from corelm.kernels import Weight, WeightType, matmul
 
-# The packed layouts are what models use for Q4_0 / Q8_0 where the path has kernels for them.
+# The packed (_X16) layouts are what models use where the path has kernels for them (models.pack_for_kernels).
 BENCH_TYPES = (
     WeightType.Q4_K_X16,
     WeightType.Q5_K_X16,

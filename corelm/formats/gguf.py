@@ -3,8 +3,9 @@
 Values are parsed by the `gguf` package. Before it runs, `_check_layout` walks the file's
 structure with every count and length checked against the bytes that remain: the
 package's reader trusts them, so a corrupted count (2**60 array items) would make it loop
-for ever or read past the end. Tensors whose type the kernels take (F32, F16, BF16, Q8_0,
-Q4_0) stay views of the memory map: loading copies nothing.
+for ever or read past the end. Tensors whose type the kernels take (corelm.kernels.WeightType:
+F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) stay views of the memory map until
+a model packs them.
 """
 
 from __future__ import annotations

@@ -74,7 +74,8 @@ def _maybe_quantize(w: Weight, quant: WeightType | None) -> Weight:
 
 
 def pack_for_kernels(model: Model) -> Model:
-    """Interleave Q4_0 / Q8_0 matrices for the active path's fastest kernels, where it has them.
+    """Interleave matrices into the 16-row layouts (kernels.WeightType's *_X16: F32, F16, BF16, Q4_0,
+    Q5_0, Q8_0, Q4_K, Q5_K, Q6_K) when the active path has kernels for them.
 
     Matrices used only for embedding lookups stay as they are (a lookup reads one row)."""
     if not kernels.packing_pays():
@@ -208,7 +209,8 @@ def _gguf_weight(t, quant: WeightType | None) -> Weight | np.ndarray:
     n, k = t.shape
     if t.type in KERNEL_TYPES:
         return _maybe_quantize(Weight(t.data, WeightType(t.type), n, k), quant)
-    # No native kernel for this type yet (k-quants): dequantize once at load.
+    # A type with no native kernel (IQ*, Q2_K, Q3_K, Q8_K, ...: anything outside WeightType):
+    # dequantize once at load.
     qtype = gguf.GGMLQuantizationType(t.type)
     dense = gguf.dequantize(t.data, qtype).astype(np.float32).reshape(n, k)
     target = quant or (WeightType.Q8_0 if k % 32 == 0 else WeightType.F32)
