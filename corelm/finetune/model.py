@@ -89,8 +89,25 @@ def load(source: Source, task: str, labels: list[str], seed: int):
     torch.manual_seed(seed)  # the new head's initial weights
     model = getattr(transformers, HEADS[task]).from_pretrained(source.folder, dtype=torch.float32, **kw, **extra)
     model.config.pad_token_id = tokenizer.pad_token_id
+    if source.gguf_file:
+        _plain_weights(model, source)
     model.train()
     return model, tokenizer
+
+
+def _plain_weights(model, source: Source) -> None:
+    """transformers marks a model read from GGUF as quantized (and then refuses to save it) even when
+    it dequantized every tensor to fp32 into plain layers, as it does here: check that it did, and
+    drop the mark."""
+    import torch
+
+    odd = {type(m).__name__ for m in model.modules() if type(m).__module__.startswith("transformers.integrations")}
+    if odd or any(p.dtype != torch.float32 for p in model.parameters()):
+        raise ValueError(f"{source.gguf_file}: transformers kept GGUF blocks ({', '.join(sorted(odd))}); cannot train")
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def wrap(model, task: str, method: str, r: int, alpha: float | None, dropout: float, total_steps: int):
