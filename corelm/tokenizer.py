@@ -315,7 +315,7 @@ class Tokenizer:
         )
 
         eos_id = meta.get("tokenizer.ggml.eos_token_id", default_eos)
-        eog |= {meta.get("tokenizer.ggml.eot_token_id"), meta.get("tokenizer.ggml.eom_token_id"), eos_id}
+        eog |= {meta.get("tokenizer.ggml.eot_token_id"), meta.get("tokenizer.ggml.eom_token_id"), eos_id}  # type: ignore[arg-type]  # None dropped below
         bos_id = meta.get("tokenizer.ggml.bos_token_id", default_bos)
         if meta.get("tokenizer.ggml.add_eos_token") and bos_id is not None and eos_id is not None:
             # An encoder's framing (RoBERTa's <s> ... </s>), used by encode_batch(template=True).

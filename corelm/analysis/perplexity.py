@@ -256,7 +256,7 @@ def perplexity(
     base = None
     if kld_base is not None:
         base = kld_base if isinstance(kld_base, dict) else load_base(kld_base)
-        kld_base = base.get("path", kld_base)
+        kld_base = base.get("path", kld_base)  # type: ignore[assignment]  # the file it came from
         if chunks is None:
             chunks = int(base["logprobs"].shape[0])
     n = n_windows(len(tokens), ctx, chunks)
@@ -271,7 +271,7 @@ def perplexity(
 
     nll = np.empty(targets.shape, np.float64)
     chunk_ppl = []
-    saved = {"logprobs": [], "top1": []} if save_logits is not None else None
+    saved: dict[str, list[np.ndarray]] | None = {"logprobs": [], "top1": []} if save_logits is not None else None
     kstats: dict[str, list[np.ndarray]] = {"nll_base": [], "kld": [], "dp": [], "same": []}
     for i, logits in enumerate(scored_logits(model, wins, batch)):
         lp = log_softmax(logits)  # [m, vocab]
@@ -312,7 +312,7 @@ def perplexity(
         nll_base, kld, dp, same = (np.concatenate(kstats[k]) for k in ("nll_base", "kld", "dp", "same"))
         result.kld = _kld_result(flat, nll_base, kld, dp, same)
         result.token_kld = kld
-    if saved is not None:
+    if saved is not None and save_logits is not None:
         _save_base(
             save_logits,
             format=np.array(BASE_FORMAT),
@@ -329,13 +329,13 @@ def perplexity(
     return result
 
 
-def _save_base(path: str | PathLike[str], **arrays: np.ndarray) -> None:
+def _save_base(path: str | PathLike[str], **arrays: Any) -> None:
     """np.savez to path.tmp, renamed when complete (never a half-written file at path)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub mistypes **kwds
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

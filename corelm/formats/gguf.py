@@ -179,7 +179,7 @@ def load_gguf(path: str | PathLike[str]) -> GGUFFile:
     if size < 24:
         raise ModelFileError(f"{path}: {size} bytes is too short for a GGUF file")
     mm = np.memmap(path, mode="r")
-    _check_layout(memoryview(mm), path)
+    _check_layout(memoryview(mm), path)  # type: ignore[arg-type]  # a memmap is a buffer
     try:
         reader = gguf.GGUFReader(path)
     except (ValueError, KeyError, IndexError, OverflowError, UnicodeDecodeError) as e:

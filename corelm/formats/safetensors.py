@@ -15,7 +15,7 @@ import numpy as np
 
 from corelm.formats import ModelFileError
 
-_DTYPES = {
+_DTYPES: dict[str, np.dtype] = {
     "F32": np.dtype(np.float32),
     "F16": np.dtype(np.float16),
     "BF16": np.dtype(np.uint16),

@@ -104,6 +104,7 @@ class Model:
     def __init__(self, config: ModelConfig, weights: Weights) -> None:
         self.config = config
         self.w = weights
+        self.metadata: dict[str, Any] = {}  # the GGUF file's keys, for a model loaded from one
         self._workspaces: dict[int, Workspace] = {}  # by step size, for steps of few rows
         self.check_weights()
 

@@ -39,7 +39,7 @@ def _recording_matmul(model: Model, sums: dict[str, np.ndarray], counts: dict[st
             counts[name] = counts.get(name, 0) + rows.shape[0]
         return original(x, w, out, **epilogue)
 
-    kernels.matmul = matmul
+    kernels.matmul = matmul  # type: ignore[assignment]  # same call, recording on the way
     try:
         yield
     finally:
@@ -57,18 +57,18 @@ def activation_stats(
     over the token ids `ids` evaluated in windows of `window` tokens (each from an empty
     cache; the first `max_tokens` ids only when given). Matrices never multiplied (e.g. an
     embedding used only for lookups) are absent."""
-    ids = np.asarray(ids, dtype=np.int32)
+    tokens = np.asarray(ids, dtype=np.int32)
     if max_tokens is not None:
-        ids = ids[:max_tokens]
-    if ids.size == 0:
+        tokens = tokens[:max_tokens]
+    if tokens.size == 0:
         raise ValueError("the calibration text has no tokens")
     window = max(1, min(window, model.config.ctx))
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    starts = range(0, len(ids), window)
+    starts = range(0, len(tokens), window)
     with _recording_matmul(model, sums, counts):
         for i, start in enumerate(starts):
-            chunk = ids[start : start + window]
+            chunk = tokens[start : start + window]
             model.forward(chunk, 0, model.new_cache(len(chunk)), all_logits=True)
             if progress:
                 progress(i + 1, len(starts))

@@ -196,7 +196,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server = Server((args.host, args.port), App(scheduler, api, args.api_key, tasks=TaskApi(llm, api)))
     except OSError as e:
         raise _listen_error(args.host, args.port, e) from None
-    host, port = server.server_address[:2]
+    host, port = str(server.server_address[0]), int(server.server_address[1])
     scheduler.start()
 
     def on_term(signum, frame):

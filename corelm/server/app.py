@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from corelm.server import metrics
 from corelm.server.openai_api import ApiError, ApiRequest, OpenAIApi, usage
-from corelm.server.scheduler import Delta, Done, Failed, Job, QueueFull, Scheduler, Task, TaskDone
+from corelm.server.scheduler import Delta, Done, Failed, Job, QueueFull, Scheduler, Task, TaskDone, TokenLogprob
 from corelm.server.tasks import ROUTE_KINDS, TaskApi, TaskRequest
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         app = self.server.app
         self._route, self._status, self._streaming, self._body_read = "unknown", 0, False, False
-        self._held = None  # an event taken from the queue early (see _next)
+        self._held: Done | Failed | None = None  # an event taken from the queue early (see _next)
         self._checked = time.monotonic()  # when _next last looked for a closed connection
         try:
             self._dispatch(app)
@@ -301,6 +301,7 @@ class Handler(BaseHTTPRequestHandler):
     # ---- embeddings, classification, tagging ----
 
     def _task(self, app: App, req: TaskRequest) -> None:
+        assert app.tasks is not None  # routed here only when the server has tasks
         task = app.tasks.task(req)
         self._submit(app, task)
         try:
@@ -348,13 +349,13 @@ class Handler(BaseHTTPRequestHandler):
             if not isinstance(more, Delta):
                 self._held = more
                 break
-            lps = ev.logprobs + more.logprobs if ev.logprobs is not None else None
+            lps = ev.logprobs + (more.logprobs or []) if ev.logprobs is not None else None
             ev = Delta(ev.text + more.text, lps)
         return ev
 
     def _complete(self, app: App, req: ApiRequest, rid: str, created: int) -> None:
         texts: list[str] = []
-        lps = [] if req.job.logprobs is not None else None
+        lps: list[TokenLogprob] | None = [] if req.job.logprobs is not None else None
         while True:
             ev = self._next(req)
             if isinstance(ev, Delta):

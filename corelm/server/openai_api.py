@@ -324,7 +324,7 @@ class OpenAIApi:
             temperature, top_p = 0.0, 1.0
         params = SamplingParams(
             temperature=temperature,
-            top_k=f.int("top_k", 0, lo=0),
+            top_k=f.int("top_k", 0, lo=0) or 0,
             top_p=top_p,
             min_p=f.number("min_p", 0.0, 0.0, 1.0),
             repeat_penalty=f.number("repeat_penalty", 1.0, 1e-3, 10.0),

@@ -143,12 +143,13 @@ class TaskApi:
         def run(start: int, stop: int) -> Any:
             part = req.inputs[start:stop]
             if req.token_ids:
-                return embed_ids(llm, part)
+                return embed_ids(llm, part)  # type: ignore[arg-type]  # token_ids: lists of ids
+            texts: list[str] = part  # type: ignore[assignment]  # not token_ids: strings
             if req.kind == "embed":
-                return llm.embed(part, truncate=req.truncate)
+                return llm.embed(texts, truncate=req.truncate)
             if req.kind == "classify":
-                return llm.class_probabilities(part, truncate=req.truncate)
-            return llm.tag(part, truncate=req.truncate)
+                return llm.class_probabilities(texts, truncate=req.truncate)
+            return llm.tag(texts, truncate=req.truncate)
 
         return Task(req.kind, req.lengths, run)
 

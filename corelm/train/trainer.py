@@ -101,7 +101,7 @@ def resolve_settings(args: argparse.Namespace, saved: dict[str, Any] | None) -> 
                 f"--{f.name.replace('_', '-')} {given} differs from the checkpoint's {base}: "
                 "the resumed run will not match an uninterrupted one"
             )
-    return Settings(**values)
+    return Settings(**values)  # type: ignore[arg-type]  # every field filled above
 
 
 def resolve_dtype(choice: str) -> tuple[str, str]:
@@ -144,6 +144,7 @@ def _tokenizer(
     if ckpt is None:
         if args.tokenizer:
             return data.load_tokenizer(Path(args.tokenizer))
+        assert vocab_size is not None  # a new run names its vocabulary size (_model_fields)
         return data.train_tokenizer(text, vocab_size), data.SPECIAL, data.SPECIAL
     saved = Path(args.out) / "tokenizer.json"
     tok, bos, eos = data.load_tokenizer(saved)
@@ -177,7 +178,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
 
     text = data.read_corpus(Path(args.corpus))
     tok, bos, eos = _tokenizer(args, ckpt, text, vocab_size)
-    ids = data.encode_corpus(tok, text, tok.token_to_id(bos))
+    ids = data.encode_corpus(tok, text, tok.token_to_id(bos))  # type: ignore[arg-type]  # BOS is in the vocabulary
     train_ids, val_ids = data.split_tokens(ids, settings.batch, settings.seq_len)
     digest = data.token_digest(ids)
     if ckpt and ckpt["corpus_digest"] != digest:
@@ -322,7 +323,7 @@ def fit(p: Prepared, stop_after: int | None) -> dict[str, Any]:
         betas=(0.9, 0.95),
     )
     gen = torch.Generator().manual_seed(s.seed)
-    progress = {"step": 0, "tokens_seen": 0, "seconds": 0.0, "step_seconds": 0.0}
+    progress: dict[str, Any] = {"step": 0, "tokens_seen": 0, "seconds": 0.0, "step_seconds": 0.0}
     ck = p.checkpoint
     if ck:
         model.load_state_dict(ck["model"])
@@ -330,7 +331,7 @@ def fit(p: Prepared, stop_after: int | None) -> dict[str, Any]:
         gen.set_state(ck["generator"])
         torch.set_rng_state(ck["torch_rng"])
         progress = {k: ck[k] for k in progress}
-    start = progress["step"]
+    start: int = progress["step"]
     end = min(s.steps, stop_after) if stop_after else s.steps
     n_params = sum(q.numel() for q in params)
     c = p.config
@@ -408,6 +409,7 @@ def export(p: Prepared, model: transformers.LlamaForCausalLM, gguf_type: str) ->
     model.save_pretrained(p.out)
     data.save_tokenizer(p.tokenizer, p.out, p.bos, p.eos, p.config.max_position_embeddings)
     llm = corelm.load(p.out)
+    assert llm.tokenizer is not None  # the run saved its tokenizer.json beside the weights
     return write_gguf(
         llm.model,
         p.out / "model.gguf",
