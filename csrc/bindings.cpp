@@ -210,8 +210,10 @@ PYBIND11_MODULE(_C, m) {
             return out;
         }, py::arg("w"), py::arg("type"), py::arg("n"), py::arg("k"), doc);
     };
-    repack("pack", true, "Q4_0 / Q8_0 rows (GGUF layout, n a multiple of 16) to the interleaved Q4_0_X16 / Q8_0_X16.");
-    repack("unpack", false, "Q4_0_X16 / Q8_0_X16 back to GGUF-layout rows.");
+    repack("pack", true,
+           "GGUF-layout rows of a type with a 16-row interleaved layout (F32, F16, BF16, Q8_0, Q5_0, Q4_0, Q4_K, "
+           "Q5_K, Q6_K) to that layout (its *_X16 type): whole groups of 16 rows interleaved, the rest as they are.");
+    repack("unpack", false, "A *_X16 layout back to GGUF-layout rows.");
 
     m.def("dequantize", [](const Array& w, int type, int64_t n, int64_t k) {
         const WeightType t = weight_type(type);

@@ -20,7 +20,7 @@ void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, WeightType t
 void get_rows(const uint8_t* w, WeightType t, int64_t n, int64_t k, const int32_t* ids, int64_t len, float* y);
 
 void quantize(const float* x, WeightType t, int64_t rows, int64_t k, uint8_t* out);
-// GGUF-layout Q4_0 / Q8_0 rows <-> the packed type: whole groups of 16 rows interleaved, the
+// GGUF-layout rows <-> their 16-row interleaved type (packed_of): whole groups of 16 rows interleaved, the
 // rows after the last whole group left as they are; same size.
 void pack(const uint8_t* w, WeightType packed, int64_t n, int64_t k, uint8_t* out);
 void unpack(const uint8_t* w, WeightType packed, int64_t n, int64_t k, uint8_t* out);
