@@ -276,14 +276,15 @@ def test_causal_lm_llama_export(method: str, models, files, tmp_path: Path) -> N
     np.testing.assert_allclose(corelm.load(out / "model.gguf").logits(ids), want, atol=1e-3)
 
 
-def test_resume_is_exact(models, files, tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["full", "adalora"])
+def test_resume_is_exact(method: str, models, files, tmp_path: Path) -> None:
     """Interrupted after step 5 (mid-epoch) and resumed: the same losses and weights as one run (BERT
-    has dropout, so torch's RNG state is part of what resumes)."""
+    has dropout, so torch's RNG state is part of what resumes; AdaLoRA its importance averages)."""
     common = ["--task", "token-classification", "--model", models["bert"], "--train", files["conll_train"],
-              "--epochs", "2", "--batch", "8", "--lr", "1e-3", "--no-export", *FAST]  # fmt: skip
+              "--epochs", "2", "--batch", "4", "--lr", "1e-3", "--no-export", "--method", method, *FAST]  # fmt: skip
     finetune(*common, "--out", tmp_path / "one")
     assert finetune(*common, "--out", tmp_path / "two", "--stop-after", "5") is None
-    assert len(losses(tmp_path / "two")) == 5
+    assert len(losses(tmp_path / "two")) == 5 and len(losses(tmp_path / "one")) == 24
     finetune(*common, "--out", tmp_path / "two", "--resume")
     assert losses(tmp_path / "two") == losses(tmp_path / "one")
     a = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)["model"]

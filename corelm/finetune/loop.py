@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from corelm.finetune import metrics
 from corelm.finetune.data import IGNORE, Example, batch_plan
-from corelm.finetune.model import adalora_penalty
+from corelm.finetune.model import adalora_penalty, adalora_state, load_adalora_state
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -306,6 +306,7 @@ def fit(model, s: Settings, d: Data, out: Path, ranks: Ranks, ckpt: dict[str, An
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["rng"][ranks.rank])
+        load_adalora_state(model, ckpt.get("adalora"))
         progress = {k: ckpt[k] for k in progress}
     else:
         torch.manual_seed(s.seed + ranks.rank)  # dropout
@@ -322,6 +323,7 @@ def fit(model, s: Settings, d: Data, out: Path, ranks: Ranks, ckpt: dict[str, An
         if ranks.main:
             state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **progress, "rng": rng}
             state |= {"model": model.state_dict(), "optimizer": opt.state_dict(), "settings": dataclasses.asdict(s)}
+            state["adalora"] = adalora_state(model)
             save_state(out / CHECKPOINT, state | extra_state)
         ranks.barrier()
 

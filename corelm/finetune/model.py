@@ -159,6 +159,27 @@ def adalora_penalty(model):
     return base.peft_config[name].orth_reg_weight * torch.stack(terms).mean()
 
 
+def adalora_state(model) -> dict | None:
+    """What AdaLoRA keeps outside the weights (the importance averages that choose the ranks, and the
+    rank pattern), for an exact resume; None for other methods."""
+    base = getattr(model, "base_model", None)
+    if type(base).__name__ != "AdaLoraModel":
+        return None
+    ra = base.rankallocator
+    pattern = base.peft_config[base.trainable_adapter_name].rank_pattern
+    return {"ipt": dict(ra.ipt), "exp_avg_ipt": dict(ra.exp_avg_ipt), "exp_avg_unc": dict(ra.exp_avg_unc),
+            "rank_pattern": dict(pattern) if pattern else None}  # fmt: skip
+
+
+def load_adalora_state(model, state: dict | None) -> None:
+    if state is None:
+        return
+    base = model.base_model
+    ra = base.rankallocator
+    ra.ipt, ra.exp_avg_ipt, ra.exp_avg_unc = dict(state["ipt"]), dict(state["exp_avg_ipt"]), dict(state["exp_avg_unc"])
+    base.peft_config[base.trainable_adapter_name].rank_pattern = state["rank_pattern"]
+
+
 def trainable_state(model) -> dict:
     """The tensors training changes (trainable parameters, and peft's buffers such as AdaLoRA's ranks)."""
     names = {n for n, p in model.named_parameters() if p.requires_grad}
