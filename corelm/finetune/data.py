@@ -65,8 +65,8 @@ def read_lm_records(path: Path) -> list[dict[str, Any]]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise LabelledDataError(f"{path}:{line}: not UTF-8 text") from None
+        at = raw[: e.start].count(b"\n") + 1
+        raise LabelledDataError(f"{path}:{at}: not UTF-8 text") from None
     records = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():

@@ -116,7 +116,7 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     for i, e in enumerate(examples):
         ids[i, : len(e.ids)] = torch.tensor(e.ids)
         mask[i, : len(e.ids)] = 1
-        if per_token:
+        if isinstance(e.labels, list):
             labels[i, : len(e.labels)] = torch.tensor(e.labels)
     if not per_token:
         labels = torch.tensor([e.labels for e in examples], dtype=torch.long)
@@ -183,7 +183,7 @@ def predict(model, task: str, examples: list[Example], batch: int, bf16: bool, p
                 elif task == "sequence-classification":
                     out[i] = int(logits[row].argmax())
                 else:
-                    count = sum(1 for y in examples[i].labels[1:] if y != IGNORE)
+                    count = examples[i].weight
                     out[i] = (float(loss_sum(task, logits[row : row + 1, :n], b["labels"][row : row + 1, :n])), count)
     finally:
         model.train(was_training)
@@ -265,7 +265,7 @@ def tensorboard_writer(folder: Path, purge_step: int | None, enabled: bool, conf
     try:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(folder), purge_step=purge_step)
+        writer: Any = SummaryWriter(str(folder), purge_step=purge_step)
     except ImportError:
         say("tensorboard is not installed, so no TensorBoard logs (pip install tensorboard)")
         writer = _NoWriter()
@@ -301,7 +301,8 @@ def fit(model, s: Settings, d: Data, out: Path, ranks: Ranks, ckpt: dict[str, An
     opt = optimizer(model, s)
     params = [p for p in model.parameters() if p.requires_grad]
     lengths = [len(e.ids) for e in d.train]
-    progress = {"step": 0, "epoch": 0, "position": 0, "tokens": 0, "seconds": 0.0, "best": None, "history": []}
+    progress: dict[str, Any] = {"step": 0, "epoch": 0, "position": 0, "tokens": 0, "seconds": 0.0, "best": None}
+    progress["history"] = []
     if ckpt:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -311,7 +312,9 @@ def fit(model, s: Settings, d: Data, out: Path, ranks: Ranks, ckpt: dict[str, An
     else:
         torch.manual_seed(s.seed + ranks.rank)  # dropout
     adalora = type(getattr(model, "base_model", None)).__name__ == "AdaLoraModel"
-    writer = tensorboard_writer(out / "tb", progress["step"] + 1 if ckpt else None, ranks.main, dataclasses.asdict(s))
+    writer: Any = tensorboard_writer(
+        out / "tb", progress["step"] + 1 if ckpt else None, ranks.main, dataclasses.asdict(s)
+    )
     every = max(1, total // 20)  # without a progress bar, a line every 5% of the steps
     bar = tqdm(total=total, initial=progress["step"], desc="finetune", unit="step", dynamic_ncols=True,
                file=sys.stderr, disable=not (show and ranks.main))  # fmt: skip
@@ -388,7 +391,7 @@ def fit(model, s: Settings, d: Data, out: Path, ranks: Ranks, ckpt: dict[str, An
                     checkpoint()
                     return {"finished": False, **progress, "total_steps": total}
             record = {"epoch": epoch + 1, "step": progress["step"], "seconds": time.perf_counter() - t_epoch}
-            if d.eval is not None and ranks.main:
+            if d.eval is not None and d.eval_rows is not None and ranks.main:
                 result, _ = evaluate(model, s.task, d.eval_rows, d.eval, d.labels, 2 * s.batch, bf16, d.pad_id)
                 record["eval"] = metrics.public(result)
                 for key in ("entity_micro_f1", "token_accuracy", "accuracy", "macro_f1", "loss", "perplexity"):

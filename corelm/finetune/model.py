@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DECODERS = ("gpt2", "llama", "qwen2")
 ENCODERS = ("bert", "roberta", "distilbert")
@@ -122,7 +123,9 @@ def wrap(model, task: str, method: str, r: int, alpha: float | None, dropout: fl
         "sequence-classification": peft.TaskType.SEQ_CLS,
         "causal-lm": peft.TaskType.CAUSAL_LM,
     }[task]
-    common = dict(task_type=task_type, lora_alpha=alpha or 2 * r, lora_dropout=dropout, target_modules="all-linear")
+    common: dict[str, Any] = dict(
+        task_type=task_type, lora_alpha=alpha or 2 * r, lora_dropout=dropout, target_modules="all-linear"
+    )
     if task != "causal-lm":  # the head trains whole (peft's modules_to_save), so no LoRA on it
         common["exclude_modules"] = ["classifier", "score"]
     if method == "lora":
@@ -162,7 +165,7 @@ def adalora_penalty(model):
 def adalora_state(model) -> dict | None:
     """What AdaLoRA keeps outside the weights (the importance averages that choose the ranks, and the
     rank pattern), for an exact resume; None for other methods."""
-    base = getattr(model, "base_model", None)
+    base: Any = getattr(model, "base_model", None)
     if type(base).__name__ != "AdaLoraModel":
         return None
     ra = base.rankallocator

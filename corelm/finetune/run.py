@@ -42,7 +42,18 @@ from corelm.train.trainer import resolve_dtype
 
 DEFAULT_LR = {"full": 5e-5, "lora": 5e-4, "adalora": 5e-4}
 DEFAULT_MAX_LEN = 256
-_CURVE = ("task", "method", "epochs", "batch", "grad_accum", "lr", "warmup", "weight_decay", "max_len", "seed")
+_CURVE: tuple[str, ...] = (
+    "task",
+    "method",
+    "epochs",
+    "batch",
+    "grad_accum",
+    "lr",
+    "warmup",
+    "weight_decay",
+    "max_len",
+    "seed",
+)
 _CURVE += ("dtype", "lora_r", "lora_alpha", "lora_dropout", "bucket", "world")
 _LM_CHECK = 8  # causal LM: test examples whose logits corelm must reproduce
 
@@ -215,7 +226,7 @@ def _finetune(args: argparse.Namespace, ranks: Ranks, threads: int) -> dict[str,
     summary: dict[str, Any] = {}
     report_lines = []
     test_result, predicted = None, None
-    if tests is not None:
+    if tests is not None and test_rows is not None:
         test_result, predicted = evaluate(final, task, test_rows, tests, labels, 2 * s.batch, False, d.pad_id)
         say(f"test ({args.test}): {metrics.headline(test_result)}")
         report_lines.append(f"test: {args.test}\n\n{metrics.report_text(test_result)}")
@@ -241,7 +252,7 @@ def _finetune(args: argparse.Namespace, ranks: Ranks, threads: int) -> dict[str,
         check_examples = tests if tests is not None else evals
         if check_rows is None and task == "causal-lm":
             check_rows, check_examples = train_rows, train
-        if check_rows is not None:
+        if check_rows is not None and check_examples is not None:
             if predicted is None or tests is None:
                 _, predicted = evaluate(final, task, check_rows, check_examples, labels, 2 * s.batch, False, d.pad_id)
             runtime = _check_runtime(out, final, task, check_rows, check_examples, predicted, labels)
