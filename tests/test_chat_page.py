@@ -7,6 +7,7 @@ CORELM_CHROMIUM=/path/to/chrome); playwright's own browser download is not used.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import pytest
@@ -60,7 +61,9 @@ def test_chat_page_streams_a_reply(page, server):
     assert page.locator(".msg.user").first.text_content() == "Tell me a story about a cat."
     assert len(reply.text_content().strip()) > 20
     assert page.evaluate("window.__updates") > 2
-    assert "200 tokens" in page.locator(".stats").first.text_content()
+    # stories260K has no chat template: the reply ends at 200 tokens or at a turn boundary (a blank line)
+    stats = page.locator(".stats").first.text_content()
+    assert re.search(r"\b\d+ tokens, [\d.]+ tok/s .*finish: (length|stop)", stats), stats
     assert page.locator(".msg.error").count() == 0
 
 
