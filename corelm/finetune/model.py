@@ -183,12 +183,6 @@ def load_adalora_state(model, state: dict | None) -> None:
     base.peft_config[base.trainable_adapter_name].rank_pattern = state["rank_pattern"]
 
 
-def trainable_state(model) -> dict:
-    """The tensors training changes (trainable parameters, and peft's buffers such as AdaLoRA's ranks)."""
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if k in names or "lora" in k}
-
-
 def merged(model):
     """A plain transformers model: peft's low-rank updates added into the base weights."""
     if hasattr(model, "merge_and_unload"):
