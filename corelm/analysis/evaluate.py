@@ -20,23 +20,14 @@ import sys
 import time
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
+from corelm.analysis import metrics
 from corelm.argtypes import positive_int, threads
 from corelm.formats.labelled import TaggedSentence, read_conll, read_texts_with_labels
 from corelm.models import QUANT_NAMES
 
 BATCH = 64  # texts per call: one progress-bar step
-
-
-def _metrics_libraries():
-    try:
-        import seqeval.metrics
-        import sklearn.metrics
-    except ImportError as e:
-        raise ValueError(f"corelm eval needs scikit-learn and seqeval: pip install 'corelm[eval]' ({e.name})") from e
-    return sklearn.metrics, seqeval.metrics
 
 
 def _map_labels(gold: list[str], labels: list[str], path: str) -> list[str]:
@@ -50,7 +41,6 @@ def _map_labels(gold: list[str], labels: list[str], path: str) -> list[str]:
 
 
 def evaluate_classifier(llm, path: str, limit: int | None = None, progress: bool = True) -> dict[str, Any]:
-    sk, _ = _metrics_libraries()
     rows = read_texts_with_labels(path)[:limit]
     gold = _map_labels([label for _, label in rows], llm.labels, path)
     texts = [text for text, _ in rows]
@@ -59,20 +49,8 @@ def evaluate_classifier(llm, path: str, limit: int | None = None, progress: bool
     for start in tqdm(range(0, len(texts), BATCH), desc="classifying", unit="batch", disable=not progress):
         predicted += [label for label, _ in llm.classify(texts[start : start + BATCH])]
     seconds = time.perf_counter() - t0
-    labels = llm.labels
-    report = sk.classification_report(gold, predicted, labels=labels, output_dict=True, zero_division=0)
-    return {
-        "task": "sequence-classification",
-        "file": str(path),
-        "examples": len(rows),
-        "accuracy": float(sk.accuracy_score(gold, predicted)),
-        "macro_f1": float(report["macro avg"]["f1-score"]),
-        "report": report,
-        "report_text": sk.classification_report(gold, predicted, labels=labels, digits=4, zero_division=0),
-        "labels": labels,
-        "confusion": sk.confusion_matrix(gold, predicted, labels=labels).tolist(),
-        "seconds": seconds,
-    }
+    result = metrics.classification(gold, predicted, llm.labels)
+    return {"task": "sequence-classification", "file": str(path), **result, "seconds": seconds}
 
 
 def word_tags(sentence: TaggedSentence, entities) -> list[str]:
@@ -87,7 +65,6 @@ def word_tags(sentence: TaggedSentence, entities) -> list[str]:
 
 
 def evaluate_tagger(llm, path: str, limit: int | None = None, progress: bool = True) -> dict[str, Any]:
-    sk, sq = _metrics_libraries()
     sentences = read_conll(path)[:limit]
     gold = [s.tags for s in sentences]
     predicted: list[list[str]] = []
@@ -96,76 +73,29 @@ def evaluate_tagger(llm, path: str, limit: int | None = None, progress: bool = T
         batch = sentences[start : start + BATCH]
         predicted += [word_tags(s, ents) for s, ents in zip(batch, llm.tag([s.text for s in batch]), strict=True)]
     seconds = time.perf_counter() - t0
-    entity_report = sq.classification_report(gold, predicted, output_dict=True, zero_division=0)
-    flat_gold = [t for tags in gold for t in tags]
-    flat_pred = [t for tags in predicted for t in tags]
-    tags = sorted(set(flat_gold) | set(flat_pred), key=lambda t: (t == "O", t[2:], t))
-    return {
-        "task": "token-classification",
-        "file": str(path),
-        "examples": len(sentences),
-        "entity_micro_f1": float(entity_report["micro avg"]["f1-score"]),
-        "entity_report": {k: {m: float(v) for m, v in d.items()} for k, d in entity_report.items()},
-        "entity_report_text": sq.classification_report(gold, predicted, digits=4, zero_division=0),
-        "token_accuracy": float(sk.accuracy_score(flat_gold, flat_pred)),
-        "token_report_text": sk.classification_report(flat_gold, flat_pred, labels=tags, digits=4, zero_division=0),
-        "seconds": seconds,
-    }
-
-
-def confusion_png(result: dict[str, Any], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels, matrix = result["labels"], np.array(result["confusion"])
-    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 1.2 * len(labels) + 1.5))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(len(labels)):
-        for j in range(len(labels)):
-            ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", color="black")
-    ax.set_title(f"accuracy {result['accuracy']:.4f}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    result = metrics.tagging(gold, predicted)
+    return {"task": "token-classification", "file": str(path), **result, "seconds": seconds}
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     import corelm
 
-    _metrics_libraries()  # fail before loading the model
+    metrics.libraries()  # fail before loading the model
     llm = corelm.load(args.model, threads=args.threads, quant=args.quant)
     show = not args.json and sys.stderr.isatty()
     if "classify" in llm.capabilities:
         result = evaluate_classifier(llm, args.file, args.limit, show)
-        if args.png:
-            confusion_png(result, args.png)
+        if args.png and not metrics.confusion_png(result, args.png):
+            raise ValueError("--png needs matplotlib: pip install 'corelm[eval]'")
     elif "tag" in llm.capabilities:
         result = evaluate_tagger(llm, args.file, args.limit, show)
     else:
         raise ValueError(f"{args.model}: this model has no classification head to evaluate (it can: embed)")
     if args.json:
-        print(json.dumps({k: v for k, v in result.items() if not k.endswith("_text")}, indent=2))
+        print(json.dumps(metrics.public(result), indent=2))
         return 0
     print(f"{result['task']} on {result['file']}: {result['examples']} examples, {result['seconds']:.1f} s")
-    if result["task"] == "sequence-classification":
-        print(f"accuracy {result['accuracy']:.4f}, macro F1 {result['macro_f1']:.4f}\n")
-        print(result["report_text"])
-        width = max(len(label) for label in result["labels"])
-        print("confusion matrix (rows: true, columns: predicted)")
-        print(" " * (width + 2) + " ".join(f"{label[:8]:>8}" for label in result["labels"]))
-        for label, row in zip(result["labels"], result["confusion"], strict=True):
-            print(f"{label:>{width}}  " + " ".join(f"{v:>8}" for v in row))
-    else:
-        print(f"entity-level micro F1 {result['entity_micro_f1']:.4f} (seqeval)\n")
-        print(result["entity_report_text"])
-        print(f"token level (accuracy {result['token_accuracy']:.4f})")
-        print(result["token_report_text"])
+    print(metrics.report_text(result), end="")
     return 0
 
 

@@ -9,7 +9,7 @@ Like `corelm train`, the only torch code sits behind the command: importing this
 
 data.py reads and checks the files (no torch), model.py loads the model, wraps it with peft and
 exports it, loop.py trains (AdamW, schedule, bucketed batches, checkpoints, data parallel) and
-metrics.py scores it with seqeval / scikit-learn.
+corelm/analysis/metrics.py scores it with seqeval / scikit-learn, as `corelm eval` does.
 """
 
 from __future__ import annotations

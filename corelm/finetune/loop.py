@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from corelm.finetune import metrics
+from corelm.analysis import metrics
 from corelm.finetune.data import IGNORE, Example, batch_plan
 from corelm.finetune.model import adalora_penalty, adalora_state, load_adalora_state
 

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 import corelm
-from corelm.finetune import data, metrics
+from corelm.analysis import metrics
+from corelm.finetune import data
 from corelm.finetune import model as models
 from corelm.finetune.loop import (
     BEST,

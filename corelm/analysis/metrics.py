@@ -1,6 +1,7 @@
-"""The field's metrics on the fine-tuned model's predictions, laid out as `corelm eval` lays them out:
-seqeval's entity-level report and scikit-learn's per-tag token report for taggers; accuracy,
-per-class precision / recall / F1 and the confusion matrix for classifiers; perplexity for causal LMs."""
+"""The field's metrics on a model's predictions, one layout for `corelm eval` (corelm's runtime) and
+`corelm finetune` (the torch model): seqeval's entity-level report and scikit-learn's per-tag token
+report for taggers; accuracy, per-class precision / recall / F1 and the confusion matrix for
+classifiers; perplexity for causal LMs. scikit-learn and seqeval are imported when first used."""
 
 from __future__ import annotations
 
@@ -13,9 +14,7 @@ def libraries():
         import seqeval.metrics
         import sklearn.metrics
     except ImportError as e:
-        raise ValueError(
-            f"corelm finetune needs scikit-learn and seqeval: pip install 'corelm[finetune]' ({e.name})"
-        ) from e
+        raise ValueError(f"scoring needs scikit-learn and seqeval: pip install 'corelm[eval]' ({e.name})") from e
     return sklearn.metrics, seqeval.metrics
 
 
@@ -88,13 +87,28 @@ def report_text(result: dict[str, Any]) -> str:
 
 
 def confusion_png(result: dict[str, Any], path: str) -> bool:
-    """Draw a classifier's confusion matrix (False when matplotlib is missing)."""
+    """Draw a classifier's confusion matrix to a PNG file (False when matplotlib is missing)."""
     try:
-        from corelm.analysis.evaluate import confusion_png as draw
-
-        draw(result, path)
+        import matplotlib
     except ImportError:
         return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, matrix = result["labels"], result["confusion"]
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 2, 1.2 * len(labels) + 1.5))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, str(int(matrix[i][j])), ha="center", va="center", color="black")
+    ax.set_title(f"accuracy {result['accuracy']:.4f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
     return True
 
 
