@@ -340,17 +340,26 @@ class LLM:
     def tag(self, text: str | Sequence[str], truncate: bool = True) -> list[Entity] | list[list[Entity]]:
         """Entities of a text (a list of them for a list of texts), from a token classifier's BIO
         tags, merged as transformers' token-classification pipeline with aggregation "simple"."""
-        self._require("tag")
-        single = isinstance(text, str)
         texts = _text_list(text)
         encoded = self.encode(texts, truncate)
-        result: list[list[Entity]] = [[] for _ in texts]
+        probs = self._token_probabilities(encoded)
+        result = [_entities(t, e, p, self.config.labels) for t, e, p in zip(texts, encoded, probs, strict=True)]
+        return result[0] if isinstance(text, str) else result
+
+    def token_probabilities(self, texts: Sequence[str], truncate: bool = True) -> list[np.ndarray]:
+        """Softmax over the token classifier's labels for every token of each text, as encode()
+        tokenizes it (framing tokens included): one [tokens, labels] array per text."""
+        return self._token_probabilities(self.encode(texts, truncate))
+
+    def _token_probabilities(self, encoded: list[Encoded]) -> list[np.ndarray]:
+        self._require("tag")
+        out: list[np.ndarray] = [np.empty((0, len(self.config.labels)), np.float32)] * len(encoded)
         with self._lock:
             for batch, h, step in self._hidden_batches(encoded):
                 probs = _softmax(self.model.classifier_logits(h, step))
                 for i, rows in zip(batch, step.rows, strict=True):
-                    result[i] = _entities(texts[i], encoded[i], probs[rows], self.config.labels)
-        return result[0] if single else result
+                    out[i] = probs[rows]
+        return out
 
 
 def _count(n: int) -> str:

@@ -157,6 +157,9 @@ def test_classify_and_tag_equal_transformers_pipelines(tmp_path: Path, story: st
         assert [e.text for e in entities] == [text[w["start"] : w["end"]] for w in want]
         np.testing.assert_allclose([e.score for e in entities], [w["score"] for w in want], atol=1e-5)
     assert sum(len(e) for e in llm.tag(texts)) > 0, "the test should see entities"
+    probs = llm.token_probabilities(texts)  # per token, framing included: what tag() merges
+    assert [p.shape for p in probs] == [(len(e.ids), len(llm.labels)) for e in llm.encode(texts)]
+    assert all(np.allclose(p.sum(axis=1), 1) for p in probs)
 
 
 def test_decoder_embeds_and_classifies(tmp_path: Path) -> None:

@@ -108,14 +108,12 @@ def _corelm_predictions(llm, task: str, rows: list[Any], labels: list[str]) -> l
     each word's first token, as the torch side scores them)."""
     if task == "sequence-classification":
         return [label for label, _ in llm.classify([text for text, _ in rows])]
-    encoded = llm.encode([s.text for s in rows])
-    tags: list[Any] = [None] * len(rows)
-    with llm._lock:  # token logits: what llm.tag computes before merging tokens into entities
-        for batch, h, step in llm._hidden_batches(encoded):
-            logits = llm.model.classifier_logits(h, step)
-            for i, r in zip(batch, step.rows, strict=True):
-                _, first = data.align_tags([tuple(o) for o in encoded[i].offsets], rows[i], [0] * len(rows[i].words))
-                tags[i] = word_tags(first, np.asarray(logits[r]).argmax(-1).tolist(), labels)
+    texts = [s.text for s in rows]
+    tags: list[Any] = []
+    # token probabilities: what llm.tag computes before merging tokens into entities
+    for row, encoded, probs in zip(rows, llm.encode(texts), llm.token_probabilities(texts), strict=True):
+        _, first = data.align_tags([tuple(o) for o in encoded.offsets], row, [0] * len(row.words))
+        tags.append(word_tags(first, probs.argmax(-1).tolist(), labels))
     return tags
 
 
