@@ -33,6 +33,7 @@ from tqdm import tqdm
 from corelm.analysis import metrics
 from corelm.finetune.data import IGNORE, Example, batch_plan
 from corelm.finetune.model import adalora_penalty, adalora_state, load_adalora_state
+from corelm.train.trainer import load_checkpoint as train_checkpoint
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -218,17 +219,7 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint to resume from: {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many kinds for a damaged file
-        raise ValueError(f"{path}: cannot read the checkpoint: {type(e).__name__}: {e}") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a corelm finetune checkpoint")
-    if ckpt.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint version {ckpt.get('version')}; this corelm reads {CHECKPOINT_VERSION}")
-    return ckpt
+    return train_checkpoint(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, kind="finetune")
 
 
 class _NoWriter:

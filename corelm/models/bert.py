@@ -188,6 +188,9 @@ class Bert(Model):
             weights["position_embd.weight"] = Weight(wpe.data[skip:], wpe.type, wpe.n - skip, wpe.k)
             config.pos_offset = 0
         super().__init__(config, weights)
+        # One segment per text: every token is of type 0, whose embedding is added to all of them.
+        types = weights.get("token_types.weight")
+        self.token_type0 = kernels.embedding(types, np.zeros(1, np.int32))[0] if types is not None else None
 
     def lookup_only_weights(self) -> set[str]:
         return {"token_embd.weight", "position_embd.weight", "token_types.weight"}
@@ -214,15 +217,9 @@ class Bert(Model):
         c, w = self.config, self.w
         x = kernels.embedding(w["token_embd.weight"], tokens, out=step.ws["x"])
         _C.add(x, kernels.embedding(w["position_embd.weight"], step.positions, out=step.ws["pos_embd"]), out=x)
-        if "token_types.weight" in w:  # one segment per text: every token is of type 0
-            x += self._token_type0
+        if self.token_type0 is not None:
+            x += self.token_type0
         return _C.layernorm(x, w["token_embd_norm.weight"], w["token_embd_norm.bias"], c.norm_eps, out=x)
-
-    @property
-    def _token_type0(self) -> np.ndarray:
-        if not hasattr(self, "_type0"):
-            self._type0 = kernels.embedding(self.w["token_types.weight"], np.zeros(1, np.int32))[0]
-        return self._type0
 
     def block(self, x: np.ndarray, layer: int, step: Step) -> None:
         c, p, b = self.config, f"blk.{layer}.", step.ws

@@ -75,17 +75,21 @@ def _llama_field_names() -> set[str]:
     return names | {"rope_theta", "rope_scaling"}
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(
+    path: Path, fmt: str = CHECKPOINT_FORMAT, version: int = CHECKPOINT_VERSION, kind: str = "training"
+) -> dict[str, Any]:
+    """A checkpoint written as {"format": fmt, "version": version, ...} (corelm train's by default;
+    corelm finetune passes its own), or a clear error."""
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint to resume from: {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds for a damaged file
         raise ValueError(f"{path}: cannot read the checkpoint: {type(e).__name__}: {e}") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a corelm training checkpoint")
-    if ckpt.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint version {ckpt.get('version')}; this corelm reads {CHECKPOINT_VERSION}")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
+        raise ValueError(f"{path}: not a corelm {kind} checkpoint")
+    if ckpt.get("version") != version:
+        raise ValueError(f"{path}: checkpoint version {ckpt.get('version')}; this corelm reads {version}")
     return ckpt
 
 
