@@ -1,11 +1,30 @@
 """Typed stub of corelm._C, the native core (pybind11). Written by scripts/make_c_stub.py from the
 built module: rerun it after changing the bindings."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+class Graph:
+    """A model's forward step as one native call (see corelm/models/graph.py)."""
+
+    def __init__(self, widths: Sequence[int], ops: list[Any], n_layer: int) -> None:
+        """widths: floats per row of each buffer; ops: dicts naming their kind, buffers and tensors (checked here)."""
+
+    def run(
+        self,
+        tokens: np.ndarray,
+        segments: list[Any],
+        last_rows: bool,
+        until: int,
+        hook: Callable[[int, np.ndarray | None, np.ndarray, float], None] | None = None,
+    ) -> np.ndarray:
+        """One forward step: ops [0, until) over tokens (int32), the segments' tokens one after another; segments:
+        (cache [n_layer, 2, kv_heads, capacity, head_dim] or None, pos, length). last_rows: the select op keeps
+        each segment's last row (else all rows). hook(op_index, input, output, seconds) is called after every
+        op. Returns op until-1's output [rows, width], a view the next run may overwrite."""
 
 def add(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
 def attention(

@@ -5,12 +5,16 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <map>
+#include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "core/cpu_features.h"
 #include "core/dispatch.h"
 #include "core/formats.h"
+#include "core/graph.h"
 #include "core/ops.h"
 #include "core/probe.h"
 #include "core/threadpool.h"
@@ -125,10 +129,305 @@ py::dict info() {
     return d;
 }
 
+
+// ---- the graph executor ----
+
+// A Graph with the Python objects its ops point into (weights, norms, rotary frequencies), so
+// they live as long as it does, and the lock that serialises runs (they share one arena).
+struct PyGraph {
+    std::unique_ptr<Graph> graph;
+    py::list keep;
+    int64_t vocab = 0;            // rows of the token embedding: the valid token ids
+    int64_t max_position = -1;    // rows of a position embedding (-1: none): positions must stay below
+    int64_t kv_heads = 0, head_dim = 0;
+    bool causal = true, has_attention = false;
+    std::mutex lock;
+};
+
+const std::map<std::string, OpKind> kOpKinds = {
+    {"embed", OpKind::Embed},     {"add_vector", OpKind::AddVector}, {"rmsnorm", OpKind::RmsNorm},
+    {"layernorm", OpKind::LayerNorm}, {"matmul", OpKind::Matmul},  {"rope", OpKind::Rope},
+    {"attention", OpKind::Attention}, {"glu", OpKind::Glu},         {"copy", OpKind::Copy},
+    {"select", OpKind::Select},
+};
+
+// One op from its Python description (a dict; see corelm/models/graph.py), checked against the
+// buffers' widths: every pointer a kernel will get stays inside the arrays it was given.
+GraphOp parse_op(const py::dict& d, const std::vector<int64_t>& widths, PyGraph& pg, int64_t n_layer) {
+    GraphOp op;
+    const auto kind_name = py::cast<std::string>(d["kind"]);
+    const auto it = kOpKinds.find(kind_name);
+    if (it == kOpKinds.end()) fail("unknown op kind '" + kind_name + "'");
+    op.kind = it->second;
+    op.name = py::cast<std::string>(d["name"]);
+    const std::string where = "op " + op.name + " (" + kind_name + "): ";
+    auto get_int = [&](const char* key, int64_t dflt) { return d.contains(key) ? py::cast<int64_t>(d[key]) : dflt; };
+    auto buffer = [&](const char* key) {
+        const int64_t b = get_int(key, -1);
+        if (b < -1 || b >= int64_t(widths.size())) fail(where + key + " names no buffer");
+        return int(b);
+    };
+    auto width = [&](int b) { return b >= 0 ? widths[size_t(b)] : int64_t(0); };
+    auto f32_vector = [&](const char* key, int64_t n) -> const float* {
+        if (!d.contains(key) || d[key].is_none()) return nullptr;
+        Array a = py::cast<Array>(d[key]);
+        const float* p = f32_in(a, key, 1);
+        if (a.shape(0) != n) fail(where + key + " has " + std::to_string(a.shape(0)) + " elements, expected " + std::to_string(n));
+        pg.keep.append(a);
+        return p;
+    };
+    auto weight = [&]() {
+        if (!d.contains("weight")) fail(where + "needs a weight");
+        const py::tuple w = py::cast<py::tuple>(d["weight"]);  // (bytes, type, n, k)
+        const Array data = py::cast<Array>(w[0]);
+        op.w_type = weight_type(py::cast<int>(w[1]));
+        op.w_n = py::cast<int64_t>(w[2]);
+        op.w_k = py::cast<int64_t>(w[3]);
+        op.w = weight_bytes(data, op.w_type, op.w_n, op.w_k);
+        pg.keep.append(data);
+    };
+    op.layer = int(get_int("layer", -1));
+    op.out = buffer("out");
+    op.in = buffer("in");
+    op.in2 = buffer("in2");
+    op.in3 = buffer("in3");
+    op.residual = buffer("residual");
+    op.col0 = get_int("col0", 0);
+    op.col1 = get_int("col1", 0);
+    if (op.out < 0) fail(where + "needs an output buffer");
+    const int64_t w_out = width(op.out), w_in = width(op.in);
+    auto need_in = [&](bool same_width) {
+        if (op.in < 0) fail(where + "needs an input buffer");
+        if (same_width && w_in != w_out)
+            fail(where + "input width " + std::to_string(w_in) + " differs from output width " + std::to_string(w_out));
+    };
+    switch (op.kind) {
+        case OpKind::Embed:
+            weight();
+            if (op.w_k != w_out) fail(where + "the table's rows have " + std::to_string(op.w_k) + " columns, the output " + std::to_string(w_out));
+            op.accumulate = py::cast<bool>(d.attr("get")("accumulate", false));
+            op.from_positions = py::cast<bool>(d.attr("get")("from_positions", false));
+            op.id_offset = get_int("id_offset", 0);
+            if (op.id_offset < 0) fail(where + "id_offset must be >= 0");
+            if (op.from_positions) pg.max_position = op.w_n - op.id_offset;
+            else pg.vocab = op.w_n;
+            break;
+        case OpKind::AddVector:
+            need_in(true);
+            op.w_f32 = f32_vector("vector", w_out);
+            if (!op.w_f32) fail(where + "needs a vector");
+            break;
+        case OpKind::RmsNorm:
+        case OpKind::LayerNorm:
+            need_in(true);
+            op.eps = py::cast<float>(d["eps"]);
+            op.group = get_int("group", 0);
+            if (op.group < 0 || (op.group && w_out % op.group)) fail(where + "group must divide the row width");
+            if (op.group && op.kind == OpKind::LayerNorm) fail(where + "layernorm normalises whole rows");
+            op.w_f32 = f32_vector("norm", op.group ? op.group : w_out);
+            op.bias = f32_vector("bias", w_out);
+            if (!op.w_f32 || (op.kind == OpKind::LayerNorm && !op.bias)) fail(where + "needs its weight (and a bias for layernorm)");
+            break;
+        case OpKind::Matmul: {
+            need_in(false);
+            weight();
+            if (op.w_k != w_in || op.w_n != w_out)
+                fail(where + "a " + std::to_string(op.w_n) + "x" + std::to_string(op.w_k) + " matrix maps " +
+                     std::to_string(w_in) + " columns to " + std::to_string(w_out));
+            op.bias = f32_vector("bias", w_out);
+            if (op.residual >= 0 && width(op.residual) != w_out) fail(where + "the residual's width differs from the output's");
+            const auto act = py::cast<std::string>(d.attr("get")("activation", ""));
+            if (act == "gelu_erf") op.act = ops::Activation::GeluErf;
+            else if (act == "gelu_tanh") op.act = ops::Activation::GeluTanh;
+            else if (!act.empty()) fail(where + "unknown activation '" + act + "'");
+            break;
+        }
+        case OpKind::Rope: {
+            op.heads = get_int("heads", 0);
+            op.head_dim = get_int("head_dim", 0);
+            op.neox = py::cast<bool>(d["neox"]);
+            Array f = py::cast<Array>(d["inv_freq"]);
+            op.inv_freq = f32_in(f, "inv_freq", 1);
+            pg.keep.append(f);
+            op.n_rot = 2 * f.shape(0);
+            if (op.heads < 1 || op.head_dim < 1 || op.heads * op.head_dim != w_out)
+                fail(where + "heads x head_dim must equal the buffer width " + std::to_string(w_out));
+            if (op.n_rot > op.head_dim || op.head_dim > kMaxHeadDim) fail(where + "rotary dims exceed head_dim");
+            break;
+        }
+        case OpKind::Attention: {
+            op.heads = get_int("heads", 0);
+            op.kv_heads = get_int("kv_heads", 0);
+            op.head_dim = get_int("head_dim", 0);
+            op.causal = py::cast<bool>(d["causal"]);
+            op.window = get_int("window", 0);
+            op.scale = py::cast<float>(d["scale"]);
+            check_heads(op.heads, op.head_dim, op.kv_heads, op.head_dim, "kv");
+            if (op.in < 0 || op.in2 < 0 || op.in3 < 0) fail(where + "needs q, k and v buffers");
+            if (w_in != op.heads * op.head_dim || w_out != w_in || width(op.in2) != op.kv_heads * op.head_dim ||
+                width(op.in3) != op.kv_heads * op.head_dim)
+                fail(where + "buffer widths do not match heads x head_dim");
+            if (op.layer < 0 || op.layer >= n_layer) fail(where + "layer out of range");
+            if (op.window < 0 || (op.window && !op.causal)) fail(where + "a window needs causal attention");
+            if (pg.has_attention && (pg.kv_heads != op.kv_heads || pg.head_dim != op.head_dim || pg.causal != op.causal))
+                fail(where + "every attention op must share kv heads, head_dim and causality");
+            pg.has_attention = true;
+            pg.kv_heads = op.kv_heads;
+            pg.head_dim = op.head_dim;
+            pg.causal = op.causal;
+            break;
+        }
+        case OpKind::Glu:
+            need_in(false);
+            if (op.in2 < 0) fail(where + "needs a second input");
+            if (op.col0 < 0 || op.col1 < 0 || op.col0 + w_out > w_in || op.col1 + w_out > width(op.in2))
+                fail(where + "column ranges exceed the inputs");
+            break;
+        case OpKind::Copy:
+            need_in(false);
+            if (op.col0 < 0 || op.col0 + w_out > w_in) fail(where + "column range exceeds the input");
+            break;
+        case OpKind::Select:
+            need_in(true);
+            break;
+    }
+    return op;
+}
+
+// The checks that need the whole graph: one select op, and after it only ops that work row by
+// row on buffers written after it (they run on the selected rows only).
+void check_graph(const std::vector<GraphOp>& ops) {
+    size_t selects = 0;
+    std::set<int> later;  // buffers written after the select op
+    for (const GraphOp& op : ops) {
+        if (!selects) {
+            if (op.kind == OpKind::Select) {
+                ++selects;
+                later.insert(op.out);
+            }
+            continue;
+        }
+        const std::string where = "op " + op.name + ": ";
+        if (op.kind == OpKind::Select) fail("a graph has one select op");
+        if (op.kind == OpKind::Attention || op.kind == OpKind::Rope || op.kind == OpKind::Embed)
+            fail(where + "attention, rope and embedding run before the select op");
+        for (int b : {op.in, op.in2, op.in3, op.residual})
+            if (b >= 0 && !later.count(b)) fail(where + "after the select op, inputs must be written after it");
+        later.insert(op.out);
+    }
+    if (selects != 1) fail("a graph needs exactly one select op");
+}
+
+std::unique_ptr<PyGraph> make_graph(const std::vector<int64_t>& widths, const py::list& op_list, int64_t n_layer) {
+    if (n_layer < 1) fail("n_layer must be positive");
+    for (int64_t w : widths)
+        if (w < 1) fail("buffer widths must be positive");
+    auto pg = std::make_unique<PyGraph>();
+    std::vector<GraphOp> ops;
+    for (const auto& item : op_list) ops.push_back(parse_op(py::cast<py::dict>(item), widths, *pg, n_layer));
+    check_graph(ops);
+    if (!pg->vocab) fail("a graph needs a token embedding");
+    pg->graph = std::make_unique<Graph>(widths, std::move(ops), n_layer);
+    return pg;
+}
+
+// A float32 [rows, width] view of graph memory that keeps the arena it points into alive.
+Array arena_view(const std::shared_ptr<std::vector<float>>& arena, const float* data, int64_t rows, int64_t width) {
+    auto* owner = new std::shared_ptr<std::vector<float>>(arena);
+    py::capsule base(owner, [](void* p) { delete static_cast<std::shared_ptr<std::vector<float>>*>(p); });
+    return py::array_t<float>({py::ssize_t(rows), py::ssize_t(width)}, data, base);
+}
+
+// The step's segments from (cache or None, pos, length) tuples, checked against the graph.
+std::vector<Segment> parse_segments(PyGraph& pg, const py::list& items, int64_t n_tokens) {
+    std::vector<Segment> segs;
+    int64_t rows = 0;
+    for (const auto& item : items) {
+        const py::tuple t = py::cast<py::tuple>(item);
+        if (t.size() != 3) fail("a segment is (cache, pos, length)");
+        Segment s;
+        s.pos = py::cast<int64_t>(t[1]);
+        s.length = py::cast<int64_t>(t[2]);
+        if (s.pos < 0 || s.length < 1) fail("segments need pos >= 0 and length >= 1");
+        if (pg.max_position >= 0 && s.pos + s.length > pg.max_position)
+            throw py::index_error("positions up to " + std::to_string(s.pos + s.length) + " exceed the model's " +
+                                  std::to_string(pg.max_position) + " position embeddings");
+        if (t[0].is_none()) {
+            if (pg.causal && pg.has_attention) fail("a decoder step needs a KV cache for every segment");
+        } else {
+            if (!pg.causal) fail("an encoder's segments have no KV cache");
+            Array c = py::cast<Array>(t[0]);
+            s.f16 = c.dtype().is(py::dtype("float16"));
+            if (!s.f16) check_dtype<float>(c, "cache", "float32 or float16");
+            check_contiguous(c, "cache");
+            if (!c.writeable()) fail("cache must be writeable");
+            if (c.ndim() != 5 || c.shape(0) != pg.graph->n_layer() || c.shape(1) != 2 || c.shape(2) != pg.kv_heads ||
+                c.shape(4) != pg.head_dim)
+                fail("cache has shape " + shape_str(c) + ", expected (" + std::to_string(pg.graph->n_layer()) + ", 2, " +
+                     std::to_string(pg.kv_heads) + ", capacity, " + std::to_string(pg.head_dim) + ")");
+            s.capacity = c.shape(3);
+            if (s.pos + s.length > s.capacity)
+                fail("context full: " + std::to_string(s.pos) + " + " + std::to_string(s.length) +
+                     " tokens exceed the context of " + std::to_string(s.capacity));
+            s.cache = c.mutable_data();
+        }
+        if (!segs.empty() && (s.cache == nullptr) != (segs.back().cache == nullptr))
+            fail("segments must all have a cache or all have none");
+        rows += s.length;
+        segs.push_back(s);
+    }
+    if (segs.empty() || rows != n_tokens)
+        fail("segment lengths sum to " + std::to_string(rows) + " but the step has " + std::to_string(n_tokens) + " tokens");
+    return segs;
+}
+
+void bind_graph(py::module_& m) {
+    py::class_<PyGraph>(m, "Graph", "A model's forward step as one native call (see corelm/models/graph.py).")
+        .def(py::init(&make_graph), py::arg("widths"), py::arg("ops"), py::arg("n_layer"),
+             "widths: floats per row of each buffer; ops: dicts naming their kind, buffers and tensors (checked here).")
+        .def("run", [](PyGraph& pg, const Array& tokens, const py::list& segments, bool last_rows, int64_t until,
+                       const py::object& hook) {
+            check_dtype<int32_t>(tokens, "tokens", "int32");
+            check_contiguous(tokens, "tokens");
+            if (tokens.ndim() != 1 || tokens.shape(0) < 1) fail("tokens must be a non-empty 1-D array");
+            const int64_t n = tokens.shape(0);
+            const auto* ids = static_cast<const int32_t*>(tokens.data());
+            for (int64_t i = 0; i < n; ++i)
+                if (ids[i] < 0 || ids[i] >= pg.vocab)
+                    throw py::index_error("token id " + std::to_string(ids[i]) + " out of range [0, " + std::to_string(pg.vocab) + ")");
+            const int64_t n_ops = int64_t(pg.graph->ops().size());
+            if (until < 1 || until > n_ops) fail("until must be in [1, " + std::to_string(n_ops) + "]");
+            const std::vector<Segment> segs = parse_segments(pg, segments, n);
+            OpHook op_hook;
+            if (!hook.is_none()) {
+                op_hook = [&pg, &hook](size_t i, OpView in, OpView out, double seconds) {
+                    py::gil_scoped_acquire gil;
+                    const auto arena = pg.graph->arena();
+                    py::object in_view = in.data ? py::object(arena_view(arena, in.data, in.rows, in.width)) : py::none();
+                    hook(i, in_view, arena_view(arena, out.data, out.rows, out.width), seconds);
+                };
+            }
+            int64_t rows = 0;
+            const float* out;
+            {
+                py::gil_scoped_release nogil;
+                std::lock_guard<std::mutex> guard(pg.lock);
+                out = pg.graph->run(ids, n, segs, last_rows, size_t(until), &rows, op_hook);
+            }
+            const int64_t width = pg.graph->widths()[size_t(pg.graph->ops()[size_t(until - 1)].out)];
+            return arena_view(pg.graph->arena(), out, rows, width);
+        }, py::arg("tokens"), py::arg("segments"), py::arg("last_rows"), py::arg("until"), py::arg("hook") = py::none(),
+           "One forward step: ops [0, until) over tokens (int32), the segments' tokens one after another; segments: "
+           "(cache [n_layer, 2, kv_heads, capacity, head_dim] or None, pos, length). last_rows: the select op keeps each "
+           "segment's last row (else all rows). hook(op_index, input, output, seconds) is called after every op. "
+           "Returns op until-1's output [rows, width], a view the next run may overwrite.");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
     m.doc() = "corelm native core: CPU kernels for LLM inference";
+    bind_graph(m);
 
     m.def("info", &info, "CPU model, features, thread count and the path each kernel takes.");
     m.def("isa", &active_isa, "The kernel path in use: 'ref', 'avx2' or 'avx512'.");
@@ -381,7 +680,7 @@ PYBIND11_MODULE(_C, m) {
             Array y = f32_out(out, shape_of(a));
             float* yp = static_cast<float*>(y.mutable_data());
             py::gil_scoped_release nogil;
-            ops::binary(op, ap, bp, yp, rows, n, b_stride);
+            ops::binary(op, ap, n, bp, b_stride, yp, n, rows, n);
             return y;
         }, py::arg("a"), py::arg("b"), py::arg("out") = py::none());
     };

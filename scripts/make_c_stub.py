@@ -25,23 +25,40 @@ _TYPES = [
     (r"numpy\.typing\.NDArray\[numpy\.(\w+)\]", r"npt.NDArray[np.\1]"),
     (r"numpy\.ndarray", "np.ndarray"),
     (r"-> dict\b", "-> dict[str, Any]"),
+    (r"corelm\._C\.", ""),
+    (r"collections\.abc\.Sequence", "Sequence"),
+    (r": list\b", ": list[Any]"),
 ]
 # Arguments pybind11 types as `object`: optional arrays, and the lengths of a batch's sequences.
-_OBJECTS = {"seq_lengths": "Sequence[int] | np.ndarray | None"}
+_OBJECTS = {
+    "seq_lengths": "Sequence[int] | np.ndarray | None",
+    "hook": "Callable[[int, np.ndarray | None, np.ndarray, float], None] | None",
+}
 
 
-def stub_of(name: str, doc: str) -> str:
+def stub_of(name: str, doc: str, indent: str = "") -> str:
+    """A function's stub (a method's, indented, when indent is given)."""
     signature, _, rest = doc.strip().partition("\n")
     if not signature.startswith(f"{name}("):
         raise SystemExit(f"_C.{name}: no pybind11 signature in its docstring")
+    signature = re.sub(r"^(\w+)\(self: [\w.]+", r"\1(self", signature)
     for pattern, repl in _TYPES:
         signature = re.sub(pattern, repl, signature)
     signature = re.sub(
         r"(\w+): object = None", lambda m: f"{m[1]}: {_OBJECTS.get(m[1], 'np.ndarray | None')} = None", signature
     )
-    text = textwrap.fill(" ".join(rest.split()), 112, initial_indent="    ", subsequent_indent="    ").strip()
-    body = f'\n    """{text}"""\n' if text else " ...\n"
-    return f"def {signature}:{body}"
+    pad = indent + "    "
+    text = textwrap.fill(" ".join(rest.split()), 112, initial_indent=pad, subsequent_indent=pad).strip()
+    body = f'\n{pad}"""{text}"""\n' if text else " ...\n"
+    return f"{indent}def {signature}:{body}"
+
+
+def class_stub(name: str, cls: type) -> str:
+    methods = [m for m in ("__init__", *sorted(vars(cls))) if m == "__init__" or not m.startswith("_")]
+    doc = " ".join((cls.__doc__ or "").split())
+    lines = [f"class {name}:", f'    """{doc}"""', ""]
+    lines += [stub_of(m, getattr(cls, m).__doc__ or "", indent="    ") for m in dict.fromkeys(methods)]
+    return "\n".join(lines)
 
 
 def render() -> str:
@@ -52,7 +69,7 @@ def render() -> str:
         '"""Typed stub of corelm._C, the native core (pybind11). Written by scripts/make_c_stub.py from the',
         'built module: rerun it after changing the bindings."""',
         "",
-        "from collections.abc import Sequence",
+        "from collections.abc import Callable, Sequence",
         "from typing import Any",
         "",
         "import numpy as np",
@@ -60,7 +77,8 @@ def render() -> str:
         "",
     ]
     for name in names:
-        parts.append(stub_of(name, getattr(_C, name).__doc__ or ""))
+        obj = getattr(_C, name)
+        parts.append(class_stub(name, obj) if isinstance(obj, type) else stub_of(name, obj.__doc__ or ""))
     text = "\n".join(parts).rstrip() + "\n"
     # Formatted as the repository is (ruff, from the test extra).
     ruff = [sys.executable, "-m", "ruff", "format", "--stdin-filename", str(OUT), "-"]

@@ -13,7 +13,7 @@ PACKAGE = Path(corelm.__file__).resolve().parent
 
 def test_stub_names_what_the_native_module_has():
     tree = ast.parse((PACKAGE / "_C.pyi").read_text(encoding="utf-8"))
-    stubbed = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    stubbed = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
     native = {name for name in dir(_C) if not name.startswith("__")}
     assert stubbed == native, (
         f"missing from _C.pyi: {sorted(native - stubbed)}; not in _C: {sorted(stubbed - native)} "

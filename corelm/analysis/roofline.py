@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from corelm import _C, kernels
+from corelm import _C
 from corelm.analysis.kernel_bench import using
 from corelm.engine.sampling import Sampler, SamplingParams
-from corelm.kernels import Weight
+from corelm.models.base import Hook, Model, Segment
+from corelm.models.graph import Op
 
 
 @dataclass
@@ -45,73 +45,47 @@ class Profile:
         s.flops += flops
 
 
-def _nbytes(*arrays: np.ndarray) -> int:
-    return sum(a.nbytes for a in arrays)
+# What each op of a graph costs: its kind in the report, bytes moved, FLOPs per element.
+_ROWWISE = {
+    "rmsnorm": ("norm", 4),
+    "layernorm": ("norm", 7),
+    "glu": ("activation", 6),
+    "add_vector": ("add/mul", 1),
+    "copy": ("copy", 0),
+    "select": ("copy", 0),
+    "rope": ("rope", 3),
+}
 
 
-@contextmanager
-def profiling(profile: Profile):
-    """Time every kernel call the models make, with the bytes and FLOPs it implies."""
-    originals: dict[tuple[object, str], Callable] = {}
+def profile_hook(profile: Profile, n_past: int) -> Hook:
+    """A graph hook adding each op's time, bytes and FLOPs to `profile`, for a step of one
+    sequence whose first row is at position n_past."""
 
-    def wrap(owner: object, name: str, cost: Callable[..., tuple[str, float, float]]) -> None:
-        fn = getattr(owner, name)
-        originals[(owner, name)] = fn
+    def hook(op: Op, x: np.ndarray | None, y: np.ndarray, seconds: float) -> None:
+        m = y.shape[0]
+        if op.kind == "matmul":
+            w = op.weight
+            assert w is not None
+            profile.add(
+                f"matmul {w.type.name}",
+                seconds,
+                w.nbytes + (x.nbytes if x is not None else 0) + y.nbytes,
+                2.0 * m * w.n * w.k,
+            )
+        elif op.kind == "attention":
+            hq, hkv, d = op.spec["heads"], op.spec["kv_heads"], op.spec["head_dim"]
+            keys = m * n_past + m * (m + 1) / 2  # causal: row i sees n_past + i + 1 keys
+            kv_bytes = 2 * hkv * (n_past + m) * d * 4
+            profile.add("attention", seconds, kv_bytes + 2 * y.nbytes, 4.0 * hq * d * keys)
+        elif op.kind == "embed":
+            w = op.weight
+            assert w is not None
+            profile.add("embedding", seconds, y.nbytes * (w.nbytes / (w.n * w.k * 4)) + y.nbytes, 0.0)
+        else:
+            kind, flops = _ROWWISE[op.kind]
+            profile.add(kind, seconds, (x.nbytes if x is not None else 0) + y.nbytes, flops * y.size)
 
-        def timed(*args, **kwargs):
-            t0 = time.perf_counter()
-            out = fn(*args, **kwargs)
-            kind, nbytes, flops = cost(out, *args, **kwargs)
-            profile.add(kind, time.perf_counter() - t0, nbytes, flops)
-            return out
-
-        setattr(owner, name, timed)
-
-    def matmul_cost(y, x, w: Weight, out=None, bias=None, residual=None):
-        m = x.size // w.k
-        extra = _nbytes(*(a for a in (bias, residual) if a is not None))
-        return f"matmul {w.type.name}", w.nbytes + x.nbytes + y.nbytes + extra, 2.0 * m * w.n * w.k
-
-    def attention_cost(y, q, k_cache, v_cache, n_past, scale, out=None):
-        m, hq, d = q.shape
-        keys = m * n_past + m * (m + 1) / 2  # causal: row i sees n_past + i + 1 keys
-        kv_bytes = 2 * k_cache.shape[0] * (n_past + m) * d * k_cache.itemsize
-        return "attention", kv_bytes + q.nbytes + y.nbytes, 4.0 * hq * d * keys
-
-    def rowwise(kind: str, flops_per_element: float):
-        def cost(y, x, *args, **kwargs):
-            extra = [a for a in args if isinstance(a, np.ndarray) and a.dtype == np.float32]
-            return kind, _nbytes(x, y if isinstance(y, np.ndarray) else x, *extra), flops_per_element * x.size
-
-        return cost
-
-    def rope_cost(y, x, positions, inv_freq, neox):
-        return "rope", 2 * x.nbytes, 6.0 * x.size / 2
-
-    def embedding_cost(y, w: Weight, ids, out=None):
-        return "embedding", y.nbytes * (w.nbytes / (w.n * w.k * 4)) + y.nbytes, 0.0
-
-    wrap(kernels, "matmul", matmul_cost)
-    wrap(kernels, "embedding", embedding_cost)
-    wrap(_C, "attention", attention_cost)
-    wrap(_C, "rope", rope_cost)
-    for name, kind, f in (
-        ("rmsnorm", "norm", 4),
-        ("layernorm", "norm", 7),
-        ("swiglu", "activation", 6),
-        ("silu", "activation", 5),
-        ("gelu_tanh", "activation", 10),
-        ("gelu_erf", "activation", 10),
-        ("add", "add/mul", 1),
-        ("mul", "add/mul", 1),
-        ("softmax", "softmax", 5),
-    ):
-        wrap(_C, name, rowwise(kind, f))
-    try:
-        yield profile
-    finally:
-        for (owner, name), fn in originals.items():
-            setattr(owner, name, fn)
+    return hook
 
 
 def machine_ceilings(threads: int) -> dict:
@@ -196,33 +170,39 @@ def analyse(profile: Profile, ceilings: dict, tokens: int) -> list[dict]:
     return rows
 
 
+def _steps(
+    model: Model, prompt: np.ndarray, n: int, hook_at: Callable[[int], Hook | None], sampling: Profile | None = None
+) -> tuple[float, float]:
+    """Prefill `prompt`, then n sampled single-token steps, the step at position p with hook
+    hook_at(p); sampling time goes to `sampling` when given. -> wall seconds of prefill, decode."""
+    cache = model.new_cache(len(prompt) + n + 1)
+    t0 = time.perf_counter()
+    logits = model.forward_batch(prompt, [Segment(cache, 0, len(prompt))], hook=hook_at(0))
+    prefill_seconds = time.perf_counter() - t0
+    sampler = Sampler(SamplingParams(temperature=0.8, seed=0))
+    token = np.zeros(1, np.int32)
+    t0 = time.perf_counter()
+    for pos in range(len(prompt), len(prompt) + n):
+        ts = time.perf_counter()
+        token[0] = sampler(logits[0])
+        if sampling is not None:
+            sampling.add("sampling", time.perf_counter() - ts, logits.nbytes, 0.0)
+        logits = model.forward_batch(token, [Segment(cache, pos, 1)], hook=hook_at(pos))
+    return prefill_seconds, time.perf_counter() - t0
+
+
 def profile_model(llm, prompt_tokens: int = 128, decode_tokens: int = 16) -> dict[str, tuple[Profile, int]]:
     """Profiles of one prefill of prompt_tokens and of decode_tokens single-token steps (+ sampling)."""
     model, vocab = llm.model, llm.config.vocab_size
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, vocab, prompt_tokens).astype(np.int32)
     model.forward(prompt[:8], 0, model.new_cache(8))  # warm up
-    results = {}
-    prefill = Profile()
-    cache = model.new_cache(prompt_tokens + decode_tokens + 1)
-    with profiling(prefill):
-        t0 = time.perf_counter()
-        logits = model.forward(prompt, 0, cache)
-        prefill.total_seconds = time.perf_counter() - t0
-    results["prefill"] = (prefill, prompt_tokens)
-    decode = Profile()
-    sampler = Sampler(SamplingParams(temperature=0.8, seed=0))
-    token = np.zeros(1, np.int32)
-    with profiling(decode):
-        t0 = time.perf_counter()
-        for pos in range(prompt_tokens, prompt_tokens + decode_tokens):
-            ts = time.perf_counter()
-            token[0] = sampler(logits[0])
-            decode.add("sampling", time.perf_counter() - ts, logits.nbytes, 0.0)
-            logits = model.forward(token, pos, cache)
-        decode.total_seconds = time.perf_counter() - t0
-    results["decode"] = (decode, decode_tokens)
-    return results
+    prefill, decode = Profile(), Profile()
+    # The totals come from plain steps; the op times from the same steps run again with the
+    # per-op hook (its Python calls cost time of their own, outside the ops' times).
+    prefill.total_seconds, decode.total_seconds = _steps(model, prompt, decode_tokens, lambda pos: None, decode)
+    _steps(model, prompt, decode_tokens, lambda pos: profile_hook(prefill if pos == 0 else decode, pos))
+    return {"prefill": (prefill, prompt_tokens), "decode": (decode, decode_tokens)}
 
 
 def format_rows(title: str, rows: list[dict]) -> str:

@@ -3,9 +3,9 @@ task heads on top of it.
 
 Weights are keyed by llama.cpp's GGUF tensor names (token_embd.weight, blk.0.attn_q.weight,
 ...) whatever file they came from; each architecture file maps Hugging Face names onto them.
-A forward pass is a sequence of native kernel calls over float32 activations [T, C]
-(T tokens of this step, C = n_embd). A batch is its sequences' rows one after another, with
-no padding: matrix products run on all rows, attention on each sequence's own rows.
+A forward step is one native call running the architecture's graph (graph.py) over float32
+activations [T, C] (T tokens of this step, C = n_embd). A batch is its sequences' rows one after
+another, with no padding: matrix products run on all rows, attention on each sequence's own rows.
 
 Heads (llama.cpp's names): the language-model head `output` (or the tied `token_embd`); a
 classifier `cls.output` on the pooled hidden state (sequence classification) or on every row
@@ -16,14 +16,16 @@ RoBERTa's classifier.dense, DistilBERT's pre_classifier).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from corelm import _C, kernels
+from corelm import kernels
 from corelm.engine.kv_cache import KVCache
 from corelm.kernels import Weight
+from corelm.models.graph import CompiledGraph, GraphBuilder, Op
 
 
 @dataclass
@@ -99,13 +101,17 @@ Weights = dict[str, Any]  # name -> Weight (matrices) or float32 ndarray (norms,
 
 
 class Model:
-    """A decoder-only transformer: config, weights, and `forward` over a KV cache."""
+    """A transformer: config, weights, and its forward pass as a graph run by the native executor.
+
+    An architecture subclasses it and declares its graph (`declare`): embeddings and blocks up
+    to the select op, then the final norm into buffer "hidden" and, when it generates, the
+    language-model head into buffer "logits" (see graph.py)."""
 
     def __init__(self, config: ModelConfig, weights: Weights) -> None:
         self.config = config
         self.w = weights
         self.metadata: dict[str, Any] = {}  # the GGUF file's keys, for a model loaded from one
-        self._workspaces: dict[int, Workspace] = {}  # by step size, for steps of few rows
+        self._graph: CompiledGraph | None = None
         self.check_weights()
 
     # Architectures list the tensors they need; loading fails early and clearly without them.
@@ -126,21 +132,24 @@ class Model:
 
     # ---- architecture-specific ----
 
-    def embed(self, tokens: np.ndarray, step: Step) -> np.ndarray:
-        return kernels.embedding(self.w["token_embd.weight"], tokens, out=step.ws["x"])
-
-    def block(self, x: np.ndarray, layer: int, step: Step) -> None:
-        """One transformer block, updating x [T, C] in place."""
-        raise NotImplementedError
-
-    def final_norm(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def buffer_shapes(self, t: int) -> dict[str, tuple[int, ...]]:
-        """Named scratch arrays a step of t tokens needs (see Workspace)."""
+    def declare(self, g: GraphBuilder) -> None:
+        """The forward pass, as ops on g (see graph.py)."""
         raise NotImplementedError
 
     # ---- the forward pass ----
+
+    @property
+    def graph(self) -> CompiledGraph:
+        """The compiled graph, built on first use from the weights as they are then (load packs
+        them first); `reset_graph` after replacing weights."""
+        if self._graph is None:
+            g = GraphBuilder(self.w)
+            self.declare(g)
+            self._graph = g.build(self.config.n_layer)
+        return self._graph
+
+    def reset_graph(self) -> None:
+        self._graph = None
 
     def lookup_only_weights(self) -> set[str]:
         """Matrices only ever read a row at a time (embeddings): packing them would not pay."""
@@ -155,38 +164,37 @@ class Model:
         tokens = np.ascontiguousarray(tokens, dtype=np.int32)
         return self.forward_batch(tokens, [Segment(cache, pos, len(tokens))], all_logits)
 
-    def forward_batch(self, tokens: np.ndarray, segments: list[Segment], all_logits: bool = False) -> np.ndarray:
-        """One step over several sequences at once: `tokens` holds each segment's tokens in turn.
-
-        Matrix products run on all rows together (one GEMM, not one GEMV per sequence);
-        attention runs per segment against its own cache. Returns logits for every row
-        (all_logits) or for the last row of each segment [len(segments), vocab]. The
-        returned array is reused by the next call: copy it to keep it.
-        """
-        x, step = self._layers(tokens, segments)
-        if not all_logits:
-            x = x[step.last_rows] if len(segments) > 1 or x.shape[0] > 1 else x
-        h = self.final_norm(x, step.ws.get("logits_norm", x.shape))
-        return kernels.matmul(h, self.output_weight(), out=step.ws.get("logits", (x.shape[0], self.config.vocab_size)))
+    def forward_batch(
+        self, tokens: np.ndarray, segments: list[Segment], all_logits: bool = False, hook: Hook | None = None
+    ) -> np.ndarray:
+        """One step over several sequences at once: `tokens` holds each segment's tokens in turn;
+        one native call runs every layer for all of them (matrix products on all rows together,
+        attention per segment against its own cache). Returns logits for every row (all_logits)
+        or for the last row of each segment [len(segments), vocab]. The returned array is reused
+        by the next call: copy it to keep it. hook: see `run`."""
+        if "logits" not in self.graph.widths:
+            what = f"this model is an encoder ({self.config.arch})"
+            raise ValueError(f"{what}: it embeds, classifies and tags; it does not generate text")
+        return self.run(tokens, segments, "logits", last_rows=not all_logits, hook=hook)
 
     def hidden_states(self, tokens: np.ndarray, segments: list[Segment]) -> tuple[np.ndarray, Step]:
         """The last layer's output after the final norm, [T, C] for all rows, and the step that
         says which rows are whose. Reused by the next call: copy to keep."""
-        x, step = self._layers(tokens, segments)
-        return self.final_norm(x, step.ws.get("hidden", x.shape)), step
+        return self.run(tokens, segments, "hidden", last_rows=False), Step.make(segments)
 
-    def _layers(self, tokens: np.ndarray, segments: list[Segment]) -> tuple[np.ndarray, Step]:
-        for s in segments:
-            if s.cache is not None and s.pos + s.length > s.cache.capacity:
-                raise ValueError(f"context full: {s.pos} + {s.length} tokens exceed the context of {s.cache.capacity}")
-            if s.cache is None and self.config.causal:
-                raise ValueError("a decoder step needs a KV cache for every segment")
+    def run(
+        self, tokens: np.ndarray, segments: list[Segment], output: str, last_rows: bool, hook: Hook | None = None
+    ) -> np.ndarray:
+        """The graph's ops up to the one that writes buffer `output`, in one native call.
+        hook(op, input, output, seconds) is called after every op (slower: for profiles,
+        calibration and debugging)."""
+        g = self.graph
+        native_hook = None
+        if hook is not None:
+            native_hook = lambda i, x, y, seconds: hook(g.ops[i], x, y, seconds)  # noqa: E731
         tokens = np.ascontiguousarray(tokens, dtype=np.int32)
-        step = Step.make(segments, self.workspace(len(tokens)))
-        x = self.embed(tokens, step)
-        for layer in range(self.config.n_layer):
-            self.block(x, layer, step)
-        return x, step
+        segs = [(None if s.cache is None else s.cache.data, s.pos, s.length) for s in segments]
+        return g.native.run(tokens, segs, last_rows, g.end_of(output), native_hook)
 
     # ---- task heads ----
 
@@ -220,37 +228,20 @@ class Model:
                 np.maximum(h, 0, out=h)
         return self.linear(h, "cls.output", np.empty((h.shape[0], self.w["cls.output.weight"].n), np.float32))
 
-    def workspace(self, t: int) -> Workspace:
-        # Decode steps (few rows) reuse their buffers across calls: a token allocates nothing.
-        if t > Workspace.REUSE_MAX_ROWS:
-            return Workspace(self.buffer_shapes(t))
-        ws = self._workspaces.get(t)
-        if ws is None:
-            ws = self._workspaces[t] = Workspace(self.buffer_shapes(t))
-        return ws
-
-    # ---- shared pieces ----
-
-    def linear(
-        self, x: np.ndarray, name: str, out: np.ndarray, residual: np.ndarray | None = None, activation: str = ""
-    ) -> np.ndarray:
-        """act(x @ W.T (+ bias when the model has one under the same name)) (+ residual), into out,
-        in one native call; residual may be out itself."""
+    def linear(self, x: np.ndarray, name: str, out: np.ndarray) -> np.ndarray:
+        """x @ W.T (+ bias when the model has one under the same name), into out."""
         w, bias = self.w[name + ".weight"], self.w.get(name + ".bias")
-        return kernels.matmul(x, w, out=out, bias=bias, residual=residual, activation=activation)
+        return kernels.matmul(x, w, out=out, bias=bias)
 
-    def attention(
-        self, q: np.ndarray, k: np.ndarray, v: np.ndarray, layer: int, step: Step, out: np.ndarray
-    ) -> np.ndarray:
-        """q [T, H, D], k/v [T, Hkv, D] of this step -> attention output [T, H*D], each segment
-        against its own cache."""
-        scale = 1.0 / math.sqrt(self.config.head_dim)
-        o = out.reshape(q.shape)
-        for seg, rows in zip(step.segments, step.rows, strict=True):
-            assert seg.cache is not None  # checked by _layers: decoders' segments have caches
-            seg.cache.write(layer, seg.pos, k[rows], v[rows])
-            _C.attention(q[rows], seg.cache.keys(layer), seg.cache.values(layer), seg.pos, scale, out=o[rows])
-        return out
+    # ---- pieces architectures share ----
+
+    def declare_lm_head(self, g: GraphBuilder, x: str) -> None:
+        """The language-model head on the selected rows of x: logits = hidden @ output.T (the
+        token embedding when tied)."""
+        g.linear("output", x, "logits", weight="output" if "output.weight" in self.w else "token_embd")
+
+
+Hook = Callable[[Op, "np.ndarray | None", np.ndarray, float], None]
 
 
 @dataclass
@@ -263,44 +254,21 @@ class Segment:
     length: int
 
 
-class Workspace:
-    """Named float32 scratch arrays for one step size, allocated once."""
-
-    REUSE_MAX_ROWS = 16  # decode batches; each size keeps its own arrays, so the bound keeps memory small
-
-    def __init__(self, shapes: dict[str, tuple[int, ...]]) -> None:
-        self.arrays = {name: np.empty(shape, np.float32) for name, shape in shapes.items()}
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.arrays[name]
-
-    def get(self, name: str, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
-        a = self.arrays.get(name)
-        if a is None or a.shape != tuple(shape) or a.dtype != dtype:
-            a = self.arrays[name] = np.empty(shape, dtype)
-        return a
-
-
 @dataclass
 class Step:
-    """What a forward step's layers share: segments, their row ranges, positions, buffers."""
+    """Which rows of a step's hidden states are whose: each segment's row range and last row."""
 
     segments: list[Segment]
     rows: list[slice]
-    positions: np.ndarray  # int32 [T]
     last_rows: list[int]
-    ws: Workspace
 
     @classmethod
-    def make(cls, segments: list[Segment], ws: Workspace) -> Step:
+    def make(cls, segments: list[Segment]) -> Step:
         rows, start = [], 0
         for s in segments:
             rows.append(slice(start, start + s.length))
             start += s.length
-        positions = ws.get("positions", (start,), np.int32)
-        for s, r in zip(segments, rows, strict=True):
-            positions[r] = range(s.pos, s.pos + s.length)
-        return cls(segments, rows, positions, [r.stop - 1 for r in rows], ws)
+        return cls(segments, rows, [r.stop - 1 for r in rows])
 
 
 def as_weight(dtype_name: str, array: np.ndarray, quant: int | None = None) -> Weight:

@@ -14,15 +14,15 @@ DistilBERT's ReLU head, and a sentence-transformers folder's normalisation and m
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import gguf
 import numpy as np
 
-from corelm import _C, kernels
+from corelm import kernels
 from corelm.kernels import Weight
-from corelm.models.base import Model, ModelConfig, Step
+from corelm.models.base import Model, ModelConfig
+from corelm.models.graph import GraphBuilder
 
 # Hugging Face parameter names (after the "bert." / "roberta." / "distilbert." prefix) -> GGUF
 # names; "{i}" is the layer, "{kind}" weight or bias.
@@ -201,49 +201,21 @@ class Bert(Model):
             names += [f"blk.{i}.{t}.{kind}" for t in _LAYER_TENSORS for kind in ("weight", "bias")]
         return names
 
-    def buffer_shapes(self, t: int) -> dict[str, tuple[int, ...]]:
+    def declare(self, g: GraphBuilder) -> None:
         c = self.config
-        return {
-            "x": (t, c.n_embd),
-            "pos_embd": (t, c.n_embd),
-            "q": (t, c.n_head, c.head_dim),
-            "k": (t, c.n_head, c.head_dim),
-            "v": (t, c.n_head, c.head_dim),
-            "attn": (t, c.n_embd),
-            "ff": (t, c.n_ff),
-        }
-
-    def embed(self, tokens: np.ndarray, step: Step) -> np.ndarray:
-        c, w = self.config, self.w
-        x = kernels.embedding(w["token_embd.weight"], tokens, out=step.ws["x"])
-        _C.add(x, kernels.embedding(w["position_embd.weight"], step.positions, out=step.ws["pos_embd"]), out=x)
+        g.embed("token_embd", "x")
+        g.embed("position_embd", "x", positions=True, accumulate=True)
         if self.token_type0 is not None:
-            x += self.token_type0
-        return _C.layernorm(x, w["token_embd_norm.weight"], w["token_embd_norm.bias"], c.norm_eps, out=x)
-
-    def block(self, x: np.ndarray, layer: int, step: Step) -> None:
-        c, p, b = self.config, f"blk.{layer}.", step.ws
-        t = x.shape[0]
-        q = self.linear(x, p + "attn_q", b["q"].reshape(t, -1)).reshape(b["q"].shape)
-        k = self.linear(x, p + "attn_k", b["k"].reshape(t, -1)).reshape(b["k"].shape)
-        v = self.linear(x, p + "attn_v", b["v"].reshape(t, -1)).reshape(b["v"].shape)
-        a = self.attention(q, k, v, layer, step, out=b["attn"])
-        self.linear(a, p + "attn_output", x, residual=x)
-        _C.layernorm(x, self.w[p + "attn_output_norm.weight"], self.w[p + "attn_output_norm.bias"], c.norm_eps, out=x)
-        f = self.linear(x, p + "ffn_up", b["ff"], activation="gelu_erf")
-        self.linear(f, p + "ffn_down", x, residual=x)
-        _C.layernorm(x, self.w[p + "layer_output_norm.weight"], self.w[p + "layer_output_norm.bias"], c.norm_eps, out=x)
-
-    def attention(
-        self, q: np.ndarray, k: np.ndarray, v: np.ndarray, layer: int, step: Step, out: np.ndarray
-    ) -> np.ndarray:
-        scale = 1.0 / math.sqrt(self.config.head_dim)
-        lengths = [s.length for s in step.segments]
-        _C.self_attention(q, k, v, scale, causal=False, seq_lengths=lengths, out=out.reshape(q.shape))
-        return out
-
-    def final_norm(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
-        return x  # post-LayerNorm: every block already ends normalised
-
-    def forward_batch(self, tokens: np.ndarray, segments: list, all_logits: bool = False) -> np.ndarray:
-        raise ValueError("this model is an encoder (bert): it embeds, classifies and tags; it does not generate text")
+            g.add_vector("token_types", "x", self.token_type0, "x")
+        g.layernorm("token_embd_norm", "x", "x", c.norm_eps)
+        for i in range(c.n_layer):
+            p = f"blk.{i}."
+            for proj in ("q", "k", "v"):
+                g.linear(p + "attn_" + proj, "x", proj)
+            g.attention(p + "attn", "q", "k", "v", "attn", i, c.n_head, c.n_head, c.head_dim, causal=False)
+            g.linear(p + "attn_output", "attn", "x", residual="x")
+            g.layernorm(p + "attn_output_norm", "x", "x", c.norm_eps)
+            g.linear(p + "ffn_up", "x", "ff", activation="gelu_erf")
+            g.linear(p + "ffn_down", "ff", "x", residual="x")
+            g.layernorm(p + "layer_output_norm", "x", "x", c.norm_eps)
+        g.select("x", "hidden")  # post-LayerNorm: every block already ends normalised

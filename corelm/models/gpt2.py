@@ -7,10 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from corelm import _C, kernels
-from corelm.models.base import Model, ModelConfig, Step
+from corelm.models.base import Model, ModelConfig
+from corelm.models.graph import GraphBuilder
 
 # HF's Conv1D stores weights [in, out]: the loader transposes the names listed here.
 TRANSPOSED = ("attn_qkv.weight", "attn_output.weight", "ffn_up.weight", "ffn_down.weight")
@@ -80,38 +78,21 @@ class GPT2(Model):
             ]
         return names
 
-    def buffer_shapes(self, t: int) -> dict[str, tuple[int, ...]]:
+    def declare(self, g: GraphBuilder) -> None:
         c = self.config
-        return {
-            "x": (t, c.n_embd),
-            "pos_embd": (t, c.n_embd),
-            "h": (t, c.n_embd),
-            "qkv": (t, 3, c.n_head, c.head_dim),
-            "q": (t, c.n_head, c.head_dim),
-            "k": (t, c.n_head, c.head_dim),
-            "v": (t, c.n_head, c.head_dim),
-            "attn": (t, c.n_embd),
-            "ff": (t, c.n_ff),
-        }
-
-    def embed(self, tokens: np.ndarray, step: Step) -> np.ndarray:
-        x = kernels.embedding(self.w["token_embd.weight"], tokens, out=step.ws["x"])
-        pos = kernels.embedding(self.w["position_embd.weight"], step.positions, out=step.ws["pos_embd"])
-        return _C.add(x, pos, out=x)
-
-    def block(self, x: np.ndarray, layer: int, step: Step) -> None:
-        c, p, b = self.config, f"blk.{layer}.", step.ws
-        t = x.shape[0]
-        h = _C.layernorm(x, self.w[p + "attn_norm.weight"], self.w[p + "attn_norm.bias"], c.norm_eps, out=b["h"])
-        qkv = self.linear(h, p + "attn_qkv", b["qkv"].reshape(t, -1)).reshape(b["qkv"].shape)
-        q, k, v = b["q"], b["k"], b["v"]
-        for i, dst in enumerate((q, k, v)):
-            np.copyto(dst, qkv[:, i])
-        a = self.attention(q, k, v, layer, step, out=b["attn"])
-        self.linear(a, p + "attn_output", x, residual=x)
-        h = _C.layernorm(x, self.w[p + "ffn_norm.weight"], self.w[p + "ffn_norm.bias"], c.norm_eps, out=b["h"])
-        f = self.linear(h, p + "ffn_up", b["ff"], activation="gelu_tanh")
-        self.linear(f, p + "ffn_down", x, residual=x)
-
-    def final_norm(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
-        return _C.layernorm(x, self.w["output_norm.weight"], self.w["output_norm.bias"], self.config.norm_eps, out=out)
+        g.embed("token_embd", "x")
+        g.embed("position_embd", "x", positions=True, accumulate=True)
+        for i in range(c.n_layer):
+            p = f"blk.{i}."
+            g.layernorm(p + "attn_norm", "x", "h", c.norm_eps)
+            g.linear(p + "attn_qkv", "h", "qkv")
+            for j, part in enumerate("qkv"):
+                g.copy(f"{p}attn_{part}", "qkv", part, j * c.n_embd, c.n_embd)
+            g.attention(p + "attn", "q", "k", "v", "attn", i, c.n_head, c.n_head, c.head_dim, causal=True)
+            g.linear(p + "attn_output", "attn", "x", residual="x")
+            g.layernorm(p + "ffn_norm", "x", "h", c.norm_eps)
+            g.linear(p + "ffn_up", "h", "ff", activation="gelu_tanh")
+            g.linear(p + "ffn_down", "ff", "x", residual="x")
+        g.select("x", "x_out")
+        g.layernorm("output_norm", "x_out", "hidden", c.norm_eps)
+        self.declare_lm_head(g, "hidden")

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from corelm import _C
-from corelm.models.base import Model, ModelConfig, Step
+from corelm.models.base import Model, ModelConfig
+from corelm.models.graph import GraphBuilder
 
 # Hugging Face parameter names -> GGUF names; "{i}" is the layer.
 HF_NAMES = {
@@ -103,34 +103,23 @@ class Llama(Model):
             ]
         return names
 
-    def buffer_shapes(self, t: int) -> dict[str, tuple[int, ...]]:
-        c = self.config
-        return {
-            "x": (t, c.n_embd),
-            "h": (t, c.n_embd),
-            "q": (t, c.n_head, c.head_dim),
-            "k": (t, c.n_head_kv, c.head_dim),
-            "v": (t, c.n_head_kv, c.head_dim),
-            "attn": (t, c.n_head * c.head_dim),
-            "gate": (t, c.n_ff),
-            "up": (t, c.n_ff),
-        }
-
-    def block(self, x: np.ndarray, layer: int, step: Step) -> None:
-        c, p, b = self.config, f"blk.{layer}.", step.ws
-        t = x.shape[0]
-        h = _C.rmsnorm(x, self.w[p + "attn_norm.weight"], c.norm_eps, out=b["h"])
-        q = self.linear(h, p + "attn_q", b["q"].reshape(t, -1)).reshape(b["q"].shape)
-        k = self.linear(h, p + "attn_k", b["k"].reshape(t, -1)).reshape(b["k"].shape)
-        v = self.linear(h, p + "attn_v", b["v"].reshape(t, -1)).reshape(b["v"].shape)
-        _C.rope(q, step.positions, self.inv_freq, c.rope_neox)
-        _C.rope(k, step.positions, self.inv_freq, c.rope_neox)
-        a = self.attention(q, k, v, layer, step, out=b["attn"])
-        self.linear(a, p + "attn_output", x, residual=x)
-        h = _C.rmsnorm(x, self.w[p + "ffn_norm.weight"], c.norm_eps, out=b["h"])
-        g = self.linear(h, p + "ffn_gate", b["gate"])
-        _C.swiglu(g, self.linear(h, p + "ffn_up", b["up"]), out=g)
-        self.linear(g, p + "ffn_down", x, residual=x)
-
-    def final_norm(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
-        return _C.rmsnorm(x, self.w["output_norm.weight"], self.config.norm_eps, out=out)
+    def declare(self, g: GraphBuilder) -> None:
+        c, hd = self.config, self.config.head_dim
+        g.embed("token_embd", "x")
+        for i in range(c.n_layer):
+            p = f"blk.{i}."
+            g.rmsnorm(p + "attn_norm", "x", "h", c.norm_eps)
+            for proj in ("q", "k", "v"):
+                g.linear(p + "attn_" + proj, "h", proj)
+            g.rope(p + "rope_q", "q", c.n_head, hd, self.inv_freq, c.rope_neox)
+            g.rope(p + "rope_k", "k", c.n_head_kv, hd, self.inv_freq, c.rope_neox)
+            g.attention(p + "attn", "q", "k", "v", "attn", i, c.n_head, c.n_head_kv, hd, causal=True)
+            g.linear(p + "attn_output", "attn", "x", residual="x")
+            g.rmsnorm(p + "ffn_norm", "x", "h", c.norm_eps)
+            g.linear(p + "ffn_gate", "h", "gate")
+            g.linear(p + "ffn_up", "h", "up")
+            g.glu(p + "ffn_glu", "gate", "up", "gate", c.n_ff)
+            g.linear(p + "ffn_down", "gate", "x", residual="x")
+        g.select("x", "x_out")
+        g.rmsnorm("output_norm", "x_out", "hidden", c.norm_eps)
+        self.declare_lm_head(g, "hidden")

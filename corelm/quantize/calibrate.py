@@ -6,44 +6,32 @@ sum_col E[x_col^2] * sum_row (W - W')_row,col^2. So E[x_col^2], the mean square 
 column, is how much the error in that column costs (llama.cpp's imatrix keeps the same number).
 
 `activation_stats` runs the model over a calibration text, from an empty cache in windows,
-with corelm.kernels.matmul wrapped so each call adds x^2 to its weight's running sum. The
-wrapper is installed only for the duration of the call (it is a module attribute: do not run
-other forward passes on other threads meanwhile).
+with a graph hook that adds each matrix product's input x^2 to its weight's running sum.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 
 import numpy as np
 
-from corelm import kernels
-from corelm.kernels import Weight
-from corelm.models.base import Model
+from corelm.models.base import Hook, Model, Segment
+from corelm.models.graph import Op
 
 
-@contextmanager
-def _recording_matmul(model: Model, sums: dict[str, np.ndarray], counts: dict[str, int]):
-    names = {id(w): name for name, w in model.w.items() if isinstance(w, Weight)}
-    original = kernels.matmul
+def _recording_hook(sums: dict[str, np.ndarray], counts: dict[str, int]) -> Hook:
+    """A graph hook adding each matrix product's input x^2, by column, to its weight's sums."""
 
-    def matmul(x: np.ndarray, w: Weight, out: np.ndarray | None = None, **epilogue) -> np.ndarray:
-        name = names.get(id(w))
-        if name is not None:
-            rows = x.reshape(-1, x.shape[-1]).astype(np.float64)
-            if name in sums:
-                sums[name] += np.einsum("ij,ij->j", rows, rows)
-            else:
-                sums[name] = np.einsum("ij,ij->j", rows, rows)
-            counts[name] = counts.get(name, 0) + rows.shape[0]
-        return original(x, w, out, **epilogue)
+    def hook(op: Op, x: np.ndarray | None, y: np.ndarray, seconds: float) -> None:
+        if op.kind != "matmul" or x is None:
+            return
+        rows = x.astype(np.float64)
+        sq = np.einsum("ij,ij->j", rows, rows)
+        name = op.tensor
+        sums[name] = sums[name] + sq if name in sums else sq
+        counts[name] = counts.get(name, 0) + rows.shape[0]
 
-    kernels.matmul = matmul  # type: ignore[assignment]  # same call, recording on the way
-    try:
-        yield
-    finally:
-        kernels.matmul = original
+    return hook
 
 
 def activation_stats(
@@ -66,10 +54,10 @@ def activation_stats(
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     starts = range(0, len(tokens), window)
-    with _recording_matmul(model, sums, counts):
-        for i, start in enumerate(starts):
-            chunk = tokens[start : start + window]
-            model.forward(chunk, 0, model.new_cache(len(chunk)), all_logits=True)
-            if progress:
-                progress(i + 1, len(starts))
+    hook = _recording_hook(sums, counts)
+    for i, start in enumerate(starts):
+        chunk = tokens[start : start + window]
+        model.forward_batch(chunk, [Segment(model.new_cache(len(chunk)), 0, len(chunk))], all_logits=True, hook=hook)
+        if progress:
+            progress(i + 1, len(starts))
     return {name: (s / counts[name]).astype(np.float32) for name, s in sums.items()}

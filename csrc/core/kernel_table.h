@@ -25,13 +25,14 @@ struct MatmulArgs {
 using MatmulFn = void (*)(const MatmulArgs&, int64_t n0, int64_t n1);
 
 // Grouped-query attention of m query rows at positions n_past .. n_past+m-1 against keys/values
-// of positions 0 .. n_past+m-1. Causal: a row sees the keys up to its own position (decoders);
-// otherwise every row sees all n_past+m keys (encoders). Key j of kv head h starts at element
+// of positions 0 .. n_past+m-1. Causal: a row sees the keys up to its own position (decoders),
+// or only the last `window` of them (sliding-window attention, Mistral); otherwise every row sees
+// all n_past+m keys (encoders). Key j of kv head h starts at element
 // h * kv_head_stride + j * kv_row_stride of k and v: a cache [hkv, capacity, d] or a step's own
 // [m, hkv, d] rows. `attention` splits the work in tasks of (query row, kv head): task t covers
 // row t / hkv, kv head t % hkv, and its hq/hkv heads. `attention_seqs` serves a batch: the m rows
 // are n_seqs sequences one after another (rows seq_offsets[s] .. seq_offsets[s+1]), each
-// attending only to its own rows (n_past = 0); task t covers sequence t / hkv, kv head t % hkv.
+// attending only to its own rows (n_past = 0, window = 0); task t covers sequence t / hkv, kv head t % hkv.
 struct AttentionArgs {
     const float* q;              // [m, hq, d]
     const void* k;               // fp32 or fp16
@@ -44,8 +45,13 @@ struct AttentionArgs {
     float* out;                  // [m, hq, d]
     const int32_t* seq_offsets = nullptr;  // attention_seqs: [n_seqs + 1]
     int64_t n_seqs = 0;
+    int64_t window = 0;          // causal only: a row sees its last `window` keys (0: all of them)
 
+    // A row attends to keys first_key(row) .. keys_of_row(row) - 1.
     int64_t keys_of_row(int64_t row) const { return causal ? n_past + row + 1 : n_past + m; }
+    int64_t first_key(int64_t row) const {
+        return causal && window > 0 && keys_of_row(row) > window ? keys_of_row(row) - window : 0;
+    }
     int64_t kv_at(int64_t head, int64_t key) const { return head * kv_head_stride + key * kv_row_stride; }
     // The single-sequence problem of attention_seqs' i-th sequence: its rows, keys and outputs.
     // Threads get contiguous ranges of tasks and batches come sorted by length, so the i-th

@@ -182,6 +182,22 @@ void attention(const AttentionArgs& a) {
     parallel(a.m * a.hkv, 1, work, [&](int64_t t0, int64_t t1) { kt.attention(a, t0, t1); });
 }
 
+void attention_batch(const AttentionArgs* a, int64_t n) {
+    const KernelTable& kt = kernels();
+    thread_local std::vector<int64_t> first;  // first task of each problem
+    first.assign(1, 0);
+    int64_t work = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        first.push_back(first.back() + a[i].m * a[i].hkv);
+        work += a[i].m * a[i].hq * a[i].d * (a[i].n_past + a[i].m);
+    }
+    const int64_t* starts = first.data();  // thread_local: the workers must see the caller's
+    parallel(starts[n], 1, work, [&](int64_t t0, int64_t t1) {
+        for (int64_t i = std::upper_bound(starts, starts + n, t0) - starts - 1; i < n && starts[i] < t1; ++i)
+            kt.attention(a[i], std::max(t0, starts[i]) - starts[i], std::min(t1, starts[i + 1]) - starts[i]);
+    });
+}
+
 void rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t d, float eps) {
     const KernelTable& kt = kernels();
     parallel(rows, 1, rows * d, [&](int64_t r0, int64_t r1) { kt.rmsnorm(x + r0 * d, w, y + r0 * d, r1 - r0, d, eps); });
@@ -212,11 +228,12 @@ void unary(Unary op, const float* x, float* y, int64_t n) {
     parallel(n, 1024, n * 8, [&](int64_t i0, int64_t i1) { fn(x + i0, y + i0, i1 - i0); });
 }
 
-void binary(Binary op, const float* a, const float* b, float* y, int64_t rows, int64_t n, int64_t b_stride) {
+void binary(Binary op, const float* a, int64_t lda, const float* b, int64_t ldb, float* y, int64_t ldy, int64_t rows,
+            int64_t n) {
     const KernelTable& kt = kernels();
     const BinaryFn fn = op == Binary::add ? kt.add : op == Binary::mul ? kt.mul : kt.swiglu;
     parallel(rows, 1, rows * n, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) fn(a + r * n, b + r * b_stride, y + r * n, n);
+        for (int64_t r = r0; r < r1; ++r) fn(a + r * lda, b + r * ldb, y + r * ldy, n);
     });
 }
 

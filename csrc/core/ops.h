@@ -27,6 +27,9 @@ void unpack(const uint8_t* w, WeightType packed, int64_t n, int64_t k, uint8_t* 
 void dequantize(const uint8_t* w, WeightType t, int64_t rows, int64_t k, float* out);
 
 void attention(const AttentionArgs& a);
+// Several independent attention problems (a batch's sequences, each against its own cache) in
+// one parallel pass: their (row, kv head) tasks are split over the threads together.
+void attention_batch(const AttentionArgs* a, int64_t n);
 
 void rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t d, float eps);
 void layernorm(const float* x, const float* w, const float* b, float* y, int64_t rows, int64_t d, float eps);
@@ -38,7 +41,8 @@ enum class Unary { silu, gelu_tanh, gelu_erf };
 void unary(Unary op, const float* x, float* y, int64_t n);
 
 enum class Binary { add, mul, swiglu };
-// y[r, i] = a[r, i] op b[r * b_stride + i]: b_stride 0 broadcasts one row of b over a's rows.
-void binary(Binary op, const float* a, const float* b, float* y, int64_t rows, int64_t n, int64_t b_stride);
+// y[r * ldy + i] = a[r * lda + i] op b[r * ldb + i] for i < n: ldb 0 broadcasts one row of b.
+void binary(Binary op, const float* a, int64_t lda, const float* b, int64_t ldb, float* y, int64_t ldy, int64_t rows,
+            int64_t n);
 
 }  // namespace corelm::ops

@@ -24,7 +24,7 @@ void attention(const AttentionArgs& a, int64_t task0, int64_t task1) {
             const float* q = a.q + (row * a.hq + h) * a.d;
             float m = -INFINITY, l = 0.0f;
             std::fill_n(acc, a.d, 0.0f);
-            for (int64_t j = 0; j < n_keys; ++j) {
+            for (int64_t j = a.first_key(row); j < n_keys; ++j) {
                 const int64_t base = a.kv_at(kvh, j);
                 float s = 0.0f;
                 for (int64_t i = 0; i < a.d; ++i) s += q[i] * cache_at(a, a.k, base + i);

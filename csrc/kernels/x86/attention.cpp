@@ -46,7 +46,7 @@ void attention_impl(const AttentionArgs& a, int64_t task0, int64_t task1) {
             const float* q = a.q + (row * a.hq + h) * a.d;
             float m = -INFINITY, l = 0.0f;
             std::fill_n(acc, a.d, 0.0f);
-            for (int64_t j0 = 0; j0 < n_keys; j0 += kKeyTile) {
+            for (int64_t j0 = a.first_key(row); j0 < n_keys; j0 += kKeyTile) {
                 const int64_t nt = std::min(kKeyTile, n_keys - j0);
                 float tile_max = -INFINITY;
                 for (int64_t jj = 0; jj < nt; ++jj) {

@@ -1,0 +1,231 @@
+"""A model's forward pass declared once, as a graph of named ops, and run natively in one call.
+
+An architecture writes its forward as calls on a GraphBuilder, in order:
+
+    g.embed("token_embd", out="x")
+    for i in range(n_layer):
+        g.rmsnorm(f"blk.{i}.attn_norm", "x", out="h")
+        g.linear(f"blk.{i}.attn_q", "h", out="q")
+        ...
+    g.select("x", out="x_out")               # the rows whose outputs are wanted
+    g.rmsnorm("output_norm", "x_out", out="hidden")
+    g.linear("output", "hidden", out="logits")
+
+Op names are the weights' GGUF names without `.weight` (`blk.3.attn_q`, `output_norm`), so a
+hook or a profile names an op the way llama.cpp names its tensors. Buffers are named float32
+arrays of [rows, width]; the builder learns each width from the op that first writes it and
+checks every later use. `build` hands the list to the native executor (csrc/core/graph.h),
+which checks it again, plans the buffers once and runs a whole step — every layer, for a
+batch of sequences — in one call that releases the GIL.
+
+The select op divides a step: the ops before it run on every row; it keeps every row (hidden
+states, all logits) or each sequence's last row (generation), and the ops after it run on those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from corelm import _C
+from corelm.kernels import Weight
+
+
+@dataclass(frozen=True)
+class Op:
+    """One node: its kind, name (role and layer) and buffers, and the native description."""
+
+    kind: str
+    name: str
+    layer: int
+    out: str
+    inputs: tuple[str, ...]
+    weight: Weight | None  # the matrix a matmul or embedding reads
+    tensor: str  # its name ("blk.3.attn_q.weight"; "" for ops without one)
+    spec: dict[str, Any] = field(repr=False)  # what the executor gets (buffer ids, tensors, params)
+
+
+class GraphBuilder:
+    """Collects ops in order over named buffers; `weights` resolves tensor names."""
+
+    def __init__(self, weights: dict[str, Any]) -> None:
+        self.w = weights
+        self.ops: list[Op] = []
+        self.widths: dict[str, int] = {}
+
+    # ---- buffers ----
+
+    def _buffer(self, name: str, width: int | None = None) -> int:
+        """The id of buffer `name`; width (when given) must agree with what it already has."""
+        if name not in self.widths:
+            if width is None:
+                raise ValueError(f"graph: buffer {name!r} is read before any op writes it")
+            self.widths[name] = width
+        elif width is not None and self.widths[name] != width:
+            raise ValueError(f"graph: buffer {name!r} is {self.widths[name]} wide, an op writes {width}")
+        return list(self.widths).index(name)
+
+    def width(self, buffer: str) -> int:
+        return self.widths[buffer]
+
+    def _add(
+        self,
+        kind: str,
+        name: str,
+        out: str,
+        width: int,
+        inputs: tuple[str, ...] = (),
+        layer: int = -1,
+        tensor: str = "",
+        **spec: Any,
+    ) -> None:
+        ids = {key: self._buffer(b) for key, b in zip(("in", "in2", "in3"), inputs, strict=False)}
+        spec = {"kind": kind, "name": name, "layer": layer, **ids, **spec, "out": self._buffer(out, width)}
+        weight = self.w[tensor] if tensor else None
+        if weight is not None:
+            spec["weight"] = (weight.data, int(weight.type), weight.n, weight.k)
+        self.ops.append(Op(kind, name, layer, out, inputs, weight, tensor, spec))
+
+    @staticmethod
+    def _layer(name: str) -> int:
+        parts = name.split(".")
+        return int(parts[1]) if parts[0] == "blk" and len(parts) > 1 and parts[1].isdigit() else -1
+
+    # ---- ops ----
+
+    def embed(self, name: str, out: str, positions: bool = False, offset: int = 0, accumulate: bool = False) -> None:
+        """out (+)= rows of `name`.weight at the step's token ids (or positions + offset)."""
+        w = self.w[name + ".weight"]
+        self._add(
+            "embed",
+            name,
+            out,
+            w.k,
+            tensor=name + ".weight",
+            from_positions=positions,
+            id_offset=offset,
+            accumulate=accumulate,
+        )
+
+    def add_vector(self, name: str, x: str, vector: np.ndarray, out: str) -> None:
+        """out = x + vector (one row, broadcast)."""
+        self._add("add_vector", name, out, self.width(x), (x,), vector=np.ascontiguousarray(vector, np.float32))
+
+    def rmsnorm(self, name: str, x: str, out: str, eps: float, group: int = 0) -> None:
+        """out = RMSNorm(x) * name.weight; group > 0 normalises each `group` columns on their own
+        (per-head q/k norms)."""
+        self._add(
+            "rmsnorm",
+            name,
+            out,
+            self.width(x),
+            (x,),
+            self._layer(name),
+            norm=self.w[name + ".weight"],
+            eps=eps,
+            group=group,
+        )
+
+    def layernorm(self, name: str, x: str, out: str, eps: float) -> None:
+        self._add(
+            "layernorm",
+            name,
+            out,
+            self.width(x),
+            (x,),
+            self._layer(name),
+            norm=self.w[name + ".weight"],
+            bias=self.w[name + ".bias"],
+            eps=eps,
+        )
+
+    def linear(self, name: str, x: str, out: str, residual: str = "", activation: str = "", weight: str = "") -> None:
+        """out = act(x @ W.T (+ bias when the model has one)) (+ residual), one native matmul;
+        W is `weight` (default: `name`).weight, the bias `name`.bias; residual may be out itself."""
+        tensor = (weight or name) + ".weight"
+        spec: dict[str, Any] = {"bias": self.w.get(name + ".bias"), "activation": activation}
+        if residual:
+            spec["residual"] = self._buffer(residual)
+        self._add("matmul", name, out, self.w[tensor].n, (x,), self._layer(name), tensor, **spec)
+
+    def rope(self, name: str, x: str, heads: int, head_dim: int, inv_freq: np.ndarray, neox: bool) -> None:
+        """Rotary position embedding, in place on x [rows, heads, head_dim]."""
+        self._add(
+            "rope",
+            name,
+            x,
+            self.width(x),
+            (x,),
+            self._layer(name),
+            heads=heads,
+            head_dim=head_dim,
+            inv_freq=np.ascontiguousarray(inv_freq, np.float32),
+            neox=neox,
+        )
+
+    def attention(
+        self,
+        name: str,
+        q: str,
+        k: str,
+        v: str,
+        out: str,
+        layer: int,
+        heads: int,
+        kv_heads: int,
+        head_dim: int,
+        causal: bool,
+        window: int = 0,
+        scale: float | None = None,
+    ) -> None:
+        """Grouped-query attention of the step's rows: decoders store k, v in each sequence's
+        cache (layer `layer`) and attend to it (causal; the last `window` keys when window > 0),
+        encoders attend within each sequence's own rows."""
+        scale = head_dim**-0.5 if scale is None else scale
+        self._add(
+            "attention",
+            name,
+            out,
+            heads * head_dim,
+            (q, k, v),
+            layer,
+            heads=heads,
+            kv_heads=kv_heads,
+            head_dim=head_dim,
+            causal=causal,
+            window=window,
+            scale=scale,
+        )
+
+    def glu(self, name: str, gate: str, up: str, out: str, width: int, gate_col: int = 0, up_col: int = 0) -> None:
+        """out = silu(gate[:, gate_col:+width]) * up[:, up_col:+width] (SwiGLU; gate and up may be
+        one fused buffer)."""
+        self._add("glu", name, out, width, (gate, up), self._layer(name), col0=gate_col, col1=up_col)
+
+    def copy(self, name: str, x: str, out: str, start: int, width: int) -> None:
+        """out = x[:, start:start+width] (split a fused projection)."""
+        self._add("copy", name, out, width, (x,), self._layer(name), col0=start)
+
+    def select(self, x: str, out: str) -> None:
+        """The rows the rest of the graph works on: all of them, or each sequence's last."""
+        self._add("select", "select", out, self.width(x), (x,))
+
+    def build(self, n_layer: int) -> CompiledGraph:
+        native = _C.Graph(list(self.widths.values()), [op.spec for op in self.ops], n_layer)
+        return CompiledGraph(native, self.ops, dict(self.widths))
+
+
+class CompiledGraph:
+    """The native executor of one model's graph, with the op list hooks and profiles read."""
+
+    def __init__(self, native: Any, ops: list[Op], widths: dict[str, int]) -> None:
+        self.native = native
+        self.ops = ops
+        self.widths = widths
+        self.writers = {op.out: i for i, op in enumerate(ops)}  # buffer -> the last op writing it
+
+    def end_of(self, buffer: str) -> int:
+        """How many ops run until `buffer` ("hidden", "logits") holds its final value."""
+        return self.writers[buffer] + 1
