@@ -89,7 +89,7 @@ def random_gpt2_gguf(path: Path, n_layer: int = 8, seed: int = 0) -> Path:
     tok = Tokenizer.from_gguf(data_file("tokenizers", "llama.cpp-vocab", "ggml-vocab-gpt-2.gguf"))
     vocab = len(tok.gguf_metadata()["tokenizer.ggml.tokens"])
     c = ModelConfig("gpt2", vocab_size=vocab, n_layer=n_layer, n_embd=256, n_head=4, n_head_kv=4, n_ff=1024,
-                    ctx=256, norm_eps=1e-5, tied_embeddings=True, qkv_bias=True)  # fmt: skip
+                    ctx=256, norm_eps=1e-5, tied_embeddings=True)  # fmt: skip
     rng = np.random.default_rng(seed)
 
     def matrix(n: int, k: int) -> np.ndarray:

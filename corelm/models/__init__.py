@@ -1,8 +1,12 @@
-"""Architectures (one file each) and loading a model from a GGUF file or a Hugging Face folder."""
+"""Architectures (one file each, found and imported here) and loading a model from a GGUF file or a
+Hugging Face folder. The loader asks the registered architectures (base.ARCHITECTURES) which one
+reads a file; it knows none of them by name."""
 
 from __future__ import annotations
 
+import importlib
 import logging
+import pkgutil
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -16,26 +20,29 @@ from corelm.formats import ModelFileError
 from corelm.formats.gguf import GGUFFile, load_gguf
 from corelm.formats.hf import is_hf_dir, load_hf_tensors, read_json, sentence_transformers_settings
 from corelm.kernels import Weight, WeightType
-from corelm.models import bert, gpt2, llama
-from corelm.models.base import Model, ModelConfig, as_weight, to_f32
+from corelm.models.base import ARCHITECTURES, Model, ModelConfig, as_weight, head_of_hf, to_f32
 from corelm.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-# architecture -> (model class, module with HF_NAMES / config_from_hf)
-ARCHITECTURES: dict[str, tuple[type[Model], Any]] = {
-    "llama": (llama.Llama, llama),
-    "qwen2": (llama.Llama, llama),
-    "gpt2": (gpt2.GPT2, gpt2),
-    "bert": (bert.Bert, bert),
-}
-HF_MODEL_TYPES = {
-    "llama": "llama",
-    "mistral": "llama",
-    "qwen2": "qwen2",
-    "gpt2": "gpt2",
-    **dict.fromkeys(bert.HF_MODEL_TYPES, "bert"),
-}
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in ("base", "graph"):
+        importlib.import_module(f"{__name__}.{_module.name}")  # each registers its architecture
+
+
+def architecture_of(gguf_arch: str = "", hf_model_type: str = "") -> type[Model] | None:
+    """The registered architecture reading this GGUF architecture name or HF model type."""
+    for cls in ARCHITECTURES:
+        if gguf_arch in cls.gguf_archs or hf_model_type in cls.hf_model_types:
+            return cls
+    return None
+
+
+def _unsupported(where: Path, name: str, kind: str) -> ModelFileError:
+    known = ", ".join(sorted(n for cls in ARCHITECTURES for n in getattr(cls, kind)))
+    return ModelFileError(f"{where}: unsupported architecture {name!r} (supported: {known})")
+
+
 KERNEL_TYPES = {int(t) for t in WeightType if not t.packed}
 # load(..., quant=NAME): every matrix whose rows fit the type's blocks is converted while loading
 QUANT_NAMES = {
@@ -99,21 +106,19 @@ def _hf_name_table(names: dict[str, str], n_layer: int) -> dict[str, str]:
 
 def load_hf(folder: Path, quant: str | None = None) -> tuple[Model, Tokenizer | None]:
     cfg = read_json(folder / "config.json")
-    model_type = cfg.get("model_type")
-    if model_type not in HF_MODEL_TYPES:
-        raise ModelFileError(
-            f"{folder}: unsupported architecture {model_type!r} (supported: {', '.join(sorted(HF_MODEL_TYPES))})"
-        )
-    cls, module = ARCHITECTURES[HF_MODEL_TYPES[model_type]]
+    model_type = str(cfg.get("model_type"))
+    cls = architecture_of(hf_model_type=model_type)
+    if cls is None:
+        raise _unsupported(folder, model_type, "hf_model_types")
     try:
-        config = module.config_from_hf(cfg)
-        config.head, config.labels = bert.head_of_hf(cfg)
+        config = cls.config_from_hf(cfg)
+        config.head, config.labels = head_of_hf(cfg)
     except KeyError as e:
         raise ModelFileError(f"{folder}/config.json: missing {e}") from e
     qtype = _quant_type(quant)
-    table = _hf_name_table(module.HF_NAMES, config.n_layer)
-    transposed = getattr(module, "TRANSPOSED", ())
-    prefixes = ("", *getattr(module, "HF_PREFIXES", ("transformer.", "model.")))
+    table = _hf_name_table(cls.hf_names, config.n_layer)
+    transposed = cls.hf_transposed
+    prefixes = ("", *cls.hf_prefixes)
     tensors = load_hf_tensors(folder)
     weights: dict[str, Any] = {}
     for hf_name, (dtype, array) in _progress(
@@ -159,45 +164,6 @@ def _drop_unused_head(weights: dict[str, Any], config: ModelConfig) -> None:
 # ---- GGUF ----
 
 
-def config_from_gguf(meta: dict[str, Any], arch: str, vocab: int, tied: bool, n_labels: int) -> ModelConfig:
-    def get(key: str, default: Any = None) -> Any:
-        value = meta.get(f"{arch}.{key}", default)
-        if value is None:
-            raise ModelFileError(f"GGUF metadata lacks {arch}.{key}")
-        return value
-
-    heads = int(get("attention.head_count"))
-    n_embd = int(get("embedding_length"))
-    rope: dict[str, Any] = {}
-    scaling = meta.get(f"{arch}.rope.scaling.type", "none")
-    if scaling == "linear":
-        rope = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
-    elif scaling not in ("none", None):
-        raise ModelFileError(f"unsupported rope scaling {scaling!r}")
-    eps_key = "attention.layer_norm_epsilon" if arch == "gpt2" else "attention.layer_norm_rms_epsilon"
-    labels = [str(s) for s in meta.get(f"{arch}.classifier.output_labels", [])]
-    head = ("sequence" if meta.get(f"{arch}.pooling_type") == bert.RANK else "token") if n_labels else ""
-    return ModelConfig(
-        arch=arch,
-        vocab_size=vocab,
-        n_layer=int(get("block_count")),
-        n_embd=n_embd,
-        n_head=heads,
-        n_head_kv=int(get("attention.head_count_kv", heads)),
-        n_ff=int(get("feed_forward_length")),
-        ctx=int(get("context_length")),
-        norm_eps=float(get(eps_key)),
-        head_dim=int(get("attention.key_length", n_embd // heads)),
-        rope_theta=float(get("rope.freq_base", 10000.0)),
-        rope_neox=arch != "llama",  # llama.cpp's converter permutes llama's Q/K to adjacent pairs
-        rope_scaling=rope,
-        tied_embeddings=tied,
-        qkv_bias=arch != "llama",
-        head=head,
-        labels=labels or [f"LABEL_{i}" for i in range(n_labels)],
-    )
-
-
 def _gguf_weight(t, quant: WeightType | None) -> Weight | np.ndarray:
     if len(t.shape) == 1:
         flat = t.data.reshape(-1)
@@ -221,22 +187,17 @@ def _gguf_weight(t, quant: WeightType | None) -> Weight | np.ndarray:
 def load_gguf_model(path: Path, quant: str | None = None) -> tuple[Model, Tokenizer | None]:
     f: GGUFFile = load_gguf(path)
     arch = f.architecture
-    if arch not in ARCHITECTURES:
-        raise ModelFileError(f"{path}: unsupported architecture {arch!r} (supported: {', '.join(ARCHITECTURES)})")
+    cls = architecture_of(gguf_arch=arch)
+    if cls is None:
+        raise _unsupported(path, arch, "gguf_archs")
     if "token_embd.weight" not in f.tensors:
         raise ModelFileError(f"{path}: no token_embd.weight tensor")
     qtype = _quant_type(quant)
-    cls, module = ARCHITECTURES[arch]
     try:
         weights: dict[str, Any] = {}
         for name, t in _progress(f.tensors.items(), "loading", len(f.tensors), f.path.stat().st_size):
             weights[name] = _gguf_weight(t, qtype)
-        vocab = weights["token_embd.weight"].n
-        if hasattr(module, "config_from_gguf"):
-            config = module.config_from_gguf(f.metadata, vocab, weights)
-        else:
-            n_labels = weights["cls.output.weight"].n if "cls.output.weight" in weights else 0
-            config = config_from_gguf(f.metadata, arch, vocab, "output.weight" not in weights, n_labels)
+        config = cls.config_from_gguf(f.metadata, arch, weights)
         tokenizer = Tokenizer.from_gguf_metadata(f.metadata) if "tokenizer.ggml.model" in f.metadata else None
         model = cls(config, weights)
     except ModelFileError:
@@ -254,7 +215,7 @@ def load_gguf_model(path: Path, quant: str | None = None) -> tuple[Model, Tokeni
 def _check_shapes(model: Model, path: Path) -> None:
     """Matrix shapes must agree with the config, or a kernel call would be asked for nonsense."""
     c = model.config
-    expected = ARCHITECTURES[c.arch][1].expected_shapes(c)
+    expected = type(model).expected_shapes(c)
     for name, shape in expected.items():
         w = model.w.get(name)
         if w is not None and (w.n, w.k) != shape:

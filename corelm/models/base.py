@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
+import gguf
 import numpy as np
 
 from corelm import kernels
@@ -44,7 +45,6 @@ class ModelConfig:
     rope_neox: bool = True  # split-half pairs (HF); llama GGUF files use adjacent pairs
     rope_scaling: dict[str, Any] = field(default_factory=dict)  # HF rope_scaling ({} = none)
     tied_embeddings: bool = False
-    qkv_bias: bool = False
     causal: bool = True  # False: encoders, every token sees the whole sequence
     pooling: str = ""  # sentence embedding: "mean", "cls" or "last" ("": the architecture's default)
     head: str = ""  # classifier on top: "sequence", "token" or "" (none)
@@ -103,9 +103,19 @@ Weights = dict[str, Any]  # name -> Weight (matrices) or float32 ndarray (norms,
 class Model:
     """A transformer: config, weights, and its forward pass as a graph run by the native executor.
 
-    An architecture subclasses it and declares its graph (`declare`): embeddings and blocks up
-    to the select op, then the final norm into buffer "hidden" and, when it generates, the
-    language-model head into buffer "logits" (see graph.py)."""
+    An architecture is one file with one subclass, registered with @register, that says
+    everything about it: the GGUF architecture names and Hugging Face model types it reads,
+    how their configs become a ModelConfig, its tensors' names (HF -> GGUF) and shapes, the
+    GGUF keys it writes, and its forward pass (`declare`): embeddings and blocks up to the select
+    op, then the final norm into buffer "hidden" and, when it generates, the language-model head
+    into buffer "logits" (see graph.py). The loader knows none of them by name."""
+
+    gguf_archs: ClassVar[tuple[str, ...]] = ()  # GGUF general.architecture values it reads
+    hf_model_types: ClassVar[tuple[str, ...]] = ()  # config.json model_type values it reads
+    hf_names: ClassVar[dict[str, str]] = {}  # HF parameter name -> GGUF name; "{i}" is the layer
+    hf_prefixes: ClassVar[tuple[str, ...]] = ("transformer.", "model.")  # added or removed to match hf_names
+    hf_transposed: ClassVar[tuple[str, ...]] = ()  # GGUF name suffixes HF stores [in, out]
+    gguf_norm_eps: ClassVar[str] = "attention.layer_norm_rms_epsilon"  # the GGUF key of its norms' epsilon
 
     def __init__(self, config: ModelConfig, weights: Weights) -> None:
         self.config = config
@@ -135,6 +145,39 @@ class Model:
     def declare(self, g: GraphBuilder) -> None:
         """The forward pass, as ops on g (see graph.py)."""
         raise NotImplementedError
+
+    @classmethod
+    def config_from_hf(cls, cfg: dict[str, Any]) -> ModelConfig:
+        raise NotImplementedError
+
+    @classmethod
+    def expected_shapes(cls, c: ModelConfig) -> dict[str, tuple[int, int]]:
+        """The matrices' shapes the config implies (checked at load)."""
+        raise NotImplementedError
+
+    @classmethod
+    def config_from_gguf(cls, meta: dict[str, Any], arch: str, weights: dict[str, Any]) -> ModelConfig:
+        """The config from a GGUF file's metadata: llama.cpp's decoder keys (override for others)."""
+        return decoder_config_from_gguf(meta, arch, weights, cls.gguf_norm_eps)
+
+    @classmethod
+    def write_hparams(cls, w: gguf.GGUFWriter, c: ModelConfig) -> None:
+        """llama.cpp's hyperparameter keys for this config (the decoder keys; override for others)."""
+        write_decoder_hparams(w, c)
+        w.add_layer_norm_rms_eps(c.norm_eps)
+        w.add_rope_freq_base(c.rope_theta)
+        w.add_rope_dimension_count(c.head_dim)
+        if c.head_dim != c.n_embd // c.n_head:
+            w.add_key_length(c.head_dim)
+            w.add_value_length(c.head_dim)
+        kind = c.rope_scaling.get("rope_type", c.rope_scaling.get("type", "default"))
+        if kind == "linear":
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(float(c.rope_scaling["factor"]))
+
+    def gguf_row_order(self, name: str, rows: int) -> np.ndarray | None:
+        """The order in which tensor `name`'s rows are written to GGUF (None: as they are)."""
+        return None
 
     # ---- the forward pass ----
 
@@ -239,6 +282,81 @@ class Model:
         """The language-model head on the selected rows of x: logits = hidden @ output.T (the
         token embedding when tied)."""
         g.linear("output", x, "logits", weight="output" if "output.weight" in self.w else "token_embd")
+
+
+ARCHITECTURES: list[type[Model]] = []  # filled by @register as corelm.models imports each file
+
+M = TypeVar("M", bound=type[Model])
+
+
+def register(cls: M) -> M:
+    """Class decorator: make an architecture known to the loader."""
+    ARCHITECTURES.append(cls)
+    return cls
+
+
+def head_of_hf(cfg: dict[str, Any]) -> tuple[str, list[str]]:
+    """The task head an HF config describes: ("sequence" | "token" | "", labels in id order)."""
+    archs = " ".join(cfg.get("architectures") or [])
+    head = "sequence" if "SequenceClassification" in archs else "token" if "TokenClassification" in archs else ""
+    if not head:
+        return "", []
+    id2label = cfg.get("id2label") or {}
+    n = int(cfg.get("num_labels") or len(id2label) or 2)
+    return head, [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
+
+
+def gguf_key(meta: dict[str, Any], arch: str, key: str, default: Any = None) -> Any:
+    """meta[f"{arch}.{key}"], or default; ValueError naming the key when both are missing."""
+    value = meta.get(f"{arch}.{key}", default)
+    if value is None:
+        raise ValueError(f"GGUF metadata lacks {arch}.{key}")
+    return value
+
+
+def decoder_config_from_gguf(meta: dict[str, Any], arch: str, weights: dict[str, Any], eps_key: str) -> ModelConfig:
+    """llama.cpp's decoder keys (and its classifier keys for a decoder with a task head)."""
+    heads = int(gguf_key(meta, arch, "attention.head_count"))
+    n_embd = int(gguf_key(meta, arch, "embedding_length"))
+    rope: dict[str, Any] = {}
+    scaling = meta.get(f"{arch}.rope.scaling.type", "none")
+    if scaling == "linear":
+        rope = {"rope_type": "linear", "factor": float(gguf_key(meta, arch, "rope.scaling.factor"))}
+    elif scaling not in ("none", None):
+        raise ValueError(f"unsupported rope scaling {scaling!r}")
+    n_labels = weights["cls.output.weight"].n if "cls.output.weight" in weights else 0
+    labels = [str(s) for s in meta.get(f"{arch}.classifier.output_labels", [])]
+    head = ("sequence" if meta.get(f"{arch}.pooling_type") == gguf.PoolingType.RANK else "token") if n_labels else ""
+    return ModelConfig(
+        arch=arch,
+        vocab_size=weights["token_embd.weight"].n,
+        n_layer=int(gguf_key(meta, arch, "block_count")),
+        n_embd=n_embd,
+        n_head=heads,
+        n_head_kv=int(gguf_key(meta, arch, "attention.head_count_kv", heads)),
+        n_ff=int(gguf_key(meta, arch, "feed_forward_length")),
+        ctx=int(gguf_key(meta, arch, "context_length")),
+        norm_eps=float(gguf_key(meta, arch, eps_key)),
+        head_dim=int(gguf_key(meta, arch, "attention.key_length", n_embd // heads)),
+        rope_theta=float(gguf_key(meta, arch, "rope.freq_base", 10000.0)),
+        rope_scaling=rope,
+        tied_embeddings="output.weight" not in weights,
+        head=head,
+        labels=labels or [f"LABEL_{i}" for i in range(n_labels)],
+    )
+
+
+def write_decoder_hparams(w: gguf.GGUFWriter, c: ModelConfig) -> None:
+    """The keys every llama.cpp decoder has, and its classifier keys when it has a task head."""
+    if c.head:
+        w.add_pooling_type(gguf.PoolingType.RANK if c.head == "sequence" else gguf.PoolingType.NONE)
+        w.add_array(f"{c.arch}.classifier.output_labels", c.labels)
+    w.add_context_length(c.ctx)
+    w.add_embedding_length(c.n_embd)
+    w.add_block_count(c.n_layer)
+    w.add_feed_forward_length(c.n_ff)
+    w.add_head_count(c.n_head)
+    w.add_head_count_kv(c.n_head_kv)
 
 
 Hook = Callable[[Op, "np.ndarray | None", np.ndarray, float], None]

@@ -21,7 +21,7 @@ import numpy as np
 
 from corelm import kernels
 from corelm.kernels import Weight
-from corelm.models.base import Model, ModelConfig
+from corelm.models.base import Model, ModelConfig, gguf_key, head_of_hf, register
 from corelm.models.graph import GraphBuilder
 
 # Hugging Face parameter names (after the "bert." / "roberta." / "distilbert." prefix) -> GGUF
@@ -72,18 +72,7 @@ POOLING_TYPES = {"": 0, "mean": 1, "cls": 2, "last": 3}
 RANK = 4  # a sequence classifier on the pooled state (llama.cpp's rerankers)
 
 
-def head_of_hf(cfg: dict[str, Any]) -> tuple[str, list[str]]:
-    """The task head an HF config describes: ("sequence" | "token" | "", labels in id order)."""
-    archs = " ".join(cfg.get("architectures") or [])
-    head = "sequence" if "SequenceClassification" in archs else "token" if "TokenClassification" in archs else ""
-    if not head:
-        return "", []
-    id2label = cfg.get("id2label") or {}
-    n = int(cfg.get("num_labels") or len(id2label) or 2)
-    return head, [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
-
-
-def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
+def _config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
     head, labels = head_of_hf(cfg)
     if cfg["model_type"] == "distilbert":
         if cfg.get("sinusoidal_pos_embds"):
@@ -109,7 +98,6 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
         n_ff=ff,
         ctx=cfg.get("max_position_embeddings", 512) - offset,
         norm_eps=eps,
-        qkv_bias=True,
         causal=False,
         head=head,
         labels=labels,
@@ -118,12 +106,9 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
     )
 
 
-def config_from_gguf(meta: dict[str, Any], vocab: int, weights: dict[str, Any]) -> ModelConfig:
+def _config_from_gguf(meta: dict[str, Any], arch: str, weights: dict[str, Any]) -> ModelConfig:
     def get(key: str, default: Any = None) -> Any:
-        value = meta.get(f"bert.{key}", default)
-        if value is None:
-            raise ValueError(f"GGUF metadata lacks bert.{key}")
-        return value
+        return gguf_key(meta, arch, key, default)
 
     labels = [str(s) for s in get("classifier.output_labels", [])]
     pooling = int(get("pooling_type", 0))
@@ -135,7 +120,7 @@ def config_from_gguf(meta: dict[str, Any], vocab: int, weights: dict[str, Any]) 
     heads = int(get("attention.head_count"))
     return ModelConfig(
         arch="bert",
-        vocab_size=vocab,
+        vocab_size=weights["token_embd.weight"].n,
         n_layer=int(get("block_count")),
         n_embd=int(get("embedding_length")),
         n_head=heads,
@@ -143,7 +128,6 @@ def config_from_gguf(meta: dict[str, Any], vocab: int, weights: dict[str, Any]) 
         n_ff=int(get("feed_forward_length")),
         ctx=int(get("context_length")),
         norm_eps=float(get("attention.layer_norm_epsilon")),
-        qkv_bias=True,
         causal=False,
         pooling={v: k for k, v in POOLING_TYPES.items()}.get(pooling, ""),
         head=head,
@@ -154,7 +138,7 @@ def config_from_gguf(meta: dict[str, Any], vocab: int, weights: dict[str, Any]) 
     )
 
 
-def write_hparams(w: gguf.GGUFWriter, c: ModelConfig) -> None:
+def _write_hparams(w: gguf.GGUFWriter, c: ModelConfig) -> None:
     w.add_context_length(c.ctx)
     w.add_embedding_length(c.n_embd)
     w.add_block_count(c.n_layer)
@@ -173,7 +157,7 @@ def write_hparams(w: gguf.GGUFWriter, c: ModelConfig) -> None:
         w.add_uint32("corelm.embedding.max_tokens", c.max_tokens)
 
 
-def expected_shapes(c: ModelConfig) -> dict[str, tuple[int, int]]:
+def _expected_shapes(c: ModelConfig) -> dict[str, tuple[int, int]]:
     shapes = {"token_embd.weight": (c.vocab_size, c.n_embd), "position_embd.weight": (c.ctx, c.n_embd)}
     for i in range(c.n_layer):
         shapes |= {f"blk.{i}.attn_{x}.weight": (c.n_embd, c.n_embd) for x in ("q", "k", "v", "output")}
@@ -181,7 +165,18 @@ def expected_shapes(c: ModelConfig) -> dict[str, tuple[int, int]]:
     return shapes
 
 
+@register
 class Bert(Model):
+    gguf_archs = ("bert",)
+    hf_model_types = HF_MODEL_TYPES
+    hf_names = HF_NAMES
+    hf_prefixes = HF_PREFIXES
+    gguf_norm_eps = "attention.layer_norm_epsilon"
+    config_from_hf = staticmethod(_config_from_hf)  # type: ignore[assignment]
+    config_from_gguf = staticmethod(_config_from_gguf)  # type: ignore[assignment]
+    write_hparams = staticmethod(_write_hparams)  # type: ignore[assignment]
+    expected_shapes = staticmethod(_expected_shapes)  # type: ignore[assignment]
+
     def __init__(self, config: ModelConfig, weights: dict[str, Any]) -> None:
         if config.pos_offset:  # RoBERTa: drop the position rows no token uses, so positions start at 0
             wpe, skip = weights["position_embd.weight"], config.pos_offset

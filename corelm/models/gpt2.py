@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from corelm.models.base import Model, ModelConfig
+import gguf
+
+from corelm.models.base import Model, ModelConfig, register, write_decoder_hparams
 from corelm.models.graph import GraphBuilder
 
 # HF's Conv1D stores weights [in, out]: the loader transposes the names listed here.
@@ -38,7 +40,7 @@ HF_NAMES = {
 }
 
 
-def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
+def _config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
     n_embd = cfg["n_embd"]
     return ModelConfig(
         arch="gpt2",
@@ -51,11 +53,10 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
         ctx=cfg.get("n_positions", 1024),
         norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
         tied_embeddings=True,
-        qkv_bias=True,
     )
 
 
-def expected_shapes(c: ModelConfig) -> dict[str, tuple[int, int]]:
+def _expected_shapes(c: ModelConfig) -> dict[str, tuple[int, int]]:
     shapes = {"token_embd.weight": (c.vocab_size, c.n_embd)}
     for i in range(c.n_layer):
         shapes |= {
@@ -67,7 +68,21 @@ def expected_shapes(c: ModelConfig) -> dict[str, tuple[int, int]]:
     return shapes
 
 
+@register
 class GPT2(Model):
+    gguf_archs = ("gpt2",)
+    hf_model_types = ("gpt2",)
+    hf_names = HF_NAMES
+    hf_transposed = TRANSPOSED
+    gguf_norm_eps = "attention.layer_norm_epsilon"
+    config_from_hf = staticmethod(_config_from_hf)  # type: ignore[assignment]
+    expected_shapes = staticmethod(_expected_shapes)  # type: ignore[assignment]
+
+    @classmethod
+    def write_hparams(cls, w: gguf.GGUFWriter, c: ModelConfig) -> None:
+        write_decoder_hparams(w, c)
+        w.add_layer_norm_eps(c.norm_eps)
+
     def required_weights(self) -> list[str]:
         names = ["token_embd.weight", "position_embd.weight", "output_norm.weight", "output_norm.bias"]
         for i in range(self.config.n_layer):

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from corelm.models.base import Model, ModelConfig
+from corelm.models.base import Model, ModelConfig, register
 from corelm.models.graph import GraphBuilder
 
 # Hugging Face parameter names -> GGUF names; "{i}" is the layer.
@@ -36,7 +36,7 @@ HF_NAMES = {
 }
 
 
-def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
+def _config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
     rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
     theta = rope.pop("rope_theta", None) or cfg.get("rope_theta", 10000.0)
     window = cfg.get("sliding_window")
@@ -58,11 +58,10 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
         rope_neox=True,
         rope_scaling=rope,
         tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        qkv_bias=cfg["model_type"] == "qwen2" or bool(cfg.get("attention_bias", False)),
     )
 
 
-def expected_shapes(c: ModelConfig) -> dict[str, tuple[int, int]]:
+def _expected_shapes(c: ModelConfig) -> dict[str, tuple[int, int]]:
     hd, shapes = c.head_dim, {"token_embd.weight": (c.vocab_size, c.n_embd)}
     for i in range(c.n_layer):
         shapes |= {
@@ -77,7 +76,33 @@ def expected_shapes(c: ModelConfig) -> dict[str, tuple[int, int]]:
     return shapes
 
 
+def rope_pair_permutation(n_rows: int, n_heads: int) -> np.ndarray:
+    """Row order that turns split-half rotary pairs into adjacent pairs, head by head."""
+    rows = np.arange(n_rows).reshape(n_heads, 2, n_rows // n_heads // 2)
+    return rows.swapaxes(1, 2).reshape(-1)
+
+
+@register
 class Llama(Model):
+    gguf_archs = ("llama", "qwen2")
+    hf_model_types = ("llama", "qwen2")
+    hf_names = HF_NAMES
+    config_from_hf = staticmethod(_config_from_hf)  # type: ignore[assignment]
+    expected_shapes = staticmethod(_expected_shapes)  # type: ignore[assignment]
+
+    @classmethod
+    def config_from_gguf(cls, meta: dict[str, Any], arch: str, weights: dict[str, Any]) -> ModelConfig:
+        config = super().config_from_gguf(meta, arch, weights)
+        config.rope_neox = arch != "llama"  # llama.cpp's converter permutes llama's Q/K to adjacent pairs
+        return config
+
+    def gguf_row_order(self, name: str, rows: int) -> np.ndarray | None:
+        """llama-architecture files hold Q/K rows permuted for adjacent rotary pairs (llama.cpp's
+        convention); a model read from Hugging Face has split-half pairs: permute on the way out."""
+        c = self.config
+        heads = c.n_head if ".attn_q." in name else c.n_head_kv if ".attn_k." in name else 0
+        return rope_pair_permutation(rows, heads) if heads and c.arch == "llama" and c.rope_neox else None
+
     def __init__(self, config: ModelConfig, weights: dict[str, Any]) -> None:
         super().__init__(config, weights)
         self.inv_freq = config.rope_inv_freq()

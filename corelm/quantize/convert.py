@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from corelm.formats import ModelFileError
-from corelm.formats.gguf_write import _hparams, write_gguf
+from corelm.formats.gguf_write import write_gguf
 from corelm.kernels import Weight, WeightType
 from corelm.models import load_model
 from corelm.models.base import Model
@@ -103,7 +103,7 @@ def _metadata(model: Model, tokenizer: Tokenizer | None, recipe: str, src: Path)
     name = str(source.get("general.name") or src.stem or src.name)
     probe = gguf.GGUFWriter(None, model.config.arch)  # the keys write_gguf writes from the config
     probe.add_name(name)
-    _hparams(probe, model.config)
+    type(model).write_hparams(probe, model.config)
     written = set(probe.kv_data[0])
     meta: dict[str, Any] = {}
     for key, value in source.items():
