@@ -328,7 +328,9 @@ class Engine:
                     rows.append(i)
             sampled = self._sample(logits, rows, [fed[i][0] for i in rows])
             t2 = time.perf_counter()
-            generated = sum(self._advance(fed[i][0], int(t), logits[i], t1, events) for i, t in zip(rows, sampled, strict=True))
+            generated = 0
+            for i, token in zip(rows, sampled.tolist(), strict=True):
+                generated += self._advance(fed[i][0], token, logits[i], t1, events)
         except Exception as e:
             for seq in stepped:
                 if not seq.done:
@@ -444,7 +446,7 @@ class Engine:
 def _shared(held: list[int], prompt: list[int], limit: int) -> int:
     """How many leading ids of `prompt` (at most `limit`) `held` starts with."""
     n = 0
-    for a, b in zip(held, prompt[:limit]):
+    for a, b in zip(held, prompt[:limit], strict=False):
         if a != b:
             break
         n += 1

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from corelm.engine.scheduler import Delta, Done, TokenLogprob
 from corelm.server import metrics
 from corelm.server.openai_api import ApiError, ApiRequest, OpenAIApi, usage
-from corelm.engine.scheduler import Delta, Done, TokenLogprob
 from corelm.server.scheduler import Failed, Job, QueueFull, Scheduler, Task, TaskDone
 from corelm.server.tasks import ROUTE_KINDS, TaskApi, TaskRequest
 

@@ -206,13 +206,14 @@ class Scheduler:
                 while not (self._stopping or self.inbox or self.engine.busy or self.tasks):
                     self._cv.wait()
                 if self._stopping:
-                    for job in [*self.jobs.values(), *self.inbox, *self.tasks]:
+                    held: list[Job | Task] = [*self.jobs.values(), *self.inbox, *self.tasks]
+                    for job in held:
                         job.events.put(Failed("the server is shutting down"))
                     return
                 while self.inbox:
                     job = self.inbox.popleft()
                     self.jobs[self.engine.add(job.request)] = job
-                for seq, job in [(s, j) for s, j in self.jobs.items() if j.cancelled]:
+                for seq in [s for s, j in self.jobs.items() if j.cancelled]:
                     self.engine.cancel(seq)
                     del self.jobs[seq]
                 if any(t.cancelled for t in self.tasks):
