@@ -212,7 +212,10 @@ class Scheduler:
                     return
                 while self.inbox:
                     job = self.inbox.popleft()
-                    self.jobs[self.engine.add(job.request)] = job
+                    try:
+                        self.jobs[self.engine.add(job.request)] = job
+                    except ValueError as e:  # openai_api checks prompts against the context first
+                        job.events.put(Failed(str(e)))
                 for seq in [s for s, j in self.jobs.items() if j.cancelled]:
                     self.engine.cancel(seq)
                     del self.jobs[seq]
