@@ -121,7 +121,7 @@ class StepError(RuntimeError):
 class _Slot:
     cache: KVCache
     tokens: list[int] = field(default_factory=list)  # the ids whose keys/values the cache holds, in order
-    last_used: int = 0  # when it was last given out (Engine._admitted) (the least recently used free slot goes first)
+    last_used: int = 0  # when it was last given out (Engine._admitted): the least recently used goes first
 
 
 @dataclass(eq=False)
@@ -141,7 +141,7 @@ class Generation:
     prefilled: float = 0.0  # perf_counter when its prompt's logits came
     decoded: int = 0  # characters of text decoded so far
     emitted: int = 0  # characters of text sent (the rest is held back for stop strings)
-    pending_lp: deque = field(default_factory=deque)  # (start, end, TokenLogprob) not yet sent
+    pending_lp: deque[tuple[int, int, TokenLogprob]] = field(default_factory=deque)  # (start, end, lp) not yet sent
 
     @property
     def tokens(self) -> list[int]:
@@ -206,6 +206,9 @@ class EngineStats:
 
 
 class Engine:
+    """Continuous batching over a pool of KV slots (see the module docstring). Not thread-safe:
+    one thread adds, steps and cancels."""
+
     def __init__(
         self,
         model: Model,
