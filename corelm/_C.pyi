@@ -80,6 +80,28 @@ def rope(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray, neox: bool)
     neox=True pairs (i, i+n/2) (GPT-NeoX / Hugging Face), False pairs (2i, 2i+1) (GPT-J / llama.cpp normal)."""
 
 def row_bytes(type: int, k: int) -> int: ...
+def sample(
+    logits: np.ndarray,
+    temperature: np.ndarray,
+    top_k: np.ndarray,
+    top_p: np.ndarray,
+    min_p: np.ndarray,
+    repeat_penalty: np.ndarray,
+    presence_penalty: np.ndarray,
+    frequency_penalty: np.ndarray,
+    recent: np.ndarray,
+    recent_offsets: np.ndarray,
+    bias_ids: np.ndarray,
+    bias_values: np.ndarray,
+    bias_offsets: np.ndarray,
+    rng: np.ndarray,
+) -> npt.NDArray[np.int32]:
+    """One token id per row of logits [B, vocab] (int32[B]), each row with its own parameters (float32 / int32
+    arrays of B): logit bias (bias_ids / bias_values, row r's at bias_offsets[r]:bias_offsets[r+1]), then repeat
+    / presence / frequency penalties over row r's recent[recent_offsets[r]:recent_offsets[r+1]], then greedy
+    (temperature <= 0: argmax) or top-k, top-p, min-p on the untempered distribution, temperature and a draw
+    from rng[r] (uint64 splitmix64 states, advanced in place)."""
+
 def self_attention(
     q: np.ndarray,
     k: np.ndarray,

@@ -182,8 +182,9 @@ def speed_line(llm: LLM) -> str:
     s = llm.last_stats
     info = corelm.info()
     return (
-        f"[prompt {s.prompt_tokens} tokens, {s.prefill_tps:.1f} tok/s | generated {s.generated_tokens} tokens, "
-        f"{s.decode_tps:.1f} tok/s | stop: {s.finish_reason} | {info['isa']}, {info['threads']} threads]"
+        f"[prompt {s.prompt_tokens} tokens ({s.cached_tokens} cached), {s.prefill_tps:.1f} tok/s | "
+        f"generated {s.generated_tokens} tokens, {s.decode_tps:.1f} tok/s | stop: {s.finish_reason} | "
+        f"{info['isa']}, {info['threads']} threads]"
     )
 
 

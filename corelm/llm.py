@@ -16,13 +16,13 @@ import numpy as np
 
 from corelm import _C
 from corelm.engine.chat import FALLBACK_STOPS, render_chat
-from corelm.engine.generate import GenerationStats, generate_tokens
-from corelm.engine.sampling import Sampler, SamplingParams
-from corelm.engine.stops import StopStrings
+from corelm.engine.kv_cache import KV_DTYPES
+from corelm.engine.sampling import SamplingParams
+from corelm.engine.scheduler import Delta, Engine, GenerationStats, Request
 from corelm.kernels import Weight
 from corelm.models import load_model
 from corelm.models.base import Model, Segment, Step
-from corelm.tokenizer import Encoded, StreamDecoder, Tokenizer
+from corelm.tokenizer import Encoded, Tokenizer
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_CTX = 4096  # the default cache size is the model's context, capped here
@@ -62,8 +62,10 @@ class LLM:
                 model.config.ctx,
                 model.config.ctx,
             )
-        # Encoders keep no state between calls; decoders keep one sequence's cache for generation.
-        self.cache = model.new_cache(self.ctx, kv_dtype) if model.config.causal else None
+        if kv_dtype not in KV_DTYPES:
+            raise ValueError(f"KV cache dtype must be one of {', '.join(KV_DTYPES)}, got {kv_dtype!r}")
+        self.kv_dtype = kv_dtype
+        self._engine: Engine | None = None  # made by the first generation: one KV slot of ctx tokens
         self.last_stats = GenerationStats()
         self._lock = threading.Lock()
 
@@ -194,34 +196,21 @@ class LLM:
             temperature, top_k, top_p, min_p, repeat_penalty, presence_penalty, frequency_penalty, seed=seed
         )
         stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if s]
-        eos = self.tokenizer.eos_ids if self.tokenizer else frozenset()
-        stop_set = frozenset(eos) | frozenset(int(i) for i in stop_ids)
-        return self._stream(ids, max_tokens, Sampler(params), stops, stop_set, ignore_eos)
+        request = Request(ids, max_tokens, params, stops, frozenset(int(i) for i in stop_ids), ignore_eos)
+        return self._stream(request)
 
-    def _stream(
-        self,
-        ids: list[int],
-        max_tokens: int,
-        sampler: Sampler,
-        stops: list[str],
-        stop_set: frozenset[int],
-        ignore_eos: bool,
-    ) -> Iterator[str]:
+    def _stream(self, request: Request) -> Iterator[str]:
+        """A batch of one on this LLM's engine. Its one slot keeps the keys and values of the last
+        sequence, so a prompt that starts the same way (a chat's earlier turns, a system prompt)
+        computes only what is new."""
         with self._lock:
-            self.last_stats = stats = GenerationStats()
-            decoder = StreamDecoder(self._tok(), skip_special=True) if self.tokenizer else None
-            held = StopStrings(stops)  # holds back text that could be the start of a stop string
-            assert self.cache is not None  # a model that generates is a decoder, which has a cache
-            for token in generate_tokens(self.model, self.cache, ids, max_tokens, sampler, stop_set, ignore_eos, stats):
-                text = held.push(decoder.push(token) if decoder else f"<{token}>")
-                if text:
-                    yield text
-                if held.stopped:
-                    stats.finish_reason = "stop"
-                    return
-            tail = held.flush(decoder.flush() if decoder else "")
-            if tail:
-                yield tail
+            if self._engine is None:
+                self._engine = Engine(self.model, self.tokenizer, 1, self.ctx, self.kv_dtype, prefill_chunk=self.ctx)
+            seq = self._engine.add(request)
+            self.last_stats = seq.stats
+            for event in self._engine.run(seq):
+                if isinstance(event, Delta) and event.text:
+                    yield event.text
 
     def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> str:
         """The generated text (see `stream` for the parameters)."""

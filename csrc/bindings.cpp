@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <map>
 #include <mutex>
 #include <set>
@@ -17,6 +18,7 @@
 #include "core/graph.h"
 #include "core/ops.h"
 #include "core/probe.h"
+#include "core/sampling.h"
 #include "core/threadpool.h"
 
 namespace py = pybind11;
@@ -53,6 +55,17 @@ const float* f32_in(const Array& a, const char* name, int ndim = 0) {
         fail(std::string(name) + " must be " + std::to_string(ndim) + "-D, got shape " + shape_str(a));
     if (!ndim && a.ndim() < 1) fail(std::string(name) + " must have at least one dimension");
     return static_cast<const float*>(a.data());
+}
+
+// A 1-D contiguous array of dtype T with n elements (n < 0: any number).
+template <typename T>
+const T* vec_in(const Array& a, const char* name, int64_t n, const char* dtype_name) {
+    check_dtype<T>(a, name, dtype_name);
+    check_contiguous(a, name);
+    if (a.ndim() != 1 || (n >= 0 && a.shape(0) != n))
+        fail(std::string(name) + " must be 1-D" + (n >= 0 ? " with " + std::to_string(n) + " elements" : "") +
+             ", got shape " + shape_str(a));
+    return static_cast<const T*>(a.data());
 }
 
 // An output array: the given one after checks, or a new one of `shape`.
@@ -687,4 +700,68 @@ PYBIND11_MODULE(_C, m) {
     binary("add", ops::Binary::add);
     binary("mul", ops::Binary::mul);
     binary("swiglu", ops::Binary::swiglu);
+
+    // ---- sampling ----
+
+    m.def("sample", [](const Array& logits, const Array& temperature, const Array& top_k, const Array& top_p,
+                       const Array& min_p, const Array& repeat_penalty, const Array& presence_penalty,
+                       const Array& frequency_penalty, const Array& recent, const Array& recent_offsets,
+                       const Array& bias_ids, const Array& bias_values, const Array& bias_offsets, Array& rng) {
+        const float* lp = f32_in(logits, "logits", 2);
+        const int64_t rows = logits.shape(0), vocab = logits.shape(1);
+        if (vocab < 1) fail("logits must have at least one column");
+        const float* temp = vec_in<float>(temperature, "temperature", rows, "float32");
+        const int32_t* topk = vec_in<int32_t>(top_k, "top_k", rows, "int32");
+        const float* topp = vec_in<float>(top_p, "top_p", rows, "float32");
+        const float* minp = vec_in<float>(min_p, "min_p", rows, "float32");
+        const float* rep = vec_in<float>(repeat_penalty, "repeat_penalty", rows, "float32");
+        const float* pres = vec_in<float>(presence_penalty, "presence_penalty", rows, "float32");
+        const float* freq = vec_in<float>(frequency_penalty, "frequency_penalty", rows, "float32");
+        const int32_t* rec = vec_in<int32_t>(recent, "recent", -1, "int32");
+        const int64_t* rec_off = vec_in<int64_t>(recent_offsets, "recent_offsets", rows + 1, "int64");
+        const int32_t* bid = vec_in<int32_t>(bias_ids, "bias_ids", -1, "int32");
+        const float* bval = vec_in<float>(bias_values, "bias_values", bias_ids.shape(0), "float32");
+        const int64_t* b_off = vec_in<int64_t>(bias_offsets, "bias_offsets", rows + 1, "int64");
+        vec_in<uint64_t>(rng, "rng", rows, "uint64");
+        if (!rng.writeable()) fail("rng must be writeable (each row's state advances)");
+        // Offsets split the flat arrays into one run per row; every id must be a column.
+        auto check_runs = [rows, vocab](const int64_t* off, const std::string& off_name, const int32_t* ids,
+                                        const std::string& ids_name, int64_t n) {
+            if (off[0] != 0 || off[rows] != n)
+                fail(off_name + " must start at 0 and end at len(" + ids_name + ") = " + std::to_string(n));
+            for (int64_t r = 0; r < rows; ++r)
+                if (off[r + 1] < off[r]) fail(off_name + " must not decrease");
+            for (int64_t i = 0; i < n; ++i)
+                if (ids[i] < 0 || ids[i] >= vocab)
+                    fail(ids_name + " holds token id " + std::to_string(ids[i]) + ", out of range [0, " +
+                         std::to_string(vocab) + ")");
+        };
+        check_runs(rec_off, "recent_offsets", rec, "recent", recent.shape(0));
+        check_runs(b_off, "bias_offsets", bid, "bias_ids", bias_ids.shape(0));
+        std::vector<sampling::RowParams> params(static_cast<size_t>(rows));
+        for (int64_t r = 0; r < rows; ++r) {
+            const std::string at = " (row " + std::to_string(r) + ")";
+            if (std::isnan(temp[r])) fail("temperature must be a number" + at);
+            if (!(topp[r] > 0 && topp[r] <= 1)) fail("top_p must be above 0 and at most 1, got " + std::to_string(topp[r]) + at);
+            if (!(minp[r] >= 0 && minp[r] <= 1)) fail("min_p must be from 0 to 1, got " + std::to_string(minp[r]) + at);
+            if (!(rep[r] > 0) || !std::isfinite(rep[r])) fail("repeat_penalty must be positive, got " + std::to_string(rep[r]) + at);
+            if (!std::isfinite(pres[r]) || !std::isfinite(freq[r])) fail("presence and frequency penalties must be finite" + at);
+            params[r] = {temp[r], topk[r], topp[r], minp[r], rep[r], pres[r], freq[r]};
+        }
+        py::array_t<int32_t> out(rows);
+        const sampling::Batch b{lp, rows, vocab, params.data(), rec, rec_off, bid, bval, b_off,
+                                static_cast<uint64_t*>(rng.mutable_data()), out.mutable_data()};
+        if (rows > 0) {
+            py::gil_scoped_release nogil;
+            sampling::sample(b);
+        }
+        return out;
+    }, py::arg("logits"), py::arg("temperature"), py::arg("top_k"), py::arg("top_p"), py::arg("min_p"),
+       py::arg("repeat_penalty"), py::arg("presence_penalty"), py::arg("frequency_penalty"), py::arg("recent"),
+       py::arg("recent_offsets"), py::arg("bias_ids"), py::arg("bias_values"), py::arg("bias_offsets"), py::arg("rng"),
+       "One token id per row of logits [B, vocab] (int32[B]), each row with its own parameters (float32 / int32 "
+       "arrays of B): logit bias (bias_ids / bias_values, row r's at bias_offsets[r]:bias_offsets[r+1]), then "
+       "repeat / presence / frequency penalties over row r's recent[recent_offsets[r]:recent_offsets[r+1]], then "
+       "greedy (temperature <= 0: argmax) or top-k, top-p, min-p on the untempered distribution, temperature "
+       "and a draw from rng[r] (uint64 splitmix64 states, advanced in place).");
 }

@@ -35,19 +35,14 @@ def greedy_agreement(out: Path, source: Path, prompt: str, n: int = 48) -> tuple
 
     llm = corelm.load(source)
     ids = llm.tokenize(prompt)
-    from corelm.engine.generate import generate_tokens
-    from corelm.engine.sampling import Sampler, SamplingParams
+    from corelm.engine.sampling import SamplingParams
+    from corelm.engine.scheduler import Engine, Request
 
-    ours = list(
-        generate_tokens(
-            llm.model,
-            llm.model.new_cache(len(ids) + n + 1),
-            ids,
-            n,
-            Sampler(SamplingParams(temperature=0)),
-            ignore_eos=True,
-        )
-    )
+    engine = Engine(llm.model, None, 1, len(ids) + n + 1)
+    seq = engine.add(Request(ids, n, SamplingParams(temperature=0), ignore_eos=True))
+    for _ in engine.run(seq):
+        pass
+    ours = seq.tokens
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     with torch.no_grad():
         theirs = hf.generate(torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False)[0][len(ids) :]

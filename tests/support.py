@@ -33,6 +33,18 @@ def stories260k() -> Path:
     return data_file("models", "stories260K", "stories260K.gguf")
 
 
+def greedy_ids(model, ids: list[int], n: int) -> list[int]:
+    """The first n greedy token ids after `ids` (stop tokens ignored), as LLM.generate makes them."""
+    from corelm.engine.sampling import SamplingParams
+    from corelm.engine.scheduler import Engine, Request
+
+    engine = Engine(model, None, 1, len(ids) + n + 1)
+    seq = engine.add(Request(list(ids), n, SamplingParams(temperature=0), ignore_eos=True))
+    for _ in engine.run(seq):
+        pass
+    return seq.tokens
+
+
 def run_cli(*argv: str) -> int:
     """`corelm ARGV...` in this process (the real cli.main)."""
     from corelm import cli

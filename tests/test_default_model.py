@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from support import subprocess_kwargs
+from support import greedy_ids, subprocess_kwargs
 
 import corelm
-from corelm.engine.generate import generate_tokens
-from corelm.engine.sampling import Sampler, SamplingParams
 from corelm.llm import DEFAULT_MODEL
 
 GOLDEN = Path(__file__).parent / "golden" / "default_model_transformers.json"
@@ -31,16 +29,7 @@ def test_default_model_greedy_matches_transformers():
     llm = corelm.load()
     ids = llm.tokenize(golden["prompt"])
     n = len(golden["transformers_greedy"])
-    ours = list(
-        generate_tokens(
-            llm.model,
-            llm.model.new_cache(len(ids) + n + 1),
-            ids,
-            n,
-            Sampler(SamplingParams(temperature=0)),
-            ignore_eos=True,
-        )
-    )
+    ours = greedy_ids(llm.model, ids, n)
     assert golden["gguf_agrees_for"] == n
     assert ours == golden["transformers_greedy"]
 

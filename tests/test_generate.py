@@ -6,12 +6,11 @@ import threading
 
 import numpy as np
 import pytest
-from support import DATA, data_file
+from support import DATA, data_file, greedy_ids
 
 import corelm
 from corelm.engine.chat import render_chat
-from corelm.engine.generate import generate_tokens
-from corelm.engine.sampling import Sampler, SamplingParams, top_k_ids
+from corelm.engine.sampling import Sampler, SamplingParams
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +108,7 @@ def test_logits_every_position(llm):
     assert out.shape == (len(ids), llm.config.vocab_size) and out.dtype == np.float32
     # The greedy next token is the argmax of the last position (compared as ids: its text need
     # not tokenize back to the same token).
-    sampler = Sampler(SamplingParams(temperature=0))
-    (nxt,) = generate_tokens(llm.model, llm.model.new_cache(len(ids) + 1), ids, 1, sampler)
+    (nxt,) = greedy_ids(llm.model, ids, 1)
     assert nxt == int(out[-1].argmax())
 
 
@@ -190,18 +188,6 @@ def test_chat_with_fallback_template(llm):
     assert llm.tokenizer.chat_template is None
     reply = llm.chat([{"role": "user", "content": "Tell me a story"}], max_tokens=20, temperature=0)
     assert isinstance(reply, str) and llm.last_stats.generated_tokens > 0
-
-
-@pytest.mark.parametrize("n", [100, 130, 1000, 50257, 151936])
-@pytest.mark.parametrize("k", [1, 40, 64])
-def test_top_k_ids_equal_a_full_partition(n, k):
-    rng = np.random.default_rng(n + k)
-    logits = rng.standard_normal(n).astype(np.float32)
-    logits[: n // 3] = logits.max()  # many ties at the top
-    logits[-5:] = 50.0  # the largest in the tail after the last whole chunk
-    ours = top_k_ids(logits, k)
-    assert len(set(ours.tolist())) == k
-    np.testing.assert_array_equal(np.sort(logits[ours]), np.sort(logits[np.argpartition(-logits, k - 1)[:k]]))
 
 
 def test_fit_messages_drops_the_oldest_turns_and_keeps_system_and_last():

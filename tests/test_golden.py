@@ -18,11 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import data_file
+from support import data_file, greedy_ids
 
 import corelm
-from corelm.engine.generate import generate_tokens
-from corelm.engine.sampling import Sampler, SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = json.loads((ROOT / "tests" / "golden" / "stories260K_llamacpp.json").read_text())
@@ -43,8 +41,7 @@ def golden(variant: str, prompt: str) -> dict:
 
 
 def greedy(llm: corelm.LLM, ids: list[int]) -> list[int]:
-    sampler = Sampler(SamplingParams(temperature=0))
-    return list(generate_tokens(llm.model, llm.model.new_cache(256), ids, N_GEN, sampler, ignore_eos=True))
+    return greedy_ids(llm.model, ids, N_GEN)
 
 
 def agreement(a: list[int], b: list[int]) -> int:

@@ -205,7 +205,7 @@ def test_stop_strings(server, llm):
     assert "".join(p.choices[0].text for p in pieces) == cut and pieces[-1].choices[0].finish_reason == "stop"
 
 
-def test_seed_makes_sampling_repeatable(server):
+def test_seed_makes_sampling_repeatable(server, llm):
     client = server.client()
 
     def sample(seed):
@@ -215,8 +215,31 @@ def test_seed_makes_sampling_repeatable(server):
             .text
         )
 
-    assert sample(7) == sample(7)
+    assert (
+        sample(7)
+        == sample(7)
+        == llm.generate("Lily and Ben", max_tokens=30, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=7)
+    )
     assert len({sample(s) for s in range(4)}) > 1
+
+
+def test_prefix_cache(server, llm):
+    """A second request with the same system prompt reuses its keys and values: same reply,
+    usage.prompt_tokens_details.cached_tokens and /metrics say how many prompt tokens were saved."""
+    system = {"role": "system", "content": "You tell short stories about a dog named Max who likes the park. " * 3}
+    before = server.metrics()
+    replies, prompts = [], []
+    for question in ("Tell me about Max.", "What did Max see?"):
+        messages = [system, {"role": "user", "content": question}]
+        r = server.client().chat.completions.create(model=M, messages=messages, max_tokens=16, temperature=0)
+        assert r.choices[0].message.content == llm.chat(messages, max_tokens=16, temperature=0)
+        replies.append(r)
+        prompts.append(llm.chat_ids(messages))
+    shared = next(i for i, (a, b) in enumerate(zip(*prompts, strict=False)) if a != b)
+    cached = replies[1].usage.prompt_tokens_details.cached_tokens
+    assert cached == shared > 100 and replies[0].usage.prompt_tokens_details.cached_tokens < shared
+    after = server.metrics()
+    assert after["corelm_prompt_tokens_cached_total"] - before["corelm_prompt_tokens_cached_total"] >= cached
 
 
 def test_logprobs(server):

@@ -1,3 +1,4 @@
-"""Generation on one sequence: the KV cache (kv_cache.py), the sampler (sampling.py), the decoding
-loop (generate.py), stop strings (stops.py) and chat rendering (chat.py). LLM (corelm/llm.py)
-puts them together; the server's scheduler (corelm/server/scheduler.py) batches them."""
+"""Generation: the KV cache (kv_cache.py), the batched native sampler (sampling.py), stop strings
+(stops.py), chat rendering (chat.py) and the continuous-batching Engine that puts them together
+(scheduler.py). LLM.generate / stream run a batch of one on an Engine; the server's scheduler
+thread (corelm/server/scheduler.py) drives one over all its requests."""

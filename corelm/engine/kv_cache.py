@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+KV_DTYPES = ("float32", "float16")
+
 
 class KVCache:
     """Per layer, keys and values as [kv_heads, capacity, head_dim] (the attention kernel's layout).
@@ -13,7 +15,7 @@ class KVCache:
     """
 
     def __init__(self, n_layer: int, n_head_kv: int, capacity: int, head_dim: int, dtype: str = "float32") -> None:
-        if dtype not in ("float32", "float16"):
+        if dtype not in KV_DTYPES:
             raise ValueError(f"KV cache dtype must be float32 or float16, got {dtype!r}")
         self.capacity = capacity
         self.data = np.zeros((n_layer, 2, n_head_kv, capacity, head_dim), dtype=dtype)  # [L, k/v, H, T, D]

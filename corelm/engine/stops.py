@@ -6,7 +6,8 @@
         if stops.stopped: ...       # a stop string appeared; `out` is the text before it
     out = stops.flush()             # at the end: the text still held back
 
-Used by LLM.stream and by the server's scheduler, so both cut text the same way.
+Used by the Engine (corelm/engine/scheduler.py) for every sequence, so LLM.stream and the
+server cut text the same way.
 """
 
 from __future__ import annotations

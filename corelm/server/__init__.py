@@ -36,18 +36,24 @@ Choices:
   stops generation, nor does generation stop it. Units are LLM.embed / class_probabilities /
   tag calls on sub-lists, so results equal the Python API's. --parallel + --queue tasks may
   be held at once; more get 503.
-- Continuous batching: each step is one Model.forward_batch call over every active sequence.
-  New prompts are prefilled as segments of that same call (at most --prefill-chunk prompt
-  tokens per step, a longer prompt spreads over several steps), so running sequences keep
-  getting a token per step while a request joins. --parallel KV caches of --ctx tokens are
-  allocated once at start; a finished or abandoned sequence frees its slot at once.
+- Continuous batching is corelm.engine's Engine (the same one LLM.generate runs a batch of
+  one on): each step is one Model.forward_batch call over every active sequence and one
+  native sampling call. New prompts are prefilled as segments of that same call (at most
+  --prefill-chunk prompt tokens per step, a longer prompt spreads over several steps), so
+  running sequences keep getting a token per step while a request joins. --parallel KV
+  caches of --ctx tokens are allocated once at start; a finished or abandoned sequence frees
+  its slot at once.
+- Prefix cache: a slot keeps the keys and values of its last sequence. A prompt that starts
+  like one a slot holds (a system prompt, a chat's earlier turns) takes that slot and skips
+  prefilling the shared part (copied from a running sequence's slot when that one has more of
+  it). usage.prompt_tokens_details.cached_tokens and /metrics count the tokens saved.
 - Past --parallel running and --queue waiting requests: 503 with Retry-After: 1.
 - max_tokens: completions default to 16 (as OpenAI), chat to the rest of the slot's context;
   an explicit value with the prompt past the context is 400 context_length_exceeded.
 - A stream writer that falls behind sends the tokens that piled up as one chunk.
 
-Layout: scheduler.py (the one thread that runs the model: continuous batching over a pool of
-KV-cache slots, and tasks between steps), openai_api.py (request validation and response
+Layout: scheduler.py (the one thread that runs the model: the Engine's steps over a pool of
+KV-cache slots, and tasks between them), openai_api.py (request validation and response
 shapes), tasks.py (the same for /v1/embeddings, /v1/classify, /v1/tag), app.py (HTTP),
 metrics.py (/metrics), chat.html (the page).
 """
@@ -183,8 +189,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if tokenizer is None:
         raise ValueError(f"{path}: the model has no tokenizer; the server needs one")
     ctx = args.ctx or min(model.config.ctx, DEFAULT_MAX_CTX)
-    llm = LLM(model, tokenizer, ctx=ctx)  # embeds, classifies and tags (on the scheduler thread)
-    llm.cache = None  # it never generates here: the scheduler's slots do (zeroed pages, never touched)
+    llm = LLM(model, tokenizer, ctx=ctx)  # embeds, classifies and tags (on the scheduler thread); never generates
     caps = llm.capabilities
     generate = "generate" in caps
     scheduler = Scheduler(

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from corelm.engine.scheduler import Delta, Done, TokenLogprob
 from corelm.server import metrics
 from corelm.server.openai_api import ApiError, ApiRequest, OpenAIApi, usage
-from corelm.server.scheduler import Delta, Done, Failed, Job, QueueFull, Scheduler, Task, TaskDone, TokenLogprob
+from corelm.server.scheduler import Failed, Job, QueueFull, Scheduler, Task, TaskDone
 from corelm.server.tasks import ROUTE_KINDS, TaskApi, TaskRequest
 
 log = logging.getLogger(__name__)
@@ -355,7 +356,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _complete(self, app: App, req: ApiRequest, rid: str, created: int) -> None:
         texts: list[str] = []
-        lps: list[TokenLogprob] | None = [] if req.job.logprobs is not None else None
+        lps: list[TokenLogprob] | None = [] if req.job.request.logprobs is not None else None
         while True:
             ev = self._next(req)
             if isinstance(ev, Delta):
@@ -363,7 +364,7 @@ class Handler(BaseHTTPRequestHandler):
                 if lps is not None and ev.logprobs:
                     lps += ev.logprobs
             elif isinstance(ev, Done):
-                u = usage(ev.prompt_tokens, ev.completion_tokens)
+                u = usage(ev.stats)
                 self._json(200, app.api.response(req, rid, created, "".join(texts), lps, ev.finish_reason, u))
                 return
             else:
@@ -389,7 +390,7 @@ class Handler(BaseHTTPRequestHandler):
                 closing = None if req.kind == "chat" else ""
                 self._event(api.chunk(req, rid, created, closing, finish=ev.finish_reason))
                 if req.include_usage:
-                    self._event(api.usage_chunk(req, rid, created, usage(ev.prompt_tokens, ev.completion_tokens)))
+                    self._event(api.usage_chunk(req, rid, created, usage(ev.stats)))
                 break
             else:
                 err = ApiError(500, ev.message, type="server_error")

@@ -25,7 +25,7 @@ class HttpStats:
 
 
 def render(scheduler: Scheduler, http: HttpStats) -> str:
-    s = scheduler.stats
+    s, t = scheduler.stats, scheduler.task_stats
     out: list[str] = []
 
     def metric(name: str, kind: str, help: str, value: float | None = None, samples=()) -> None:
@@ -43,6 +43,12 @@ def render(scheduler: Scheduler, http: HttpStats) -> str:
         samples=[(f'route="{route}",code="{code}"', n) for (route, code), n in http.snapshot()],
     )
     metric("corelm_prompt_tokens_total", "counter", "Prompt tokens prefilled.", s.prompt_tokens)
+    metric(
+        "corelm_prompt_tokens_cached_total",
+        "counter",
+        "Prompt tokens not prefilled: their keys and values came from the prefix cache.",
+        s.cached_prompt_tokens,
+    )
     metric("corelm_generation_tokens_total", "counter", "Tokens generated.", s.generated_tokens)
     metric(
         "corelm_generation_tokens_per_second",
@@ -70,21 +76,27 @@ def render(scheduler: Scheduler, http: HttpStats) -> str:
     metric("corelm_batch_rows_max", "gauge", "Most token rows seen in one forward_batch call.", s.max_batch_rows)
     metric("corelm_busy_seconds_total", "counter", "Seconds spent inside forward_batch.", s.busy_seconds)
     metric(
+        "corelm_sampling_seconds_total",
+        "counter",
+        "Seconds spent sampling (one native call per step).",
+        s.sample_seconds,
+    )
+    metric(
         "corelm_task_requests_total",
         "counter",
         "Embedding (/v1/embeddings), classify and tag requests answered, by task.",
-        samples=[(f'task="{k}"', n) for k, n in sorted(s.task_requests.items())],
+        samples=[(f'task="{k}"', n) for k, n in sorted(t.requests.items())],
     )
     metric(
         "corelm_task_input_tokens_total",
         "counter",
         "Input tokens of the answered embedding, classify and tag requests, by task.",
-        samples=[(f'task="{k}"', n) for k, n in sorted(s.task_tokens.items())],
+        samples=[(f'task="{k}"', n) for k, n in sorted(t.tokens.items())],
     )
     metric("corelm_task_queue_depth", "gauge", "Embedding, classify and tag requests held.", scheduler.tasks_queued())
-    metric("corelm_task_units_total", "counter", "Forward passes run for those requests.", s.task_units)
-    metric("corelm_task_seconds_total", "counter", "Seconds spent on those requests' forward passes.", s.task_seconds)
-    metric("corelm_task_failed_total", "counter", "Those requests ended by an error.", s.task_failed)
+    metric("corelm_task_units_total", "counter", "Forward passes run for those requests.", t.units)
+    metric("corelm_task_seconds_total", "counter", "Seconds spent on those requests' forward passes.", t.seconds)
+    metric("corelm_task_failed_total", "counter", "Those requests ended by an error.", t.failed)
     return "\n".join(out) + "\n"
 
 

@@ -22,7 +22,8 @@ from typing import Any
 
 from corelm.engine.chat import FALLBACK_STOPS, render_chat
 from corelm.engine.sampling import SamplingParams
-from corelm.server.scheduler import Job, TokenLogprob
+from corelm.engine.scheduler import GenerationStats, Request, TokenLogprob
+from corelm.server.scheduler import Job
 from corelm.tokenizer import Tokenizer
 
 MAX_STOPS = 4  # as OpenAI
@@ -345,7 +346,7 @@ class OpenAIApi:
             if not isinstance(so, dict) or set(so) - {"include_usage", "include_obfuscation"}:
                 raise _invalid_value("stream_options", "expected an object with 'include_usage'.")
             include_usage = _Fields(so, {"include_usage", "include_obfuscation"}).bool("include_usage", False)
-        job = Job(
+        request = Request(
             prompt=prompt,
             max_tokens=max_tokens,
             params=params,
@@ -355,7 +356,7 @@ class OpenAIApi:
             ignore_eos=f.bool("ignore_eos", False),
             logit_bias=self._logit_bias(f.body.get("logit_bias")),
         )
-        return ApiRequest(kind, job, stream, include_usage, prompt_text)
+        return ApiRequest(kind, Job(request), stream, include_usage, prompt_text)
 
     def _stops(self, stop: Any) -> list[str]:
         if stop is None:
@@ -552,9 +553,11 @@ def _seed(seed: int | None) -> int | None:
     return None if seed is None else seed % 2**64  # numpy's generators take non-negative seeds
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage(stats: GenerationStats) -> dict[str, Any]:
+    """OpenAI's usage object; cached_tokens: prompt tokens the prefix cache saved prefilling."""
     return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": stats.generated_tokens,
+        "total_tokens": stats.prompt_tokens + stats.generated_tokens,
+        "prompt_tokens_details": {"cached_tokens": stats.cached_tokens},
     }
