@@ -358,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--npy", default=None, metavar="FILE", help="save the vectors as a .npy array")
         p.set_defaults(func=func)
 
+    from corelm.analysis.compare import add_parser as add_compare_parser
     from corelm.analysis.evaluate import add_parsers as add_eval_parsers
     from corelm.analysis.perplexity import add_parsers as add_perplexity_parsers
     from corelm.finetune import add_parser as add_finetune_parser
@@ -371,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_quantize_parsers(sub)
     add_perplexity_parsers(sub)
     add_eval_parsers(sub)
+    add_compare_parser(sub)
 
     p = sub.add_parser(
         "roofline",

@@ -196,7 +196,7 @@ def profile_model(llm, prompt_tokens: int = 128, decode_tokens: int = 16) -> dic
     model, vocab = llm.model, llm.config.vocab_size
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, vocab, prompt_tokens).astype(np.int32)
-    model.forward(prompt[:8], 0, model.new_cache(8))  # warm up
+    model.forward(prompt, 0, model.new_cache(prompt_tokens))  # warm up: buffers grown, pages touched
     prefill, decode = Profile(), Profile()
     # The totals come from plain steps; the op times from the same steps run again with the
     # per-op hook (its Python calls cost time of their own, outside the ops' times).
