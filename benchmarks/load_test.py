@@ -1,14 +1,18 @@
-"""Load test of `corelm serve` on loopback: N concurrent clients send M streaming requests.
+"""Load test of `corelm serve` (and llama.cpp's llama-server beside it) on loopback: N
+concurrent clients send M streaming requests.
 
     python -m benchmarks.load_test [MODEL] --clients 4 --requests 32 --max-tokens 64
-    python -m benchmarks.load_test [MODEL] --curve          # 1, 2, 4, 8 clients: the tokens/s curve
+    python -m benchmarks.load_test [MODEL] --curve          # 1, 2, 4, 8, 16 clients: the tokens/s curve
+    python -m benchmarks.load_test MODEL --curve --runtimes corelm llama.cpp --llama-server PATH
 
-Starts the server itself (`python -m corelm.server`, 127.0.0.1, a free port), so it can read
-the server's resident memory (VmRSS in /proc/PID/status) before and after the load. Every
-request is a streaming /v1/completions call with ignore_eos, so each one makes exactly
---max-tokens tokens. Reports the aggregate tokens/s (all completion tokens over the wall
-time of the run), p50 / p99 request latency and time to first token, errors (any non-200,
-broken stream or short completion; must be 0), and the largest batch the server stepped.
+Starts each server itself (127.0.0.1, a free port) with the same model file, threads and
+number of parallel slots, so it can read the server's resident memory (VmRSS in
+/proc/PID/status) before and after the load. Every request is a streaming /v1/completions
+call with ignore_eos, so each one makes exactly --max-tokens tokens. Reports the aggregate
+tokens/s (all completion tokens over the wall time of the run), p50 / p99 request latency and
+time to first token, errors (any non-200, broken stream or short completion; must be 0), and
+for corelm the largest batch the server stepped. With several runtimes the servers take turns
+(one at a time, never two on the machine at once) and the ratio table compares them.
 
 Bounded: at most --requests requests per run, none started after --duration seconds, and
 the client count is capped at 64. The machine is shared: keep --threads small.
@@ -20,6 +24,7 @@ import argparse
 import http.client
 import json
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -42,21 +47,45 @@ PROMPTS = [
 MAX_CLIENTS = 64
 
 
-class Server:
-    """`python -m corelm.server MODEL --port 0 ...` on 127.0.0.1."""
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
-    def __init__(self, model: str, threads: int, parallel: int, queue: int, ctx: int) -> None:
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="corelm-load-", suffix=".log")
-        cmd = [sys.executable, "-m", "corelm.server", model, "--host", "127.0.0.1", "--port", "0"]
-        cmd += ["--threads", str(threads), "--parallel", str(parallel), "--queue", str(queue), "--ctx", str(ctx)]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=self.log)
-        deadline = time.monotonic() + 60
-        while not (m := re.search(r"http://127\.0\.0\.1:(\d+)", Path(self.log.name).read_text())):
+
+class Server:
+    """`python -m corelm.server MODEL ...` or `llama-server -m MODEL ...` on 127.0.0.1, ready."""
+
+    def __init__(
+        self, model: str, threads: int, parallel: int, queue: int, ctx: int, runtime: str = "corelm",
+        llama_server: str = "",
+    ) -> None:  # fmt: skip
+        self.runtime = runtime
+        self.log = tempfile.NamedTemporaryFile("w+", prefix=f"{runtime}-load-", suffix=".log")
+        self.port = _free_port()
+        if runtime == "corelm":
+            cmd = [sys.executable, "-m", "corelm.server", model, "--host", "127.0.0.1", "--port", str(self.port)]
+            cmd += ["--threads", str(threads), "--parallel", str(parallel), "--queue", str(queue), "--ctx", str(ctx)]
+        else:  # llama.cpp: one KV pool of parallel * ctx cells shared by `parallel` slots, continuous batching
+            cmd = [llama_server, "-m", model, "--host", "127.0.0.1", "--port", str(self.port), "-t", str(threads)]
+            cmd += ["-tb", str(threads), "-np", str(parallel), "-c", str(parallel * ctx), "-cb", "--no-webui"]
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 120
+        while not self._ready():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError("the server did not start:\n" + Path(self.log.name).read_text())
-            time.sleep(0.05)
-        self.port = int(m.group(1))
+                raise RuntimeError(f"the {runtime} server did not start:\n" + Path(self.log.name).read_text()[-3000:])
+            time.sleep(0.1)
+
+    def _ready(self) -> bool:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+            conn.request("GET", "/health")
+            ok = conn.getresponse().status == 200
+            conn.close()
+            return ok
+        except OSError:
+            return False
 
     def rss_mib(self) -> tuple[float, float]:
         """(VmRSS, VmHWM) of the server process in MiB: resident now, and its peak."""
@@ -65,6 +94,9 @@ class Server:
         return kib["VmRSS"] / 1024, kib["VmHWM"] / 1024
 
     def metrics(self) -> dict[str, float]:
+        """corelm's /metrics counters ({} for llama.cpp, whose metrics are named otherwise)."""
+        if self.runtime != "corelm":
+            return {}
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         conn.request("GET", "/metrics")
         text = conn.getresponse().read().decode()
@@ -170,76 +202,99 @@ def run_load(server: Server, clients: int, requests: int, max_tokens: int, durat
         "latency_p50_s": percentile(latencies, 50),
         "latency_p99_s": percentile(latencies, 99),
         "ttft_p50_s": percentile(ttfts, 50),
-        "max_batch": after["corelm_batch_sequences_max"],
-        "forward_calls": after["corelm_forward_batch_calls_total"] - before["corelm_forward_batch_calls_total"],
-        # the share of the wall time the scheduler spent inside forward_batch
-        "model_busy": (after["corelm_busy_seconds_total"] - before["corelm_busy_seconds_total"]) / wall,
+        "ttft_p99_s": percentile(ttfts, 99),
+        # corelm's own counters: the largest batch, the steps, the share of the wall time in forward_batch
+        "max_batch": after.get("corelm_batch_sequences_max", float("nan")),
+        "forward_calls": after.get("corelm_forward_batch_calls_total", 0)
+        - before.get("corelm_forward_batch_calls_total", 0),
+        "model_busy": (after.get("corelm_busy_seconds_total", 0) - before.get("corelm_busy_seconds_total", 0)) / wall,
     }
 
 
-def format_row(r: dict) -> str:
+def format_row(runtime: str, r: dict, one_client: float) -> str:
     return (
-        f"| {r['clients']:>7} | {r['requests']:>8} | {r['tokens_per_s']:>8.0f} | {r['latency_p50_s']:>7.2f} | "
-        f"{r['latency_p99_s']:>7.2f} | {r['ttft_p50_s'] * 1000:>8.0f} | {r['forward_calls']:>7.0f} | "
-        f"{r['model_busy'] * 100:>5.0f}% | {r['errors']:>6} |"
+        f"| {runtime} | {r['clients']} | {r['requests']} | {r['tokens_per_s']:.0f} | "
+        f"{r['tokens_per_s'] / one_client:.2f}x | {r['latency_p50_s']:.2f} / {r['latency_p99_s']:.2f} | "
+        f"{r['ttft_p50_s'] * 1000:.0f} / {r['ttft_p99_s'] * 1000:.0f} | {r['errors']} |"
     )
 
 
 HEADER = (
-    "| clients | requests |  tok/s   | p50 (s) | p99 (s) | TTFT p50 (ms) | steps | model busy | errors |\n"
-    "|--------:|---------:|---------:|--------:|--------:|---------:|--------:|------:|-------:|"
+    "| runtime | clients | requests | tok/s (aggregate) | vs 1 client | latency p50 / p99 (s) | TTFT p50 / p99 (ms) "
+    "| errors |\n|---|---:|---:|---:|---:|---:|---:|---:|"
 )
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The repetition with the median aggregate tokens/s (its latencies and errors as they were)."""
+    ranked = sorted(runs, key=lambda r: r["tokens_per_s"])
+    return ranked[len(ranked) // 2] | {"errors": sum(r["errors"] for r in runs)}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("model", nargs="?", default=str(DEFAULT_MODEL), help="model file (default: stories260K)")
     p.add_argument("--clients", type=int, default=4, help=f"concurrent clients (default 4, at most {MAX_CLIENTS})")
-    p.add_argument("--requests", type=int, default=32, help="requests per run (default 32)")
+    p.add_argument("--requests", type=int, default=32, help="requests per run (default 32; at least 2 per client)")
     p.add_argument("--max-tokens", type=int, default=64, help="tokens per request (default 64)")
-    p.add_argument("--duration", type=float, default=20.0, help="start no request after this many seconds")
+    p.add_argument("--duration", type=float, default=60.0, help="start no request after this many seconds")
     p.add_argument("--parallel", type=int, default=None, help="server slots (default: the most clients)")
     p.add_argument("--threads", type=int, default=1, help="server threads (default 1: the machine is shared)")
     p.add_argument("--ctx", type=int, default=512, help="context per slot (default 512)")
-    p.add_argument("--curve", action="store_true", help="runs with 1, 2, 4, 8 clients (--requests per client count)")
+    p.add_argument("--curve", action="store_true", help="runs with 1, 2, 4, 8, 16 clients")
+    p.add_argument("--reps", type=int, default=1, help="repetitions per point (the median run is reported)")
+    p.add_argument("--runtimes", nargs="+", default=["corelm"], choices=["corelm", "llama.cpp"])
+    p.add_argument("--llama-server", default="", help="llama.cpp's llama-server binary (for --runtimes llama.cpp)")
     p.add_argument("--json", action="store_true", help="print JSON")
     args = p.parse_args(argv)
-    counts = [1, 2, 4, 8] if args.curve else [min(args.clients, MAX_CLIENTS)]
+    if "llama.cpp" in args.runtimes and not Path(args.llama_server).is_file():
+        p.error("--runtimes llama.cpp needs --llama-server PATH (llama.cpp's server binary)")
+    counts = [1, 2, 4, 8, 16] if args.curve else [min(args.clients, MAX_CLIENTS)]
     parallel = args.parallel or max(counts)
-    server = Server(args.model, args.threads, parallel, queue=MAX_CLIENTS, ctx=args.ctx)
-    try:
-        one_request(http.client.HTTPConnection("127.0.0.1", server.port, timeout=60), PROMPTS[0], 8)  # warm up
-        rss_before, _ = server.rss_mib()
-        runs = [run_load(server, n, args.requests, args.max_tokens, args.duration) for n in counts]
-        rss_after, rss_peak = server.rss_mib()
-    finally:
-        server.stop()
-    report = {
-        "model": Path(args.model).name,
-        "server_threads": args.threads,
-        "parallel": parallel,
-        "max_tokens": args.max_tokens,
-        "rss_before_mib": rss_before,
-        "rss_after_mib": rss_after,
-        "rss_peak_mib": rss_peak,
-        "runs": runs,
-    }
+    report: dict = {"model": Path(args.model).name, "threads": args.threads, "parallel": parallel,
+                    "max_tokens": args.max_tokens, "runtimes": {}}  # fmt: skip
+    for runtime in args.runtimes:  # one server at a time: never two on the machine at once
+        server = Server(args.model, args.threads, parallel, MAX_CLIENTS, args.ctx, runtime, args.llama_server)
+        try:
+            one_request(http.client.HTTPConnection("127.0.0.1", server.port, timeout=60), PROMPTS[0], 8)  # warm up
+            rss_before, _ = server.rss_mib()
+            runs = []
+            for n in counts:
+                requests = max(args.requests, 2 * n)
+                reps = [run_load(server, n, requests, args.max_tokens, args.duration) for _ in range(args.reps)]
+                runs.append(median_run(reps))
+            rss_after, rss_peak = server.rss_mib()
+        finally:
+            server.stop()
+        report["runtimes"][runtime] = {"rss_before_mib": rss_before, "rss_after_mib": rss_after,
+                                       "rss_peak_mib": rss_peak, "runs": runs}  # fmt: skip
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(
-            f"{report['model']}: server with {parallel} slots, {args.threads} thread(s); "
-            f"{args.max_tokens} tokens per request, streaming"
+            f"{report['model']}: {parallel} slots, {args.threads} thread(s); {args.max_tokens} tokens per request, "
+            f"streaming; median of {args.reps}"
         )
         print(HEADER)
-        for r in runs:
-            print(format_row(r))
-        print(f"largest batch stepped: {max(r['max_batch'] for r in runs):.0f} sequences")
-        print(f"server RSS: {rss_before:.1f} MiB before, {rss_after:.1f} MiB after (peak {rss_peak:.1f} MiB)")
-        for r in runs:
-            for e in r["error_samples"]:
-                print(f"error ({r['clients']} clients): {e}", file=sys.stderr)
-    return 1 if any(r["errors"] for r in runs) else 0
+        for runtime, r in report["runtimes"].items():
+            for run in r["runs"]:
+                print(format_row(runtime, run, r["runs"][0]["tokens_per_s"]))
+        if len(report["runtimes"]) > 1:
+            first, *others = report["runtimes"]
+            for other in others:
+                pairs = zip(report["runtimes"][first]["runs"], report["runtimes"][other]["runs"], strict=True)
+                ratios = ", ".join(f"{a['clients']}: {a['tokens_per_s'] / b['tokens_per_s']:.2f}x" for a, b in pairs)
+                print(f"{first} / {other} aggregate tokens/s by clients: {ratios}")
+        for runtime, r in report["runtimes"].items():
+            batch = max(run["max_batch"] for run in r["runs"])
+            largest = "" if batch != batch else f"; largest batch {batch:.0f}"  # NaN: llama.cpp does not say
+            rss = f"RSS {r['rss_before_mib']:.0f} MiB before, {r['rss_after_mib']:.0f} after"
+            rss += f" (peak {r['rss_peak_mib']:.0f})"
+            print(f"{runtime}: {rss}{largest}")
+            for run in r["runs"]:
+                for e in run["error_samples"]:
+                    print(f"error ({runtime}, {run['clients']} clients): {e}", file=sys.stderr)
+    return 1 if any(run["errors"] for r in report["runtimes"].values() for run in r["runs"]) else 0
 
 
 if __name__ == "__main__":

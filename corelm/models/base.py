@@ -351,12 +351,17 @@ def write_decoder_hparams(w: gguf.GGUFWriter, c: ModelConfig) -> None:
     if c.head:
         w.add_pooling_type(gguf.PoolingType.RANK if c.head == "sequence" else gguf.PoolingType.NONE)
         w.add_array(f"{c.arch}.classifier.output_labels", c.labels)
+    write_shape_hparams(w, c)
+    w.add_head_count_kv(c.n_head_kv)
+
+
+def write_shape_hparams(w: gguf.GGUFWriter, c: ModelConfig) -> None:
+    """The keys of a transformer's shape that every llama.cpp architecture has."""
     w.add_context_length(c.ctx)
     w.add_embedding_length(c.n_embd)
     w.add_block_count(c.n_layer)
     w.add_feed_forward_length(c.n_ff)
     w.add_head_count(c.n_head)
-    w.add_head_count_kv(c.n_head_kv)
 
 
 Hook = Callable[[Op, "np.ndarray | None", np.ndarray, float], None]

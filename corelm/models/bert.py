@@ -21,7 +21,7 @@ import numpy as np
 
 from corelm import kernels
 from corelm.kernels import Weight
-from corelm.models.base import Model, ModelConfig, gguf_key, head_of_hf, register
+from corelm.models.base import Model, ModelConfig, gguf_key, head_of_hf, register, write_shape_hparams
 from corelm.models.graph import GraphBuilder
 
 # Hugging Face parameter names (after the "bert." / "roberta." / "distilbert." prefix) -> GGUF
@@ -139,11 +139,7 @@ def _config_from_gguf(meta: dict[str, Any], arch: str, weights: dict[str, Any]) 
 
 
 def _write_hparams(w: gguf.GGUFWriter, c: ModelConfig) -> None:
-    w.add_context_length(c.ctx)
-    w.add_embedding_length(c.n_embd)
-    w.add_block_count(c.n_layer)
-    w.add_feed_forward_length(c.n_ff)
-    w.add_head_count(c.n_head)
+    write_shape_hparams(w, c)
     w.add_layer_norm_eps(c.norm_eps)
     w.add_causal_attention(False)
     w.add_pooling_type(gguf.PoolingType(RANK if c.head == "sequence" else POOLING_TYPES[c.default_pooling]))
