@@ -9,7 +9,7 @@ the feed-forward's gated activation (`declare_glu`: Phi-3's fused gate-up).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -64,8 +64,9 @@ def _config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
     )
 
 
-def _expected_shapes(c: ModelConfig) -> dict[str, tuple[int, int]]:
-    hd, shapes = c.head_dim, {"token_embd.weight": (c.vocab_size, c.n_embd)}
+def _expected_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
+    hd = c.head_dim
+    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (c.vocab_size, c.n_embd)}
     for i in range(c.n_layer):
         shapes |= {
             f"blk.{i}.attn_q.weight": (c.n_head * hd, c.n_embd),
@@ -87,8 +88,8 @@ def rope_pair_permutation(n_rows: int, n_heads: int) -> np.ndarray:
 
 @register
 class Llama(Model):
-    gguf_archs = ("llama", "qwen2")
-    hf_model_types = ("llama", "qwen2")
+    gguf_archs: ClassVar[tuple[str, ...]] = ("llama", "qwen2")  # (subclasses name their own)
+    hf_model_types: ClassVar[tuple[str, ...]] = ("llama", "qwen2")
     hf_names = HF_NAMES
     config_from_hf = staticmethod(_config_from_hf)  # type: ignore[assignment]
     expected_shapes = staticmethod(_expected_shapes)  # type: ignore[assignment]
