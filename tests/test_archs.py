@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from hf_models import build_hf_model, hf_logits
 from support import stories260k
+from test_batch import assert_batched_equals_alone
 from test_models import IDS, assert_logits_close
 
 import corelm
 from corelm.formats.gguf import load_gguf
 from corelm.formats.gguf_write import write_gguf
 from corelm.models import architecture_of
-from corelm.models.base import Segment
 from corelm.models.llama import Llama
 from corelm.models.mistral import Mistral
 from corelm.models.phi3 import Phi3
@@ -38,20 +38,8 @@ def hf_folder(request, tmp_path_factory):
 def test_batched_step_of_two_sequences_equals_each_alone(hf_folder):
     """Two sequences longer than Mistral's window: one step prefills both, then batched decode
     steps; every logit row equals the same sequence run alone."""
-    model = corelm.load(hf_folder[1]).model
     prompts = [np.array(IDS[:23], np.int32), np.array(IDS[23:], np.int32)]
-    solo_caches = [model.new_cache(32) for _ in prompts]
-    solo = [model.forward(p, 0, c).copy() for p, c in zip(prompts, solo_caches, strict=True)]
-    caches = [model.new_cache(32) for _ in prompts]
-    segs = [Segment(c, 0, len(p)) for c, p in zip(caches, prompts, strict=True)]
-    batched = model.forward_batch(np.concatenate(prompts), segs).copy()
-    np.testing.assert_allclose(batched, np.concatenate(solo), rtol=1e-4, atol=1e-4)
-    for step in range(4):
-        nxt = np.array([5 + step, 9 + step], np.int32)
-        pos = [len(p) + step for p in prompts]
-        alone = [model.forward(nxt[j : j + 1], pos[j], solo_caches[j]).copy() for j in range(2)]
-        segs = [Segment(c, q, 1) for c, q in zip(caches, pos, strict=True)]
-        np.testing.assert_allclose(model.forward_batch(nxt, segs), np.concatenate(alone), rtol=1e-4, atol=1e-4)
+    assert_batched_equals_alone(corelm.load(hf_folder[1]).model, prompts, decode_steps=4)
 
 
 def test_gguf_keeps_the_window_and_the_head_norms(hf_folder, tmp_path):
