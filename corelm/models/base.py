@@ -66,13 +66,15 @@ class ModelConfig:
         if self.head_dim == 0:
             self.head_dim = self.n_embd // self.n_head
         self.rope_dim = self.rope_dim or self.head_dim
-        if self.rope_dim % 2 or self.rope_dim > self.head_dim or self.sliding_window < 0:
-            raise ValueError(
-                f"model config: rope over {self.rope_dim} of {self.head_dim} dims, window {self.sliding_window}"
-            )
         for name in ("vocab_size", "n_layer", "n_embd", "n_head", "n_head_kv", "n_ff", "head_dim", "ctx"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"model config: {name} must be positive, got {getattr(self, name)}")
+        if self.rope_dim % 2 or self.rope_dim > self.head_dim:
+            raise ValueError(
+                f"model config: rope_dim {self.rope_dim} must be even and at most head_dim {self.head_dim}"
+            )
+        if self.sliding_window < 0:
+            raise ValueError(f"model config: sliding_window must be >= 0, got {self.sliding_window}")
         if self.n_head % self.n_head_kv:
             raise ValueError(f"model config: {self.n_head} heads is not a multiple of {self.n_head_kv} kv heads")
         if self.pooling not in POOLINGS:

@@ -26,7 +26,9 @@ HF_NAMES = {
     "model.layers.{i}.post_attention_layernorm.weight": "blk.{i}.ffn_norm.weight",
     "model.layers.{i}.mlp.gate_up_proj.weight": "blk.{i}.ffn_up.weight",
     "model.layers.{i}.mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
-    "score.weight": "cls.output.weight",  # Phi3ForSequenceClassification
+    # Phi3ForSequenceClassification / Phi3ForTokenClassification heads
+    "score.weight": "cls.output.weight",
+    "score.bias": "cls.output.bias",
 }
 LAYER_TENSORS = ("attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_up", "ffn_down")
 
