@@ -4,8 +4,6 @@ steps, the sliding window's GGUF key, clear refusals, and llama.cpp reading the 
 
 from __future__ import annotations
 
-import ctypes
-
 import numpy as np
 import pytest
 from hf_models import build_hf_model, hf_logits
@@ -99,8 +97,6 @@ def test_llama_cpp_runs_the_written_gguf_to_the_same_logits(name, tmp_path):
     only the rows before the window fills are compared; corelm honours it (test_models.py)."""
     llama_cpp = pytest.importorskip("llama_cpp")
     pytest.importorskip("torch")
-    quiet = llama_cpp.llama_log_callback(lambda *_: None)
-    llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
     tok = corelm.load(stories260k()).tokenizer
     ids = [1, *(3 + i % 509 for i in IDS[1:])]
     ref = hf_logits(build_hf_model(name, tmp_path, vocab=512), ids)
