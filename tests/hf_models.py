@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 import transformers
 
+SMALL_GQA = dict(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2)
+
 CONFIGS = {
     # GQA 4/2, head dim 64
     "llama-gqa-hd64": (
@@ -58,22 +60,32 @@ CONFIGS = {
         ),
     ),
     "gpt2": ("gpt2", dict(n_embd=128, n_head=2, n_layer=2)),
+    # per-head q/k norms, head_dim 48 with hidden 128 / 4 heads
+    "qwen3": ("qwen3", dict(SMALL_GQA, head_dim=48, intermediate_size=256)),
+    # a sliding window shorter than the 40-token test sequence
+    "mistral-swa8": ("mistral", dict(SMALL_GQA, intermediate_size=256, sliding_window=8)),
+    # fused qkv and gate-up, rope over 3/4 of each head (special ids inside the small vocabulary)
+    "phi3-partial-rope": (
+        "phi3",
+        dict(
+            SMALL_GQA, intermediate_size=192, partial_rotary_factor=0.75, pad_token_id=0, bos_token_id=1, eos_token_id=2
+        ),
+    ),
 }
 
 VOCAB = 384
 CTX = 256
 
 
-def build_hf_model(name: str, folder: Path, seed: int = 0) -> transformers.PreTrainedModel:
+def build_hf_model(name: str, folder: Path, seed: int = 0, vocab: int = VOCAB) -> transformers.PreTrainedModel:
     """Save a random model named in CONFIGS to `folder`; return the torch model (fp32, eval)."""
     kind, overrides = CONFIGS[name]
     torch.manual_seed(seed)
     if kind == "gpt2":
-        config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=CTX, initializer_range=0.1, **overrides)
+        config = transformers.GPT2Config(vocab_size=vocab, n_positions=CTX, initializer_range=0.1, **overrides)
     else:
-        cls = transformers.Qwen2Config if kind == "qwen2" else transformers.LlamaConfig
-        config = cls(
-            vocab_size=VOCAB, max_position_embeddings=CTX, rms_norm_eps=1e-5, initializer_range=0.1, **overrides
+        config = transformers.AutoConfig.for_model(
+            kind, vocab_size=vocab, max_position_embeddings=CTX, rms_norm_eps=1e-5, initializer_range=0.1, **overrides
         )
     model = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32).eval()
     return save_perturbed(model, folder)
@@ -165,7 +177,9 @@ def build_decoder_head(
     if kind == "gpt2":
         config = transformers.GPT2Config(vocab_size=vocab, n_positions=CTX, pad_token_id=0, **overrides, **extra)
     else:
-        cls = transformers.Qwen2Config if kind == "qwen2" else transformers.LlamaConfig
-        config = cls(vocab_size=vocab, max_position_embeddings=CTX, pad_token_id=0, **overrides, **extra)
+        overrides = {**overrides, "pad_token_id": 0}
+        config = transformers.AutoConfig.for_model(
+            kind, vocab_size=vocab, max_position_embeddings=CTX, **overrides, **extra
+        )
     model = getattr(transformers, HEADS[head]).from_config(config).eval()
     return save_perturbed(model, folder)

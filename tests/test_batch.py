@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 
 from corelm.kernels import Weight, WeightType
-from corelm.models.base import ModelConfig, Segment
+from corelm.models.base import Model, ModelConfig, Segment
 from corelm.models.llama import Llama
 
 
@@ -52,25 +52,26 @@ def random_llama(n_embd=256, n_ff=1024, vocab=4096, layers=2, seed=0) -> Llama:
     return Llama(c, w)
 
 
-def test_batched_step_equals_separate_steps():
-    model = random_llama()
-    rng = np.random.default_rng(1)
-    prompts = [rng.integers(0, 4096, n).astype(np.int32) for n in (5, 1, 9)]
-    # Separately: prefill each prompt, then one decode step each.
-    solo_caches = [model.new_cache(32) for _ in prompts]
+def assert_batched_equals_alone(model: Model, prompts: list[np.ndarray], decode_steps: int = 1) -> None:
+    """The prompts prefilled in one step (different lengths), then batched decode steps: every
+    sequence's logits equal those of the same sequence run alone."""
+    solo_caches = [model.new_cache(64) for _ in prompts]
     solo = [model.forward(p, 0, c).copy() for p, c in zip(prompts, solo_caches, strict=True)]
-    # Batched: the three prefills as one step (different lengths), then a batched decode step.
-    caches = [model.new_cache(32) for _ in prompts]
+    caches = [model.new_cache(64) for _ in prompts]
     segs = [Segment(c, 0, len(p)) for c, p in zip(caches, prompts, strict=True)]
     batched = model.forward_batch(np.concatenate(prompts), segs).copy()
     np.testing.assert_allclose(batched, np.concatenate(solo), rtol=1e-4, atol=1e-4)
-    nxt = np.array([7, 8, 9], np.int32)
-    solo_next = [
-        model.forward(nxt[i : i + 1], len(p), c).copy()
-        for i, (p, c) in enumerate(zip(prompts, solo_caches, strict=True))
-    ]
-    segs = [Segment(c, len(p), 1) for c, p in zip(caches, prompts, strict=True)]
-    np.testing.assert_allclose(model.forward_batch(nxt, segs), np.concatenate(solo_next), rtol=1e-4, atol=1e-4)
+    for step in range(decode_steps):
+        nxt = np.arange(len(prompts), dtype=np.int32) + 7 + step
+        pos = [len(p) + step for p in prompts]
+        alone = [model.forward(nxt[j : j + 1], pos[j], solo_caches[j]).copy() for j in range(len(prompts))]
+        segs = [Segment(c, q, 1) for c, q in zip(caches, pos, strict=True)]
+        np.testing.assert_allclose(model.forward_batch(nxt, segs), np.concatenate(alone), rtol=1e-4, atol=1e-4)
+
+
+def test_batched_step_equals_separate_steps():
+    rng = np.random.default_rng(1)
+    assert_batched_equals_alone(random_llama(), [rng.integers(0, 4096, n).astype(np.int32) for n in (5, 1, 9)])
 
 
 def test_decode_allocates_nothing_per_token():

@@ -71,7 +71,7 @@ def test_encoder_matches_transformers(kind: str, head: str, tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("head", ["sequence", "token"])
-@pytest.mark.parametrize("name", ["gpt2", "llama-gqa-hd64", "qwen2"])
+@pytest.mark.parametrize("name", ["gpt2", "llama-gqa-hd64", "qwen2", "qwen3", "mistral-swa8", "phi3-partial-rope"])
 def test_decoder_heads_match_transformers(name: str, head: str, tmp_path: Path) -> None:
     """*ForSequenceClassification pools the last non-pad token; *ForTokenClassification every token."""
     hf = build_decoder_head(name, head, tmp_path)

@@ -213,16 +213,16 @@ def load_gguf_model(path: Path, quant: str | None = None) -> tuple[Model, Tokeni
 
 
 def _check_shapes(model: Model, path: Path) -> None:
-    """Matrix shapes must agree with the config, or a kernel call would be asked for nonsense."""
+    """Tensor shapes must agree with the config, or a kernel call would be asked for nonsense: the
+    architecture's expected shapes, and n_embd for any other norm."""
     c = model.config
     expected = type(model).expected_shapes(c)
-    for name, shape in expected.items():
-        w = model.w.get(name)
-        if w is not None and (w.n, w.k) != shape:
-            raise ModelFileError(f"{path}: tensor {name} is {w.n}x{w.k}, the config implies {shape[0]}x{shape[1]}")
     for name, w in model.w.items():
-        if isinstance(w, np.ndarray) and name.endswith("norm.weight") and w.shape != (c.n_embd,):
-            raise ModelFileError(f"{path}: tensor {name} has {w.size} elements, expected {c.n_embd}")
+        shape = expected.get(name, (c.n_embd,) if name.endswith("norm.weight") else None)
+        have = (w.n, w.k) if isinstance(w, Weight) else tuple(np.shape(w))
+        if shape is not None and have != shape:
+            size, implied = "x".join(map(str, have)), "x".join(map(str, shape))
+            raise ModelFileError(f"{path}: tensor {name} is {size}, the config implies {implied}")
 
 
 def load_model(path: str | PathLike[str], quant: str | None = None) -> tuple[Model, Tokenizer | None]:

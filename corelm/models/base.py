@@ -41,6 +41,8 @@ class ModelConfig:
     ctx: int  # context length the model was trained for
     norm_eps: float
     head_dim: int = 0  # 0: n_embd // n_head
+    rope_dim: int = 0  # leading dims of each head that rope rotates (0: all; Phi-3's partial_rotary_factor)
+    sliding_window: int = 0  # causal attention sees a row's last this many keys (0: all; Mistral)
     rope_theta: float = 10000.0
     rope_neox: bool = True  # split-half pairs (HF); llama GGUF files use adjacent pairs
     rope_scaling: dict[str, Any] = field(default_factory=dict)  # HF rope_scaling ({} = none)
@@ -63,9 +65,16 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.head_dim == 0:
             self.head_dim = self.n_embd // self.n_head
+        self.rope_dim = self.rope_dim or self.head_dim
         for name in ("vocab_size", "n_layer", "n_embd", "n_head", "n_head_kv", "n_ff", "head_dim", "ctx"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"model config: {name} must be positive, got {getattr(self, name)}")
+        if self.rope_dim % 2 or self.rope_dim > self.head_dim:
+            raise ValueError(
+                f"model config: rope_dim {self.rope_dim} must be even and at most head_dim {self.head_dim}"
+            )
+        if self.sliding_window < 0:
+            raise ValueError(f"model config: sliding_window must be >= 0, got {self.sliding_window}")
         if self.n_head % self.n_head_kv:
             raise ValueError(f"model config: {self.n_head} heads is not a multiple of {self.n_head_kv} kv heads")
         if self.pooling not in POOLINGS:
@@ -75,7 +84,7 @@ class ModelConfig:
 
     def rope_inv_freq(self) -> np.ndarray:
         """Inverse frequencies of the rotary pairs, with the config's scaling applied."""
-        d = self.head_dim
+        d = self.rope_dim
         inv = 1.0 / self.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d)
         kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default"))
         if kind in ("default", None):
@@ -151,8 +160,9 @@ class Model:
         raise NotImplementedError
 
     @classmethod
-    def expected_shapes(cls, c: ModelConfig) -> dict[str, tuple[int, int]]:
-        """The matrices' shapes the config implies (checked at load)."""
+    def expected_shapes(cls, c: ModelConfig) -> dict[str, tuple[int, ...]]:
+        """The shapes the config implies (checked at load): matrices, and vectors other than
+        n_embd-wide norms."""
         raise NotImplementedError
 
     @classmethod
@@ -166,7 +176,9 @@ class Model:
         write_decoder_hparams(w, c)
         w.add_layer_norm_rms_eps(c.norm_eps)
         w.add_rope_freq_base(c.rope_theta)
-        w.add_rope_dimension_count(c.head_dim)
+        w.add_rope_dimension_count(c.rope_dim)
+        if c.sliding_window:
+            w.add_sliding_window(c.sliding_window)
         if c.head_dim != c.n_embd // c.n_head:
             w.add_key_length(c.head_dim)
             w.add_value_length(c.head_dim)
@@ -338,6 +350,8 @@ def decoder_config_from_gguf(meta: dict[str, Any], arch: str, weights: dict[str,
         ctx=int(gguf_key(meta, arch, "context_length")),
         norm_eps=float(gguf_key(meta, arch, eps_key)),
         head_dim=int(gguf_key(meta, arch, "attention.key_length", n_embd // heads)),
+        rope_dim=int(meta.get(f"{arch}.rope.dimension_count", 0)),
+        sliding_window=int(meta.get(f"{arch}.attention.sliding_window", 0)),
         rope_theta=float(gguf_key(meta, arch, "rope.freq_base", 10000.0)),
         rope_scaling=rope,
         tied_embeddings="output.weight" not in weights,

@@ -1,12 +1,15 @@
-"""Llama family: Llama 1/2/3, TinyLlama, SmolLM, Mistral (no sliding window); Qwen2 adds biases.
+"""Llama family: Llama 1/2/3, TinyLlama, SmolLM; Qwen2 adds biases.
 
 Per block: x += Wo·attn(rope(Wq·n(x)), rope(Wk·n(x)), Wv·n(x));  x += Wd·(silu(Wg·n(x)) * Wu·n(x))
 with n = RMSNorm. Grouped-query attention: n_head query heads share n_head_kv key/value heads.
+Architectures that are llama plus one thing subclass Llama and override one piece of its
+forward: how q, k, v are made (`declare_qkv`: Qwen3's q/k norms, Phi-3's fused projection) or
+the feed-forward's gated activation (`declare_glu`: Phi-3's fused gate-up).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -61,8 +64,9 @@ def _config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
     )
 
 
-def _expected_shapes(c: ModelConfig) -> dict[str, tuple[int, int]]:
-    hd, shapes = c.head_dim, {"token_embd.weight": (c.vocab_size, c.n_embd)}
+def _expected_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
+    hd = c.head_dim
+    shapes: dict[str, tuple[int, ...]] = {"token_embd.weight": (c.vocab_size, c.n_embd)}
     for i in range(c.n_layer):
         shapes |= {
             f"blk.{i}.attn_q.weight": (c.n_head * hd, c.n_embd),
@@ -84,8 +88,8 @@ def rope_pair_permutation(n_rows: int, n_heads: int) -> np.ndarray:
 
 @register
 class Llama(Model):
-    gguf_archs = ("llama", "qwen2")
-    hf_model_types = ("llama", "qwen2")
+    gguf_archs: ClassVar[tuple[str, ...]] = ("llama", "qwen2")  # (subclasses name their own)
+    hf_model_types: ClassVar[tuple[str, ...]] = ("llama", "qwen2")
     hf_names = HF_NAMES
     config_from_hf = staticmethod(_config_from_hf)  # type: ignore[assignment]
     expected_shapes = staticmethod(_expected_shapes)  # type: ignore[assignment]
@@ -134,17 +138,27 @@ class Llama(Model):
         for i in range(c.n_layer):
             p = f"blk.{i}."
             g.rmsnorm(p + "attn_norm", "x", "h", c.norm_eps)
-            for proj in ("q", "k", "v"):
-                g.linear(p + "attn_" + proj, "h", proj)
+            self.declare_qkv(g, p)
             g.rope(p + "rope_q", "q", c.n_head, hd, self.inv_freq, c.rope_neox)
             g.rope(p + "rope_k", "k", c.n_head_kv, hd, self.inv_freq, c.rope_neox)
-            g.attention(p + "attn", "q", "k", "v", "attn", i, c.n_head, c.n_head_kv, hd, causal=True)
+            g.attention(
+                p + "attn", "q", "k", "v", "attn", i, c.n_head, c.n_head_kv, hd, causal=True, window=c.sliding_window
+            )
             g.linear(p + "attn_output", "attn", "x", residual="x")
             g.rmsnorm(p + "ffn_norm", "x", "h", c.norm_eps)
-            g.linear(p + "ffn_gate", "h", "gate")
-            g.linear(p + "ffn_up", "h", "up")
-            g.glu(p + "ffn_glu", "gate", "up", "gate", c.n_ff)
-            g.linear(p + "ffn_down", "gate", "x", residual="x")
+            g.linear(p + "ffn_down", self.declare_glu(g, p), "x", residual="x")
         g.select("x", "x_out")
         g.rmsnorm("output_norm", "x_out", "hidden", c.norm_eps)
         self.declare_lm_head(g, "hidden")
+
+    def declare_qkv(self, g: GraphBuilder, p: str) -> None:
+        """Buffers q, k, v (before rope) from the block's normed rows "h"; p is "blk.{i}."."""
+        for proj in ("q", "k", "v"):
+            g.linear(p + "attn_" + proj, "h", proj)
+
+    def declare_glu(self, g: GraphBuilder, p: str) -> str:
+        """silu(gate) * up of the normed rows "h", n_ff wide; returns the buffer holding it."""
+        g.linear(p + "ffn_gate", "h", "gate")
+        g.linear(p + "ffn_up", "h", "up")
+        g.glu(p + "ffn_glu", "gate", "up", "gate", self.config.n_ff)
+        return "gate"
