@@ -73,8 +73,9 @@ class Server:
         deadline = time.monotonic() + 120
         while not self._ready():
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                log = Path(self.log.name).read_text()[-3000:]
                 self.stop()
-                raise RuntimeError(f"the {runtime} server did not start:\n" + Path(self.log.name).read_text()[-3000:])
+                raise RuntimeError(f"the {runtime} server did not start (exit {self.proc.returncode}):\n{log}")
             time.sleep(0.1)
 
     def _ready(self) -> bool:
@@ -112,8 +113,9 @@ class Server:
         self.log.close()
 
 
-def one_request(conn: http.client.HTTPConnection, prompt: str, max_tokens: int) -> tuple[float, float, int]:
-    """(latency, time to first token, completion tokens) of one streaming completion."""
+def one_request(port: int, prompt: str, max_tokens: int, timeout: float = 60.0) -> tuple[float, float, int]:
+    """(latency, time to first token, completion tokens) of one streaming completion, on a
+    connection of its own (servers differ in whether they keep one open after a stream)."""
     body = {
         "prompt": prompt,
         "max_tokens": max_tokens,
@@ -123,6 +125,7 @@ def one_request(conn: http.client.HTTPConnection, prompt: str, max_tokens: int) 
         "ignore_eos": True,
     }
     t0 = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
     r = conn.getresponse()
     if r.status != 200:
@@ -140,6 +143,7 @@ def one_request(conn: http.client.HTTPConnection, prompt: str, max_tokens: int) 
         elif ttft is None and ev["choices"] and ev["choices"][0]["text"]:
             ttft = time.perf_counter() - t0
     latency = time.perf_counter() - t0
+    conn.close()
     if not done or tokens != max_tokens:
         raise RuntimeError(f"incomplete stream: done={done}, tokens={tokens}")
     return latency, ttft or latency, tokens
@@ -164,25 +168,21 @@ def run_load(server: Server, clients: int, requests: int, max_tokens: int, durat
     t_start = time.perf_counter()
 
     def client() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=max(60.0, duration * 2))
         while True:
             with lock:
                 i = next(next_index, None)
             if i is None or time.perf_counter() - t_start > duration:
                 break
             try:
-                lat, ttft, n = one_request(conn, PROMPTS[i % len(PROMPTS)], max_tokens)
+                lat, ttft, n = one_request(server.port, PROMPTS[i % len(PROMPTS)], max_tokens, max(60.0, duration * 2))
             except Exception as e:  # any failure of a valid request counts as an error
                 with lock:
                     errors.append(str(e))
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
                 continue
             with lock:
                 latencies.append(lat)
                 ttfts.append(ttft)
                 tokens[0] += n
-        conn.close()
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     for runtime in args.runtimes:  # one server at a time: never two on the machine at once
         server = Server(args.model, args.threads, parallel, MAX_CLIENTS, args.ctx, runtime, args.llama_server)
         try:
-            one_request(http.client.HTTPConnection("127.0.0.1", server.port, timeout=60), PROMPTS[0], 8)  # warm up
+            one_request(server.port, PROMPTS[0], 8)  # warm up
             rss_before, _ = server.rss_mib()
             runs = []
             for n in counts:

@@ -1,5 +1,6 @@
 #include "threadpool.h"
 
+#include <algorithm>
 #include <memory>
 
 #include "cpu_features.h"
@@ -11,6 +12,11 @@ namespace {
 // parallel calls, and a condition-variable wake-up per call costs more than the call.
 constexpr int kSpinIterations = 20000;
 constexpr int kYieldEvery = 256;
+// Chunks per thread in a call. Threads take the next chunk as they finish one, so a thread
+// slowed by anything else on the machine (a server's HTTP threads, another process) takes
+// fewer; with one chunk per thread, every call waited for the slowest. The chunks' bounds depend
+// only on n, grain and the pool's size, so each output is still computed the same way.
+constexpr int64_t kChunksPerThread = 4;
 
 inline void cpu_relax() {
 #if defined(__x86_64__)
@@ -22,7 +28,7 @@ inline void cpu_relax() {
 }  // namespace
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads < 1 ? 1 : n_threads) {
-    for (int i = 1; i < n_threads_; ++i) workers_.emplace_back(&ThreadPool::worker, this, i);
+    for (int i = 1; i < n_threads_; ++i) workers_.emplace_back(&ThreadPool::worker, this);
 }
 
 ThreadPool::~ThreadPool() {
@@ -35,14 +41,17 @@ ThreadPool::~ThreadPool() {
     for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::run_chunk(int index) {
-    const int64_t blocks = (n_ + grain_ - 1) / grain_;
-    const int64_t b0 = blocks * index / n_threads_, b1 = blocks * (index + 1) / n_threads_;
-    const int64_t begin = b0 * grain_, end = std::min(n_, b1 * grain_);
-    if (begin < end) (*fn_)(begin, end);
+void ThreadPool::run_chunks() {
+    for (;;) {
+        const int64_t c = next_chunk_.fetch_add(1, std::memory_order_relaxed);
+        if (c >= chunks_) return;
+        const int64_t b0 = blocks_ * c / chunks_, b1 = blocks_ * (c + 1) / chunks_;
+        const int64_t begin = b0 * grain_, end = std::min(n_, b1 * grain_);
+        if (begin < end) (*fn_)(begin, end);
+    }
 }
 
-void ThreadPool::worker(int index) {
+void ThreadPool::worker() {
     uint64_t seen = 0;
     for (;;) {
         int spins = 0;
@@ -59,7 +68,7 @@ void ThreadPool::worker(int index) {
             std::lock_guard<std::mutex> lock(mutex_);
             if (stop_) return;
         }
-        run_chunk(index);
+        run_chunks();
         pending_.fetch_sub(1, std::memory_order_acq_rel);
     }
 }
@@ -75,13 +84,16 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void
     fn_ = &fn;
     n_ = n;
     grain_ = grain;
+    blocks_ = (n + grain - 1) / grain;
+    chunks_ = std::min<int64_t>(blocks_, n_threads_ * kChunksPerThread);
+    next_chunk_.store(0, std::memory_order_relaxed);
     pending_.store(n_threads_ - 1, std::memory_order_release);
     {
         std::lock_guard<std::mutex> lock(mutex_);
         generation_.fetch_add(1, std::memory_order_acq_rel);
     }
     wake_.notify_all();
-    run_chunk(0);
+    run_chunks();
     // Spin for the workers, but yield the core now and then: when the machine is busy, a
     // descheduled worker needs this core to finish its chunk.
     for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {

@@ -1,7 +1,8 @@
-// One persistent pool of worker threads. parallel_for splits [0, n) into one contiguous
-// chunk per thread, statically, so each output is always computed by the same code in the
-// same order: results do not depend on timing, and not on the thread count either for
-// kernels that split only over independent outputs.
+// One persistent pool of worker threads. parallel_for splits [0, n) into a few contiguous
+// chunks per thread whose bounds depend only on n, grain and the pool's size; threads take
+// chunks as they go, so each output is always computed by the same code in the same order:
+// results do not depend on timing, and not on the thread count either for kernels that split
+// only over independent outputs.
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -24,12 +25,12 @@ public:
     int size() const { return n_threads_; }
 
     // fn(begin, end) on disjoint chunks covering [0, n); chunks are multiples of `grain`.
-    // The calling thread takes the first chunk. Calls are serialised.
+    // The calling thread takes chunks too. Calls are serialised.
     void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
 private:
-    void worker(int index);
-    void run_chunk(int index);
+    void worker();
+    void run_chunks();
 
     int n_threads_;
     std::vector<std::thread> workers_;
@@ -41,7 +42,8 @@ private:
     bool stop_ = false;
     // The job being run (valid while pending_ > 0).
     const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
-    int64_t n_ = 0, grain_ = 1;
+    int64_t n_ = 0, grain_ = 1, blocks_ = 0, chunks_ = 0;
+    std::atomic<int64_t> next_chunk_{0};
 };
 
 // The process-wide pool (default size: physical cores). Callers hold the shared_ptr for the
