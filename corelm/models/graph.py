@@ -116,30 +116,14 @@ class GraphBuilder:
     def rmsnorm(self, name: str, x: str, out: str, eps: float, group: int = 0) -> None:
         """out = RMSNorm(x) * name.weight; group > 0 normalises each `group` columns on their own
         (per-head q/k norms)."""
-        self._add(
-            "rmsnorm",
-            name,
-            out,
-            self.width(x),
-            (x,),
-            self._layer(name),
-            norm=self.w[name + ".weight"],
-            eps=eps,
-            group=group,
-        )
+        self._norm("rmsnorm", name, x, out, eps=eps, group=group)
 
     def layernorm(self, name: str, x: str, out: str, eps: float) -> None:
-        self._add(
-            "layernorm",
-            name,
-            out,
-            self.width(x),
-            (x,),
-            self._layer(name),
-            norm=self.w[name + ".weight"],
-            bias=self.w[name + ".bias"],
-            eps=eps,
-        )
+        """out = LayerNorm(x) * name.weight + name.bias."""
+        self._norm("layernorm", name, x, out, eps=eps, bias=self.w[name + ".bias"])
+
+    def _norm(self, kind: str, name: str, x: str, out: str, **spec: Any) -> None:
+        self._add(kind, name, out, self.width(x), (x,), self._layer(name), norm=self.w[name + ".weight"], **spec)
 
     def linear(self, name: str, x: str, out: str, residual: str = "", activation: str = "", weight: str = "") -> None:
         """out = act(x @ W.T (+ bias when the model has one)) (+ residual), one native matmul;

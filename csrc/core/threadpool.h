@@ -1,6 +1,6 @@
-// One persistent pool of worker threads. parallel_for splits [0, n) into a few contiguous
-// chunks per thread whose bounds depend only on n, grain and the pool's size; threads take
-// chunks as they go, so each output is always computed by the same code in the same order:
+// One persistent pool of worker threads. parallel_for splits [0, n) into contiguous chunks
+// (kChunksPerThread per thread) whose bounds depend only on n, grain and the pool's size;
+// threads take chunks as they come, so each output is always computed by the same code in the same order:
 // results do not depend on timing, and not on the thread count either for kernels that split
 // only over independent outputs.
 #pragma once
