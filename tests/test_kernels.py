@@ -377,7 +377,8 @@ def test_norms(isa, rows, d, seed):
     ln = (x64 - mu) / np.sqrt(var + 1e-5) * w + b
     np.testing.assert_allclose(_C.layernorm(x, w, b, 1e-5), ln, rtol=1e-5, atol=1e-5)
     e = np.exp(x64 - x64.max(-1, keepdims=True))
-    np.testing.assert_allclose(_C.softmax(x), e / e.sum(-1, keepdims=True), rtol=1e-5, atol=1e-7)
+    # float32 sums of up to 2048 terms: a few ulps of relative error on the largest probabilities
+    np.testing.assert_allclose(_C.softmax(x), e / e.sum(-1, keepdims=True), rtol=3e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("neox", [False, True])
