@@ -127,7 +127,14 @@ void tile_x16(const MatmulArgs& a, int64_t n, int64_t m) {
     const block_q8_act* x[C];
     for (int c = 0; c < C; ++c) x[c] = a.xq + (m + c) * nb;
     GroupAcc<C> acc;
+    // With 4+ activation rows (a batch of decoding sequences, a prefill) the next group's block b
+    // is fetched while this one's is computed: the work per block then hides the memory latency
+    // the hardware prefetcher leaves exposed (TinyLlama Q4_0, 8 sequences: 168 -> 209 tokens/s).
+    // Prefetches never fault, so the last group's run past the matrix is harmless.
+    const auto* next = reinterpret_cast<const char*>(grp + nb);
     for (int64_t b = 0; b < nb; ++b) {
+        if (C >= 4)
+            for (size_t line = 0; line < sizeof(Block); line += 64) __builtin_prefetch(next + b * sizeof(Block) + line);
         Slice w[8][kHalves];  // w[j][h]: elements 4j..4j+3 of rows h*kSliceRows ..
         for (int h = 0; h < kHalves; ++h) {
             if constexpr (L == X16::Q8_0) {
@@ -153,14 +160,17 @@ void tile_x16(const MatmulArgs& a, int64_t n, int64_t m) {
             const auto* xq = reinterpret_cast<const int32_t*>(x[c][b].qs);
             const vf xd = vf_set1(x[c][b].d);
             for (int h = 0; h < kHalves; ++h) {
-                Slice isum = L == X16::Q4_0   ? slice_offset_sum(8, x[c][b].s)
-                             : L == X16::Q5_0 ? slice_offset_sum(16, x[c][b].s)
-                                              : slice_q8_start(x[c][b].s);
+                // Two chains of dot products (even and odd slices), so their latencies overlap.
+                Slice isum[2] = {L == X16::Q4_0   ? slice_offset_sum(8, x[c][b].s)
+                                 : L == X16::Q5_0 ? slice_offset_sum(16, x[c][b].s)
+                                                  : slice_q8_start(x[c][b].s),
+                                 slice_set1(0)};
                 for (int j = 0; j < 8; ++j) {
                     const Slice xb = slice_set1(xq[j]);
-                    isum = L == X16::Q8_0 ? slice_dot_q8(isum, w[j][h], xb) : slice_dot_small(isum, w[j][h], xb);
+                    isum[j % 2] = L == X16::Q8_0 ? slice_dot_q8(isum[j % 2], w[j][h], xb)
+                                                 : slice_dot_small(isum[j % 2], w[j][h], xb);
                 }
-                acc[c][h] = vf_fma(slice_to_float(isum), vf_mul(wd[h], xd), acc[c][h]);
+                acc[c][h] = vf_fma(slice_to_float(slice_add(isum[0], isum[1])), vf_mul(wd[h], xd), acc[c][h]);
             }
         }
     }

@@ -78,6 +78,7 @@ inline Slice slice_high4(Slice v) { return _mm512_and_si512(_mm512_srli_epi16(v,
 inline Slice slice_set1(int32_t v) { return _mm512_set1_epi32(v); }
 inline Slice slice_and(Slice a, Slice b) { return _mm512_and_si512(a, b); }
 inline Slice slice_or(Slice a, Slice b) { return _mm512_or_si512(a, b); }
+inline Slice slice_add(Slice a, Slice b) { return _mm512_add_epi32(a, b); }
 inline Slice slice_srl16(Slice v, int n) { return _mm512_srli_epi16(v, unsigned(n)); }
 inline Slice slice_sll16(Slice v, int n) { return _mm512_slli_epi16(v, unsigned(n)); }
 inline vf slice_to_float(Slice v) { return _mm512_cvtepi32_ps(v); }
@@ -103,6 +104,7 @@ inline Slice slice_high4(Slice v) { return _mm256_and_si256(_mm256_srli_epi16(v,
 inline Slice slice_set1(int32_t v) { return _mm256_set1_epi32(v); }
 inline Slice slice_and(Slice a, Slice b) { return _mm256_and_si256(a, b); }
 inline Slice slice_or(Slice a, Slice b) { return _mm256_or_si256(a, b); }
+inline Slice slice_add(Slice a, Slice b) { return _mm256_add_epi32(a, b); }
 inline Slice slice_srl16(Slice v, int n) { return _mm256_srli_epi16(v, n); }
 inline Slice slice_sll16(Slice v, int n) { return _mm256_slli_epi16(v, n); }
 inline vf slice_to_float(Slice v) { return _mm256_cvtepi32_ps(v); }
