@@ -141,10 +141,20 @@ def add_parser(sub: Any) -> None:
     p.add_argument("model", help="what corelm runs: a GGUF file or a Hugging Face folder")
     p.add_argument("reference", help="the Hugging Face folder transformers runs (the same model)")
     p.add_argument("-p", "--prompt", default="The quick brown fox jumps over the lazy dog.", help="the text to run")
-    p.add_argument("--ids", default=None, help="token ids to run instead of a text (comma-separated)")
+    p.add_argument("--ids", type=_token_ids, default=None, help="token ids to run instead of a text (comma-separated)")
     p.add_argument("--tol", type=float, default=1e-3, help="largest |diff| relative to the reference's scale")
     p.add_argument("--json", action="store_true", help="one JSON object per checkpoint")
     p.set_defaults(func=run_cli)
+
+
+def _token_ids(text: str) -> list[int]:
+    try:
+        ids = [int(i) for i in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated token ids, got {text!r}") from None
+    if any(i < 0 for i in ids):
+        raise argparse.ArgumentTypeError("token ids must be >= 0")
+    return ids
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -153,7 +163,7 @@ def run_cli(args: argparse.Namespace) -> int:
     if not Path(args.reference, "config.json").is_file():
         raise ValueError(f"{args.reference}: not a Hugging Face folder (no config.json)")
     llm = corelm.load(args.model)
-    ids = [int(i) for i in args.ids.split(",")] if args.ids else llm.tokenize(args.prompt)
+    ids = args.ids or llm.tokenize(args.prompt)
     points = compare(llm.model, args.reference, ids)
     if args.json:
         print(json.dumps([asdict(p) | {"relative": p.relative} for p in points], indent=2))
