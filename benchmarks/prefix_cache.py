@@ -13,7 +13,6 @@ time to first token of each, their ratio, and the prompt tokens /metrics counts 
 from __future__ import annotations
 
 import argparse
-import http.client
 import statistics
 from pathlib import Path
 
@@ -50,16 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     server = Server(args.model, args.threads, parallel=2, queue=4, ctx=args.ctx)
     cold, warm, cached = [], [], []
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=600)
-        one_request(conn, "Warm up", args.max_tokens)
+        one_request(server.port, "Warm up", args.max_tokens, timeout=600)
         for system in systems:
-            _, ttft, _ = one_request(conn, system + QUESTIONS[0], args.max_tokens)
+            _, ttft, _ = one_request(server.port, system + QUESTIONS[0], args.max_tokens, timeout=600)
             cold.append(ttft)
             before = server.metrics()["corelm_prompt_tokens_cached_total"]
-            _, ttft, _ = one_request(conn, system + QUESTIONS[1], args.max_tokens)
+            _, ttft, _ = one_request(server.port, system + QUESTIONS[1], args.max_tokens, timeout=600)
             warm.append(ttft)
             cached.append(server.metrics()["corelm_prompt_tokens_cached_total"] - before)
-        conn.close()
     finally:
         server.stop()
     c, w = statistics.median(cold), statistics.median(warm)
