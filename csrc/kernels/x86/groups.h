@@ -27,6 +27,17 @@ struct GroupAcc {
     }
 };
 
+// With 4+ activation rows (a batch of decoding sequences, a prefill) a tile fetches the next row
+// group's block while it computes this one's: the work per block then hides the memory latency
+// the hardware prefetcher leaves exposed (TinyLlama Q4_0, 8 sequences: 168 -> 209 tokens/s).
+// Prefetches never fault, so the last group's run past the matrix is harmless. (The k-quant
+// tiles measured no faster with it at 8 rows and slower at 4: they stay without.)
+template <int C>
+inline void prefetch_for_tile(const void* p, size_t bytes) {
+    if constexpr (C >= 4)
+        for (size_t line = 0; line < bytes; line += 64) __builtin_prefetch(static_cast<const char*>(p) + line);
+}
+
 // Covers y[0:m, n0:n1] (n0, n1 multiples of 16) with tiles of up to 4 activation rows. Long
 // prefills go kMChunk activation rows at a time through all the row groups, so those rows stay
 // in L1 while the weights stream from L2, instead of every row group streaming all activations.
