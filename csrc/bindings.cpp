@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <mutex>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "core/cpu_features.h"
+#include "kernels/amx/tiles.h"
 #include "core/dispatch.h"
 #include "core/formats.h"
 #include "core/graph.h"
@@ -123,6 +125,39 @@ void check_heads(int64_t hq, int64_t d, int64_t hkv, int64_t kv_d, const char* w
     if (kv_d != d) fail("head_dim of q (" + std::to_string(d) + ") and " + what + " (" + std::to_string(kv_d) + ") differ");
     if (d > kMaxHeadDim) fail("head_dim " + std::to_string(d) + " exceeds " + std::to_string(kMaxHeadDim));
     if (hkv < 1 || hq % hkv) fail("query heads (" + std::to_string(hq) + ") must be a multiple of kv heads (" + std::to_string(hkv) + ")");
+}
+
+// ---- one AMX tile instruction, for the tests (emulator vs hand-computed tiles, hardware vs emulator) ----
+
+py::array tile_op(const std::string& insn, py::array c, py::array a, py::array b, bool hardware) {
+    static const std::map<std::string, corelm::amx::Insn> kInsns = {
+        {"tdpbssd", corelm::amx::Insn::DPBSSD}, {"tdpbsud", corelm::amx::Insn::DPBSUD}, {"tdpbusd", corelm::amx::Insn::DPBUSD},
+        {"tdpbuud", corelm::amx::Insn::DPBUUD}, {"tdpbf16ps", corelm::amx::Insn::DPBF16PS}};
+    const auto it = kInsns.find(insn);
+    if (it == kInsns.end()) fail("unknown tile instruction '" + insn + "'");
+    // Each operand: a 2-D array read as rows of bytes (its row stride is the tile load's stride).
+    auto operand = [](const py::array& x, const char* name) {
+        if (x.ndim() != 2 || x.strides(1) != x.itemsize())
+            fail(std::string(name) + " must be a 2-D array with contiguous rows");
+        return corelm::amx::TileOperand{static_cast<const uint8_t*>(x.data()), size_t(x.strides(0)), int(x.shape(0)),
+                                int(x.shape(1) * x.itemsize())};
+    };
+    corelm::amx::TileOp op{it->second, operand(c, "c"), operand(a, "a"), operand(b, "b"), nullptr};
+    py::array out(c.dtype(), {c.shape(0), c.shape(1)});
+    if (out.strides(0) != c.strides(0)) fail("c must be C-contiguous");
+    op.out = static_cast<uint8_t*>(out.mutable_data());
+    if (!hardware) {
+        corelm::amx_emu::tile_op(op);
+        return out;
+    }
+#ifdef CORELM_BUILD_AMX
+    const auto paths = supported_isas();
+    if (std::find(paths.begin(), paths.end(), "amx") == paths.end()) fail("this CPU (or Linux) does not run AMX");
+    corelm::amx::tile_op(op);
+    return out;
+#else
+    fail("this build has no AMX instructions");
+#endif
 }
 
 py::dict info() {
@@ -443,7 +478,10 @@ PYBIND11_MODULE(_C, m) {
     bind_graph(m);
 
     m.def("info", &info, "CPU model, features, thread count and the path each kernel takes.");
-    m.def("isa", &active_isa, "The kernel path in use: 'ref', 'avx2' or 'avx512'.");
+    m.def("isa", &active_isa, "The kernel path in use: 'ref', 'avx2', 'avx512', 'amx' or 'amx-emu'.");
+    m.def("_tile_op", &tile_op, py::arg("insn"), py::arg("c"), py::arg("a"), py::arg("b"), py::arg("hardware") = false,
+          "C after one AMX instruction (tdpbssd/sud/usd/uud, tdpbf16ps) on tiles C, A, B loaded from 2-D arrays, "
+          "on the emulator or (hardware=True) the CPU.");
     m.def("set_isa", &set_isa, py::arg("name"),
           "Switch kernel path; returns a warning string (empty if none) when it had to fall back.");
     m.def("supported_isas", &supported_isas, "Kernel paths this CPU can run, slowest first.");

@@ -490,7 +490,7 @@ def test_isa_fallback_warns():
     try:
         assert "unknown" in _C.set_isa("sse9")
         assert _C.isa() in _C.supported_isas()
-        assert "AMX" in _C.set_isa("amx") or _C.info()["features"].get("amx_int8")
+        assert "'amx'" in _C.set_isa("amx") or "amx" in _C.supported_isas()
     finally:
         _C.set_isa(previous)
 

@@ -15,17 +15,37 @@ struct Path {
     const char* name;
     void (*fill)(KernelTable&);
     bool (*usable)(const CpuFeatures&);
+    int base;        // the path whose kernels fill this one's gaps (-1: none)
+    bool automatic;  // chosen without being asked for, when it is the fastest usable
 };
 
-// Slowest first; each path's missing kernels come from the one before it.
+bool avx512_usable(const CpuFeatures& f) {
+    return f.avx2 && f.fma && f.f16c && f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni;
+}
+
+// AMX needs the CPU's tiles and Linux's permission to use them (asked once per process; every
+// thread of the process then has it). A refusal is said once, and the AVX-512 path runs.
+bool amx_usable(const CpuFeatures& f) {
+    if (!(avx512_usable(f) && f.amx_tile && f.amx_int8 && f.amx_bf16)) return false;
+    if (request_amx()) return true;
+    static std::once_flag said;
+    std::call_once(said, [] {
+        std::fprintf(stderr, "corelm: Linux refused AMX tile permission (arch_prctl); using the AVX-512 kernels\n");
+    });
+    return false;
+}
+
+// Slowest first.
 const Path kPaths[] = {
-    {"ref", ref::fill, [](const CpuFeatures&) { return true; }},
+    {"ref", ref::fill, [](const CpuFeatures&) { return true; }, -1, true},
 #if defined(__x86_64__) || defined(_M_X64)
-    {"avx2", avx2::fill, [](const CpuFeatures& f) { return f.avx2 && f.fma && f.f16c; }},
-    {"avx512", avx512::fill,
-     [](const CpuFeatures& f) {
-         return f.avx2 && f.fma && f.f16c && f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni;
-     }},
+    {"avx2", avx2::fill, [](const CpuFeatures& f) { return f.avx2 && f.fma && f.f16c; }, 0, true},
+    {"avx512", avx512::fill, avx512_usable, 1, true},
+    // The tile kernels on the emulator: for proving them on any AVX-512 CPU, never picked by itself.
+    {"amx-emu", amx_emu::fill, avx512_usable, 2, false},
+#ifdef CORELM_BUILD_AMX
+    {"amx", amx::fill, amx_usable, 2, true},
+#endif
 #endif
 };
 constexpr int kNumPaths = int(sizeof(kPaths) / sizeof(kPaths[0]));
@@ -39,12 +59,15 @@ struct Selection {
 Selection build(int path) {
     Selection s;
     s.path = path;
-    for (int p = 0; p <= path; ++p) {
+    int chain[kNumPaths], n = 0;  // path, its base, its base's base, ...
+    for (int p = path; p >= 0; p = kPaths[p].base) chain[n++] = p;
+    for (int c = n - 1; c >= 0; --c) {  // the base first, each path overriding what it has
+        const Path& p = kPaths[chain[c]];
         KernelTable t;
-        kPaths[p].fill(t);
+        p.fill(t);
         int i = 0;
-#define CORELM_TAKE(kernel, type)                                              \
-    if (t.kernel) { s.table.kernel = t.kernel; s.source[i] = kPaths[p].name; } \
+#define CORELM_TAKE(kernel, type)                                     \
+    if (t.kernel) { s.table.kernel = t.kernel; s.source[i] = p.name; } \
     ++i;
         CORELM_KERNELS(CORELM_TAKE)
 #undef CORELM_TAKE
@@ -55,7 +78,7 @@ Selection build(int path) {
 int best_usable() {
     int best = 0;
     for (int p = 0; p < kNumPaths; ++p)
-        if (kPaths[p].usable(cpu_features())) best = p;
+        if (kPaths[p].automatic && kPaths[p].usable(cpu_features())) best = p;
     return best;
 }
 
@@ -76,15 +99,18 @@ int resolve(const std::string& name, std::string& warning) {
     const int best = best_usable();
     for (int p = 0; p < kNumPaths; ++p) {
         if (name != kPaths[p].name) continue;
-        if (p <= best && kPaths[p].usable(cpu_features())) return p;
+        if (kPaths[p].usable(cpu_features())) return p;
         warning = "corelm: this CPU cannot run the '" + name + "' kernels; using '" + kPaths[best].name + "'";
         return best;
     }
     if (name == "amx") {
-        warning = "corelm: this build has no AMX kernels yet; using '" + std::string(kPaths[best].name) + "'";
+        warning = "corelm: this build has no AMX kernels (its compiler lacks -mamx-tile); using '" +
+                  std::string(kPaths[best].name) + "'";
         return best;
     }
-    warning = "corelm: unknown CORELM_ISA '" + name + "' (expected ref, avx2, avx512 or amx); using '" +
+    std::string names;
+    for (const Path& p : kPaths) names += std::string(names.empty() ? "" : ", ") + p.name;
+    warning = "corelm: unknown CORELM_ISA '" + name + "' (expected one of " + names + "); using '" +
               kPaths[best].name + "'";
     return best;
 }

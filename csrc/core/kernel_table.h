@@ -129,6 +129,8 @@ struct KernelTable {
 namespace ref { void fill(KernelTable& t); }
 namespace avx2 { void fill(KernelTable& t); }
 namespace avx512 { void fill(KernelTable& t); }
+namespace amx { void fill(KernelTable& t); }      // over avx512: its tile kernels only
+namespace amx_emu { void fill(KernelTable& t); }  // the same kernels on the tile emulator
 
 // Plain (reference) scalar helpers shared by the drivers: weight (de)quantization.
 namespace ref {

@@ -1,0 +1,354 @@
+// AMX matrix products for prefill and batched decode. Written once against the tile interface
+// (tiles.h) and compiled twice: path "amx" on the instructions, path "amx-emu" on the SDM emulator
+// (CORELM_TILES_EMULATED), so the code that ships on AMX CPUs is the code the tests run everywhere.
+//
+// Each call unpacks one 16-row weight group at a time into a tile-ready panel, then runs every
+// 16-row block of activations against it. Below kMinRows activation rows (single-stream decode,
+// small batches) the tiles would run mostly empty and the weights are read once anyway: the
+// AVX-512 kernels run instead.
+//
+// Integer types (Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K): tdpbssd with A = the activations' int8 codes
+// read in place from block_q8_act, B = the weights' signed codes in VNNI order (B[t][4r + e] = row
+// r's element 4t + e), one tile product per scale block (32 elements; Q6_K's 16), then in fp32
+// y += dx * (dw * dot - min * sum of the activation codes).
+// Float types (F32, F16, BF16): tdpbf16ps on exact splits into bfloat16 terms (weights: BF16 one
+// term, F16 two, F32 three; activations three), keeping the products of terms at 2^-16 and above,
+// so the sums are as close to fp32 as the AVX-512 path's.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "../../core/decode.h"
+#include "../../core/kernel_table.h"
+#include "tiles.h"
+
+#ifndef CORELM_ISA_NS
+#error "compile with -DCORELM_ISA_NS=<path name>"
+#endif
+
+namespace corelm::avx512 {
+void fill(KernelTable& t);
+}
+
+namespace corelm::CORELM_ISA_NS {
+
+#ifdef CORELM_TILES_EMULATED
+using Tiles = amx::Emulated;
+#else
+using Tiles = amx::Hardware;
+#endif
+
+namespace {
+
+constexpr int64_t kMinRows = 8;  // not yet tuned on an AMX CPU (none at hand): see docs/amx.md
+constexpr int kRows = 16;        // activation rows per tile = weight rows per packed group
+static_assert(kRows == kPackRows, "a C tile is one packed group wide");
+
+// The AVX-512 kernels, for products with too few activation rows.
+const KernelTable& avx512_kernels() {
+    static const KernelTable table = [] {
+        KernelTable t;
+        avx512::fill(t);
+        return t;
+    }();
+    return table;
+}
+
+// Tile numbers: C accumulates 16 x 16 outputs; A holds activation terms, B weight terms.
+enum : int { kC = 0, kA0 = 1, kA1 = 2, kA2 = 3, kB0 = 4, kB1 = 5, kB2 = 6 };
+
+// The tile configuration of one kernel call: A tiles of a_colsb bytes, B tiles of b_rows rows,
+// C and A as many rows as the current block of activations has (reconfigured only when that
+// changes, at the last block of a prompt). Released when the call ends.
+class TileScope {
+  public:
+    TileScope(int a_colsb, int b_rows) : a_colsb_(a_colsb), b_rows_(b_rows) {}
+    ~TileScope() {
+        if (rows_) Tiles::release();
+    }
+    void set_rows(int rows) {
+        if (rows == rows_) return;
+        amx::TileConfig cfg;
+        cfg.shape(kC, rows, 64);
+        for (int t : {kA0, kA1, kA2}) cfg.shape(t, rows, a_colsb_);
+        for (int t : {kB0, kB1, kB2}) cfg.shape(t, b_rows_, 64);
+        Tiles::configure(cfg);
+        rows_ = rows;
+    }
+
+  private:
+    int a_colsb_, b_rows_, rows_ = 0;
+};
+
+void store_rows(const float (&acc)[kRows][kRows], int rows, const MatmulArgs& a, int64_t m, int64_t n) {
+    for (int i = 0; i < rows; ++i) std::memcpy(a.y + (m + i) * a.ldy + n, acc[i], sizeof(acc[i]));
+}
+
+// ---- integer types: one packed block of 16 rows -> codes[sub][kSub/4][64], scale / min[sub][16] ----
+
+struct Q8_0 {
+    using Block = block_q8_0x16;
+    static constexpr int kElems = kQK, kSub = kQK;
+    static constexpr bool kMins = false;
+    static MatmulFn fallback(const KernelTable& t) { return t.matmul_q8_0x16; }
+    static void unpack(const Block& b, int8_t* codes, float* scale, float*) {
+        for (int i = 0; i < kElems * kRows; ++i) codes[i] = int8_t(b.qs[i] ^ 0x80);  // stored as code + 128
+        for (int r = 0; r < kRows; ++r) scale[r] = fp16_to_f32(b.d[r]);
+    }
+};
+
+// Q4_0 and Q5_0: low nibbles hold elements 4t+e, high nibbles 16+4t+e (t < 4); Q5_0's fifth bits
+// are bit i of the row's qh for element i.
+template <bool Q5>
+struct Q4_0or5_0 {
+    using Block = std::conditional_t<Q5, block_q5_0x16, block_q4_0x16>;
+    static constexpr int kElems = kQK, kSub = kQK;
+    static constexpr bool kMins = false;
+    static MatmulFn fallback(const KernelTable& t) { return Q5 ? t.matmul_q5_0x16 : t.matmul_q4_0x16; }
+    static void unpack(const Block& b, int8_t* codes, float* scale, float*) {
+        for (int t = 0; t < 4; ++t)
+            for (int x = 0; x < 64; ++x) {
+                const uint8_t byte = b.qs[64 * t + x];
+                int lo = byte & 0x0f, hi = byte >> 4;
+                if constexpr (Q5) {
+                    const int r = x / 4, e = x % 4;
+                    lo |= int((b.qh[r] >> (4 * t + e)) & 1) << 4;
+                    hi |= int((b.qh[r] >> (16 + 4 * t + e)) & 1) << 4;
+                }
+                codes[64 * t + x] = int8_t(lo - (Q5 ? 16 : 8));
+                codes[64 * (4 + t) + x] = int8_t(hi - (Q5 ? 16 : 8));
+            }
+        for (int r = 0; r < kRows; ++r) scale[r] = fp16_to_f32(b.d[r]);
+    }
+};
+
+// Q4_K and Q5_K: sub-blocks 2c and 2c+1 are the low and high nibbles of qs rows 8c .. 8c+7; Q5_K's
+// fifth bit of sub-block j is bit j of the qh row of the same slice.
+template <bool Q5>
+struct Q4_Kor5_K {
+    using Block = std::conditional_t<Q5, block_q5_Kx16, block_q4_Kx16>;
+    static constexpr int kElems = kQK_K, kSub = 32;
+    static constexpr bool kMins = true;
+    static MatmulFn fallback(const KernelTable& t) { return Q5 ? t.matmul_q5_kx16 : t.matmul_q4_kx16; }
+    static void unpack(const Block& b, int8_t* codes, float* scale, float* min) {
+        for (int c = 0; c < 4; ++c)
+            for (int t = 0; t < 8; ++t)
+                for (int x = 0; x < 64; ++x) {
+                    const uint8_t byte = b.qs[64 * (8 * c + t) + x];
+                    int lo = byte & 0x0f, hi = byte >> 4;
+                    if constexpr (Q5) {
+                        lo |= ((b.qh[64 * t + x] >> (2 * c)) & 1) << 4;
+                        hi |= ((b.qh[64 * t + x] >> (2 * c + 1)) & 1) << 4;
+                    }
+                    codes[512 * (2 * c) + 64 * t + x] = int8_t(lo);
+                    codes[512 * (2 * c + 1) + 64 * t + x] = int8_t(hi);
+                }
+        for (int r = 0; r < kRows; ++r) {
+            uint8_t packed[12];
+            for (int i = 0; i < 12; ++i) packed[i] = b.scales[kRows * i + r];
+            const float d = fp16_to_f32(b.d[r]), dmin = fp16_to_f32(b.dmin[r]);
+            for (int j = 0; j < kQK_K / 32; ++j) {
+                uint8_t sc, m;
+                scale_min_k4(j, packed, sc, m);
+                scale[kRows * j + r] = d * float(sc);
+                min[kRows * j + r] = dmin * float(m);
+            }
+        }
+    }
+};
+
+// Q6_K: sub-block j (16 elements) = half n = j/8, quarter u = j%8/2, its 16 elements at 16*(j%2):
+// low (u < 2) or high nibbles of ql bytes 64n + 32(u%2) + .., two bits 2u of qh bytes 32n + ..
+struct Q6_K {
+    using Block = block_q6_Kx16;
+    static constexpr int kElems = kQK_K, kSub = 16;
+    static constexpr bool kMins = false;
+    static MatmulFn fallback(const KernelTable& t) { return t.matmul_q6_kx16; }
+    static void unpack(const Block& b, int8_t* codes, float* scale, float*) {
+        for (int j = 0; j < kQK_K / 16; ++j) {
+            const int n = j / 8, u = j % 8 / 2, h = j % 2;
+            const int ql_slice = (64 * n + 32 * (u % 2) + 16 * h) / 4, qh_slice = (32 * n + 16 * h) / 4;
+            for (int t = 0; t < 4; ++t)
+                for (int x = 0; x < 64; ++x) {
+                    const int lo = (b.ql[64 * (ql_slice + t) + x] >> (u >= 2 ? 4 : 0)) & 0x0f;
+                    const int hi = (b.qh[64 * (qh_slice + t) + x] >> (2 * u)) & 3;
+                    codes[256 * j + 64 * t + x] = int8_t((lo | hi << 4) - 32);
+                }
+            for (int r = 0; r < kRows; ++r) scale[kRows * j + r] = fp16_to_f32(b.d[r]) * float(b.scales[kRows * j + r]);
+        }
+    }
+};
+
+template <class F>
+void matmul_int8(const MatmulArgs& a, int64_t n0, int64_t n1) {
+    if (a.m < kMinRows) return F::fallback(avx512_kernels())(a, n0, n1);
+    constexpr int kSubs = F::kElems / F::kSub;  // scale blocks per packed block
+    const int64_t blocks = a.k / F::kElems, nb = a.k / kQK;
+    thread_local std::vector<int8_t> codes;
+    thread_local std::vector<float> scales, mins;
+    codes.resize(size_t(a.k) * kRows);
+    scales.resize(size_t(blocks) * kSubs * kRows);
+    mins.resize(scales.size());
+    const size_t x_stride = size_t(nb) * sizeof(block_q8_act);
+    TileScope tiles(F::kSub, F::kSub / 4);
+    alignas(64) int32_t dot[kRows][kRows];
+    for (int64_t n = n0; n < n1; n += kRows) {
+        const auto* group = reinterpret_cast<const typename F::Block*>(a.w + n * a.w_stride);
+        for (int64_t b = 0; b < blocks; ++b)
+            F::unpack(group[b], codes.data() + b * F::kElems * kRows, scales.data() + b * kSubs * kRows,
+                      mins.data() + b * kSubs * kRows);
+        for (int64_t m = 0; m < a.m; m += kRows) {
+            const int rows = int(std::min<int64_t>(kRows, a.m - m));
+            tiles.set_rows(rows);
+            const block_q8_act* x = a.xq + m * nb;
+            float acc[kRows][kRows] = {};
+            for (int64_t j = 0; j < a.k / F::kSub; ++j) {
+                const int64_t xb = j * F::kSub / kQK;  // the activation block holding sub-block j
+                Tiles::template zero<kC>();
+                Tiles::template load<kA0>(x[xb].qs + j * F::kSub % kQK, x_stride);
+                Tiles::template load<kB0>(codes.data() + j * F::kSub * kRows, 64);
+                Tiles::template dpbssd<kC, kA0, kB0>();
+                Tiles::template store<kC>(dot, sizeof(dot[0]));
+                const float* dw = scales.data() + j * kRows;
+                const float* mw = mins.data() + j * kRows;
+                for (int i = 0; i < rows; ++i) {
+                    const block_q8_act& xi = x[i * nb + xb];
+                    for (int r = 0; r < kRows; ++r) {
+                        float v = dw[r] * float(dot[i][r]);
+                        if constexpr (F::kMins) v -= mw[r] * float(xi.s);
+                        acc[i][r] += xi.d * v;
+                    }
+                }
+            }
+            store_rows(acc, rows, a, m, n);
+        }
+    }
+}
+
+// ---- float types: exact splits into bfloat16 terms ----
+
+// v = t[0] + t[1] + t[2] to fp32 precision (each term takes the next 8 significant bits, rounded to nearest even).
+void split_bf16(float v, uint16_t (&t)[3]) {
+    for (int i = 0; i < 3; ++i) {
+        t[i] = f32_to_bf16(v);
+        v -= bf16_to_f32(t[i]);
+    }
+}
+
+struct F32 {
+    using T = float;
+    static constexpr int kTerms = 3;
+    static MatmulFn fallback(const KernelTable& t) { return t.matmul_f32x16; }
+    static float at(const T* p) { return *p; }
+};
+struct F16 {
+    using T = uint16_t;
+    static constexpr int kTerms = 2;  // 11 significant bits: 8 + 3
+    static MatmulFn fallback(const KernelTable& t) { return t.matmul_f16x16; }
+    static float at(const T* p) { return fp16_to_f32(*p); }
+};
+struct BF16 {
+    using T = uint16_t;
+    static constexpr int kTerms = 1;
+    static MatmulFn fallback(const KernelTable& t) { return t.matmul_bf16x16; }
+    static float at(const T* p) { return bf16_to_f32(*p); }
+};
+
+constexpr int kPairs = 16;  // bfloat16 pairs per tile row: 32 elements of K per tile product
+
+// The products of weight term w and activation term x, when w + x <= 2 (the smaller ones are below
+// 2^-24 of the sum).
+template <int W, int X>
+void dp_if_kept() {
+    if constexpr (W + X <= 2) Tiles::template dpbf16ps<kC, kA0 + X, kB0 + W>();
+}
+
+template <class F>
+void matmul_float(const MatmulArgs& a, int64_t n0, int64_t n1) {
+    if (a.m < kMinRows) return F::fallback(avx512_kernels())(a, n0, n1);
+    const int64_t chunks = (a.k + 2 * kPairs - 1) / (2 * kPairs);  // the last one zero-padded
+    constexpr size_t kTileElems = kPairs * 2 * kRows;               // bfloat16 per 16 x 64-byte tile
+    thread_local std::vector<uint16_t> panel;  // [chunk][term][pair][2 * row + (0|1)]
+    panel.resize(size_t(chunks) * F::kTerms * kTileElems);
+    TileScope tiles(64, kPairs);
+    alignas(64) uint16_t xs[3][kRows][2 * kPairs];  // activation terms of one chunk
+    alignas(64) float out[kRows][kRows];
+    for (int64_t n = n0; n < n1; n += kRows) {
+        const auto* group = reinterpret_cast<const typename F::T*>(a.w + n * a.w_stride);
+        for (int64_t c = 0; c < chunks; ++c)
+            for (int p = 0; p < kPairs; ++p)
+                for (int r = 0; r < kRows; ++r)
+                    for (int e = 0; e < 2; ++e) {
+                        const int64_t i = 2 * kPairs * c + 2 * p + e;  // element i of row r: group[16 i + r]
+                        uint16_t t[3];
+                        split_bf16(i < a.k ? F::at(group + kRows * i + r) : 0.0f, t);
+                        for (int w = 0; w < F::kTerms; ++w) panel[(c * F::kTerms + w) * kTileElems + 2 * kRows * p + 2 * r + e] = t[w];
+                    }
+        for (int64_t m = 0; m < a.m; m += kRows) {
+            const int rows = int(std::min<int64_t>(kRows, a.m - m));
+            tiles.set_rows(rows);
+            Tiles::template zero<kC>();
+            for (int64_t c = 0; c < chunks; ++c) {
+                for (int i = 0; i < rows; ++i)
+                    for (int q = 0; q < 2 * kPairs; ++q) {
+                        const int64_t at = 2 * kPairs * c + q;
+                        uint16_t t[3];
+                        split_bf16(at < a.k ? a.x[(m + i) * a.ldx + at] : 0.0f, t);
+                        for (int x = 0; x < 3; ++x) xs[x][i][q] = t[x];
+                    }
+                const uint16_t* w = panel.data() + c * F::kTerms * kTileElems;
+                Tiles::template load<kA0>(xs[0], sizeof(xs[0][0]));
+                Tiles::template load<kA1>(xs[1], sizeof(xs[0][0]));
+                Tiles::template load<kA2>(xs[2], sizeof(xs[0][0]));
+                Tiles::template load<kB0>(w, 64);
+                if constexpr (F::kTerms > 1) Tiles::template load<kB1>(w + kTileElems, 64);
+                if constexpr (F::kTerms > 2) Tiles::template load<kB2>(w + 2 * kTileElems, 64);
+                // Smallest products first, so the large ones are added last.
+                if constexpr (F::kTerms > 2) dp_if_kept<2, 0>();
+                if constexpr (F::kTerms > 1) dp_if_kept<1, 1>();
+                dp_if_kept<0, 2>();
+                if constexpr (F::kTerms > 1) dp_if_kept<1, 0>();
+                dp_if_kept<0, 1>();
+                dp_if_kept<0, 0>();
+            }
+            Tiles::template store<kC>(out, sizeof(out[0]));
+            store_rows(out, rows, a, m, n);
+        }
+    }
+}
+
+}  // namespace
+
+void tile_op(const amx::TileOp& op) {
+    amx::TileConfig cfg;
+    cfg.shape(kC, op.c.rows, op.c.colsb);
+    cfg.shape(kA0, op.a.rows, op.a.colsb);
+    cfg.shape(kB0, op.b.rows, op.b.colsb);
+    Tiles::configure(cfg);
+    Tiles::template load<kC>(op.c.data, op.c.stride);
+    Tiles::template load<kA0>(op.a.data, op.a.stride);
+    Tiles::template load<kB0>(op.b.data, op.b.stride);
+    switch (op.insn) {
+        case amx::Insn::DPBSSD: Tiles::template dpbssd<kC, kA0, kB0>(); break;
+        case amx::Insn::DPBSUD: Tiles::template dpbsud<kC, kA0, kB0>(); break;
+        case amx::Insn::DPBUSD: Tiles::template dpbusd<kC, kA0, kB0>(); break;
+        case amx::Insn::DPBUUD: Tiles::template dpbuud<kC, kA0, kB0>(); break;
+        case amx::Insn::DPBF16PS: Tiles::template dpbf16ps<kC, kA0, kB0>(); break;
+    }
+    Tiles::template store<kC>(op.out, op.c.stride);
+    Tiles::release();
+}
+
+void fill(KernelTable& t) {
+    t.matmul_q8_0x16 = matmul_int8<Q8_0>;
+    t.matmul_q4_0x16 = matmul_int8<Q4_0or5_0<false>>;
+    t.matmul_q5_0x16 = matmul_int8<Q4_0or5_0<true>>;
+    t.matmul_q4_kx16 = matmul_int8<Q4_Kor5_K<false>>;
+    t.matmul_q5_kx16 = matmul_int8<Q4_Kor5_K<true>>;
+    t.matmul_q6_kx16 = matmul_int8<Q6_K>;
+    t.matmul_f32x16 = matmul_float<F32>;
+    t.matmul_f16x16 = matmul_float<F16>;
+    t.matmul_bf16x16 = matmul_float<BF16>;
+}
+
+}  // namespace corelm::CORELM_ISA_NS
