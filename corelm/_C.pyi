@@ -26,6 +26,10 @@ class Graph:
         each segment's last row (else all rows). hook(op_index, input, output, seconds) is called after every
         op. Returns op until-1's output [rows, width], a view the next run may overwrite."""
 
+def _tile_op(insn: str, c: np.ndarray, a: np.ndarray, b: np.ndarray, hardware: bool = False) -> np.ndarray:
+    """C after one AMX instruction (tdpbssd/sud/usd/uud, tdpbf16ps) on tiles C, A, B loaded from 2-D arrays, on the
+    emulator or (hardware=True) the CPU."""
+
 def add(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
 def attention(
     q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, n_past: int, scale: float, out: np.ndarray | None = None
@@ -44,7 +48,7 @@ def info() -> dict[str, Any]:
     """CPU model, features, thread count and the path each kernel takes."""
 
 def isa() -> str:
-    """The kernel path in use: 'ref', 'avx2' or 'avx512'."""
+    """The kernel path in use: 'ref', 'avx2', 'avx512', 'amx' or 'amx-emu'."""
 
 def layernorm(
     x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float, out: np.ndarray | None = None

@@ -27,6 +27,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     if missing:
         print("absent:   " + " ".join(missing))
     print(f"paths:    {', '.join(info['supported_isas'])} (active: {info['isa']}; CORELM_ISA forces one)")
+    rows = info["tile_min_rows"]
+    if "amx" in info["supported_isas"]:
+        print(f"AMX:      tile kernels for products of {rows}+ activation rows (prefill, batched decode); one row")
+        print("          (single-stream decode) stays on AVX-512: a tile would run 15 of its 16 rows empty")
+    elif info["features"].get("amx_tile"):
+        print("AMX:      the CPU has it but Linux refused tile permission: AVX-512 runs instead")
+    elif "amx-emu" in info["supported_isas"]:
+        print("AMX:      not on this CPU; amx-emu runs the tile kernels on an exact emulator (for tests, not speed)")
     print("kernels:")
     for kernel, path in info["kernels"].items():
         print(f"  {kernel:14} {path}")

@@ -29,6 +29,12 @@ mul = _C.mul
 attention = _C.attention
 
 
+def timed_isas() -> list[str]:
+    """The kernel paths worth timing: those this CPU runs, without emulations ("amx-emu" runs the AMX
+    tile kernels in software, to prove them correct, at a speed that means nothing)."""
+    return [isa for isa in _C.supported_isas() if not isa.endswith("-emu")]
+
+
 class WeightType(enum.IntEnum):
     """Weight types the kernels multiply directly; values are GGML's type ids."""
 

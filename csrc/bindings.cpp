@@ -174,6 +174,7 @@ py::dict info() {
     py::dict paths;
     for (const auto& [kernel, path] : kernel_paths()) paths[kernel.c_str()] = path;
     d["kernels"] = paths;
+    d["tile_min_rows"] = corelm::amx::kMinRows;
     return d;
 }
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from corelm import _C
-from corelm.kernels import Weight, WeightType, matmul
+from corelm.kernels import Weight, WeightType, matmul, timed_isas
 
 # The packed (_X16) layouts are what models use where the path has kernels for them (models.pack_for_kernels).
 BENCH_TYPES = (
@@ -130,7 +130,7 @@ def bench_kernels(
             progress(f"{wtype.name}: GEMV / GEMM, {t} thread(s)")
             results.append(_run("gemv", big, 1, t, reps))
             results.append(_run("gemm", gemm_w, m, t, max(1, reps // 2)))
-        for isa in _C.supported_isas():
+        for isa in timed_isas():
             with using(isa=isa):
                 progress(f"{wtype.name}: in-cache peak on {isa}")
                 results.append(_run("peak", small, PEAK_ROWS, max(threads), max(1, reps // 2)))

@@ -19,6 +19,7 @@ import numpy as np
 from corelm import _C
 from corelm.analysis.kernel_bench import using
 from corelm.engine.sampling import Sampler, SamplingParams
+from corelm.kernels import timed_isas
 from corelm.models.base import Hook, Model, Segment
 from corelm.models.graph import Op
 
@@ -95,7 +96,7 @@ def machine_ceilings(threads: int) -> dict:
     rng = np.random.default_rng(0)
     small = rng.standard_normal((PEAK_COLS, 2048)).astype(np.float32)
     peaks = {}
-    for isa in _C.supported_isas():
+    for isa in timed_isas():
         with using(isa=isa):
             peaks[isa] = {
                 t.name: _run("peak", make_weight(small, t), PEAK_ROWS, threads, 3).gflops for t in BENCH_TYPES

@@ -40,7 +40,7 @@ using Tiles = amx::Hardware;
 
 namespace {
 
-constexpr int64_t kMinRows = 8;  // not yet tuned on an AMX CPU (none at hand): see docs/amx.md
+using amx::kMinRows;
 constexpr int kRows = 16;        // activation rows per tile = weight rows per packed group
 static_assert(kRows == kPackRows, "a C tile is one packed group wide");
 

@@ -14,6 +14,11 @@
 
 namespace corelm::amx {
 
+// The tile kernels take products of at least this many activation rows (prefill, batched decode);
+// below it the AVX-512 kernels run: a single row (GEMV) leaves 15 of a tile's 16 rows empty and
+// reads each weight once anyway. Not yet tuned on an AMX CPU (none at hand).
+constexpr int64_t kMinRows = 8;
+
 constexpr int kTiles = 8;
 constexpr int kMaxRows = 16;   // palette 1: 8 tiles of up to 16 rows x 64 bytes
 constexpr int kMaxColsb = 64;
