@@ -41,7 +41,7 @@ def worker(types: list[str], threads: int) -> dict:
             x = rng.standard_normal((m, k)).astype(np.float32)
             y = np.empty((m, n), np.float32)
             with using(threads=threads):
-                s = median_seconds(lambda: matmul(x, w, out=y), 3)
+                s = median_seconds(lambda x=x, w=w, y=y: matmul(x, w, out=y), 3)
             out[f"{shape} {name}"] = 2.0 * m * n * k / s / 1e9
     return out
 
