@@ -223,3 +223,15 @@ def test_default_model_prefill_on_tiles():
         _C.set_isa(previous)
     assert np.abs(got - expected).max() < 1e-3 * np.abs(expected).max()
     assert (got.argmax(-1) == expected.argmax(-1)).mean() > 0.95
+
+
+def test_tile_kernels_with_an_epilogue_over_several_calls(emulated):
+    """Bias, activation and residual over 300 rows: the tile path's rows per call (256) split it."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((300, 128)).astype(np.float32)
+    w = Weight.from_float(rng.standard_normal((48, 128)).astype(np.float32), WeightType.Q8_0).packed()
+    bias, res = rng.standard_normal(48).astype(np.float32), rng.standard_normal((300, 48)).astype(np.float32)
+    plain = matmul(x, w)
+    np.testing.assert_allclose(matmul(x, w, bias=bias, residual=res), plain + bias + res, rtol=1e-6, atol=1e-5)
+    _C.set_isa("ref")
+    np.testing.assert_allclose(plain, matmul(x, w), rtol=1e-5, atol=1e-4)

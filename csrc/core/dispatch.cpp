@@ -17,6 +17,9 @@ struct Path {
     bool (*usable)(const CpuFeatures&);
     int base;        // the path whose kernels fill this one's gaps (-1: none)
     bool automatic;  // chosen without being asked for, when it is the fastest usable
+    // Activation rows per matmul call when an epilogue follows (ops.cpp): 64 keeps the scratch
+    // tile in L2; the tile kernels unpack each weight group once per call, so they get more rows.
+    int64_t epilogue_rows = 64;
 };
 
 bool avx512_usable(const CpuFeatures& f) {
@@ -42,9 +45,9 @@ const Path kPaths[] = {
     {"avx2", avx2::fill, [](const CpuFeatures& f) { return f.avx2 && f.fma && f.f16c; }, 0, true},
     {"avx512", avx512::fill, avx512_usable, 1, true},
     // The tile kernels on the emulator: for proving them on any AVX-512 CPU, never picked by itself.
-    {"amx-emu", amx_emu::fill, avx512_usable, 2, false},
+    {"amx-emu", amx_emu::fill, avx512_usable, 2, false, 256},
 #ifdef CORELM_BUILD_AMX
-    {"amx", amx::fill, amx_usable, 2, true},
+    {"amx", amx::fill, amx_usable, 2, true, 256},
 #endif
 #endif
 };
@@ -138,6 +141,8 @@ const Selection& active() {
 const KernelTable& kernels() { return active().table; }
 
 std::string active_isa() { return kPaths[active().path].name; }
+
+int64_t epilogue_rows() { return kPaths[active().path].epilogue_rows; }
 
 std::string set_isa(const std::string& name) {
     std::string warning;

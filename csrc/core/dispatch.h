@@ -1,6 +1,7 @@
 // Which kernel path runs: the fastest the CPU supports, or the one CORELM_ISA / set_isa
 // asks for (falling back, with a warning, when the CPU lacks it).
 #pragma once
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -11,8 +12,11 @@ namespace corelm {
 
 const KernelTable& kernels();
 
-// The path in use ("ref", "avx2", "avx512").
+// The path in use ("ref", "avx2", "avx512", "amx", "amx-emu").
 std::string active_isa();
+
+// Activation rows per matmul kernel call when an epilogue follows (ops::matmul): the path's choice.
+int64_t epilogue_rows();
 
 // Switches path; returns a warning ("" when none) when the request had to fall back.
 std::string set_isa(const std::string& name);

@@ -81,9 +81,9 @@ void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, WeightType t
         }
         // Epilogue: the chunk's columns go to a scratch tile (so `residual` may be `y` itself),
         // then y = act(tile + bias) + residual while they are still in cache: kEpilogueRows activation
-        // rows at a time, so a long prefill's tile stays in L2. n0 is a multiple of 16, so packed
-        // groups stay whole in the shifted view.
-        constexpr int64_t kEpilogueRows = 64;
+        // rows at a time (the path's choice: 64 keeps a long prefill's tile in L2). n0 is a
+        // multiple of 16, so packed groups stay whole in the shifted view.
+        const int64_t kEpilogueRows = epilogue_rows();
         thread_local std::vector<float> tile;
         const int64_t w_cols = n1 - n0;
         if (int64_t(tile.size()) < kEpilogueRows * w_cols) tile.resize(size_t(kEpilogueRows * w_cols));

@@ -227,11 +227,21 @@ void matmul_int8(const MatmulArgs& a, int64_t n0, int64_t n1) {
 
 // ---- float types: exact splits into bfloat16 terms ----
 
-// v = t[0] + t[1] + t[2] to fp32 precision (each term takes the next 8 significant bits, rounded to nearest even).
-void split_bf16(float v, uint16_t (&t)[3]) {
-    for (int i = 0; i < 3; ++i) {
-        t[i] = f32_to_bf16(v);
-        v -= bf16_to_f32(t[i]);
+// v[i] = t0[i] + t1[i] + t2[i] to fp32 precision: each term the next 8 significant bits, rounded
+// to nearest even (f32_to_bf16's arithmetic, written without branches so the loop vectorises).
+inline uint16_t bf16_bits(float f) {
+    const uint32_t x = f32_bits(f);
+    const uint16_t rounded = uint16_t((x + 0x7fffu + ((x >> 16) & 1)) >> 16);
+    return (x & 0x7fffffffu) > 0x7f800000u ? uint16_t((x >> 16) | 0x40) : rounded;  // NaN stays NaN
+}
+inline void split_bf16(const float* v, int64_t n, uint16_t* t0, uint16_t* t1, uint16_t* t2) {
+    for (int64_t i = 0; i < n; ++i) {
+        float r = v[i];
+        t0[i] = bf16_bits(r);
+        r -= bf16_to_f32(t0[i]);
+        t1[i] = bf16_bits(r);
+        r -= bf16_to_f32(t1[i]);
+        t2[i] = bf16_bits(r);
     }
 }
 
@@ -254,7 +264,8 @@ struct BF16 {
     static float at(const T* p) { return bf16_to_f32(*p); }
 };
 
-constexpr int kPairs = 16;  // bfloat16 pairs per tile row: 32 elements of K per tile product
+constexpr int kPairs = 16;        // bfloat16 pairs per tile row: 32 elements of K per tile product
+constexpr int kChunk = 2 * kPairs;
 
 // The products of weight term w and activation term x, when w + x <= 2 (the smaller ones are below
 // 2^-24 of the sum).
@@ -266,40 +277,41 @@ void dp_if_kept() {
 template <class F>
 void matmul_float(const MatmulArgs& a, int64_t n0, int64_t n1) {
     if (a.m < kMinRows) return F::fallback(avx512_kernels())(a, n0, n1);
-    const int64_t chunks = (a.k + 2 * kPairs - 1) / (2 * kPairs);  // the last one zero-padded
-    constexpr size_t kTileElems = kPairs * 2 * kRows;               // bfloat16 per 16 x 64-byte tile
-    thread_local std::vector<uint16_t> panel;  // [chunk][term][pair][2 * row + (0|1)]
+    const int64_t chunks = (a.k + kChunk - 1) / kChunk, kp = chunks * kChunk;  // K padded with zeros
+    constexpr size_t kTileElems = kChunk * kRows;  // bfloat16 per 16 x 64-byte tile
+    // The activations' three terms, made once per call: xs[term][row][0:kp].
+    thread_local std::vector<uint16_t> xs;
+    xs.assign(size_t(3 * a.m * kp), 0);
+    for (int64_t i = 0; i < a.m; ++i)
+        split_bf16(a.x + i * a.ldx, a.k, &xs[size_t(i * kp)], &xs[size_t((a.m + i) * kp)],
+                   &xs[size_t((2 * a.m + i) * kp)]);
+    // One 16-row group's weight terms, tile-ready: panel[chunk][term][pair][2 * row + (0|1)].
+    thread_local std::vector<uint16_t> panel;
     panel.resize(size_t(chunks) * F::kTerms * kTileElems);
     TileScope tiles(64, kPairs);
-    alignas(64) uint16_t xs[3][kRows][2 * kPairs];  // activation terms of one chunk
+    const size_t x_stride = size_t(kp) * sizeof(uint16_t);
     alignas(64) float out[kRows][kRows];
     for (int64_t n = n0; n < n1; n += kRows) {
         const auto* group = reinterpret_cast<const typename F::T*>(a.w + n * a.w_stride);
-        for (int64_t c = 0; c < chunks; ++c)
-            for (int p = 0; p < kPairs; ++p)
-                for (int r = 0; r < kRows; ++r)
-                    for (int e = 0; e < 2; ++e) {
-                        const int64_t i = 2 * kPairs * c + 2 * p + e;  // element i of row r: group[16 i + r]
-                        uint16_t t[3];
-                        split_bf16(i < a.k ? F::at(group + kRows * i + r) : 0.0f, t);
-                        for (int w = 0; w < F::kTerms; ++w) panel[(c * F::kTerms + w) * kTileElems + 2 * kRows * p + 2 * r + e] = t[w];
-                    }
+        for (int64_t i = 0; i < kp; ++i) {  // element i of the 16 rows: group[16 i .. 16 i + 15]
+            float w[kRows];
+            for (int r = 0; r < kRows; ++r) w[r] = i < a.k ? F::at(group + kRows * i + r) : 0.0f;
+            uint16_t t[3][kRows];
+            split_bf16(w, kRows, t[0], t[1], t[2]);
+            uint16_t* at = panel.data() + (i / kChunk) * F::kTerms * kTileElems + 2 * kRows * (i % kChunk / 2) + i % 2;
+            for (int term = 0; term < F::kTerms; ++term)
+                for (int r = 0; r < kRows; ++r) at[term * kTileElems + 2 * r] = t[term][r];
+        }
         for (int64_t m = 0; m < a.m; m += kRows) {
             const int rows = int(std::min<int64_t>(kRows, a.m - m));
             tiles.set_rows(rows);
             Tiles::template zero<kC>();
             for (int64_t c = 0; c < chunks; ++c) {
-                for (int i = 0; i < rows; ++i)
-                    for (int q = 0; q < 2 * kPairs; ++q) {
-                        const int64_t at = 2 * kPairs * c + q;
-                        uint16_t t[3];
-                        split_bf16(at < a.k ? a.x[(m + i) * a.ldx + at] : 0.0f, t);
-                        for (int x = 0; x < 3; ++x) xs[x][i][q] = t[x];
-                    }
+                const uint16_t* x = xs.data() + m * kp + c * kChunk;
                 const uint16_t* w = panel.data() + c * F::kTerms * kTileElems;
-                Tiles::template load<kA0>(xs[0], sizeof(xs[0][0]));
-                Tiles::template load<kA1>(xs[1], sizeof(xs[0][0]));
-                Tiles::template load<kA2>(xs[2], sizeof(xs[0][0]));
+                Tiles::template load<kA0>(x, x_stride);
+                Tiles::template load<kA1>(x + a.m * kp, x_stride);
+                Tiles::template load<kA2>(x + 2 * a.m * kp, x_stride);
                 Tiles::template load<kB0>(w, 64);
                 if constexpr (F::kTerms > 1) Tiles::template load<kB1>(w + kTileElems, 64);
                 if constexpr (F::kTerms > 2) Tiles::template load<kB2>(w + 2 * kTileElems, 64);
