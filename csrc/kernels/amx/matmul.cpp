@@ -54,8 +54,10 @@ const KernelTable& avx512_kernels() {
     return table;
 }
 
-// Tile numbers: C accumulates 16 x 16 outputs; A holds activation terms, B weight terms.
-enum : int { kC = 0, kA0 = 1, kA1 = 2, kA2 = 3, kB0 = 4, kB1 = 5, kB2 = 6 };
+// Tile numbers (tiles.h's Hardware expands exactly these roles): two C tiles of 16 x 16 outputs,
+// so consecutive products need not wait for each other; A tiles hold activations (the float types'
+// three terms), B tiles weights.
+enum : int { kC0 = 0, kC1 = 1, kA0 = 2, kA1 = 3, kA2 = 4, kB0 = 5, kB1 = 6, kB2 = 7 };
 
 // The tile configuration of one kernel call: A tiles of a_colsb bytes, B tiles of b_rows rows,
 // C and A as many rows as the current block of activations has (reconfigured only when that
@@ -69,7 +71,7 @@ class TileScope {
     void set_rows(int rows) {
         if (rows == rows_) return;
         amx::TileConfig cfg;
-        cfg.shape(kC, rows, 64);
+        for (int t : {kC0, kC1}) cfg.shape(t, rows, 64);
         for (int t : {kA0, kA1, kA2}) cfg.shape(t, rows, a_colsb_);
         for (int t : {kB0, kB1, kB2}) cfg.shape(t, b_rows_, 64);
         Tiles::configure(cfg);
@@ -179,6 +181,18 @@ struct Q6_K {
     }
 };
 
+// Sub-block j's integer products on tiles (C, A, B): activations read in place (one row per
+// activation row, x_stride apart), stored for the sub-block's own scales.
+template <class F, int C, int A, int B>
+void int8_product(const block_q8_act* x, int64_t j, size_t x_stride, const int8_t* codes,
+                  int32_t (&out)[kRows][kRows]) {
+    Tiles::template zero<C>();
+    Tiles::template load<A>(x[j * F::kSub / kQK].qs + j * F::kSub % kQK, x_stride);
+    Tiles::template load<B>(codes + j * F::kSub * kRows, 64);
+    Tiles::template dpbssd<C, A, B>();
+    Tiles::template store<C>(out, sizeof(out[0]));
+}
+
 template <class F>
 void matmul_int8(const MatmulArgs& a, int64_t n0, int64_t n1) {
     if (a.m < kMinRows) return F::fallback(avx512_kernels())(a, n0, n1);
@@ -191,7 +205,7 @@ void matmul_int8(const MatmulArgs& a, int64_t n0, int64_t n1) {
     mins.resize(scales.size());
     const size_t x_stride = size_t(nb) * sizeof(block_q8_act);
     TileScope tiles(F::kSub, F::kSub / 4);
-    alignas(64) int32_t dot[kRows][kRows];
+    alignas(64) int32_t dot[2][kRows][kRows];
     for (int64_t n = n0; n < n1; n += kRows) {
         const auto* group = reinterpret_cast<const typename F::Block*>(a.w + n * a.w_stride);
         for (int64_t b = 0; b < blocks; ++b)
@@ -202,23 +216,30 @@ void matmul_int8(const MatmulArgs& a, int64_t n0, int64_t n1) {
             tiles.set_rows(rows);
             const block_q8_act* x = a.xq + m * nb;
             float acc[kRows][kRows] = {};
-            for (int64_t j = 0; j < a.k / F::kSub; ++j) {
+            auto scale = [&](int64_t j, const int32_t (&products)[kRows][kRows]) {
                 const int64_t xb = j * F::kSub / kQK;  // the activation block holding sub-block j
-                Tiles::template zero<kC>();
-                Tiles::template load<kA0>(x[xb].qs + j * F::kSub % kQK, x_stride);
-                Tiles::template load<kB0>(codes.data() + j * F::kSub * kRows, 64);
-                Tiles::template dpbssd<kC, kA0, kB0>();
-                Tiles::template store<kC>(dot, sizeof(dot[0]));
                 const float* dw = scales.data() + j * kRows;
                 const float* mw = mins.data() + j * kRows;
                 for (int i = 0; i < rows; ++i) {
                     const block_q8_act& xi = x[i * nb + xb];
                     for (int r = 0; r < kRows; ++r) {
-                        float v = dw[r] * float(dot[i][r]);
+                        float v = dw[r] * float(products[i][r]);
                         if constexpr (F::kMins) v -= mw[r] * float(xi.s);
                         acc[i][r] += xi.d * v;
                     }
                 }
+            };
+            const int64_t subs = a.k / F::kSub;
+            int64_t j = 0;
+            for (; j + 2 <= subs; j += 2) {  // two independent products in flight
+                int8_product<F, kC0, kA0, kB0>(x, j, x_stride, codes.data(), dot[0]);
+                int8_product<F, kC1, kA1, kB1>(x, j + 1, x_stride, codes.data(), dot[1]);
+                scale(j, dot[0]);
+                scale(j + 1, dot[1]);
+            }
+            if (j < subs) {
+                int8_product<F, kC0, kA0, kB0>(x, j, x_stride, codes.data(), dot[0]);
+                scale(j, dot[0]);
             }
             store_rows(acc, rows, a, m, n);
         }
@@ -269,9 +290,27 @@ constexpr int kChunk = 2 * kPairs;
 
 // The products of weight term w and activation term x, when w + x <= 2 (the smaller ones are below
 // 2^-24 of the sum).
-template <int W, int X>
+template <int C, int W, int X>
 void dp_if_kept() {
-    if constexpr (W + X <= 2) Tiles::template dpbf16ps<kC, kA0 + X, kB0 + W>();
+    if constexpr (W + X <= 2) Tiles::template dpbf16ps<C, kA0 + X, kB0 + W>();
+}
+
+// One chunk of 32 elements of K into tile C: its activation terms from x, weight terms from w.
+template <class F, int C>
+void chunk_product(const uint16_t* x, size_t x_stride, size_t term_stride, const uint16_t* w, size_t w_term) {
+    Tiles::template load<kA0>(x, x_stride);
+    Tiles::template load<kA1>(x + term_stride, x_stride);
+    Tiles::template load<kA2>(x + 2 * term_stride, x_stride);
+    Tiles::template load<kB0>(w, 64);
+    if constexpr (F::kTerms > 1) Tiles::template load<kB1>(w + w_term, 64);
+    if constexpr (F::kTerms > 2) Tiles::template load<kB2>(w + 2 * w_term, 64);
+    // Smallest products first, so the large ones are added last.
+    if constexpr (F::kTerms > 2) dp_if_kept<C, 2, 0>();
+    if constexpr (F::kTerms > 1) dp_if_kept<C, 1, 1>();
+    dp_if_kept<C, 0, 2>();
+    if constexpr (F::kTerms > 1) dp_if_kept<C, 1, 0>();
+    dp_if_kept<C, 0, 1>();
+    dp_if_kept<C, 0, 0>();
 }
 
 template <class F>
@@ -290,7 +329,7 @@ void matmul_float(const MatmulArgs& a, int64_t n0, int64_t n1) {
     panel.resize(size_t(chunks) * F::kTerms * kTileElems);
     TileScope tiles(64, kPairs);
     const size_t x_stride = size_t(kp) * sizeof(uint16_t);
-    alignas(64) float out[kRows][kRows];
+    alignas(64) float out[2][kRows][kRows];
     for (int64_t n = n0; n < n1; n += kRows) {
         const auto* group = reinterpret_cast<const typename F::T*>(a.w + n * a.w_stride);
         for (int64_t i = 0; i < kp; ++i) {  // element i of the 16 rows: group[16 i .. 16 i + 15]
@@ -305,26 +344,21 @@ void matmul_float(const MatmulArgs& a, int64_t n0, int64_t n1) {
         for (int64_t m = 0; m < a.m; m += kRows) {
             const int rows = int(std::min<int64_t>(kRows, a.m - m));
             tiles.set_rows(rows);
-            Tiles::template zero<kC>();
+            // Even chunks into C0, odd into C1: two chains of products, added at the end.
+            Tiles::template zero<kC0>();
+            Tiles::template zero<kC1>();
+            const size_t term_stride = size_t(a.m * kp);
             for (int64_t c = 0; c < chunks; ++c) {
                 const uint16_t* x = xs.data() + m * kp + c * kChunk;
                 const uint16_t* w = panel.data() + c * F::kTerms * kTileElems;
-                Tiles::template load<kA0>(x, x_stride);
-                Tiles::template load<kA1>(x + a.m * kp, x_stride);
-                Tiles::template load<kA2>(x + 2 * a.m * kp, x_stride);
-                Tiles::template load<kB0>(w, 64);
-                if constexpr (F::kTerms > 1) Tiles::template load<kB1>(w + kTileElems, 64);
-                if constexpr (F::kTerms > 2) Tiles::template load<kB2>(w + 2 * kTileElems, 64);
-                // Smallest products first, so the large ones are added last.
-                if constexpr (F::kTerms > 2) dp_if_kept<2, 0>();
-                if constexpr (F::kTerms > 1) dp_if_kept<1, 1>();
-                dp_if_kept<0, 2>();
-                if constexpr (F::kTerms > 1) dp_if_kept<1, 0>();
-                dp_if_kept<0, 1>();
-                dp_if_kept<0, 0>();
+                if (c % 2 == 0) chunk_product<F, kC0>(x, x_stride, term_stride, w, kTileElems);
+                else chunk_product<F, kC1>(x, x_stride, term_stride, w, kTileElems);
             }
-            Tiles::template store<kC>(out, sizeof(out[0]));
-            store_rows(out, rows, a, m, n);
+            Tiles::template store<kC0>(out[0], sizeof(out[0][0]));
+            Tiles::template store<kC1>(out[1], sizeof(out[1][0]));
+            for (int i = 0; i < rows; ++i)
+                for (int r = 0; r < kRows; ++r) out[0][i][r] += out[1][i][r];
+            store_rows(out[0], rows, a, m, n);
         }
     }
 }
@@ -333,21 +367,21 @@ void matmul_float(const MatmulArgs& a, int64_t n0, int64_t n1) {
 
 void tile_op(const amx::TileOp& op) {
     amx::TileConfig cfg;
-    cfg.shape(kC, op.c.rows, op.c.colsb);
+    cfg.shape(kC0, op.c.rows, op.c.colsb);
     cfg.shape(kA0, op.a.rows, op.a.colsb);
     cfg.shape(kB0, op.b.rows, op.b.colsb);
     Tiles::configure(cfg);
-    Tiles::template load<kC>(op.c.data, op.c.stride);
+    Tiles::template load<kC0>(op.c.data, op.c.stride);
     Tiles::template load<kA0>(op.a.data, op.a.stride);
     Tiles::template load<kB0>(op.b.data, op.b.stride);
     switch (op.insn) {
-        case amx::Insn::DPBSSD: Tiles::template dpbssd<kC, kA0, kB0>(); break;
-        case amx::Insn::DPBSUD: Tiles::template dpbsud<kC, kA0, kB0>(); break;
-        case amx::Insn::DPBUSD: Tiles::template dpbusd<kC, kA0, kB0>(); break;
-        case amx::Insn::DPBUUD: Tiles::template dpbuud<kC, kA0, kB0>(); break;
-        case amx::Insn::DPBF16PS: Tiles::template dpbf16ps<kC, kA0, kB0>(); break;
+        case amx::Insn::DPBSSD: Tiles::template dpbssd<kC0, kA0, kB0>(); break;
+        case amx::Insn::DPBSUD: Tiles::template dpbsud<kC0, kA0, kB0>(); break;
+        case amx::Insn::DPBUSD: Tiles::template dpbusd<kC0, kA0, kB0>(); break;
+        case amx::Insn::DPBUUD: Tiles::template dpbuud<kC0, kA0, kB0>(); break;
+        case amx::Insn::DPBF16PS: Tiles::template dpbf16ps<kC0, kA0, kB0>(); break;
     }
-    Tiles::template store<kC>(op.out, op.c.stride);
+    Tiles::template store<kC0>(op.out, op.c.stride);
     Tiles::release();
 }
 

@@ -75,14 +75,16 @@ struct Emulated {
     else if constexpr (T == 2) op(2, __VA_ARGS__); else if constexpr (T == 3) op(3, __VA_ARGS__);  \
     else if constexpr (T == 4) op(4, __VA_ARGS__); else if constexpr (T == 5) op(5, __VA_ARGS__);  \
     else if constexpr (T == 6) op(6, __VA_ARGS__); else op(7, __VA_ARGS__)
-#define CORELM_TILE_DOT_B(op, A)                                                             \
-    if constexpr (B == 4) op(0, A, 4); else if constexpr (B == 5) op(0, A, 5); else op(0, A, 6)
-// Products always accumulate in tile 0 from A in tiles 1-3 and B in tiles 4-6 (matmul.cpp).
-#define CORELM_TILE_DOT(op)                                                                       \
-    static_assert(C == 0 && A >= 1 && A <= 3 && B >= 4 && B <= 6, "tile roles as in matmul.cpp"); \
-    if constexpr (A == 1) { CORELM_TILE_DOT_B(op, 1); }                                           \
-    else if constexpr (A == 2) { CORELM_TILE_DOT_B(op, 2); }                                      \
-    else { CORELM_TILE_DOT_B(op, 3); }
+// Products accumulate in tile 0 or 1 from A in tiles 2-4 and B in tiles 5-7 (matmul.cpp's roles).
+#define CORELM_TILE_DOT_B(op, c, a) \
+    if constexpr (B == 5) op(c, a, 5); else if constexpr (B == 6) op(c, a, 6); else op(c, a, 7)
+#define CORELM_TILE_DOT_A(op, c)                                                     \
+    if constexpr (A == 2) { CORELM_TILE_DOT_B(op, c, 2); }                           \
+    else if constexpr (A == 3) { CORELM_TILE_DOT_B(op, c, 3); }                      \
+    else { CORELM_TILE_DOT_B(op, c, 4); }
+#define CORELM_TILE_DOT(op)                                                                        \
+    static_assert(C <= 1 && A >= 2 && A <= 4 && B >= 5 && B <= 7, "tile roles as in matmul.cpp"); \
+    if constexpr (C == 0) { CORELM_TILE_DOT_A(op, 0) } else { CORELM_TILE_DOT_A(op, 1) }
 #define CORELM_TILEZERO(t, unused) _tile_zero(t)
 
 struct Hardware {
