@@ -16,71 +16,17 @@
 // so the sums are as close to fp32 as the AVX-512 path's.
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "../../core/decode.h"
-#include "../../core/kernel_table.h"
-#include "tiles.h"
-
-#ifndef CORELM_ISA_NS
-#error "compile with -DCORELM_ISA_NS=<path name>"
-#endif
-
-namespace corelm::avx512 {
-void fill(KernelTable& t);
-}
+#include "common.h"
 
 namespace corelm::CORELM_ISA_NS {
 
-#ifdef CORELM_TILES_EMULATED
-using Tiles = amx::Emulated;
-#else
-using Tiles = amx::Hardware;
-#endif
-
 namespace {
 
-using amx::kMinRows;
-constexpr int kRows = 16;        // activation rows per tile = weight rows per packed group
-static_assert(kRows == kPackRows, "a C tile is one packed group wide");
-
-// The AVX-512 kernels, for products with too few activation rows.
-const KernelTable& avx512_kernels() {
-    static const KernelTable table = [] {
-        KernelTable t;
-        avx512::fill(t);
-        return t;
-    }();
-    return table;
-}
-
-// Tile numbers (tiles.h's Hardware expands exactly these roles): two C tiles of 16 x 16 outputs,
-// so consecutive products need not wait for each other; A tiles hold activations (the float types'
-// three terms), B tiles weights.
-enum : int { kC0 = 0, kC1 = 1, kA0 = 2, kA1 = 3, kA2 = 4, kB0 = 5, kB1 = 6, kB2 = 7 };
-
-// The tile configuration of one kernel call: A tiles of a_colsb bytes, B tiles of b_rows rows,
-// C and A as many rows as the current block of activations has (reconfigured only when that
-// changes, at the last block of a prompt). Released when the call ends.
-class TileScope {
-  public:
-    TileScope(int a_colsb, int b_rows) : a_colsb_(a_colsb), b_rows_(b_rows) {}
-    ~TileScope() {
-        if (rows_) Tiles::release();
-    }
-    void set_rows(int rows) {
-        if (rows == rows_) return;
-        amx::TileConfig cfg;
-        for (int t : {kC0, kC1}) cfg.shape(t, rows, 64);
-        for (int t : {kA0, kA1, kA2}) cfg.shape(t, rows, a_colsb_);
-        for (int t : {kB0, kB1, kB2}) cfg.shape(t, b_rows_, 64);
-        Tiles::configure(cfg);
-        rows_ = rows;
-    }
-
-  private:
-    int a_colsb_, b_rows_, rows_ = 0;
-};
+using namespace tiles;
 
 void store_rows(const float (&acc)[kRows][kRows], int rows, const MatmulArgs& a, int64_t m, int64_t n) {
     for (int i = 0; i < rows; ++i) std::memcpy(a.y + (m + i) * a.ldy + n, acc[i], sizeof(acc[i]));
@@ -204,7 +150,7 @@ void matmul_int8(const MatmulArgs& a, int64_t n0, int64_t n1) {
     scales.resize(size_t(blocks) * kSubs * kRows);
     mins.resize(scales.size());
     const size_t x_stride = size_t(nb) * sizeof(block_q8_act);
-    TileScope tiles(F::kSub, F::kSub / 4);
+    TileScope scope(F::kSub, F::kSub / 4);
     alignas(64) int32_t dot[2][kRows][kRows];
     for (int64_t n = n0; n < n1; n += kRows) {
         const auto* group = reinterpret_cast<const typename F::Block*>(a.w + n * a.w_stride);
@@ -213,7 +159,7 @@ void matmul_int8(const MatmulArgs& a, int64_t n0, int64_t n1) {
                       mins.data() + b * kSubs * kRows);
         for (int64_t m = 0; m < a.m; m += kRows) {
             const int rows = int(std::min<int64_t>(kRows, a.m - m));
-            tiles.set_rows(rows);
+            scope.set_rows(rows);
             const block_q8_act* x = a.xq + m * nb;
             float acc[kRows][kRows] = {};
             auto scale = [&](int64_t j, const int32_t (&products)[kRows][kRows]) {
@@ -248,24 +194,6 @@ void matmul_int8(const MatmulArgs& a, int64_t n0, int64_t n1) {
 
 // ---- float types: exact splits into bfloat16 terms ----
 
-// v[i] = t0[i] + t1[i] + t2[i] to fp32 precision: each term the next 8 significant bits, rounded
-// to nearest even (f32_to_bf16's arithmetic, written without branches so the loop vectorises).
-inline uint16_t bf16_bits(float f) {
-    const uint32_t x = f32_bits(f);
-    const uint16_t rounded = uint16_t((x + 0x7fffu + ((x >> 16) & 1)) >> 16);
-    return (x & 0x7fffffffu) > 0x7f800000u ? uint16_t((x >> 16) | 0x40) : rounded;  // NaN stays NaN
-}
-inline void split_bf16(const float* v, int64_t n, uint16_t* t0, uint16_t* t1, uint16_t* t2) {
-    for (int64_t i = 0; i < n; ++i) {
-        float r = v[i];
-        t0[i] = bf16_bits(r);
-        r -= bf16_to_f32(t0[i]);
-        t1[i] = bf16_bits(r);
-        r -= bf16_to_f32(t1[i]);
-        t2[i] = bf16_bits(r);
-    }
-}
-
 struct F32 {
     using T = float;
     static constexpr int kTerms = 3;
@@ -285,32 +213,14 @@ struct BF16 {
     static float at(const T* p) { return bf16_to_f32(*p); }
 };
 
-constexpr int kPairs = 16;        // bfloat16 pairs per tile row: 32 elements of K per tile product
-constexpr int kChunk = 2 * kPairs;
 
-// The products of weight term w and activation term x, when w + x <= 2 (the smaller ones are below
-// 2^-24 of the sum).
-template <int C, int W, int X>
-void dp_if_kept() {
-    if constexpr (W + X <= 2) Tiles::template dpbf16ps<C, kA0 + X, kB0 + W>();
-}
-
-// One chunk of 32 elements of K into tile C: its activation terms from x, weight terms from w.
+// One chunk of 32 elements of K into tile C: the activations' three terms from x, the weights'
+// from w.
 template <class F, int C>
-void chunk_product(const uint16_t* x, size_t x_stride, size_t term_stride, const uint16_t* w, size_t w_term) {
-    Tiles::template load<kA0>(x, x_stride);
-    Tiles::template load<kA1>(x + term_stride, x_stride);
-    Tiles::template load<kA2>(x + 2 * term_stride, x_stride);
-    Tiles::template load<kB0>(w, 64);
-    if constexpr (F::kTerms > 1) Tiles::template load<kB1>(w + w_term, 64);
-    if constexpr (F::kTerms > 2) Tiles::template load<kB2>(w + 2 * w_term, 64);
-    // Smallest products first, so the large ones are added last.
-    if constexpr (F::kTerms > 2) dp_if_kept<C, 2, 0>();
-    if constexpr (F::kTerms > 1) dp_if_kept<C, 1, 1>();
-    dp_if_kept<C, 0, 2>();
-    if constexpr (F::kTerms > 1) dp_if_kept<C, 1, 0>();
-    dp_if_kept<C, 0, 1>();
-    dp_if_kept<C, 0, 0>();
+void chunk_product(const uint16_t* x, size_t x_stride, size_t x_term, const uint16_t* w, size_t w_term) {
+    load_terms<kA0, 3>(x, x_stride, x_term);
+    load_terms<kB0, F::kTerms>(w, 64, w_term);
+    term_products<C, 3, F::kTerms>();
 }
 
 template <class F>
@@ -327,7 +237,7 @@ void matmul_float(const MatmulArgs& a, int64_t n0, int64_t n1) {
     // One 16-row group's weight terms, tile-ready: panel[chunk][term][pair][2 * row + (0|1)].
     thread_local std::vector<uint16_t> panel;
     panel.resize(size_t(chunks) * F::kTerms * kTileElems);
-    TileScope tiles(64, kPairs);
+    TileScope scope(64, kPairs);
     const size_t x_stride = size_t(kp) * sizeof(uint16_t);
     alignas(64) float out[2][kRows][kRows];
     for (int64_t n = n0; n < n1; n += kRows) {
@@ -343,7 +253,7 @@ void matmul_float(const MatmulArgs& a, int64_t n0, int64_t n1) {
         }
         for (int64_t m = 0; m < a.m; m += kRows) {
             const int rows = int(std::min<int64_t>(kRows, a.m - m));
-            tiles.set_rows(rows);
+            scope.set_rows(rows);
             // Even chunks into C0, odd into C1: two chains of products, added at the end.
             Tiles::template zero<kC0>();
             Tiles::template zero<kC1>();
