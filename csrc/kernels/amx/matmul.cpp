@@ -295,7 +295,10 @@ void tile_op(const amx::TileOp& op) {
     Tiles::release();
 }
 
+void fill_attention(KernelTable& t);  // attention.cpp
+
 void fill(KernelTable& t) {
+    fill_attention(t);
     t.matmul_q8_0x16 = matmul_int8<Q8_0>;
     t.matmul_q4_0x16 = matmul_int8<Q4_0or5_0<false>>;
     t.matmul_q5_0x16 = matmul_int8<Q4_0or5_0<true>>;
