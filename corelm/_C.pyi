@@ -135,3 +135,7 @@ def supported_isas() -> list[str]:
 def swiglu(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
 def unpack(w: np.ndarray, type: int, n: int, k: int) -> npt.NDArray[np.uint8]:
     """A *_X16 layout back to GGUF-layout rows."""
+
+def weight_types() -> list:
+    """Every weight type's facts (formats.h's table): id, name, block_size, block_bytes, base (the GGUF type a
+    16-row layout comes from), packed (a GGUF type's 16-row layout)."""

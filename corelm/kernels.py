@@ -35,13 +35,18 @@ def timed_isas() -> list[str]:
     return [isa for isa in _C.supported_isas() if not isa.endswith("-emu")]
 
 
+# Each weight type's facts, from the native core's table (formats.h): one source for C++ and Python.
+_FACTS: dict[int, dict] = {t["id"]: t for t in _C.weight_types()}
+
+
 class WeightType(enum.IntEnum):
-    """Weight types the kernels multiply directly; values are GGML's type ids."""
+    """Weight types the kernels multiply directly; values are GGML's type ids. The members mirror the
+    native table (a test checks that they agree); their facts come from it."""
 
     F32 = 0
     F16 = 1
     Q4_0 = 2
-    Q4_1 = 3  # the older 32-blocks (Q4_1, Q5_0, Q5_1): decoded by their kernels
+    Q4_1 = 3
     Q5_0 = 6
     Q5_1 = 7
     Q8_0 = 8
@@ -49,11 +54,13 @@ class WeightType(enum.IntEnum):
     Q5_K = 13
     Q6_K = 14
     BF16 = 30
-    # corelm's own interleaved layouts of 16 rows (faster AVX-512 VNNI kernels; never in files)
+    # corelm's own interleaved layouts of 16 rows (faster kernels; never in files)
     F32_X16 = 1000
     F16_X16 = 1001
     Q4_0_X16 = 1002
+    Q4_1_X16 = 1003
     Q5_0_X16 = 1006
+    Q5_1_X16 = 1007
     Q8_0_X16 = 1008
     Q4_K_X16 = 1012
     Q5_K_X16 = 1013
@@ -62,39 +69,37 @@ class WeightType(enum.IntEnum):
 
     @property
     def block_size(self) -> int:
-        if self.base in (WeightType.F32, WeightType.F16, WeightType.BF16):
-            return 1
-        return 256 if self.base in (WeightType.Q4_K, WeightType.Q5_K, WeightType.Q6_K) else 32
+        """Elements per block."""
+        return int(_FACTS[self]["block_size"])
 
     @property
     def packed(self) -> bool:
-        return self in _UNPACKED
+        """Whether this is one of corelm's 16-row layouts."""
+        return _FACTS[self]["base"] != self
 
     @property
     def base(self) -> WeightType:
         """The GGUF type a packed layout is made from (the type itself otherwise)."""
-        return _UNPACKED.get(self, self)
+        return WeightType(_FACTS[self]["base"])
+
+    @property
+    def layout(self) -> WeightType:
+        """The 16-row layout of a GGUF type (the type itself when it is one)."""
+        return WeightType(_FACTS[self]["packed"])
+
+    @classmethod
+    def gguf_types(cls) -> list[WeightType]:
+        """The types GGUF files hold, from the most bits per weight to the fewest."""
+        return [WeightType(t) for t in _FACTS if not WeightType(t).packed]
 
 
 PACK_ROWS = 16
-_PACKED = {
-    WeightType.Q4_0: WeightType.Q4_0_X16,
-    WeightType.Q8_0: WeightType.Q8_0_X16,
-    WeightType.F32: WeightType.F32_X16,
-    WeightType.F16: WeightType.F16_X16,
-    WeightType.BF16: WeightType.BF16_X16,
-    WeightType.Q5_0: WeightType.Q5_0_X16,
-    WeightType.Q4_K: WeightType.Q4_K_X16,
-    WeightType.Q5_K: WeightType.Q5_K_X16,
-    WeightType.Q6_K: WeightType.Q6_K_X16,
-}
-_UNPACKED = {p: b for b, p in _PACKED.items()}
 
 
 def packing_pays() -> bool:
     """Whether the active kernel path has native kernels for the interleaved layouts."""
     paths = _C.info()["kernels"]
-    return all(paths[f"matmul_{t.name.lower().replace('_x16', 'x16')}"] != "ref" for t in _UNPACKED)
+    return all(paths[f"matmul_{t.name.lower().replace('_x16', 'x16')}"] != "ref" for t in WeightType if t.packed)
 
 
 @dataclass(frozen=True)
@@ -126,12 +131,11 @@ class Weight:
         return _C.dequantize(self.data, int(self.type), self.n, self.k)
 
     def packed(self) -> Weight:
-        """This Q4_0 / Q5_0 / Q8_0 / F32 / F16 / BF16 / Q4_K / Q5_K / Q6_K matrix in the 16-row interleaved layout
-        (itself for other types): whole groups of 16 rows interleaved, the last n % 16 rows as they were. Same
-        bytes, another order."""
-        if self.type not in _PACKED or self.n < PACK_ROWS:
+        """This matrix in its type's 16-row interleaved layout (itself when already packed or shorter than 16
+        rows): whole groups of 16 rows interleaved, the last n % 16 rows as they were. Same bytes, another order."""
+        if self.type.packed or self.n < PACK_ROWS:
             return self
-        return Weight(_C.pack(self.data, int(self.type), self.n, self.k), _PACKED[self.type], self.n, self.k)
+        return Weight(_C.pack(self.data, int(self.type), self.n, self.k), self.type.layout, self.n, self.k)
 
     def unpacked(self) -> Weight:
         """The GGUF layout of this matrix (itself when it is not packed)."""

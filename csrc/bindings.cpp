@@ -495,6 +495,21 @@ PYBIND11_MODULE(_C, m) {
     }, py::arg("bytes") = size_t(1) << 30, py::arg("reps") = 5, py::arg("streams") = 8,
        "Best-of-reps read bandwidth (GB/s) of the thread pool over a buffer of `bytes`.");
     m.def("row_bytes", [](int t, int64_t k) { return row_bytes(weight_type(t), k); }, py::arg("type"), py::arg("k"));
+    m.def("weight_types", [] {
+        py::list out;
+        for (const TypeInfo& info : kTypes) {
+            py::dict d;
+            d["id"] = int(info.type);
+            d["name"] = info.name;
+            d["block_size"] = info.block;
+            d["block_bytes"] = info.block_bytes;
+            d["base"] = int(info.base);
+            d["packed"] = int(info.packed);
+            out.append(d);
+        }
+        return out;
+    }, "Every weight type's facts (formats.h's table): id, name, block_size, block_bytes, base (the GGUF type a "
+       "16-row layout comes from), packed (a GGUF type's 16-row layout).");
 
     m.def("matmul", [](const Array& x, const Array& w, int type, int64_t n, const py::object& out,
                        const py::object& bias, const py::object& residual, const std::string& activation) {

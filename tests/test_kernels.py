@@ -540,3 +540,20 @@ def test_matmul_epilogue_bad_shapes():
         matmul(x, w, bias=np.zeros(8, np.float64))
     with pytest.raises(ValueError, match="unknown activation 'relu'"):
         matmul(x, w, activation="relu")
+
+
+def test_weight_types_mirror_the_native_table():
+    """WeightType's members are the native table's types (one source of facts), and every GGUF type has a
+    16-row layout with the same bytes per row."""
+    native = {t["name"]: t for t in _C.weight_types()}
+    assert {t.name: int(t) for t in WeightType} == {name: t["id"] for name, t in native.items()}
+    for t in WeightType:
+        assert t.block_size == native[t.name]["block_size"]
+        assert _C.row_bytes(int(t), 256) == 256 // t.block_size * native[t.name]["block_bytes"]
+        assert t.layout.packed and t.layout.base == t.base
+        assert _C.row_bytes(int(t.layout), 256) == _C.row_bytes(int(t.base), 256)
+    from corelm.models import QUANT_NAMES
+    from corelm.quantize.recipes import TYPE_NAMES
+
+    assert set(QUANT_NAMES) == {t.name.lower() for t in WeightType if not t.packed}
+    assert set(TYPE_NAMES) - {"q4_k_m", "q5_k_m"} <= set(QUANT_NAMES)

@@ -45,17 +45,7 @@ def _unsupported(where: Path, name: str, kind: str) -> ModelFileError:
 
 KERNEL_TYPES = {int(t) for t in WeightType if not t.packed}
 # load(..., quant=NAME): every matrix whose rows fit the type's blocks is converted while loading
-QUANT_NAMES = {
-    "f32": WeightType.F32,
-    "f16": WeightType.F16,
-    "bf16": WeightType.BF16,
-    "q8_0": WeightType.Q8_0,
-    "q6_k": WeightType.Q6_K,
-    "q5_k": WeightType.Q5_K,
-    "q5_0": WeightType.Q5_0,
-    "q4_k": WeightType.Q4_K,
-    "q4_0": WeightType.Q4_0,
-}
+QUANT_NAMES = {t.name.lower(): t for t in WeightType.gguf_types()}
 
 
 def _progress(items, desc: str, total: int, nbytes: int):
@@ -81,8 +71,8 @@ def _maybe_quantize(w: Weight, quant: WeightType | None) -> Weight:
 
 
 def pack_for_kernels(model: Model) -> Model:
-    """Interleave matrices into the 16-row layouts (kernels.WeightType's *_X16: F32, F16, BF16, Q4_0,
-    Q5_0, Q8_0, Q4_K, Q5_K, Q6_K) when the active path has kernels for them.
+    """Interleave matrices into their types' 16-row layouts (kernels.WeightType's *_X16) when the active
+    path has kernels for them.
 
     Matrices used only for embedding lookups stay as they are (a lookup reads one row)."""
     if not kernels.packing_pays():

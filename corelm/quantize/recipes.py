@@ -29,21 +29,7 @@ from gguf import LlamaFileType
 
 from corelm.kernels import WeightType
 
-_PURE = {
-    "f32": WeightType.F32,
-    "f16": WeightType.F16,
-    "bf16": WeightType.BF16,
-    "q8_0": WeightType.Q8_0,
-    "q6_k": WeightType.Q6_K,
-    "q5_1": WeightType.Q5_1,
-    "q5_0": WeightType.Q5_0,
-    "q4_1": WeightType.Q4_1,
-    "q4_0": WeightType.Q4_0,
-}
-
-
 _MIXES = {"q4_k_m": WeightType.Q4_K, "q5_k_m": WeightType.Q5_K}  # the type of every other matrix
-TYPE_NAMES = [*_PURE, *_MIXES]
 
 # general.file_type of each --type, as llama.cpp writes it.
 FILE_TYPES = {
@@ -59,6 +45,10 @@ FILE_TYPES = {
     "q4_k_m": LlamaFileType.MOSTLY_Q4_K_M,
     "q5_k_m": LlamaFileType.MOSTLY_Q5_K_M,
 }
+
+# The types a whole file can be written in (every GGUF type llama.cpp names a file type for).
+_PURE = {t.name.lower(): t for t in WeightType.gguf_types() if t.name.lower() in FILE_TYPES}
+TYPE_NAMES = [*_PURE, *_MIXES]
 
 _FALLBACK = {
     WeightType.Q4_K: WeightType.Q5_0,

@@ -71,6 +71,7 @@ from pathlib import Path
 
 from corelm import argtypes
 from corelm.argtypes import count, positive_int
+from corelm.models import QUANT_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +110,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="threads (default: physical cores; at most 4 per CPU)",
     )
-    p.add_argument(
-        "--quant", choices=["q8_0", "q4_0", "bf16", "f16", "f32"], default=None, help="quantize weights while loading"
-    )
+    p.add_argument("--quant", choices=list(QUANT_NAMES), default=None, help="quantize weights while loading")
     p.add_argument("--kv-dtype", choices=["float32", "float16"], default="float32", help="KV-cache element type")
     p.add_argument(
         "--prefill-chunk", type=positive_int, default=512, help="most prompt tokens prefilled in one step (default 512)"

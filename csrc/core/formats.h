@@ -25,7 +25,9 @@ enum class WeightType : int32_t {
     F32_X16 = 1000,
     F16_X16 = 1001,
     Q4_0_X16 = 1002,
+    Q4_1_X16 = 1003,
     Q5_0_X16 = 1006,
+    Q5_1_X16 = 1007,
     Q8_0_X16 = 1008,
     Q4_K_X16 = 1012,
     Q5_K_X16 = 1013,
@@ -128,6 +130,20 @@ struct block_q5_0x16 {
 };
 static_assert(sizeof(block_q5_0x16) == kPackRows * sizeof(block_q5_0), "packed Q5_0 must keep its size");
 
+// Q4_1 / Q5_1: as block_q4_0x16 / block_q5_0x16, with the 16 rows' m (the value of code 0) after d.
+struct block_q4_1x16 {
+    uint16_t d[kPackRows], m[kPackRows];
+    uint8_t qs[kPackRows * kQK / 2];
+};
+static_assert(sizeof(block_q4_1x16) == kPackRows * sizeof(block_q4_1), "packed Q4_1 must keep its size");
+
+struct block_q5_1x16 {
+    uint16_t d[kPackRows], m[kPackRows];
+    uint32_t qh[kPackRows];
+    uint8_t qs[kPackRows * kQK / 2];
+};
+static_assert(sizeof(block_q5_1x16) == kPackRows * sizeof(block_q5_1), "packed Q5_1 must keep its size");
+
 // qs[64*j + 4*r + e] = row r's element 4j+e plus 128, j < 8.
 struct block_q8_0x16 {
     uint16_t d[kPackRows];
@@ -181,118 +197,82 @@ struct block_q8_act {
 };
 static_assert(sizeof(block_q8_act) == 40, "block_q8_act must be 40 bytes");
 
-// Bytes of one row of k elements, or 0 when k does not fit the type's block size.
-inline size_t row_bytes(WeightType t, int64_t k) {
-    switch (t) {
-        case WeightType::F32:
-        case WeightType::F32_X16: return size_t(k) * 4;
-        case WeightType::F16:
-        case WeightType::BF16:
-        case WeightType::F16_X16:
-        case WeightType::BF16_X16: return size_t(k) * 2;
-        case WeightType::Q8_0:
-        case WeightType::Q8_0_X16: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q8_0);
-        case WeightType::Q4_0:
-        case WeightType::Q4_0_X16: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q4_0);
-        case WeightType::Q4_1: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q4_1);
-        case WeightType::Q5_0:
-        case WeightType::Q5_0_X16: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q5_0);
-        case WeightType::Q5_1: return k % kQK ? 0 : size_t(k / kQK) * sizeof(block_q5_1);
-        case WeightType::Q4_K:
-        case WeightType::Q4_K_X16: return k % kQK_K ? 0 : size_t(k / kQK_K) * sizeof(block_q4_K);
-        case WeightType::Q5_K:
-        case WeightType::Q5_K_X16: return k % kQK_K ? 0 : size_t(k / kQK_K) * sizeof(block_q5_K);
-        case WeightType::Q6_K:
-        case WeightType::Q6_K_X16: return k % kQK_K ? 0 : size_t(k / kQK_K) * sizeof(block_q6_K);
-    }
-    return 0;
+// ---- each weight type's facts, defined once ----
+// The drivers, the bindings and, through _C.weight_types(), the Python package read them here.
+struct TypeInfo {
+    WeightType type;
+    const char* name;    // GGML's name; corelm's own layouts end in _X16
+    int64_t block;       // elements per block
+    size_t block_bytes;  // bytes of one block of one row
+    WeightType base;     // the GGUF type a 16-row layout is made from (the type itself otherwise)
+    WeightType packed;   // its 16-row layout (the type itself when it has none or is one)
+};
+
+// GGUF types from the most bits to the fewest, then their 16-row layouts in the same order.
+inline constexpr TypeInfo kTypes[] = {
+    {WeightType::F32, "F32", 1, 4, WeightType::F32, WeightType::F32_X16},
+    {WeightType::F16, "F16", 1, 2, WeightType::F16, WeightType::F16_X16},
+    {WeightType::BF16, "BF16", 1, 2, WeightType::BF16, WeightType::BF16_X16},
+    {WeightType::Q8_0, "Q8_0", kQK, sizeof(block_q8_0), WeightType::Q8_0, WeightType::Q8_0_X16},
+    {WeightType::Q6_K, "Q6_K", kQK_K, sizeof(block_q6_K), WeightType::Q6_K, WeightType::Q6_K_X16},
+    {WeightType::Q5_1, "Q5_1", kQK, sizeof(block_q5_1), WeightType::Q5_1, WeightType::Q5_1_X16},
+    {WeightType::Q5_K, "Q5_K", kQK_K, sizeof(block_q5_K), WeightType::Q5_K, WeightType::Q5_K_X16},
+    {WeightType::Q5_0, "Q5_0", kQK, sizeof(block_q5_0), WeightType::Q5_0, WeightType::Q5_0_X16},
+    {WeightType::Q4_1, "Q4_1", kQK, sizeof(block_q4_1), WeightType::Q4_1, WeightType::Q4_1_X16},
+    {WeightType::Q4_K, "Q4_K", kQK_K, sizeof(block_q4_K), WeightType::Q4_K, WeightType::Q4_K_X16},
+    {WeightType::Q4_0, "Q4_0", kQK, sizeof(block_q4_0), WeightType::Q4_0, WeightType::Q4_0_X16},
+    {WeightType::F32_X16, "F32_X16", 1, 4, WeightType::F32, WeightType::F32_X16},
+    {WeightType::F16_X16, "F16_X16", 1, 2, WeightType::F16, WeightType::F16_X16},
+    {WeightType::BF16_X16, "BF16_X16", 1, 2, WeightType::BF16, WeightType::BF16_X16},
+    {WeightType::Q8_0_X16, "Q8_0_X16", kQK, sizeof(block_q8_0), WeightType::Q8_0, WeightType::Q8_0_X16},
+    {WeightType::Q6_K_X16, "Q6_K_X16", kQK_K, sizeof(block_q6_K), WeightType::Q6_K, WeightType::Q6_K_X16},
+    {WeightType::Q5_1_X16, "Q5_1_X16", kQK, sizeof(block_q5_1), WeightType::Q5_1, WeightType::Q5_1_X16},
+    {WeightType::Q5_K_X16, "Q5_K_X16", kQK_K, sizeof(block_q5_K), WeightType::Q5_K, WeightType::Q5_K_X16},
+    {WeightType::Q5_0_X16, "Q5_0_X16", kQK, sizeof(block_q5_0), WeightType::Q5_0, WeightType::Q5_0_X16},
+    {WeightType::Q4_1_X16, "Q4_1_X16", kQK, sizeof(block_q4_1), WeightType::Q4_1, WeightType::Q4_1_X16},
+    {WeightType::Q4_K_X16, "Q4_K_X16", kQK_K, sizeof(block_q4_K), WeightType::Q4_K, WeightType::Q4_K_X16},
+    {WeightType::Q4_0_X16, "Q4_0_X16", kQK, sizeof(block_q4_0), WeightType::Q4_0, WeightType::Q4_0_X16},
+};
+
+// The facts of type id t, or nullptr when corelm does not know it.
+constexpr const TypeInfo* find_type(int32_t t) {
+    for (const TypeInfo& info : kTypes)
+        if (int32_t(info.type) == t) return &info;
+    return nullptr;
 }
 
-inline int64_t block_size(WeightType t) {
-    if (t == WeightType::F32 || t == WeightType::F16 || t == WeightType::BF16 || t == WeightType::F32_X16 ||
-        t == WeightType::F16_X16 || t == WeightType::BF16_X16)
-        return 1;
-    if (t == WeightType::Q4_K || t == WeightType::Q5_K || t == WeightType::Q6_K || t == WeightType::Q4_K_X16 ||
-        t == WeightType::Q5_K_X16 || t == WeightType::Q6_K_X16)
-        return kQK_K;
-    return kQK;
+constexpr bool is_known_type(int32_t t) { return find_type(t) != nullptr; }
+
+constexpr const char* type_name(WeightType t) {
+    const TypeInfo* info = find_type(int32_t(t));
+    return info ? info->name : "unknown";
 }
 
-// Rows must come in whole groups of kPackRows for these.
-inline bool is_packed(WeightType t) {
-    return t == WeightType::Q4_0_X16 || t == WeightType::Q8_0_X16 || t == WeightType::F32_X16 || t == WeightType::F16_X16 ||
-           t == WeightType::BF16_X16 || t == WeightType::Q4_K_X16 || t == WeightType::Q6_K_X16 ||
-           t == WeightType::Q5_0_X16 || t == WeightType::Q5_K_X16;
+constexpr int64_t block_size(WeightType t) {
+    const TypeInfo* info = find_type(int32_t(t));
+    return info ? info->block : 1;
 }
 
-inline WeightType packed_of(WeightType t) {
-    switch (t) {
-        case WeightType::Q4_0: return WeightType::Q4_0_X16;
-        case WeightType::Q5_0: return WeightType::Q5_0_X16;
-        case WeightType::Q8_0: return WeightType::Q8_0_X16;
-        case WeightType::F32: return WeightType::F32_X16;
-        case WeightType::F16: return WeightType::F16_X16;
-        case WeightType::BF16: return WeightType::BF16_X16;
-        case WeightType::Q4_K: return WeightType::Q4_K_X16;
-        case WeightType::Q5_K: return WeightType::Q5_K_X16;
-        case WeightType::Q6_K: return WeightType::Q6_K_X16;
-        default: return t;
-    }
+// Bytes of one row of k elements, or 0 when k does not fit the type's blocks (or the type is unknown).
+constexpr size_t row_bytes(WeightType t, int64_t k) {
+    const TypeInfo* info = find_type(int32_t(t));
+    return !info || k % info->block ? 0 : size_t(k / info->block) * info->block_bytes;
 }
 
-inline WeightType unpacked_of(WeightType t) {
-    switch (t) {
-        case WeightType::Q4_0_X16: return WeightType::Q4_0;
-        case WeightType::Q5_0_X16: return WeightType::Q5_0;
-        case WeightType::Q8_0_X16: return WeightType::Q8_0;
-        case WeightType::F32_X16: return WeightType::F32;
-        case WeightType::F16_X16: return WeightType::F16;
-        case WeightType::BF16_X16: return WeightType::BF16;
-        case WeightType::Q4_K_X16: return WeightType::Q4_K;
-        case WeightType::Q5_K_X16: return WeightType::Q5_K;
-        case WeightType::Q6_K_X16: return WeightType::Q6_K;
-        default: return t;
-    }
+// A 16-row layout: rows come in whole groups of kPackRows.
+constexpr bool is_packed(WeightType t) {
+    const TypeInfo* info = find_type(int32_t(t));
+    return info && info->base != t;
 }
 
-inline bool is_known_type(int32_t t) {
-    switch (WeightType(t)) {
-        case WeightType::F32: case WeightType::F16: case WeightType::BF16:
-        case WeightType::Q8_0: case WeightType::Q4_0:
-        case WeightType::Q4_1: case WeightType::Q5_0: case WeightType::Q5_1:
-        case WeightType::Q4_0_X16: case WeightType::Q8_0_X16:
-        case WeightType::F32_X16: case WeightType::F16_X16: case WeightType::BF16_X16:
-        case WeightType::Q4_K_X16: case WeightType::Q6_K_X16: case WeightType::Q5_0_X16:
-        case WeightType::Q5_K_X16:
-        case WeightType::Q4_K: case WeightType::Q5_K: case WeightType::Q6_K: return true;
-    }
-    return false;
+constexpr WeightType packed_of(WeightType t) {
+    const TypeInfo* info = find_type(int32_t(t));
+    return info ? info->packed : t;
 }
 
-inline const char* type_name(WeightType t) {
-    switch (t) {
-        case WeightType::F32: return "F32";
-        case WeightType::F16: return "F16";
-        case WeightType::BF16: return "BF16";
-        case WeightType::Q8_0: return "Q8_0";
-        case WeightType::Q4_0: return "Q4_0";
-        case WeightType::Q4_1: return "Q4_1";
-        case WeightType::Q5_0: return "Q5_0";
-        case WeightType::Q5_1: return "Q5_1";
-        case WeightType::Q4_0_X16: return "Q4_0_X16";
-        case WeightType::Q5_0_X16: return "Q5_0_X16";
-        case WeightType::Q4_K: return "Q4_K";
-        case WeightType::Q5_K: return "Q5_K";
-        case WeightType::Q6_K: return "Q6_K";
-        case WeightType::Q8_0_X16: return "Q8_0_X16";
-        case WeightType::F32_X16: return "F32_X16";
-        case WeightType::F16_X16: return "F16_X16";
-        case WeightType::BF16_X16: return "BF16_X16";
-        case WeightType::Q4_K_X16: return "Q4_K_X16";
-        case WeightType::Q5_K_X16: return "Q5_K_X16";
-        case WeightType::Q6_K_X16: return "Q6_K_X16";
-    }
-    return "unknown";
+constexpr WeightType unpacked_of(WeightType t) {
+    const TypeInfo* info = find_type(int32_t(t));
+    return info ? info->base : t;
 }
 
 // ---- scalar fp16 / bf16 conversion (portable; SIMD paths use F16C / shifts) ----

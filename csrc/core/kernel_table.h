@@ -84,39 +84,48 @@ using RopeFn = void (*)(float* x, const int32_t* pos, const float* inv_freq, int
 using UnaryFn = void (*)(const float* x, float* y, int64_t n);
 using BinaryFn = void (*)(const float* a, const float* b, float* y, int64_t n);
 
-#define CORELM_KERNELS(X)                    \
-    X(quantize_act, QuantizeActFn)           \
-    X(matmul_f32, MatmulFn)                  \
-    X(matmul_f16, MatmulFn)                  \
-    X(matmul_bf16, MatmulFn)                 \
-    X(matmul_q8_0, MatmulFn)                 \
-    X(matmul_q4_0, MatmulFn)                 \
-    X(matmul_q4_1, MatmulFn)                 \
-    X(matmul_q5_0, MatmulFn)                 \
-    X(matmul_q5_1, MatmulFn)                 \
-    X(matmul_q8_0x16, MatmulFn)              \
-    X(matmul_q4_0x16, MatmulFn)              \
-    X(matmul_q5_0x16, MatmulFn)              \
-    X(matmul_f32x16, MatmulFn)               \
-    X(matmul_f16x16, MatmulFn)               \
-    X(matmul_bf16x16, MatmulFn)              \
-    X(matmul_q4_k, MatmulFn)                 \
-    X(matmul_q5_k, MatmulFn)                 \
-    X(matmul_q6_k, MatmulFn)                 \
-    X(matmul_q4_kx16, MatmulFn)              \
-    X(matmul_q5_kx16, MatmulFn)              \
-    X(matmul_q6_kx16, MatmulFn)              \
-    X(attention, AttentionFn)                \
-    X(attention_seqs, AttentionFn)           \
-    X(rmsnorm, RmsNormFn)                    \
-    X(layernorm, LayerNormFn)                \
-    X(softmax, SoftmaxFn)                    \
-    X(rope, RopeFn)                          \
-    X(silu, UnaryFn)                         \
-    X(gelu_tanh, UnaryFn)                    \
-    X(gelu_erf, UnaryFn)                     \
-    X(swiglu, BinaryFn)                      \
-    X(add, BinaryFn)                         \
+// The matrix product of each weight type, as M(X, type, kernel) - the kernel ops.cpp runs for a
+// weight of that type. Every weight type (formats.h's kTypes) has one.
+#define CORELM_MATMUL_KERNELS(M, X) \
+    M(X, F32, matmul_f32) \
+    M(X, F16, matmul_f16) \
+    M(X, BF16, matmul_bf16) \
+    M(X, Q8_0, matmul_q8_0) \
+    M(X, Q6_K, matmul_q6_k) \
+    M(X, Q5_1, matmul_q5_1) \
+    M(X, Q5_K, matmul_q5_k) \
+    M(X, Q5_0, matmul_q5_0) \
+    M(X, Q4_1, matmul_q4_1) \
+    M(X, Q4_K, matmul_q4_k) \
+    M(X, Q4_0, matmul_q4_0) \
+    M(X, F32_X16, matmul_f32x16) \
+    M(X, F16_X16, matmul_f16x16) \
+    M(X, BF16_X16, matmul_bf16x16) \
+    M(X, Q8_0_X16, matmul_q8_0x16) \
+    M(X, Q6_K_X16, matmul_q6_kx16) \
+    M(X, Q5_1_X16, matmul_q5_1x16) \
+    M(X, Q5_K_X16, matmul_q5_kx16) \
+    M(X, Q5_0_X16, matmul_q5_0x16) \
+    M(X, Q4_1_X16, matmul_q4_1x16) \
+    M(X, Q4_K_X16, matmul_q4_kx16) \
+    M(X, Q4_0_X16, matmul_q4_0x16)
+#define CORELM_MATMUL_FIELD(X, type, name) X(name, MatmulFn)
+
+// Every kernel, as X(name, function type).
+#define CORELM_KERNELS(X)                              \
+    X(quantize_act, QuantizeActFn) \
+    CORELM_MATMUL_KERNELS(CORELM_MATMUL_FIELD, X) \
+    X(attention, AttentionFn) \
+    X(attention_seqs, AttentionFn) \
+    X(rmsnorm, RmsNormFn) \
+    X(layernorm, LayerNormFn) \
+    X(softmax, SoftmaxFn) \
+    X(rope, RopeFn) \
+    X(silu, UnaryFn) \
+    X(gelu_tanh, UnaryFn) \
+    X(gelu_erf, UnaryFn) \
+    X(swiglu, BinaryFn) \
+    X(add, BinaryFn) \
     X(mul, BinaryFn)
 
 struct KernelTable {

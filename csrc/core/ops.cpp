@@ -25,26 +25,10 @@ void parallel(int64_t n, int64_t grain, int64_t work, const std::function<void(i
 
 MatmulFn matmul_kernel(const KernelTable& kt, WeightType t) {
     switch (t) {
-        case WeightType::F32: return kt.matmul_f32;
-        case WeightType::F16: return kt.matmul_f16;
-        case WeightType::BF16: return kt.matmul_bf16;
-        case WeightType::Q8_0: return kt.matmul_q8_0;
-        case WeightType::Q4_0: return kt.matmul_q4_0;
-        case WeightType::Q4_1: return kt.matmul_q4_1;
-        case WeightType::Q5_0: return kt.matmul_q5_0;
-        case WeightType::Q5_1: return kt.matmul_q5_1;
-        case WeightType::Q8_0_X16: return kt.matmul_q8_0x16;
-        case WeightType::Q4_0_X16: return kt.matmul_q4_0x16;
-        case WeightType::Q5_0_X16: return kt.matmul_q5_0x16;
-        case WeightType::F32_X16: return kt.matmul_f32x16;
-        case WeightType::F16_X16: return kt.matmul_f16x16;
-        case WeightType::BF16_X16: return kt.matmul_bf16x16;
-        case WeightType::Q4_K: return kt.matmul_q4_k;
-        case WeightType::Q5_K: return kt.matmul_q5_k;
-        case WeightType::Q6_K: return kt.matmul_q6_k;
-        case WeightType::Q4_K_X16: return kt.matmul_q4_kx16;
-        case WeightType::Q5_K_X16: return kt.matmul_q5_kx16;
-        case WeightType::Q6_K_X16: return kt.matmul_q6_kx16;
+#define CORELM_CASE(unused, type, name) \
+    case WeightType::type: return kt.name;
+        CORELM_MATMUL_KERNELS(CORELM_CASE, _)
+#undef CORELM_CASE
     }
     return nullptr;
 }

@@ -7,7 +7,7 @@
 // small batches) the tiles would run mostly empty and the weights are read once anyway: the
 // AVX-512 kernels run instead.
 //
-// Integer types (Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K): tdpbssd with A = the activations' int8 codes
+// Integer types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K): tdpbssd with A = the activations' int8 codes
 // read in place from block_q8_act, B = the weights' signed codes in VNNI order (B[t][4r + e] = row
 // r's element 4t + e), one tile product per scale block (32 elements; Q6_K's 16), then in fp32
 // y += dx * (dw * dot - min * sum of the activation codes).
@@ -45,15 +45,20 @@ struct Q8_0 {
     }
 };
 
-// Q4_0 and Q5_0: low nibbles hold elements 4t+e, high nibbles 16+4t+e (t < 4); Q5_0's fifth bits
-// are bit i of the row's qh for element i.
-template <bool Q5>
-struct Q4_0or5_0 {
-    using Block = std::conditional_t<Q5, block_q5_0x16, block_q4_0x16>;
+// Q4_0, Q4_1, Q5_0, Q5_1: low nibbles hold elements 4t+e, high nibbles 16+4t+e (t < 4); Q5_*'s
+// fifth bits are bit i of the row's qh for element i. Q4_0 / Q5_0 codes are centred (q - 8, q - 16);
+// Q4_1 / Q5_1 keep q and add m per block, as a min of -m.
+template <bool Q5, bool Min>
+struct Q4or5 {
+    using Block = std::conditional_t<Q5, std::conditional_t<Min, block_q5_1x16, block_q5_0x16>,
+                                     std::conditional_t<Min, block_q4_1x16, block_q4_0x16>>;
     static constexpr int kElems = kQK, kSub = kQK;
-    static constexpr bool kMins = false;
-    static MatmulFn fallback(const KernelTable& t) { return Q5 ? t.matmul_q5_0x16 : t.matmul_q4_0x16; }
-    static void unpack(const Block& b, int8_t* codes, float* scale, float*) {
+    static constexpr bool kMins = Min;
+    static MatmulFn fallback(const KernelTable& t) {
+        return Q5 ? (Min ? t.matmul_q5_1x16 : t.matmul_q5_0x16) : (Min ? t.matmul_q4_1x16 : t.matmul_q4_0x16);
+    }
+    static void unpack(const Block& b, int8_t* codes, float* scale, float* min) {
+        constexpr int kOffset = Min ? 0 : (Q5 ? 16 : 8);
         for (int t = 0; t < 4; ++t)
             for (int x = 0; x < 64; ++x) {
                 const uint8_t byte = b.qs[64 * t + x];
@@ -63,10 +68,13 @@ struct Q4_0or5_0 {
                     lo |= int((b.qh[r] >> (4 * t + e)) & 1) << 4;
                     hi |= int((b.qh[r] >> (16 + 4 * t + e)) & 1) << 4;
                 }
-                codes[64 * t + x] = int8_t(lo - (Q5 ? 16 : 8));
-                codes[64 * (4 + t) + x] = int8_t(hi - (Q5 ? 16 : 8));
+                codes[64 * t + x] = int8_t(lo - kOffset);
+                codes[64 * (4 + t) + x] = int8_t(hi - kOffset);
             }
-        for (int r = 0; r < kRows; ++r) scale[r] = fp16_to_f32(b.d[r]);
+        for (int r = 0; r < kRows; ++r) {
+            scale[r] = fp16_to_f32(b.d[r]);
+            if constexpr (Min) min[r] = -fp16_to_f32(b.m[r]);
+        }
     }
 };
 
@@ -300,8 +308,10 @@ void fill_attention(KernelTable& t);  // attention.cpp
 void fill(KernelTable& t) {
     fill_attention(t);
     t.matmul_q8_0x16 = matmul_int8<Q8_0>;
-    t.matmul_q4_0x16 = matmul_int8<Q4_0or5_0<false>>;
-    t.matmul_q5_0x16 = matmul_int8<Q4_0or5_0<true>>;
+    t.matmul_q4_0x16 = matmul_int8<Q4or5<false, false>>;
+    t.matmul_q4_1x16 = matmul_int8<Q4or5<false, true>>;
+    t.matmul_q5_0x16 = matmul_int8<Q4or5<true, false>>;
+    t.matmul_q5_1x16 = matmul_int8<Q4or5<true, true>>;
     t.matmul_q4_kx16 = matmul_int8<Q4_Kor5_K<false>>;
     t.matmul_q5_kx16 = matmul_int8<Q4_Kor5_K<true>>;
     t.matmul_q6_kx16 = matmul_int8<Q6_K>;

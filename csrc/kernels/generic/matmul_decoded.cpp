@@ -67,14 +67,11 @@ void matmul_decoded(const MatmulArgs& a, int64_t n0, int64_t n1) {
     }
 }
 
-// The packed groups (Q4_K_X16, Q5_K_X16, Q6_K_X16, Q5_0_X16) for paths without their own kernels: each
-// block column of the 16 rows is unpacked to GGUF blocks on the stack, then as matmul_decoded.
+// The packed groups of the decoded types for paths without their own kernels: each block column
+// of the 16 rows is unpacked to GGUF blocks on the stack, then as matmul_decoded.
 template <WeightType T>
 void matmul_decoded_x16(const MatmulArgs& a, int64_t n0, int64_t n1) {
-    constexpr size_t kBlockBytes = T == WeightType::Q6_K   ? sizeof(block_q6_K)
-                                   : T == WeightType::Q5_K ? sizeof(block_q5_K)
-                                   : T == WeightType::Q4_K ? sizeof(block_q4_K)
-                                                           : sizeof(block_q5_0);
+    constexpr size_t kBlockBytes = row_bytes(T, kBlock<T>);
     uint8_t rows[kPackRows * kBlockBytes];
     for (int64_t n = n0; n < n1; n += kPackRows) {
         const uint8_t* group = a.w + n * a.w_stride;
@@ -100,6 +97,8 @@ void fill_decoded(KernelTable& t) {
     t.matmul_q5_kx16 = matmul_decoded_x16<WeightType::Q5_K>;
     t.matmul_q6_kx16 = matmul_decoded_x16<WeightType::Q6_K>;
     t.matmul_q5_0x16 = matmul_decoded_x16<WeightType::Q5_0>;
+    t.matmul_q4_1x16 = matmul_decoded_x16<WeightType::Q4_1>;
+    t.matmul_q5_1x16 = matmul_decoded_x16<WeightType::Q5_1>;
 }
 
 }  // namespace corelm::CORELM_ISA_NS

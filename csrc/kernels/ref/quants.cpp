@@ -199,6 +199,17 @@ void interleave_rows_x16(WeightType packed, uint8_t* group, uint8_t* rows, size_
                     slot.fields(offsetof(block_q5_0x16, qh), offsetof(block_q5_0, qh), 1, 4);
                     slot.slices(offsetof(block_q5_0x16, qs), offsetof(block_q5_0, qs), kQK / 2);
                     break;
+                case WeightType::Q4_1_X16:
+                    slot.fields(offsetof(block_q4_1x16, d), offsetof(block_q4_1, d), 1, 2);
+                    slot.fields(offsetof(block_q4_1x16, m), offsetof(block_q4_1, m), 1, 2);
+                    slot.slices(offsetof(block_q4_1x16, qs), offsetof(block_q4_1, qs), kQK / 2);
+                    break;
+                case WeightType::Q5_1_X16:
+                    slot.fields(offsetof(block_q5_1x16, d), offsetof(block_q5_1, d), 1, 2);
+                    slot.fields(offsetof(block_q5_1x16, m), offsetof(block_q5_1, m), 1, 2);
+                    slot.fields(offsetof(block_q5_1x16, qh), offsetof(block_q5_1, qh), 1, 4);
+                    slot.slices(offsetof(block_q5_1x16, qs), offsetof(block_q5_1, qs), kQK / 2);
+                    break;
                 case WeightType::Q8_0_X16:  // codes stored unsigned (+128)
                     slot.fields(offsetof(block_q8_0x16, d), offsetof(block_q8_0, d), 1, 2);
                     slot.slices(offsetof(block_q8_0x16, qs), offsetof(block_q8_0, qs), kQK, 0x80);

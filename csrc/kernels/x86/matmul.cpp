@@ -109,19 +109,28 @@ void tile_quant(const MatmulArgs& a, int64_t n, int64_t m) {
 }
 
 
-// ---- packed groups of 16 rows (block_q4_0x16 / block_q5_0x16 / block_q8_0x16) ----
+// ---- packed groups of 16 rows (block_q4_0x16, q4_1x16, q5_0x16, q5_1x16, q8_0x16) ----
 // Each vector of weight codes holds one 4-element slice of kSliceRows rows (a row per 32-bit
 // lane), so one dot instruction against that slice of the activations, broadcast, adds 4
 // products to kSliceRows outputs. Eight slices cover a block; one fma per block applies the
 // row scales. AVX-512 covers the 16 rows in one vector, AVX2 in two. The codes are unsigned
 // with an offset (8, 16, 128) taken back through the activation block's sum.
 
-enum class X16 { Q4_0, Q5_0, Q8_0 };
+enum class X16 { Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 };
+
+// The block of each layout; Q4_1 / Q5_1 add m (the value of code 0) per row, Q5_* fifth bits.
+template <X16 L>
+using X16Block = std::conditional_t<
+    L == X16::Q4_0, block_q4_0x16,
+    std::conditional_t<L == X16::Q4_1, block_q4_1x16,
+                       std::conditional_t<L == X16::Q5_0, block_q5_0x16,
+                                          std::conditional_t<L == X16::Q5_1, block_q5_1x16, block_q8_0x16>>>>;
 
 template <X16 L, int C>
 void tile_x16(const MatmulArgs& a, int64_t n, int64_t m) {
-    using Block = std::conditional_t<L == X16::Q4_0, block_q4_0x16,
-                                     std::conditional_t<L == X16::Q5_0, block_q5_0x16, block_q8_0x16>>;
+    using Block = X16Block<L>;
+    constexpr bool kFifthBit = L == X16::Q5_0 || L == X16::Q5_1;
+    constexpr bool kMin = L == X16::Q4_1 || L == X16::Q5_1;  // value = d * q + m, codes unsigned
     const int64_t nb = a.k / kQK;
     const auto* grp = reinterpret_cast<const Block*>(a.w + n * a.w_stride);
     const block_q8_act* x[C];
@@ -139,7 +148,7 @@ void tile_x16(const MatmulArgs& a, int64_t n, int64_t m) {
                     w[j][h] = slice_low4(v);
                     w[4 + j][h] = slice_high4(v);
                 }
-                if constexpr (L == X16::Q5_0) {  // the fifth bits: bit i of the row's qh for element i
+                if constexpr (kFifthBit) {  // the fifth bits: bit i of the row's qh for element i
                     const Slice qh = slice_load(reinterpret_cast<const uint8_t*>(grp[b].qh + kSliceRows * h));
                     for (int j = 0; j < 4; ++j) {
                         w[j][h] = slice_or(w[j][h], slice_bits_to_0x10(qh, 4 * j));
@@ -148,8 +157,11 @@ void tile_x16(const MatmulArgs& a, int64_t n, int64_t m) {
                 }
             }
         }
-        vf wd[kHalves];
-        for (int h = 0; h < kHalves; ++h) wd[h] = vf_load_f16(grp[b].d + kSliceRows * h);
+        vf wd[kHalves], wm[kHalves];
+        for (int h = 0; h < kHalves; ++h) {
+            wd[h] = vf_load_f16(grp[b].d + kSliceRows * h);
+            if constexpr (kMin) wm[h] = vf_load_f16(grp[b].m + kSliceRows * h);
+        }
         for (int c = 0; c < C; ++c) {
             const auto* xq = reinterpret_cast<const int32_t*>(x[c][b].qs);
             const vf xd = vf_set1(x[c][b].d);
@@ -157,7 +169,8 @@ void tile_x16(const MatmulArgs& a, int64_t n, int64_t m) {
                 // Two chains of dot products (even and odd slices), so their latencies overlap.
                 Slice isum[2] = {L == X16::Q4_0   ? slice_offset_sum(8, x[c][b].s)
                                  : L == X16::Q5_0 ? slice_offset_sum(16, x[c][b].s)
-                                                  : slice_q8_start(x[c][b].s),
+                                 : L == X16::Q8_0 ? slice_q8_start(x[c][b].s)
+                                                  : slice_set1(0),
                                  slice_set1(0)};
                 for (int j = 0; j < 8; ++j) {
                     const Slice xb = slice_set1(xq[j]);
@@ -165,6 +178,7 @@ void tile_x16(const MatmulArgs& a, int64_t n, int64_t m) {
                                                  : slice_dot_small(isum[j % 2], w[j][h], xb);
                 }
                 acc[c][h] = vf_fma(slice_to_float(slice_add(isum[0], isum[1])), vf_mul(wd[h], xd), acc[c][h]);
+                if constexpr (kMin) acc[c][h] = vf_fma(wm[h], vf_set1(x[c][b].d * float(x[c][b].s)), acc[c][h]);
             }
         }
     }
@@ -301,6 +315,8 @@ void fill_matmul(KernelTable& t) {
     t.matmul_q8_0x16 = matmul_groups<QuantX16<X16::Q8_0>>;
     t.matmul_q4_0x16 = matmul_groups<QuantX16<X16::Q4_0>>;
     t.matmul_q5_0x16 = matmul_groups<QuantX16<X16::Q5_0>>;
+    t.matmul_q4_1x16 = matmul_groups<QuantX16<X16::Q4_1>>;
+    t.matmul_q5_1x16 = matmul_groups<QuantX16<X16::Q5_1>>;
     t.matmul_f32x16 = matmul_groups<FloatX16<LoadF32>>;
     t.matmul_f16x16 = matmul_groups<FloatX16<LoadF16>>;
     t.matmul_bf16x16 = matmul_groups<FloatX16<LoadBF16>>;
