@@ -188,25 +188,13 @@ def test_float_tile_kernels_pad_k(wtype, emulated):
         assert (np.abs(matmul(x, w) - expected) / magnitude).max() < 1e-5, k
 
 
-@pytest.mark.parametrize("wtype", [WeightType.Q8_0, WeightType.Q4_0], ids=lambda t: t.name)
+@pytest.mark.parametrize("wtype", [WeightType.Q8_0_X16, WeightType.Q4_0_X16], ids=lambda t: t.name)
 def test_tile_integer_dot_is_bit_exact(wtype, emulated):
-    """Scales of 1: every output an integer dot product, all codes including -128."""
-    rng = np.random.default_rng(11)
-    m, n, k = 37, 32, 1024
-    lo, hi = (-128, 128) if wtype == WeightType.Q8_0 else (-8, 8)
-    codes = rng.integers(lo, hi, size=(n, k))
-    blocks = codes.reshape(n, -1, 32)
-    one = np.frombuffer(np.float16(1.0).tobytes(), np.uint8)
-    if wtype == WeightType.Q8_0:
-        body = blocks.astype(np.int8).view(np.uint8)
-    else:
-        q = (blocks + 8).astype(np.uint8)
-        body = q[..., :16] | (q[..., 16:] << 4)
-    raw = np.concatenate([np.broadcast_to(one, (*body.shape[:2], 2)), body], axis=-1)
-    w = Weight(np.ascontiguousarray(raw.reshape(n, -1)), wtype, n, k).packed()
-    x = rng.integers(-127, 128, size=(m, k)).astype(np.float32)
-    x.reshape(m, -1, 32)[..., 3] = 127  # activation scale exactly 1
-    np.testing.assert_array_equal(matmul(x, w), (x.astype(np.int64) @ codes.T).astype(np.float32))
+    """Scales of 1: every output an integer dot product, all codes including -128 (37 rows: 3 tiles)."""
+    from test_kernels import unit_scale_problem
+
+    x, w, expected = unit_scale_problem(wtype, 37, 32, 1024, seed=11)
+    np.testing.assert_array_equal(matmul(x, w), expected)
 
 
 def test_default_model_prefill_on_tiles():

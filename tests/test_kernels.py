@@ -126,31 +126,36 @@ def test_matmul_float_types_any_k(isa, wtype):
         assert (np.abs(matmul(x, w) - matmul_np(x, w)) / magnitude(x, w)).max() < 1e-5
 
 
-@pytest.mark.parametrize(
-    "wtype", [WeightType.Q8_0, WeightType.Q4_0, WeightType.Q8_0_X16, WeightType.Q4_0_X16], ids=lambda t: t.name
-)
-def test_integer_dot_is_bit_exact(isa, wtype):
-    """With every scale 1, each output is an integer dot product, exact in float32."""
-    rng = np.random.default_rng(7)
-    packed = wtype.packed
-    wtype = {WeightType.Q8_0_X16: WeightType.Q8_0, WeightType.Q4_0_X16: WeightType.Q4_0}.get(wtype, wtype)
-    m, n, k = 5, 37 if packed else 19, 1024
-    lo, hi = (-128, 128) if wtype == WeightType.Q8_0 else (-8, 8)  # all codes, incl. -128
+def unit_scale_problem(wtype: WeightType, m: int, n: int, k: int, seed: int):
+    """(x, w, exact x @ codes.T) for a Q8_0 / Q4_0 matrix (packed if wtype is) whose every scale is 1, with
+    every code including -128, and activations whose every block has amax 127 (scale exactly 1): each
+    output is an integer dot product, exact in float32."""
+    rng = np.random.default_rng(seed)
+    base = wtype.base
+    lo, hi = (-128, 128) if base == WeightType.Q8_0 else (-8, 8)
     codes = rng.integers(lo, hi, size=(n, k))
     blocks = codes.reshape(n, -1, 32)
     one = np.frombuffer(np.float16(1.0).tobytes(), np.uint8)
-    if wtype == WeightType.Q8_0:
+    if base == WeightType.Q8_0:
         body = blocks.astype(np.int8).view(np.uint8)
     else:
         q = (blocks + 8).astype(np.uint8)
         body = q[..., :16] | (q[..., 16:] << 4)
     raw = np.concatenate([np.broadcast_to(one, (*body.shape[:2], 2)), body], axis=-1)
-    w = Weight(np.ascontiguousarray(raw.reshape(n, -1)), wtype, n, k)
-    if packed:
+    w = Weight(np.ascontiguousarray(raw.reshape(n, -1)), base, n, k)
+    if wtype.packed:
         w = w.packed()
     x = rng.integers(-127, 128, size=(m, k)).astype(np.float32)
-    x.reshape(m, -1, 32)[..., 3] = 127  # amax 127 per block: activation scale exactly 1
-    expected = (x.astype(np.int64) @ codes.T.astype(np.int64)).astype(np.float32)
+    x.reshape(m, -1, 32)[..., 3] = 127
+    return x, w, (x.astype(np.int64) @ codes.T.astype(np.int64)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "wtype", [WeightType.Q8_0, WeightType.Q4_0, WeightType.Q8_0_X16, WeightType.Q4_0_X16], ids=lambda t: t.name
+)
+def test_integer_dot_is_bit_exact(isa, wtype):
+    """With every scale 1, each output is an integer dot product, exact in float32."""
+    x, w, expected = unit_scale_problem(wtype, 5, 37 if wtype.packed else 19, 1024, seed=7)
     np.testing.assert_array_equal(matmul(x, w), expected)
 
 
