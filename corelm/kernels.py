@@ -157,7 +157,7 @@ def matmul(
     activation: str = "",
 ) -> np.ndarray:
     """``act(x[..., k] @ w.T (+ bias)) (+ residual)`` -> ``[..., n]`` float32, in one native call
-    (activation "gelu_erf" or "gelu_tanh", applied while the output is in cache); ``residual`` may
+    (activation "gelu_erf", "gelu_tanh", "silu" or "relu", applied while the output is in cache); ``residual`` may
     be ``out`` itself (``out += x @ w.T``). Integer weight types quantize x to 8-bit blocks."""
     return _C.matmul(x, w.data, int(w.type), w.n, out, bias, residual, activation)
 

@@ -193,8 +193,19 @@ struct PyGraph {
     std::mutex lock;
 };
 
+// A matmul epilogue's activation by name ("": none); `where` starts the error message.
+ops::Activation activation_of(const std::string& name, const std::string& where) {
+    static const std::map<std::string, ops::Activation> kinds = {
+        {"", ops::Activation::None},          {"gelu_erf", ops::Activation::GeluErf}, {"gelu_tanh", ops::Activation::GeluTanh},
+        {"silu", ops::Activation::Silu},      {"relu", ops::Activation::Relu},
+    };
+    const auto it = kinds.find(name);
+    if (it == kinds.end()) fail(where + "unknown activation '" + name + "' (known: gelu_erf, gelu_tanh, silu, relu)");
+    return it->second;
+}
+
 const std::map<std::string, OpKind> kOpKinds = {
-    {"embed", OpKind::Embed},     {"add_vector", OpKind::AddVector}, {"rmsnorm", OpKind::RmsNorm},
+    {"embed", OpKind::Embed},     {"add_vector", OpKind::AddVector}, {"add", OpKind::Add}, {"rmsnorm", OpKind::RmsNorm},
     {"layernorm", OpKind::LayerNorm}, {"matmul", OpKind::Matmul},  {"rope", OpKind::Rope},
     {"attention", OpKind::Attention}, {"glu", OpKind::Glu},         {"copy", OpKind::Copy},
     {"select", OpKind::Select},
@@ -266,6 +277,10 @@ GraphOp parse_op(const py::dict& d, const std::vector<int64_t>& widths, PyGraph&
             op.w_f32 = f32_vector("vector", w_out);
             if (!op.w_f32) fail(where + "needs a vector");
             break;
+        case OpKind::Add:
+            need_in(true);
+            if (op.in2 < 0 || width(op.in2) != w_out) fail(where + "needs a second input of the output's width");
+            break;
         case OpKind::RmsNorm:
         case OpKind::LayerNorm:
             need_in(true);
@@ -285,10 +300,7 @@ GraphOp parse_op(const py::dict& d, const std::vector<int64_t>& widths, PyGraph&
                      std::to_string(w_in) + " columns to " + std::to_string(w_out));
             op.bias = f32_vector("bias", w_out);
             if (op.residual >= 0 && width(op.residual) != w_out) fail(where + "the residual's width differs from the output's");
-            const auto act = py::cast<std::string>(d.attr("get")("activation", ""));
-            if (act == "gelu_erf") op.act = ops::Activation::GeluErf;
-            else if (act == "gelu_tanh") op.act = ops::Activation::GeluTanh;
-            else if (!act.empty()) fail(where + "unknown activation '" + act + "'");
+            op.act = activation_of(py::cast<std::string>(d.attr("get")("activation", "")), where);
             break;
         }
         case OpKind::Rope: {
@@ -513,10 +525,7 @@ PYBIND11_MODULE(_C, m) {
 
     m.def("matmul", [](const Array& x, const Array& w, int type, int64_t n, const py::object& out,
                        const py::object& bias, const py::object& residual, const std::string& activation) {
-        ops::Activation act = ops::Activation::None;
-        if (activation == "gelu_erf") act = ops::Activation::GeluErf;
-        else if (activation == "gelu_tanh") act = ops::Activation::GeluTanh;
-        else if (!activation.empty()) fail("unknown activation '" + activation + "' (known: gelu_erf, gelu_tanh)");
+        const ops::Activation act = activation_of(activation, "");
         const WeightType t = weight_type(type);
         const float* xp = f32_in(x, "x");
         const int64_t k = x.shape(x.ndim() - 1), rows = rows_of(x);

@@ -528,10 +528,15 @@ def test_matmul_bias_and_residual(isa, wtype, m):
     out = res.copy()
     matmul(x, w, out=out, bias=bias, residual=out)  # out += x @ w.T + bias
     np.testing.assert_allclose(out, plain + bias + res, rtol=1e-6, atol=1e-5)
-    for name, act in (("gelu_erf", _C.gelu_erf), ("gelu_tanh", _C.gelu_tanh)):
+    acts = (("gelu_erf", _C.gelu_erf), ("gelu_tanh", _C.gelu_tanh), ("silu", _C.silu), ("relu", _relu))
+    for name, act in acts:
         np.testing.assert_allclose(matmul(x, w, bias=bias, activation=name), act(plain + bias), rtol=1e-5, atol=1e-5)
         got = matmul(x, w, residual=res, activation=name)
         np.testing.assert_allclose(got, act(plain) + res, rtol=1e-5, atol=1e-5)
+
+
+def _relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0)
 
 
 def test_matmul_epilogue_bad_shapes():
@@ -543,8 +548,8 @@ def test_matmul_epilogue_bad_shapes():
         matmul(x, w, residual=rand(rng, 2, 7))
     with pytest.raises(TypeError, match="bias"):
         matmul(x, w, bias=np.zeros(8, np.float64))
-    with pytest.raises(ValueError, match="unknown activation 'relu'"):
-        matmul(x, w, activation="relu")
+    with pytest.raises(ValueError, match="unknown activation 'tanh'"):
+        matmul(x, w, activation="tanh")
 
 
 def test_weight_types_mirror_the_native_table():

@@ -24,6 +24,7 @@ __all__ = ["TASKS", "METHODS", "add_parser", "cmd_finetune"]
 TASKS = ("token-classification", "sequence-classification", "causal-lm")
 METHODS = ("full", "lora", "adalora", "adapter")
 GGUF_TYPES = ("q8_0", "q4_0", "q4_k_m", "q6_k", "f16", "f32")
+ADAPTER_CONFIGS = ("pfeiffer", "houlsby")
 
 _EPILOG = """\
 models (--model): a Hugging Face folder of a gpt2 / llama / qwen2 decoder or a bert / roberta /
@@ -43,15 +44,19 @@ data:
   The labels are the training file's; a label or tag of --eval / --test that training never saw is
   an error naming the file and line.
 
-methods (--method):
-  full      every weight trains; any model.
-  lora      peft LoRA on every linear layer (rank --lora-r), the task head trained whole; any model.
+methods (--method), each for every model above (gpt2 / llama / qwen2, bert / roberta / distilbert):
+  full      every weight trains. The most capable; the most optimizer memory (2 x the weights).
+  lora      peft LoRA on every linear layer (rank --lora-r), the task head trained whole.
   adalora   peft AdaLoRA (LoRA whose ranks are re-allocated during training, from --lora-r * 1.5 down
-            to --lora-r on average); any model.
-  adapter   bottleneck (Houlsby / Pfeiffer) adapters: NOT AVAILABLE. peft has no bottleneck adapter
-            and AdapterHub's `adapters` (1.3.0) requires transformers 4.57, not the 5.23 corelm pins;
-            and an adapter (a non-linear side block) could not be merged into corelm's weights.
-  LoRA and AdaLoRA are merged into the base weights on export.
+            to --lora-r on average).
+  adapter   AdapterHub bottleneck adapters, the base model frozen, the task head trained whole:
+            --adapter-config pfeiffer (SeqBnConfig: one adapter after each block's feed-forward,
+            relu) or houlsby (DoubleSeqBnConfig: after attention too, swish); bottleneck width
+            n_embd / --reduction-factor. Needs AdapterHub's `adapters` 1.3.0, which requires
+            transformers 4.57: install 'corelm[finetune-adapter]' in an environment of its own.
+  LoRA and AdaLoRA are merged into the base weights on export. An adapter is a non-linear block
+  and cannot be merged: corelm's runtime runs it (the folder holds it as `adapters` saves it; the
+  GGUF as blk.N.adapter_* tensors, which corelm reads and llama.cpp does not).
 
 training: AdamW (decoupled weight decay on matrices only), linear warmup over the --warmup fraction
 of the steps then linear decay to 0, gradient clipping at 1.0, --grad-accum micro-batches a step,
@@ -104,7 +109,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = subparsers.add_parser(
         "finetune",
         help="fine-tune a model on labelled data (tagging, classification, chat); needs the finetune extra",
-        description="Fine-tune MODEL for --task on --train (full, LoRA or AdaLoRA) on the CPU; report the field's "
+        description="Fine-tune MODEL for --task on --train (full, LoRA, AdaLoRA or a bottleneck adapter) on the CPU; "
+        "report the field's "
         "metrics on --eval after every epoch and on --test at the end; write DIR as a Hugging Face folder "
         "(and a GGUF file for causal LMs) that corelm runs, and check corelm's predictions equal torch's.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -121,7 +127,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--batch", type=positive_int, default=16, metavar="B", help="examples per micro-batch (16)")
     p.add_argument("--grad-accum", type=positive_int, default=1, metavar="K", help="micro-batches per step (1)")
     p.add_argument(
-        "--lr", type=positive_float, default=None, help="peak learning rate (full: 5e-5, lora/adalora: 5e-4)"
+        "--lr",
+        type=positive_float,
+        default=None,
+        help="peak learning rate (full 5e-5, lora 5e-4, adapter 1e-3)",
     )
     p.add_argument("--warmup", type=_fraction, default=0.06, metavar="F", help="warmup fraction of the steps (0.06)")
     p.add_argument("--weight-decay", type=_non_negative_float, default=0.01, metavar="W", help="AdamW decay (0.01)")
@@ -137,6 +146,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--lora-r", type=positive_int, default=8, metavar="R", help="LoRA rank (8)")
     p.add_argument("--lora-alpha", type=positive_float, default=None, metavar="A", help="LoRA scale (2 x rank)")
     p.add_argument("--lora-dropout", type=_fraction, default=0.05, metavar="P", help="LoRA dropout (0.05)")
+    p.add_argument(
+        "--adapter-config", choices=ADAPTER_CONFIGS, default="pfeiffer", help="adapter: which bottleneck (pfeiffer)"
+    )
+    p.add_argument(
+        "--reduction-factor", type=positive_int, default=16, metavar="F", help="adapter: n_embd / bottleneck (16)"
+    )
     p.add_argument(
         "--limit", type=positive_int, default=None, metavar="N", help="use the first N examples of each file"
     )
@@ -157,12 +172,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     if args.method == "adapter":
-        print(
-            "corelm finetune: error: --method adapter is not available: peft has no bottleneck adapter and "
-            "AdapterHub's `adapters` needs transformers 4.57 (corelm pins 5.23); use --method lora or adalora",
-            file=sys.stderr,
-        )
-        return 2
+        try:
+            import adapters  # noqa: F401
+        except ImportError as e:  # absent, or beside a transformers it does not run on (5.x)
+            print(
+                f"corelm finetune: error: --method adapter needs AdapterHub's adapters 1.3.0 ({e}); it requires "
+                "transformers 4.57 (corelm[finetune] has 5.23): pip install 'corelm[finetune-adapter]' in its own "
+                "environment",
+                file=sys.stderr,
+            )
+            return 2
     try:
         from corelm.finetune.run import finetune
     except ImportError as e:

@@ -60,6 +60,8 @@ class Settings:
     lora_r: int
     lora_alpha: float | None
     lora_dropout: float
+    adapter_config: str  # "pfeiffer" or "houlsby" (method adapter)
+    reduction_factor: int
     bucket: bool
     world: int  # processes
 

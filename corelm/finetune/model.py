@@ -111,11 +111,14 @@ def _plain_weights(model, source: Source) -> None:
         del model.config.quantization_config
 
 
-def wrap(model, task: str, method: str, r: int, alpha: float | None, dropout: float, total_steps: int):
-    """The model with peft's LoRA / AdaLoRA on every linear layer (the task head trains whole), or
-    as it is for full fine-tuning."""
+def wrap(model, task: str, method: str, r: int, alpha: float | None, dropout: float, total_steps: int,
+         adapter_config: str = "pfeiffer", reduction_factor: int = 16):  # fmt: skip
+    """The model with peft's LoRA / AdaLoRA on every linear layer or AdapterHub's bottleneck adapter
+    in every block (the task head trains whole), or as it is for full fine-tuning."""
     if method == "full":
         return model
+    if method == "adapter":
+        return _with_adapter(model, adapter_config, reduction_factor)
     import peft
 
     task_type = {
@@ -141,6 +144,27 @@ def wrap(model, task: str, method: str, r: int, alpha: float | None, dropout: fl
             **common,
         )
     return peft.get_peft_model(model, config)
+
+
+ADAPTER = "corelm"  # the adapter's name (in its tensors' names and config.json)
+# Task-head modules (top-level names of the *For...Classification models), and BERT's pooler that
+# its sequence head reads: trained whole beside the adapter, as beside LoRA.
+_HEAD_MODULES = ("classifier", "pre_classifier", "score")
+
+
+def _with_adapter(model, kind: str, reduction_factor: int):
+    """AdapterHub's Pfeiffer (SeqBnConfig) or Houlsby (DoubleSeqBnConfig) adapter in every block;
+    the base model frozen, the head not."""
+    import adapters
+
+    config = {"pfeiffer": adapters.SeqBnConfig, "houlsby": adapters.DoubleSeqBnConfig}[kind]
+    adapters.init(model)
+    model.add_adapter(ADAPTER, config=config(reduction_factor=reduction_factor))
+    model.train_adapter(ADAPTER)  # freezes everything else and makes the adapter the active one
+    for name, p in model.named_parameters():
+        if name.split(".")[0] in _HEAD_MODULES or ".pooler." in name:
+            p.requires_grad_(True)
+    return model
 
 
 def adalora_penalty(model):
@@ -184,14 +208,16 @@ def load_adalora_state(model, state: dict | None) -> None:
 
 
 def merged(model):
-    """A plain transformers model: peft's low-rank updates added into the base weights."""
+    """A plain transformers model: peft's low-rank updates added into the base weights. A bottleneck
+    adapter cannot be merged: the model keeps it (and save_folder writes it beside the weights)."""
     if hasattr(model, "merge_and_unload"):
         return model.merge_and_unload()
     return model
 
 
 def save_folder(model, tokenizer, out: Path) -> None:
-    """DIR as a Hugging Face folder corelm loads: config.json (with id2label), model.safetensors,
-    tokenizer.json and tokenizer_config.json."""
+    """DIR as a Hugging Face folder corelm loads: config.json (with id2label, and with an adapter
+    the "adapters" section AdapterHub writes), model.safetensors (an adapter's tensors under the names
+    AdapterHub gives them), tokenizer.json and tokenizer_config.json."""
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

@@ -41,7 +41,7 @@ from corelm.finetune.loop import (
 from corelm.train.data import check_output_dir
 from corelm.train.trainer import resolve_dtype
 
-DEFAULT_LR = {"full": 5e-5, "lora": 5e-4, "adalora": 5e-4}
+DEFAULT_LR = {"full": 5e-5, "lora": 5e-4, "adalora": 5e-4, "adapter": 1e-3}
 DEFAULT_MAX_LEN = 256
 _CURVE: tuple[str, ...] = (
     "task",
@@ -55,7 +55,8 @@ _CURVE: tuple[str, ...] = (
     "max_len",
     "seed",
 )
-_CURVE += ("dtype", "lora_r", "lora_alpha", "lora_dropout", "bucket", "world")
+_CURVE += ("dtype", "lora_r", "lora_alpha", "lora_dropout", "adapter_config", "reduction_factor", "bucket", "world")
+_ADAPTER_ONLY = ("adapter_config", "reduction_factor")  # (checkpoints before adapters lack them)
 _LM_CHECK = 8  # causal LM: test examples whose logits corelm must reproduce
 
 
@@ -77,6 +78,8 @@ def _settings(args: argparse.Namespace, ranks: Ranks) -> Settings:
         lora_r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
+        adapter_config=args.adapter_config,
+        reduction_factor=args.reduction_factor,
         bucket=not args.no_bucket,
         world=ranks.world,
     )
@@ -84,7 +87,8 @@ def _settings(args: argparse.Namespace, ranks: Ranks) -> Settings:
 
 def _check_resume(s: Settings, ckpt: dict[str, Any], labels: list[str], digest: str) -> None:
     saved = ckpt["settings"]
-    changed = [k for k in _CURVE if saved.get(k) != getattr(s, k)]
+    keys = [k for k in _CURVE if s.method == "adapter" or k not in _ADAPTER_ONLY]
+    changed = [k for k in keys if saved.get(k) != getattr(s, k)]
     if changed:
         diffs = ", ".join(f"{k} {saved.get(k)!r} -> {getattr(s, k)!r}" for k in changed)
         raise ValueError(f"--resume: the settings differ from the checkpoint's ({diffs}); give the same ones")
@@ -144,6 +148,12 @@ def _usage(out: Path, task: str, gguf: Path | None) -> list[str]:
     return [f'corelm run {gguf} -p "..."', f"corelm chat {gguf}", f"corelm serve {gguf}"]
 
 
+def _method_note(method: str) -> str:
+    if method == "adapter":
+        return " (the bottleneck adapter runs in corelm; llama.cpp does not load its blk.N.adapter_* tensors)"
+    return ""
+
+
 def finetune(args: argparse.Namespace) -> dict[str, Any] | None:
     ranks = Ranks()
     threads = args.threads or max(1, corelm.info()["physical_cores"] // ranks.local_world)
@@ -194,7 +204,8 @@ def _finetune(args: argparse.Namespace, ranks: Ranks, threads: int) -> dict[str,
         _check_resume(s, ckpt, labels, digest)
     micro = math.ceil(len(train) / (s.batch * ranks.world))
     total_steps = math.ceil(micro / s.grad_accum) * s.epochs
-    model = models.wrap(model, task, s.method, s.lora_r, s.lora_alpha, s.lora_dropout, total_steps)
+    model = models.wrap(model, task, s.method, s.lora_r, s.lora_alpha, s.lora_dropout, total_steps,
+                        s.adapter_config, s.reduction_factor)  # fmt: skip
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_tokens = sum(len(e.ids) for e in train)
@@ -285,5 +296,5 @@ def _finetune(args: argparse.Namespace, ranks: Ranks, threads: int) -> dict[str,
     if report_lines:
         (out / "report.txt").write_text("\n".join(report_lines), encoding="utf-8")
     if outputs.get("usage"):
-        say(f"wrote {out}; use it with:\n  " + "\n  ".join(outputs["usage"]))
+        say(f"wrote {out}{_method_note(s.method)}; use it with:\n  " + "\n  ".join(outputs["usage"]))
     return summary

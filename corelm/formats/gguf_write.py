@@ -57,7 +57,7 @@ def write_gguf(
     tmp = path.with_name(path.name + ".tmp")
     writer = gguf.GGUFWriter(tmp, c.arch)
     writer.add_name(name)
-    type(model).write_hparams(writer, c)
+    type(model).write_gguf_keys(writer, c)
     for key, value in (tokenizer_metadata or {}).items():
         _add_value(writer, key, value)
     inv_freq = model.config.rope_inv_freq()

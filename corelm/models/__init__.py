@@ -20,13 +20,14 @@ from corelm.formats import ModelFileError
 from corelm.formats.gguf import GGUFFile, load_gguf
 from corelm.formats.hf import is_hf_dir, load_hf_tensors, read_json, sentence_transformers_settings
 from corelm.kernels import Weight, WeightType
+from corelm.models import adapter as adapters
 from corelm.models.base import ARCHITECTURES, Model, ModelConfig, as_weight, head_of_hf, to_f32
 from corelm.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 for _module in pkgutil.iter_modules(__path__):
-    if _module.name not in ("base", "graph"):
+    if _module.name not in ("base", "graph", "adapter"):
         importlib.import_module(f"{__name__}.{_module.name}")  # each registers its architecture
 
 
@@ -103,10 +104,19 @@ def load_hf(folder: Path, quant: str | None = None) -> tuple[Model, Tokenizer | 
     try:
         config = cls.config_from_hf(cfg)
         config.head, config.labels = head_of_hf(cfg)
+        adapter = adapters.BottleneckAdapter.from_hf_config(cfg)
     except KeyError as e:
         raise ModelFileError(f"{folder}/config.json: missing {e}") from e
+    except ValueError as e:
+        raise ModelFileError(f"{folder}/{e}" if str(e).startswith("config.json") else f"{folder}: {e}") from e
+    names = dict(cls.hf_names)
+    if adapter is not None:
+        if not cls.hf_adapter_paths:
+            raise ModelFileError(f"{folder}: bottleneck adapters on {model_type} models are not supported")
+        config.adapter = adapter[0]
+        names |= adapters.hf_names(cls.hf_adapter_paths, adapter[1])
     qtype = _quant_type(quant)
-    table = _hf_name_table(cls.hf_names, config.n_layer)
+    table = _hf_name_table(names, config.n_layer)
     transposed = cls.hf_transposed
     prefixes = ("", *cls.hf_prefixes)
     tensors = load_hf_tensors(folder)
@@ -119,7 +129,7 @@ def load_hf(folder: Path, quant: str | None = None) -> tuple[Model, Tokenizer | 
             log.debug("ignoring tensor %s", hf_name)
             continue
         if array.ndim == 2:
-            if name.endswith(transposed):
+            if name.split(".", 2)[-1] in transposed:  # blk.N.<name>
                 array = np.ascontiguousarray(to_f32(dtype, array).T)
                 dtype = "F32"
             weights[name] = _maybe_quantize(as_weight(dtype, array), qtype)
@@ -188,6 +198,7 @@ def load_gguf_model(path: Path, quant: str | None = None) -> tuple[Model, Tokeni
         for name, t in _progress(f.tensors.items(), "loading", len(f.tensors), f.path.stat().st_size):
             weights[name] = _gguf_weight(t, qtype)
         config = cls.config_from_gguf(f.metadata, arch, weights)
+        config.adapter = adapters.BottleneckAdapter.from_gguf(f.metadata)
         tokenizer = Tokenizer.from_gguf_metadata(f.metadata) if "tokenizer.ggml.model" in f.metadata else None
         model = cls(config, weights)
     except ModelFileError:

@@ -26,6 +26,7 @@ import numpy as np
 from corelm import kernels
 from corelm.engine.kv_cache import KVCache
 from corelm.kernels import Weight
+from corelm.models.adapter import BottleneckAdapter
 from corelm.models.graph import CompiledGraph, GraphBuilder, Op
 
 
@@ -55,6 +56,7 @@ class ModelConfig:
     pos_offset: int = 0  # rows of position_embd before position 0 (RoBERTa: padding_idx + 1)
     normalize: bool = True  # embeddings scaled to unit length (sentence-transformers' Normalize)
     max_tokens: int = 0  # longer texts are cut to this many tokens when embedded or classified (0: ctx)
+    adapter: BottleneckAdapter | None = None  # every block's bottleneck adapter (adapter.py), if any
 
     @property
     def default_pooling(self) -> str:
@@ -123,7 +125,9 @@ class Model:
     hf_model_types: ClassVar[tuple[str, ...]] = ()  # config.json model_type values it reads
     hf_names: ClassVar[dict[str, str]] = {}  # HF parameter name -> GGUF name; "{i}" is the layer
     hf_prefixes: ClassVar[tuple[str, ...]] = ("transformer.", "model.")  # added or removed to match hf_names
-    hf_transposed: ClassVar[tuple[str, ...]] = ()  # GGUF name suffixes HF stores [in, out]
+    hf_transposed: ClassVar[tuple[str, ...]] = ()  # block tensors (names after "blk.N.") HF stores [in, out]
+    # where its HF blocks keep AdapterHub's adapter layers: {"attn": (path, ...), "ffn": (...)}, "{i}" the layer
+    hf_adapter_paths: ClassVar[dict[str, tuple[str, ...]]] = {}
     gguf_norm_eps: ClassVar[str] = "attention.layer_norm_rms_epsilon"  # the GGUF key of its norms' epsilon
 
     def __init__(self, config: ModelConfig, weights: Weights) -> None:
@@ -138,12 +142,16 @@ class Model:
         raise NotImplementedError
 
     def check_weights(self) -> None:
-        missing = [n for n in self.required_weights() if n not in self.w]
+        c = self.config
+        required = self.required_weights() + (c.adapter.tensors(c.n_layer) if c.adapter else [])
+        missing = [n for n in required if n not in self.w]
         if missing:
             raise ValueError(
                 f"{self.config.arch} model is missing tensors: {', '.join(missing[:8])}"
                 + (" ..." if len(missing) > 8 else "")
             )
+        if c.adapter:
+            c.adapter.check_shapes(self.w, c.n_layer, c.n_embd)
 
     def new_cache(self, capacity: int, dtype: str = "float32") -> KVCache:
         c = self.config
@@ -186,6 +194,14 @@ class Model:
         if kind == "linear":
             w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
             w.add_rope_scaling_factor(float(c.rope_scaling["factor"]))
+
+    @classmethod
+    def write_gguf_keys(cls, w: gguf.GGUFWriter, c: ModelConfig) -> None:
+        """Every key a GGUF file of this config gets from it: the architecture's hyperparameters and
+        the adapter's corelm.adapter.* keys."""
+        cls.write_hparams(w, c)
+        if c.adapter:
+            c.adapter.write_gguf(w)
 
     def gguf_row_order(self, name: str, rows: int) -> np.ndarray | None:
         """The order in which tensor `name`'s rows are written to GGUF (None: as they are)."""

@@ -21,6 +21,7 @@ import numpy as np
 
 from corelm import kernels
 from corelm.kernels import Weight
+from corelm.models.adapter import declare_residual
 from corelm.models.base import Model, ModelConfig, gguf_key, head_of_hf, register, write_shape_hparams
 from corelm.models.graph import GraphBuilder
 
@@ -167,6 +168,10 @@ class Bert(Model):
     hf_model_types = HF_MODEL_TYPES
     hf_names = HF_NAMES
     hf_prefixes = HF_PREFIXES
+    hf_adapter_paths = {  # BERT / RoBERTa, DistilBERT
+        "attn": ("encoder.layer.{i}.attention.output.adapters", "transformer.layer.{i}.attention_adapters.adapters"),
+        "ffn": ("encoder.layer.{i}.output.adapters", "transformer.layer.{i}.output_adapters.adapters"),
+    }
     gguf_norm_eps = "attention.layer_norm_epsilon"
     config_from_hf = staticmethod(_config_from_hf)  # type: ignore[assignment]
     config_from_gguf = staticmethod(_config_from_gguf)  # type: ignore[assignment]
@@ -204,9 +209,7 @@ class Bert(Model):
             for proj in ("q", "k", "v"):
                 g.linear(p + "attn_" + proj, "x", proj)
             g.attention(p + "attn", "q", "k", "v", "attn", i, c.n_head, c.n_head, c.head_dim, causal=False)
-            g.linear(p + "attn_output", "attn", "x", residual="x")
-            g.layernorm(p + "attn_output_norm", "x", "x", c.norm_eps)
+            declare_residual(g, c.adapter, p, "attn", p + "attn_output", "attn", p + "attn_output_norm", c.norm_eps)
             g.linear(p + "ffn_up", "x", "ff", activation="gelu_erf")
-            g.linear(p + "ffn_down", "ff", "x", residual="x")
-            g.layernorm(p + "layer_output_norm", "x", "x", c.norm_eps)
+            declare_residual(g, c.adapter, p, "ffn", p + "ffn_down", "ff", p + "layer_output_norm", c.norm_eps)
         g.select("x", "hidden")  # post-LayerNorm: every block already ends normalised

@@ -9,6 +9,7 @@ from typing import Any
 
 import gguf
 
+from corelm.models.adapter import declare_residual
 from corelm.models.base import Model, ModelConfig, register, write_decoder_hparams
 from corelm.models.graph import GraphBuilder
 
@@ -74,6 +75,10 @@ class GPT2(Model):
     hf_model_types = ("gpt2",)
     hf_names = HF_NAMES
     hf_transposed = TRANSPOSED
+    hf_adapter_paths = {
+        "attn": ("transformer.h.{i}.attention_adapters.adapters",),
+        "ffn": ("transformer.h.{i}.output_adapters.adapters",),
+    }
     gguf_norm_eps = "attention.layer_norm_epsilon"
     config_from_hf = staticmethod(_config_from_hf)  # type: ignore[assignment]
     expected_shapes = staticmethod(_expected_shapes)  # type: ignore[assignment]
@@ -104,10 +109,10 @@ class GPT2(Model):
             for j, part in enumerate("qkv"):
                 g.copy(f"{p}attn_{part}", "qkv", part, j * c.n_embd, c.n_embd)
             g.attention(p + "attn", "q", "k", "v", "attn", i, c.n_head, c.n_head, c.head_dim, causal=True)
-            g.linear(p + "attn_output", "attn", "x", residual="x")
+            declare_residual(g, c.adapter, p, "attn", p + "attn_output", "attn")
             g.layernorm(p + "ffn_norm", "x", "h", c.norm_eps)
             g.linear(p + "ffn_up", "h", "ff", activation="gelu_tanh")
-            g.linear(p + "ffn_down", "ff", "x", residual="x")
+            declare_residual(g, c.adapter, p, "ffn", p + "ffn_down", "ff")
         g.select("x", "x_out")
         g.layernorm("output_norm", "x_out", "hidden", c.norm_eps)
         self.declare_lm_head(g, "hidden")

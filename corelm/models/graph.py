@@ -113,6 +113,12 @@ class GraphBuilder:
         """out = x + vector (one row, broadcast)."""
         self._add("add_vector", name, out, self.width(x), (x,), vector=np.ascontiguousarray(vector, np.float32))
 
+    def add(self, name: str, x: str, y: str, out: str) -> None:
+        """out = x + y (buffers of one width; out may be x or y)."""
+        if self.width(y) != self.width(x):
+            raise ValueError(f"graph: {name} adds {y!r} ({self.width(y)} wide) to {x!r} ({self.width(x)} wide)")
+        self._add("add", name, out, self.width(x), (x, y), self._layer(name))
+
     def rmsnorm(self, name: str, x: str, out: str, eps: float, group: int = 0) -> None:
         """out = RMSNorm(x) * name.weight; group > 0 normalises each `group` columns on their own
         (per-head q/k norms)."""
@@ -127,7 +133,8 @@ class GraphBuilder:
 
     def linear(self, name: str, x: str, out: str, residual: str = "", activation: str = "", weight: str = "") -> None:
         """out = act(x @ W.T (+ bias when the model has one)) (+ residual), one native matmul;
-        W is `weight` (default: `name`).weight, the bias `name`.bias; residual may be out itself."""
+        W is `weight` (default: `name`).weight, the bias `name`.bias; residual may be out itself;
+        activation "", "gelu_erf", "gelu_tanh", "silu" or "relu"."""
         tensor = (weight or name) + ".weight"
         spec: dict[str, Any] = {"bias": self.w.get(name + ".bias"), "activation": activation}
         if residual:

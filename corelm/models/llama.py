@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from corelm.models.adapter import declare_residual
 from corelm.models.base import Model, ModelConfig, register
 from corelm.models.graph import GraphBuilder
 
@@ -91,6 +92,11 @@ class Llama(Model):
     gguf_archs: ClassVar[tuple[str, ...]] = ("llama", "qwen2")  # (subclasses name their own)
     hf_model_types: ClassVar[tuple[str, ...]] = ("llama", "qwen2")
     hf_names = HF_NAMES
+    # adapters' Llama mixin and its Qwen2 hooks both keep them here
+    hf_adapter_paths = {
+        "attn": ("model.layers.{i}.attention_adapters.adapters",),
+        "ffn": ("model.layers.{i}.output_adapters.adapters",),
+    }
     config_from_hf = staticmethod(_config_from_hf)  # type: ignore[assignment]
     expected_shapes = staticmethod(_expected_shapes)  # type: ignore[assignment]
 
@@ -144,9 +150,9 @@ class Llama(Model):
             g.attention(
                 p + "attn", "q", "k", "v", "attn", i, c.n_head, c.n_head_kv, hd, causal=True, window=c.sliding_window
             )
-            g.linear(p + "attn_output", "attn", "x", residual="x")
+            declare_residual(g, c.adapter, p, "attn", p + "attn_output", "attn")
             g.rmsnorm(p + "ffn_norm", "x", "h", c.norm_eps)
-            g.linear(p + "ffn_down", self.declare_glu(g, p), "x", residual="x")
+            declare_residual(g, c.adapter, p, "ffn", p + "ffn_down", self.declare_glu(g, p))
         g.select("x", "x_out")
         g.rmsnorm("output_norm", "x_out", "hidden", c.norm_eps)
         self.declare_lm_head(g, "hidden")

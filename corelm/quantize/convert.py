@@ -103,7 +103,7 @@ def _metadata(model: Model, tokenizer: Tokenizer | None, recipe: str, src: Path)
     name = str(source.get("general.name") or src.stem or src.name)
     probe = gguf.GGUFWriter(None, model.config.arch)  # the keys write_gguf writes from the config
     probe.add_name(name)
-    type(model).write_hparams(probe, model.config)
+    type(model).write_gguf_keys(probe, model.config)
     written = set(probe.kv_data[0])
     meta: dict[str, Any] = {}
     for key, value in source.items():
@@ -200,7 +200,7 @@ def quantize_model(
             continue
         w = t.unpacked()  # GGUF layout (the loader may have interleaved it for the kernels)
         report.types_before[w.type.name] += 1
-        wanted = w.type if tname in recipes.KEPT else recipes.tensor_type(recipe, tname, w.k, n_layers, tied, pure)
+        wanted = w.type if recipes.kept(tname) else recipes.tensor_type(recipe, tname, w.k, n_layers, tied, pure)
         wtype = recipes.fit(wanted, w.k)
         if wtype != wanted:
             report.fallbacks.append((tname, w.n, w.k, wanted.name, wtype.name))

@@ -18,7 +18,7 @@ the layers whose errors cost the most. k-quants need rows that are a multiple of
 other matrices fall back as llama.cpp's do (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, and the
 output matrix straight to Q8_0; F16 when no block fits), which is why a k-quant file of a model whose width is not a
 multiple of 256 (Qwen2.5-0.5B: 896) holds Q5_0 and Q8_0 tensors. --pure puts every matrix
-in the base type (llama-quantize --pure). Positional embeddings keep their type (KEPT).
+in the base type (llama-quantize --pure). Positional embeddings and bottleneck adapters keep their type (kept).
 """
 
 from __future__ import annotations
@@ -58,6 +58,13 @@ _FALLBACK = {
 _LAYER = re.compile(r"blk\.(\d+)\.")
 # Matrices llama.cpp never converts (positional embeddings): they keep the type they have.
 KEPT = ("position_embd.weight", "token_types.weight")
+
+
+def kept(name: str) -> bool:
+    """Tensors written in the type they have: positional embeddings, and bottleneck adapters
+    (blk.N.adapter_*: a small share of the weights, and their bottleneck rows are rarely a whole
+    number of blocks)."""
+    return name in KEPT or ".adapter_" in name
 
 
 def more_bits(layer: int, n_layers: int) -> bool:

@@ -118,6 +118,9 @@ const float* Graph::run(const int32_t* tokens, int64_t n_tokens, const std::vect
             case OpKind::AddVector:
                 ops::binary(ops::Binary::add, in, w_in, op.w_f32, 0, out, w_out, rows, w_out);
                 break;
+            case OpKind::Add:
+                ops::binary(ops::Binary::add, in, w_in, buf(op.in2), widths_[size_t(op.in2)], out, w_out, rows, w_out);
+                break;
             case OpKind::RmsNorm: {
                 const int64_t g = op.group ? op.group : w_out;
                 ops::rmsnorm(in, op.w_f32, out, rows * (w_out / g), g, op.eps);

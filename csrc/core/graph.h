@@ -27,9 +27,10 @@ namespace corelm {
 enum class OpKind {
     Embed,       // out (= or +=) rows of W at ids: the step's tokens, or positions + id_offset
     AddVector,   // out = in + vec (one row broadcast over all rows)
+    Add,         // out = in + in2 (same widths)
     RmsNorm,     // out = rmsnorm(in) * w, each `group` columns normalised on their own
     LayerNorm,   // out = layernorm(in) * w + b, over whole rows
-    Matmul,      // out = act(in . W^T + bias) (+ residual)
+    Matmul,      // out = act(in . W^T + bias) (+ residual); act: gelu (erf / tanh), silu, relu
     Rope,        // in place on out [rows, heads, head_dim]
     Attention,   // out = attention(q = in, k = in2, v = in3), the step's k/v stored in each segment's cache first
     Glu,         // out = silu(in[:, col0 : col0+n]) * in2[:, col1 : col1+n], n = out's width

@@ -90,6 +90,9 @@ void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, WeightType t
                     for (int64_t j = 0; j < w_cols; ++j) src[j] += bias[n0 + j];
                 if (act == Activation::GeluErf) kt.gelu_erf(src, src, w_cols);
                 else if (act == Activation::GeluTanh) kt.gelu_tanh(src, src, w_cols);
+                else if (act == Activation::Silu) kt.silu(src, src, w_cols);
+                else if (act == Activation::Relu)
+                    for (int64_t j = 0; j < w_cols; ++j) src[j] = src[j] > 0.0f ? src[j] : 0.0f;
                 for (int64_t j = 0; j < w_cols; ++j) dst[j] = src[j] + (res ? res[j] : 0.0f);
             }
         }

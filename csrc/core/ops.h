@@ -9,7 +9,7 @@
 namespace corelm::ops {
 
 // An activation applied to a matrix product's output in the same call (after the bias).
-enum class Activation { None, GeluErf, GeluTanh };
+enum class Activation { None, GeluErf, GeluTanh, Silu, Relu };
 
 // y[m, n] = act(x[m, k] . W[n, k]^T (+ bias[n])) (+ residual[m, n]) for W of type t stored as n
 // rows of row_bytes(t, k). residual may be y itself (y += x . W^T); bias and residual may be null.
