@@ -105,8 +105,9 @@ class Grammar:
     @classmethod
     def _checked(cls, g: str, kind: str) -> Grammar:
         is_error, messages = _llguidance().LLMatcher.validate_grammar_with_warnings(g)
-        if is_error:
-            raise ValueError(f"invalid {kind.replace('_', ' ')} grammar: {messages[0] if messages else g}")
+        if is_error:  # the first line: "1(11): Expected token ')' ..." (then the line quoted, a caret)
+            first = messages[0].strip().splitlines()[0] if messages and messages[0].strip() else "rejected"
+            raise ValueError(f"invalid {kind.replace('_', ' ')} grammar: {first}")
         return cls(g, kind)
 
     def matcher(self, tok: Tokenizer) -> Constraint:
