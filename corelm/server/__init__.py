@@ -81,7 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "model",
         nargs="?",
         default=None,
-        help="a .gguf file or a Hugging Face model folder (default: corelm's own small model)",
+        help="a .gguf file, a Hugging Face model folder or hf://ORG/REPO[/FILE.gguf] (default: corelm's own)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=argtypes.port, default=8080, help="port (default 8080; 0 picks a free one)")
