@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import corelm
@@ -238,9 +239,17 @@ def cmd_tag(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(args: argparse.Namespace) -> Callable[[str], None]:
+    """Where long measurements say each step: stderr, one line a step ("[3/17] Q4_0: GEMV ..."),
+    unless --json (a script reads the result; its log stays quiet)."""
+    if args.json:
+        return lambda s: None
+    return lambda s: print(f"... {s}", file=sys.stderr, flush=True)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     threads = args.threads or [corelm.info()["physical_cores"]]
-    progress = (lambda s: None) if args.json else (lambda s: print(f"... {s}", file=sys.stderr, flush=True))
+    progress = _progress(args)
     if args.model == "kernels":
         from corelm.analysis.kernel_bench import bench_kernels, format_report
 
@@ -259,7 +268,7 @@ def cmd_roofline(args: argparse.Namespace) -> int:
     from corelm.analysis.roofline import format_report, roofline
 
     threads = args.threads or corelm.info()["physical_cores"]
-    report = roofline(args.model, threads, args.prompt_tokens, args.gen_tokens, args.png)
+    report = roofline(args.model, threads, args.prompt_tokens, args.gen_tokens, args.png, _progress(args))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     if args.png:
         print(f"chart written to {args.png}", file=sys.stderr)
