@@ -57,6 +57,20 @@ def test_apply_masks_sets_refused_tokens_to_minus_infinity():
         assert np.array_equal(logits[1], before[1])  # an unconstrained row is untouched
 
 
+def test_mask_rows_wider_or_narrower_than_the_vocabulary(llm):
+    """Logits padded past the tokenizer's vocabulary never allow the padding; a narrower row
+    keeps the tokens it has."""
+    c = Grammar.json_object().matcher(llm.tokenizer)
+    exact = np.zeros(c.words, np.int32)
+    c.fill(exact)
+    wide = np.full(c.words + 3, -1, np.int32)
+    c.fill(wide)
+    assert np.array_equal(wide[: c.words], exact) and not wide[c.words :].any()
+    narrow = np.zeros(c.words - 1, np.int32)
+    c.fill(narrow)
+    assert np.array_equal(narrow, exact[:-1])
+
+
 @pytest.mark.parametrize("model", ["llm", "stories"])
 def test_generate_json_schema_validates(model, request):
     m = request.getfixturevalue(model)

@@ -132,8 +132,16 @@ class Constraint:
         return (self.vocab_size + 31) // 32
 
     def fill(self, row: np.ndarray) -> None:
-        """Write the allowed-token bitmask (int32 [words], C-contiguous) into `row`."""
-        self._m.unsafe_compute_mask_ptr(row.ctypes.data, row.nbytes)
+        """Write the allowed-token bitmask (int32, C-contiguous) into `row`. A model's logits may
+        be wider than its tokenizer's vocabulary (padded rows): those tokens are never allowed."""
+        if row.size == self.words:
+            self._m.unsafe_compute_mask_ptr(row.ctypes.data, row.nbytes)
+            return
+        own = np.zeros(self.words, np.int32)
+        self._m.unsafe_compute_mask_ptr(own.ctypes.data, own.nbytes)
+        n = min(row.size, own.size)
+        row[:n] = own[:n]
+        row[n:] = 0
 
     def advance(self, token: int) -> None:
         if not self._m.consume_token(token):
