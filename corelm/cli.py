@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import corelm
@@ -119,7 +120,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         "model",
         nargs="?",
         default=None,
-        help="a .gguf file or a Hugging Face model folder (default: corelm's own small Shakespeare model)",
+        help="a .gguf file, a Hugging Face model folder or hf://ORG/REPO[/FILE.gguf] (default: corelm's own model)",
     )
     p.add_argument("-t", "--threads", type=argtypes.threads, default=None, help=THREADS_HELP)
     p.add_argument(
@@ -238,9 +239,17 @@ def cmd_tag(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(args: argparse.Namespace) -> Callable[[str], None]:
+    """Where long measurements say each step: stderr, one line a step ("[3/17] Q4_0: GEMV ..."),
+    unless --json (a script reads the result; its log stays quiet)."""
+    if args.json:
+        return lambda s: None
+    return lambda s: print(f"... {s}", file=sys.stderr, flush=True)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     threads = args.threads or [corelm.info()["physical_cores"]]
-    progress = (lambda s: None) if args.json else (lambda s: print(f"... {s}", file=sys.stderr, flush=True))
+    progress = _progress(args)
     if args.model == "kernels":
         from corelm.analysis.kernel_bench import bench_kernels, format_report
 
@@ -259,7 +268,7 @@ def cmd_roofline(args: argparse.Namespace) -> int:
     from corelm.analysis.roofline import format_report, roofline
 
     threads = args.threads or corelm.info()["physical_cores"]
-    report = roofline(args.model, threads, args.prompt_tokens, args.gen_tokens, args.png)
+    report = roofline(args.model, threads, args.prompt_tokens, args.gen_tokens, args.png, _progress(args))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     if args.png:
         print(f"chart written to {args.png}", file=sys.stderr)
@@ -326,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         "`corelm bench kernels`: GEMV GB/s and GEMM GFLOP/s per weight type beside this machine's "
         "read bandwidth and each kernel path's peak.",
     )
-    p.add_argument("model", help="a .gguf file, a Hugging Face folder, or `kernels`")
+    p.add_argument("model", help="a .gguf file, a Hugging Face folder, hf://ORG/REPO[/FILE.gguf], or `kernels`")
     p.add_argument("-p", "--prompt-tokens", type=positive_int, default=512, help="prompt length for pp (default 512)")
     p.add_argument("-n", "--gen-tokens", type=positive_int, default=128, help="tokens generated for tg (default 128)")
     p.add_argument(
@@ -355,7 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
             help=what,
             description=f"{name.capitalize()}: {what}. Texts are the arguments, or the lines of -f FILE.",
         )
-        p.add_argument("model", metavar="MODEL", help="a .gguf file or a Hugging Face folder")
+        p.add_argument(
+            "model", metavar="MODEL", help="a .gguf file, a Hugging Face folder or hf://ORG/REPO[/FILE.gguf]"
+        )
         p.add_argument("texts", nargs="*", metavar="TEXT", help="texts (or use -f)")
         p.add_argument("-f", "--file", default=None, help="a UTF-8 file of texts, one per line (- reads stdin)")
         p.add_argument("--json", action="store_true", help="print JSON")
@@ -390,7 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
         "activations, sampling, time outside native code): time share, bytes, FLOPs, GB/s, GFLOP/s, the "
         "ceiling that binds and the fraction of it reached. --png draws the roofline chart.",
     )
-    p.add_argument("model", nargs="?", default=None, help="a .gguf file or Hugging Face folder (optional)")
+    p.add_argument(
+        "model", nargs="?", default=None, help="a .gguf file, HF folder or hf://ORG/REPO[/FILE.gguf] (optional)"
+    )
     p.add_argument("-t", "--threads", type=argtypes.threads, default=None, help=THREADS_HELP)
     p.add_argument(
         "-p", "--prompt-tokens", type=positive_int, default=128, help="prefill length profiled (default 128)"

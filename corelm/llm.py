@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -16,6 +16,7 @@ import numpy as np
 
 from corelm import _C
 from corelm.engine.chat import FALLBACK_STOPS, render_chat
+from corelm.engine.constrain import Grammar
 from corelm.engine.kv_cache import KV_DTYPES
 from corelm.engine.sampling import SamplingParams
 from corelm.engine.scheduler import Delta, Engine, GenerationStats, Request
@@ -161,6 +162,7 @@ class LLM:
         self,
         prompt: str | Sequence[int],
         max_tokens: int = 128,
+        *,
         temperature: float = 0.8,
         top_k: int = 40,
         top_p: float = 0.95,
@@ -168,19 +170,45 @@ class LLM:
         repeat_penalty: float = 1.0,
         presence_penalty: float = 0.0,
         frequency_penalty: float = 0.0,
+        repeat_last_n: int = 64,
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
         stop_ids: Sequence[int] = (),
         ignore_eos: bool = False,
+        logit_bias: Mapping[int, float] | None = None,
+        json_schema: Mapping[str, Any] | str | None = None,
+        json_object: bool = False,
+        grammar: str | Grammar | None = None,
     ) -> Iterator[str]:
         """Yields text pieces as they are generated (never half a UTF-8 character).
 
-        Generation ends at a stop token (the model's EOS/EOT ids and `stop_ids`, unless
-        ignore_eos), at `max_tokens`, at a full context, or before the first stop string.
+        prompt: text (BOS added as the model's metadata says) or token ids.
+        max_tokens: most tokens generated (a full context ends generation earlier, with a warning).
+        temperature: 0 is greedy; top_k (0: off), top_p (1: off) and min_p (0: off) filter the
+            untempered distribution first, as llama.cpp does.
+        repeat_penalty (1: off) divides the positive logits (multiplies the negative ones) of the
+            last repeat_last_n tokens (0: all of them); presence_penalty and frequency_penalty
+            subtract from them as OpenAI's do.
+        seed: the same seed gives the same text (None: a random one).
+        stop: generation ends before the first of these strings (not included in the text);
+            stop_ids: tokens that end it besides the model's EOS / EOT (ignore_eos: none does).
+        logit_bias: token id -> a number added to its logit (-100 bans it in practice).
+        Structured output (at most one; needs llguidance, see corelm.engine.constrain):
+        json_schema: a JSON schema (dict or JSON text): the text is one JSON value valid under it;
+        json_object: the text is one JSON object;
+        grammar: a Lark grammar (llguidance's dialect: `start: ...`, regexes as /.../, %json {...})
+            or a prepared corelm.engine.constrain.Grammar (Grammar.regex(...) for a regex).
+        The JSON is compact (no whitespace between tokens) and complete unless max_tokens or a stop
+        string cut it short (LLM.last_stats.finish_reason is then "length" or "stop").
         """
         self._require("generate")
         if max_tokens < 0:
             raise ValueError(f"max_tokens must be >= 0, got {max_tokens}")
+        if repeat_last_n < 0:
+            raise ValueError(f"repeat_last_n must be >= 0, got {repeat_last_n}")
+        constraint = _grammar(json_schema, json_object, grammar)
+        if constraint is not None:
+            self._tok()  # a clear error for a model without a tokenizer
         ids = self._prompt_ids(prompt)
         room = self.ctx - len(ids) + 1  # the last token sampled needs no room in the cache
         if max_tokens > room:
@@ -193,10 +221,31 @@ class LLM:
                 self.ctx,
             )
         params = SamplingParams(
-            temperature, top_k, top_p, min_p, repeat_penalty, presence_penalty, frequency_penalty, seed=seed
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty,
+            repeat_last_n=repeat_last_n,
+            seed=seed,
         )
         stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if s]
-        request = Request(ids, max_tokens, params, stops, frozenset(int(i) for i in stop_ids), ignore_eos)
+        bias = {int(t): float(b) for t, b in (logit_bias or {}).items()}
+        for t in bias:
+            if not 0 <= t < self.config.vocab_size:
+                raise ValueError(f"logit_bias: token id {t} out of range [0, {self.config.vocab_size})")
+        request = Request(
+            ids,
+            max_tokens,
+            params,
+            stops,
+            frozenset(int(i) for i in stop_ids),
+            ignore_eos,
+            logit_bias=bias,
+            grammar=constraint,
+        )
         return self._stream(request)
 
     def _stream(self, request: Request) -> Iterator[str]:
@@ -212,22 +261,90 @@ class LLM:
                 if isinstance(event, Delta) and event.text:
                     yield event.text
 
-    def generate(self, prompt: str | Sequence[int], **kwargs: Any) -> str:
-        """The generated text (see `stream` for the parameters)."""
-        return "".join(self.stream(prompt, **kwargs))
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int = 128,
+        *,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        repeat_last_n: int = 64,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        stop_ids: Sequence[int] = (),
+        ignore_eos: bool = False,
+        logit_bias: Mapping[int, float] | None = None,
+        json_schema: Mapping[str, Any] | str | None = None,
+        json_object: bool = False,
+        grammar: str | Grammar | None = None,
+    ) -> str:
+        """The generated text: `stream`'s pieces joined (see `stream` for every parameter).
 
-    def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> str:
-        """Reply to OpenAI-style messages, rendered with the model's chat template."""
-        return "".join(self.stream_chat(messages, **kwargs))
+        >>> llm.generate("Once upon a time", max_tokens=32, temperature=0, seed=1)
+        >>> json.loads(llm.generate("A person as JSON: ", json_schema={"type": "object", ...}))
+        """
+        return "".join(self.stream(prompt, **_options(locals())))
 
-    def stream_chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> Iterator[str]:
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        max_tokens: int = 128,
+        *,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        repeat_last_n: int = 64,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        stop_ids: Sequence[int] = (),
+        ignore_eos: bool = False,
+        logit_bias: Mapping[int, float] | None = None,
+        json_schema: Mapping[str, Any] | str | None = None,
+        json_object: bool = False,
+        grammar: str | Grammar | None = None,
+    ) -> str:
+        """The reply to OpenAI-style messages ([{"role": "user", "content": "Hi"}, ...]), rendered
+        with the model's chat template; the parameters are `stream`'s."""
+        return "".join(self.stream_chat(messages, **_options(locals())))
+
+    def stream_chat(
+        self,
+        messages: list[dict[str, Any]],
+        max_tokens: int = 128,
+        *,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        repeat_last_n: int = 64,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        stop_ids: Sequence[int] = (),
+        ignore_eos: bool = False,
+        logit_bias: Mapping[int, float] | None = None,
+        json_schema: Mapping[str, Any] | str | None = None,
+        json_object: bool = False,
+        grammar: str | Grammar | None = None,
+    ) -> Iterator[str]:
         """`chat`, streamed. A model without a chat template gets corelm's plain format and
         stops where a next turn would start (FALLBACK_STOPS: a turn marker or a blank line)."""
+        options = _options(locals())
         ids = self.chat_ids(messages)
         if self._tok().chat_template is None:
-            stop = kwargs.get("stop")
-            kwargs["stop"] = [*([stop] if isinstance(stop, str) else stop or []), *FALLBACK_STOPS]
-        return self.stream(ids, **kwargs)
+            options["stop"] = [*([stop] if isinstance(stop, str) else stop or []), *FALLBACK_STOPS]
+        return self.stream(ids, **options)
 
     def chat_ids(self, messages: list[dict[str, Any]]) -> list[int]:
         """The prompt token ids of `messages`, as `chat` renders them (the model's template)."""
@@ -349,6 +466,29 @@ class LLM:
                 for i, rows in zip(batch, step.rows, strict=True):
                     out[i] = probs[rows]
         return out
+
+
+def _options(scope: dict[str, Any]) -> dict[str, Any]:
+    """A generation method's own parameters (its locals() at entry), less self and the input,
+    to pass on to `stream`."""
+    return {k: v for k, v in scope.items() if k not in ("self", "prompt", "messages")}
+
+
+def _grammar(
+    json_schema: Mapping[str, Any] | str | None, json_object: bool, grammar: str | Grammar | None
+) -> Grammar | None:
+    """The one constraint a generation call asked for, or None."""
+    chosen = (("json_schema", json_schema is not None), ("json_object", json_object), ("grammar", grammar is not None))
+    given = [name for name, on in chosen if on]
+    if len(given) > 1:
+        raise ValueError(f"give at most one of json_schema, json_object and grammar (got {', '.join(given)})")
+    if json_schema is not None:
+        return Grammar.json_schema(json_schema if isinstance(json_schema, str) else dict(json_schema))
+    if json_object:
+        return Grammar.json_object()
+    if isinstance(grammar, str):
+        return Grammar.lark(grammar)
+    return grammar
 
 
 def _count(n: int) -> str:

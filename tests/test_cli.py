@@ -71,6 +71,35 @@ def test_bench_model_json():
     assert all(x["tokens_per_s"] > 0 for x in report["results"]) and report["peak_rss_mib"] > 0
 
 
+def test_bench_says_each_run():
+    """Long measurements say each step on stderr: `bench -r N` its warm-up and runs 1/N..N/N."""
+    model = str(data_file("models", "stories260K", "stories260K.gguf"))
+    r = corelm("bench", model, "-p", "16", "-n", "4", "-t", "1", "-r", "2")
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("... ")]
+    assert lines == [
+        f"... {test}, 1 thread(s), {run}" for test in ("pp16", "tg4") for run in ("warm-up run", "run 1/2", "run 2/2")
+    ]
+    quiet = corelm("bench", model, "-p", "16", "-n", "4", "-t", "1", "-r", "1", "--json")
+    assert "..." not in quiet.stderr
+
+
+def test_kernel_bench_and_roofline_number_their_steps(monkeypatch):
+    from corelm.analysis import roofline as rl
+    from corelm.analysis.kernel_bench import bench_kernels
+
+    said: list[str] = []
+    bench_kernels([1], reps=1, gemv_shape=(64, 256), gemm_shape=(8, 64, 256), progress=said.append)
+    n = len(said)
+    assert n > 3 and said == [s for s in said if s.startswith("[")]
+    assert [s.split("]")[0] for s in said] == [f"[{i}/{n}" for i in range(1, n + 1)]
+    # roofline's steps (the measurements themselves stubbed: this checks the counting)
+    monkeypatch.setattr(rl, "machine_ceilings", lambda threads, progress: [progress(x) for x in "ab"] and {})
+    said.clear()
+    rl.roofline(None, 1, progress=said.append)
+    assert said == [f"[1/{len(rl.timed_isas()) + 1}] a", f"[2/{len(rl.timed_isas()) + 1}] b"]
+
+
 @pytest.mark.slow
 def test_roofline_with_model_and_png(tmp_path):
     model = str(data_file("models", "stories260K", "stories260K.gguf"))

@@ -266,7 +266,7 @@ def test_logprobs(server):
 @pytest.mark.parametrize(
     "kwargs, error, param",
     [
-        (dict(n=2), openai.BadRequestError, "n"),
+        (dict(n=99), openai.BadRequestError, "n"),
         (dict(max_tokens=-1), openai.BadRequestError, "max_tokens"),
         (dict(max_tokens=10**9), openai.BadRequestError, "max_tokens"),
         (dict(temperature=5), openai.BadRequestError, "temperature"),
@@ -383,7 +383,7 @@ def test_keep_alive_after_errors(server):
     for body, status in [
         (b"{bad", 400),
         (b'{"prompt": "Hi", "max_tokens": 2}', 200),
-        (b'{"n": 2, "prompt": "x"}', 400),
+        (b'{"n": 99, "prompt": "x"}', 400),
     ]:
         conn.request("POST", "/v1/completions", body=body, headers=h)
         r = conn.getresponse()

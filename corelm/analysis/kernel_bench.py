@@ -104,6 +104,18 @@ def _run(kind: str, w: Weight, m: int, threads: int, reps: int, seed: int = 0) -
     )
 
 
+def numbered(progress: Callable[[str], None], total: int) -> Callable[[str], None]:
+    """`progress` with each message numbered "[i/total]", i counting the calls."""
+    count = 0
+
+    def step(what: str) -> None:
+        nonlocal count
+        count += 1
+        progress(f"[{count}/{total}] {what}")
+
+    return step
+
+
 def bench_kernels(
     threads: Sequence[int],
     types: Sequence[WeightType] = BENCH_TYPES,
@@ -116,6 +128,8 @@ def bench_kernels(
     rng = np.random.default_rng(0)
     results: list[KernelResult] = []
     bandwidth = {}
+    isas = timed_isas()
+    progress = numbered(progress, len(threads) + len(types) * (1 + len(threads) + len(isas)))
     for t in threads:
         progress(f"read bandwidth, {t} thread(s)")
         bandwidth[t] = read_bandwidth(t)
@@ -130,7 +144,7 @@ def bench_kernels(
             progress(f"{wtype.name}: GEMV / GEMM, {t} thread(s)")
             results.append(_run("gemv", big, 1, t, reps))
             results.append(_run("gemm", gemm_w, m, t, max(1, reps // 2)))
-        for isa in timed_isas():
+        for isa in isas:
             with using(isa=isa):
                 progress(f"{wtype.name}: in-cache peak on {isa}")
                 results.append(_run("peak", small, PEAK_ROWS, max(threads), max(1, reps // 2)))

@@ -86,7 +86,7 @@ def bench_model(
                 continue
             rates = []
             for r in range(reps + 1):  # the first run warms caches and pages, and is dropped
-                progress(f"{test}{n}, {t} thread(s), run {r + 1}/{reps + 1}")
+                progress(f"{test}{n}, {t} thread(s), " + (f"run {r}/{reps}" if r else "warm-up run"))
                 if test == "pp":
                     s = _prefill_seconds(llm, rng.integers(0, vocab, n).astype(np.int32))
                 else:

@@ -452,7 +452,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n", 2)[2],
     )
-    p.add_argument("model", metavar="MODEL", help="a .gguf file or a Hugging Face model folder")
+    p.add_argument(
+        "model", metavar="MODEL", help="a .gguf file, a Hugging Face model folder or hf://ORG/REPO[/FILE.gguf]"
+    )
     p.add_argument("-f", "--file", required=True, metavar="TEXT", help="UTF-8 text to score")
     p.add_argument("-c", "--ctx", type=positive_int, default=None, help="window length (default 512, or the base's)")
     p.add_argument("--chunks", type=positive_int, default=None, metavar="N", help="score at most N windows")

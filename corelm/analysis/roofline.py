@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from corelm import _C
-from corelm.analysis.kernel_bench import using
+from corelm.analysis.kernel_bench import numbered, using
 from corelm.engine.sampling import Sampler, SamplingParams
 from corelm.kernels import timed_isas
 from corelm.models.base import Hook, Model, Segment
@@ -89,7 +89,7 @@ def profile_hook(profile: Profile, n_past: int) -> Hook:
     return hook
 
 
-def machine_ceilings(threads: int) -> dict:
+def machine_ceilings(threads: int, progress: Callable[[str], None] = lambda s: None) -> dict:
     """Read bandwidth and each path's in-cache multiply-add peak (int8 and float kernels)."""
     from corelm.analysis.kernel_bench import BENCH_TYPES, PEAK_COLS, PEAK_ROWS, _run, make_weight, read_bandwidth
 
@@ -97,10 +97,12 @@ def machine_ceilings(threads: int) -> dict:
     small = rng.standard_normal((PEAK_COLS, 2048)).astype(np.float32)
     peaks = {}
     for isa in timed_isas():
+        progress(f"multiply-add peak of the {isa} kernels")
         with using(isa=isa):
             peaks[isa] = {
                 t.name: _run("peak", make_weight(small, t), PEAK_ROWS, threads, 3).gflops for t in BENCH_TYPES
             }
+    progress(f"read bandwidth, {threads} thread(s)")
     return {"threads": threads, "read_gbs": read_bandwidth(threads), "peak_gflops": peaks, "isa": _C.isa()}
 
 
@@ -192,16 +194,21 @@ def _steps(
     return prefill_seconds, time.perf_counter() - t0
 
 
-def profile_model(llm, prompt_tokens: int = 128, decode_tokens: int = 16) -> dict[str, tuple[Profile, int]]:
+def profile_model(
+    llm, prompt_tokens: int = 128, decode_tokens: int = 16, progress: Callable[[str], None] = lambda s: None
+) -> dict[str, tuple[Profile, int]]:
     """Profiles of one prefill of prompt_tokens and of decode_tokens single-token steps (+ sampling)."""
     model, vocab = llm.model, llm.config.vocab_size
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, vocab, prompt_tokens).astype(np.int32)
+    progress("warm-up prefill")
     model.forward(prompt, 0, model.new_cache(prompt_tokens))  # warm up: buffers grown, pages touched
     prefill, decode = Profile(), Profile()
     # The totals come from plain steps; the op times from the same steps run again with the
     # per-op hook (its Python calls cost time of their own, outside the ops' times).
+    progress(f"prefill of {prompt_tokens} tokens and {decode_tokens} decode steps, timed whole")
     prefill.total_seconds, decode.total_seconds = _steps(model, prompt, decode_tokens, lambda pos: None, decode)
+    progress("the same steps, each op timed")
     _steps(model, prompt, decode_tokens, lambda pos: profile_hook(prefill if pos == 0 else decode, pos))
     return {"prefill": (prefill, prompt_tokens), "decode": (decode, decode_tokens)}
 
@@ -275,16 +282,25 @@ def plot(path: str, ceilings: dict, analyses: dict[str, list[dict]]) -> None:
 
 
 def roofline(
-    model_path: str | None, threads: int, prompt_tokens: int = 128, decode_tokens: int = 16, png: str | None = None
+    model_path: str | None,
+    threads: int,
+    prompt_tokens: int = 128,
+    decode_tokens: int = 16,
+    png: str | None = None,
+    progress: Callable[[str], None] = lambda s: None,
 ) -> dict:
+    """The machine's ceilings and, with a model, its ops against them; `progress` is told each
+    step as "[i/n] what" (they take seconds each)."""
+    progress = numbered(progress, len(timed_isas()) + 1 + (4 if model_path else 0))
     with using(threads=threads):
-        ceilings = machine_ceilings(threads)
+        ceilings = machine_ceilings(threads, progress)
         report: dict = {"ceilings": ceilings, "phases": {}}
         if model_path:
             from corelm.llm import load
 
+            progress(f"loading {model_path}")
             llm = load(model_path, threads=threads)
-            for phase, (prof, tokens) in profile_model(llm, prompt_tokens, decode_tokens).items():
+            for phase, (prof, tokens) in profile_model(llm, prompt_tokens, decode_tokens, progress).items():
                 report["phases"][phase] = analyse(prof, ceilings, tokens)
                 report["phases"][phase + "_tokens_per_s"] = tokens / prof.total_seconds
     if png:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from corelm.engine.constrain import Constraint, Grammar, apply_masks
 from corelm.engine.kv_cache import KVCache
 from corelm.engine.sampling import SamplingParams, sample
 from corelm.engine.stops import StopStrings
@@ -58,6 +59,7 @@ class Request:
     ignore_eos: bool = False  # no token stops generation (only max_tokens, a stop string or the context)
     logprobs: int | None = None  # None: off; k >= 0: the chosen token's logprob and the top k
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+    grammar: Grammar | None = None  # constrained decoding: only tokens the grammar allows (engine/constrain.py)
 
 
 @dataclass
@@ -142,6 +144,7 @@ class Generation:
     decoded: int = 0  # characters of text decoded so far
     emitted: int = 0  # characters of text sent (the rest is held back for stop strings)
     pending_lp: deque[tuple[int, int, TokenLogprob]] = field(default_factory=deque)  # (start, end, lp) not yet sent
+    constraint: Constraint | None = None  # the request's grammar, at this sequence's position
 
     @property
     def tokens(self) -> list[int]:
@@ -255,6 +258,10 @@ class Engine:
             stops=StopStrings(request.stops),
             history=list(request.prompt),
         )
+        if request.grammar is not None:
+            if self.tokenizer is None:
+                raise ValueError("constrained decoding needs the model's tokenizer")
+            seq.constraint = request.grammar.matcher(self.tokenizer)
         self.waiting.append(seq)
         return seq
 
@@ -346,8 +353,14 @@ class Engine:
 
     def _sample(self, logits: np.ndarray, rows: list[int], seqs: list[Generation]) -> np.ndarray:
         """One native call: the next token of each sequence from its row of logits."""
-        if len(rows) < logits.shape[0]:
-            logits = logits[rows]
+        constrained = [i for i, s in enumerate(seqs) if s.constraint is not None]
+        if constrained or len(rows) < logits.shape[0]:
+            logits = logits[rows]  # a copy: the model's own logits stay for the logprobs
+        if constrained:
+            masks = np.empty((len(constrained), (logits.shape[1] + 31) // 32), np.int32)
+            for j, i in enumerate(constrained):
+                seqs[i].constraint.fill(masks[j])  # type: ignore[union-attr]
+            apply_masks(logits, constrained, masks)
         rng = np.array([s.rng for s in seqs], np.uint64)
         reqs = [s.request for s in seqs]
         tokens = sample(logits, [r.params for r in reqs], [s.history for s in seqs], [r.logit_bias for r in reqs], rng)
@@ -397,6 +410,8 @@ class Engine:
     def _advance(self, seq: Generation, token: int, logits: np.ndarray, now: float, events: list) -> int:
         """Take a sequence's sampled token and send its text; 1 if the token counts as generated."""
         req = seq.request
+        if seq.constraint is not None:
+            seq.constraint.advance(token)
         if (token in self._stop_ids or token in req.stop_ids) and not req.ignore_eos:
             self._finish(seq, "stop", events)
             return 0
@@ -412,6 +427,9 @@ class Engine:
         text = seq.stops.push(piece)
         if seq.stops.stopped:
             self._send(seq, text, True, events)
+            self._finish(seq, "stop", events)
+        elif seq.constraint is not None and seq.constraint.finished:  # the grammar allows nothing more
+            self._send(seq, text, False, events)
             self._finish(seq, "stop", events)
         elif seq.stats.generated_tokens >= req.max_tokens or seq.cached >= self.ctx:
             self._send(seq, text + seq.stops.flush(seq.tail()), True, events)

@@ -15,7 +15,7 @@ import gguf
 import numpy as np
 from tqdm import tqdm
 
-from corelm import kernels
+from corelm import hub, kernels
 from corelm.formats import ModelFileError
 from corelm.formats.gguf import GGUFFile, load_gguf
 from corelm.formats.hf import is_hf_dir, load_hf_tensors, read_json, sentence_transformers_settings
@@ -227,8 +227,9 @@ def _check_shapes(model: Model, path: Path) -> None:
 
 
 def load_model(path: str | PathLike[str], quant: str | None = None) -> tuple[Model, Tokenizer | None]:
-    """A model and its tokenizer (None when the file has none) from a GGUF file or an HF folder."""
-    path = Path(path)
+    """A model and its tokenizer (None when the file has none) from a GGUF file or an HF folder
+    (or a hub name, hf://ORG/REPO[/FILE.gguf]: corelm/hub.py)."""
+    path = hub.resolve(path)
     if path.is_file():
         with open(path, "rb") as fh:
             magic = fh.read(4)

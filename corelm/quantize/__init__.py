@@ -80,7 +80,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=_EPILOG,
     )
-    p.add_argument("input", metavar="INPUT", help="a .gguf file or a Hugging Face model folder")
+    p.add_argument(
+        "input", metavar="INPUT", help="a .gguf file, a Hugging Face model folder or hf://ORG/REPO[/FILE.gguf]"
+    )
     p.add_argument("output", metavar="OUTPUT", help="the GGUF file to write")
     p.add_argument(
         "--type",

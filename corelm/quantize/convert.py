@@ -27,6 +27,7 @@ import gguf
 import numpy as np
 from tqdm import tqdm
 
+from corelm import hub
 from corelm.formats import ModelFileError
 from corelm.formats.gguf_write import write_gguf
 from corelm.kernels import Weight, WeightType
@@ -172,7 +173,7 @@ def quantize_model(
     the text file `calib` when given (corelm/quantize/q4_0_opt.py); same Q4_0 layout."""
     t0 = time.perf_counter()
     recipe = check_type(type)
-    src, out = Path(src), Path(out)
+    src, out = hub.resolve(src), Path(out)
     if optimize and recipe != "q4_0":
         raise ValueError(f"--optimize applies to q4_0 only, not {type}")
     if calib is not None and not optimize:

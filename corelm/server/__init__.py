@@ -3,7 +3,8 @@
     corelm serve model.gguf --port 8080 --parallel 4
     curl localhost:8080/v1/chat/completions -d '{"messages": [{"role": "user", "content": "Hi"}]}'
 
-Routes: GET / (chat page), /health, /metrics (Prometheus), /v1/models[/ID]; POST
+Routes: GET / (chat page), /health, /metrics (Prometheus), /v1/models[/ID], /props (llama.cpp's:
+defaults, slots, model path, chat template); POST /tokenize and /detokenize (llama.cpp's); POST
 /v1/completions and /v1/chat/completions (with "stream": true for server-sent events),
 /v1/embeddings (OpenAI's Embeddings API: every model, a decoder's pooled hidden states too),
 /v1/classify and /v1/tag (corelm's own, for models with a sequence / token classifier):
@@ -81,7 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "model",
         nargs="?",
         default=None,
-        help="a .gguf file or a Hugging Face model folder (default: corelm's own small model)",
+        help="a .gguf file, a Hugging Face model folder or hf://ORG/REPO[/FILE.gguf] (default: corelm's own)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=argtypes.port, default=8080, help="port (default 8080; 0 picks a free one)")
@@ -195,7 +196,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model, tokenizer, args.parallel, ctx, args.queue, args.kv_dtype, args.prefill_chunk, generate=generate
     )
     name = args.alias or model_id(path)
-    api = OpenAIApi(tokenizer, name, ctx, model.config.vocab_size, capabilities=caps)
+    api = OpenAIApi(tokenizer, name, ctx, model.config.vocab_size, capabilities=caps, model_path=str(path))
     try:
         server = Server((args.host, args.port), App(scheduler, api, args.api_key, tasks=TaskApi(llm, api)))
     except OSError as e:

@@ -15,6 +15,7 @@ import hmac
 import html
 import json
 import logging
+import queue
 import select
 import socket
 import sys
@@ -27,9 +28,10 @@ from urllib.parse import urlsplit
 
 from corelm.engine.scheduler import Delta, Done, TokenLogprob
 from corelm.server import metrics
-from corelm.server.openai_api import ApiError, ApiRequest, OpenAIApi, usage
+from corelm.server.openai_api import ApiError, ApiRequest, Choice, OpenAIApi, usage
 from corelm.server.scheduler import Failed, Job, QueueFull, Scheduler, Task, TaskDone
 from corelm.server.tasks import ROUTE_KINDS, TaskApi, TaskRequest
+from corelm.server.tools import ToolStream
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,19 @@ ROUTES = {
     "/v1/embeddings": ("POST",),
     "/v1/classify": ("POST",),
     "/v1/tag": ("POST",),
+    "/tokenize": ("POST",),
+    "/detokenize": ("POST",),
+    "/props": ("GET",),
 }
+PROTECTED = ("/tokenize", "/detokenize", "/props")  # besides /v1: they need the API key too
+
+
+def _get(req: ApiRequest, timeout: float) -> tuple[int, Delta | Done | Failed] | None:
+    """The next (choice index, event) of a request, or None after `timeout` seconds."""
+    try:
+        return req.events.get(timeout=timeout) if timeout > 0 else req.events.get_nowait()
+    except queue.Empty:
+        return None
 
 
 class ClientGone(Exception):
@@ -113,7 +127,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         app = self.server.app
         self._route, self._status, self._streaming, self._body_read = "unknown", 0, False, False
-        self._held: Done | Failed | None = None  # an event taken from the queue early (see _next)
+        self._held: tuple[int, Delta | Done | Failed] | None = None  # an event taken from the queue early (_next)
         self._checked = time.monotonic()  # when _next last looked for a closed connection
         try:
             self._dispatch(app)
@@ -192,7 +206,7 @@ class Handler(BaseHTTPRequestHandler):
         route = "/v1/models/{id}" if path.startswith("/v1/models/") else path
         methods = ROUTES.get(route)
         self._route = route if methods else "unknown"
-        if path.startswith("/v1") and app.api_key is not None:
+        if (path.startswith("/v1") or route in PROTECTED) and app.api_key is not None:
             self._authorize(app.api_key)
         if methods is None:
             raise ApiError(404, f"Unknown request URL: {self.command} {path}.", code="unknown_url")
@@ -223,6 +237,12 @@ class Handler(BaseHTTPRequestHandler):
         elif route == "/metrics":
             text = metrics.render(app.scheduler, app.http)
             self._send(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
+        elif route == "/props":
+            self._json(200, app.api.props(app.scheduler.parallel))
+        elif route == "/tokenize":
+            self._json(200, app.api.tokenize(self._read_json()))
+        elif route == "/detokenize":
+            self._json(200, app.api.detokenize(self._read_json()))
         elif route == "/v1/models":
             self._json(200, app.api.models(app.created))
         elif route == "/v1/models/{id}":
@@ -320,55 +340,63 @@ class Handler(BaseHTTPRequestHandler):
     # ---- generation ----
 
     def _generate(self, app: App, req: ApiRequest) -> None:
-        job = req.job
-        self._submit(app, job)
-        rid = ("chatcmpl-" if req.kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
-        created = int(time.time())
         try:
+            for job in req.jobs:  # n choices: n sequences of the batch
+                self._submit(app, job)
+            rid = ("chatcmpl-" if req.kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+            created = int(time.time())
             if req.stream:
                 self._stream(app, req, rid, created)
             else:
                 self._complete(app, req, rid, created)
         finally:
-            app.scheduler.cancel(job)  # frees the slot if the job is still running (client gone); else no-op
+            for job in req.jobs:  # frees the slots of jobs still running (client gone); else no-op
+                app.scheduler.cancel(job)
 
-    def _next(self, req: ApiRequest) -> Delta | Done | Failed:
-        """The next event; Deltas that are already waiting come merged into one."""
+    def _next(self, req: ApiRequest) -> tuple[int, Delta | Done | Failed]:
+        """The next event of any choice, with the choice's index; Deltas of one choice that are
+        already waiting come merged into one."""
         now = time.monotonic()
         if now - self._checked > POLL_SECONDS:  # also while tokens flow: a JSON reply writes nothing until the end
             self._checked = now
             if self._client_gone():
                 raise ClientGone
-        ev = self._held or req.job.next_event(POLL_SECONDS)
+        item = self._held or _get(req, POLL_SECONDS)
         self._held = None
-        while ev is None:
+        while item is None:
             if self._client_gone():
                 raise ClientGone
-            ev = req.job.next_event(POLL_SECONDS)
+            item = _get(req, POLL_SECONDS)
+        index, ev = item
         # A writer that falls behind the scheduler catches up with one write, not one per token.
-        while isinstance(ev, Delta) and (more := req.job.next_event(0)) is not None:
-            if not isinstance(more, Delta):
+        while isinstance(ev, Delta) and (more := _get(req, 0)) is not None:
+            if more[0] != index or not isinstance(more[1], Delta):
                 self._held = more
                 break
-            lps = ev.logprobs + (more.logprobs or []) if ev.logprobs is not None else None
-            ev = Delta(ev.text + more.text, lps)
-        return ev
+            nxt = more[1]
+            lps = ev.logprobs + (nxt.logprobs or []) if ev.logprobs is not None else None
+            ev = Delta(ev.text + nxt.text, lps)
+        return index, ev
 
     def _complete(self, app: App, req: ApiRequest, rid: str, created: int) -> None:
-        texts: list[str] = []
-        lps: list[TokenLogprob] | None = [] if req.job.request.logprobs is not None else None
-        while True:
-            ev = self._next(req)
+        n = len(req.jobs)
+        texts: list[list[str]] = [[] for _ in range(n)]
+        lps: list[list[TokenLogprob] | None] = [[] if j.request.logprobs is not None else None for j in req.jobs]
+        done: dict[int, Done] = {}
+        while len(done) < n:
+            index, ev = self._next(req)
             if isinstance(ev, Delta):
-                texts.append(ev.text)
-                if lps is not None and ev.logprobs:
-                    lps += ev.logprobs
+                texts[index].append(ev.text)
+                got = lps[index]
+                if got is not None and ev.logprobs:
+                    got += ev.logprobs
             elif isinstance(ev, Done):
-                u = usage(ev.stats)
-                self._json(200, app.api.response(req, rid, created, "".join(texts), lps, ev.finish_reason, u))
-                return
+                done[index] = ev
             else:
                 raise ApiError(500, ev.message, type="server_error")
+        choices = [Choice(i, "".join(texts[i]), lps[i], done[i].finish_reason) for i in range(n)]
+        u = usage(*(done[i].stats for i in range(n)))
+        self._json(200, app.api.response(req, rid, created, choices, u))
 
     def _stream(self, app: App, req: ApiRequest, rid: str, created: int) -> None:
         api = app.api
@@ -380,22 +408,34 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("X-Accel-Buffering", "no")
         self.end_headers()
         self._streaming = True
+        n = len(req.jobs)
+        tools = [ToolStream() for _ in range(n)] if req.tools is not None else None
         if req.kind == "chat":
-            self._event(api.chunk(req, rid, created, "", first=True))
-        while True:
-            ev = self._next(req)
+            for i in range(n):
+                self._event(api.chunk(req, rid, created, "", first=True, index=i))
+        done: dict[int, Done] = {}
+        while len(done) < n:
+            index, ev = self._next(req)
             if isinstance(ev, Delta):
-                self._event(api.chunk(req, rid, created, ev.text, ev.logprobs))
+                if tools is None:
+                    self._event(api.chunk(req, rid, created, ev.text, ev.logprobs, index=index))
+                    continue
+                for delta in tools[index].push(ev.text):
+                    self._event(api.chunk(req, rid, created, None, index=index, delta=delta))
             elif isinstance(ev, Done):
+                done[index] = ev
+                finish = ev.finish_reason
+                if tools is not None and tools[index].ids and finish == "stop":
+                    finish = "tool_calls"
                 closing = None if req.kind == "chat" else ""
-                self._event(api.chunk(req, rid, created, closing, finish=ev.finish_reason))
-                if req.include_usage:
-                    self._event(api.usage_chunk(req, rid, created, usage(ev.stats)))
-                break
+                self._event(api.chunk(req, rid, created, closing, finish=finish, index=index))
             else:
                 err = ApiError(500, ev.message, type="server_error")
                 self._event(err.body())
                 break
+        else:
+            if req.include_usage:
+                self._event(api.usage_chunk(req, rid, created, usage(*(done[i].stats for i in range(n)))))
         self._write_chunk(b"data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
 

@@ -2,7 +2,7 @@
 
 Requests are checked the way OpenAI checks them, with an error object naming the field:
 wrong types, out-of-range values, unknown top-level fields (400, code "unknown_parameter"),
-features corelm does not have (n > 1, tools, echo, ...: 400 naming the field), a model other
+features corelm does not have (echo, best_of, audio, ...: 400 naming the field), a model other
 than this server's (404 "model_not_found"), a prompt plus max_tokens past the context (400
 "context_length_exceeded"). Fields that change nothing here (user, metadata, store, ...) are
 accepted and ignored. A model that cannot do what a route asks (completions on an encoder,
@@ -11,25 +11,36 @@ and the routes that do it.
 
 Sampling follows OpenAI's meaning: temperature (default 1) and top_p (default 1) only; top_k,
 min_p, repeat_penalty and ignore_eos are corelm extensions (off unless given). Logprobs are
-those of the model's own distribution, before penalties, logit_bias and temperature.
+those of the model's own distribution, before penalties, logit_bias, temperature and grammar.
+
+Structured output (engine/constrain.py, llguidance): response_format {"type": "json_object"} or
+{"type": "json_schema", "json_schema": {"name", "schema", "strict"}} on both routes, and as
+llama.cpp's server takes them, "json_schema" (a schema) and "grammar" (a Lark grammar, in
+llguidance's dialect) extensions. Chat takes tools and tool_choice (tools.py). n choices are n
+sequences of the batch (a seed s gives choice i the seed s + i).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import queue
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from corelm.engine.chat import FALLBACK_STOPS, render_chat
+from corelm import __version__
+from corelm.engine.chat import FALLBACK_STOPS, FALLBACK_TEMPLATE, render_chat
+from corelm.engine.constrain import Grammar
 from corelm.engine.sampling import SamplingParams
 from corelm.engine.scheduler import GenerationStats, Request, TokenLogprob
 from corelm.server.scheduler import Job
+from corelm.server.tools import Tool, ToolSpec, history_messages, parse_reply
 from corelm.tokenizer import Tokenizer
 
 MAX_STOPS = 4  # as OpenAI
 MAX_LOGPROBS_COMPLETIONS = 5  # as OpenAI's legacy completions
 MAX_TOP_LOGPROBS_CHAT = 20
 DEFAULT_MAX_TOKENS_COMPLETIONS = 16  # OpenAI's default; chat defaults to the rest of the context
+MAX_N = 16  # choices per request
 
 _SAMPLING = {
     "temperature",
@@ -50,6 +61,9 @@ _SAMPLING = {
     "min_p",
     "repeat_penalty",
     "ignore_eos",
+    "json_schema",
+    "grammar",
+    "response_format",
 }
 COMPLETION_FIELDS = _SAMPLING | {"prompt", "logprobs", "echo", "suffix", "best_of"}
 CHAT_FIELDS = _SAMPLING | {
@@ -57,7 +71,6 @@ CHAT_FIELDS = _SAMPLING | {
     "max_completion_tokens",
     "logprobs",
     "top_logprobs",
-    "response_format",
     "tools",
     "tool_choice",
     "functions",
@@ -112,13 +125,40 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+class ChoiceEvents(queue.SimpleQueue):
+    """A Job's event queue that puts (choice index, event) on its request's one queue, so a
+    handler waits on one queue for all of its n choices."""
+
+    def __init__(self, shared: queue.SimpleQueue, index: int) -> None:
+        self.shared, self.index = shared, index
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        self.shared.put((self.index, item))
+
+
+@dataclass
+class Choice:
+    """One finished choice of a request that did not stream."""
+
+    index: int
+    text: str
+    logprobs: list[TokenLogprob] | None
+    finish: str
+
+
 @dataclass
 class ApiRequest:
     kind: str  # "chat" or "completion"
-    job: Job
+    jobs: list[Job]  # one per choice (n)
     stream: bool
     include_usage: bool
     prompt_text: str  # for the completions logprobs' text_offset
+    tools: ToolSpec | None = None  # a chat whose reply is tool calls or a JSON answer (tools.py)
+    events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)  # (choice index, event)
+
+    @property
+    def job(self) -> Job:
+        return self.jobs[0]
 
 
 def _type_name(v: Any) -> str:
@@ -209,12 +249,14 @@ class OpenAIApi:
         ctx: int,
         vocab_size: int,
         capabilities: frozenset[str] = frozenset({"generate", "embed"}),
+        model_path: str = "",
     ) -> None:
         self.tok = tokenizer
         self.model_id = model_id
         self.ctx = ctx
         self.vocab_size = vocab_size
         self.capabilities = capabilities  # LLM.capabilities
+        self.model_path = model_path  # as given to `corelm serve` (/props)
 
     # ---- requests ----
 
@@ -265,38 +307,36 @@ class OpenAIApi:
     def parse_chat(self, body: Any) -> ApiRequest:
         self.require("generate")
         f = _Fields(body, CHAT_FIELDS)
-        for name in ("tools", "functions", "audio", "prediction", "web_search_options"):
+        for name in ("functions", "audio", "prediction", "web_search_options"):
             f.unsupported(name)
-        f.unsupported("tool_choice", allowed=("none", "auto"))
         f.unsupported("function_call", allowed=("none", "auto"))
         f.unsupported("modalities", allowed=(["text"],))
-        rf = body.get("response_format")
-        if rf is not None and rf != {"type": "text"}:
-            raise ApiError(
-                400,
-                "Only response_format {'type': 'text'} is supported.",
-                param="response_format",
-                code="unsupported_parameter",
-            )
         if "messages" not in body:
             raise ApiError(
                 400, "Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter"
             )
-        prompt = self._chat_prompt(body["messages"])
+        tools = self._tools(f)
+        prompt = self._chat_prompt(body["messages"], tools)
         logprobs = None
         if f.bool("logprobs", False):
             logprobs = f.int("top_logprobs", 0, lo=0, hi=MAX_TOP_LOGPROBS_CHAT)
         elif f.given("top_logprobs"):
             raise ApiError(400, "'top_logprobs' needs 'logprobs' set to true.", param="top_logprobs")
-        return self._common(f, "chat", prompt, "", logprobs, None)
+        return self._common(f, "chat", prompt, "", logprobs, None, tools)
 
     def _common(
-        self, f: _Fields, kind: str, prompt: list[int], prompt_text: str, logprobs: int | None, default_max: int | None
+        self,
+        f: _Fields,
+        kind: str,
+        prompt: list[int],
+        prompt_text: str,
+        logprobs: int | None,
+        default_max: int | None,
+        tools: ToolSpec | None = None,
     ) -> ApiRequest:
         self.check_model(f.body.get("model"))
-        n = f.int("n", 1)
-        if n != 1:
-            raise _invalid_value("n", f"only n=1 is supported (one choice per request), got {n}.")
+        n = f.int("n", 1, lo=1, hi=MAX_N)
+        assert n is not None
         name = "max_completion_tokens" if f.given("max_completion_tokens") else "max_tokens"
         max_tokens = f.int(name, None, lo=1)
         if len(prompt) >= self.ctx:
@@ -346,6 +386,9 @@ class OpenAIApi:
             if not isinstance(so, dict) or set(so) - {"include_usage", "include_obfuscation"}:
                 raise _invalid_value("stream_options", "expected an object with 'include_usage'.")
             include_usage = _Fields(so, {"include_usage", "include_obfuscation"}).bool("include_usage", False)
+        grammar = self._grammar(f, tools)
+        if tools is not None and not tools.constrained:
+            tools = None  # tool_choice "none": a plain reply
         request = Request(
             prompt=prompt,
             max_tokens=max_tokens,
@@ -355,8 +398,116 @@ class OpenAIApi:
             logprobs=logprobs,
             ignore_eos=f.bool("ignore_eos", False),
             logit_bias=self._logit_bias(f.body.get("logit_bias")),
+            grammar=grammar,
         )
-        return ApiRequest(kind, Job(request), stream, include_usage, prompt_text)
+        req = ApiRequest(kind, [], stream, include_usage, prompt_text, tools)
+        for i in range(n):
+            seed = params.seed
+            choice = (
+                request if i == 0 or seed is None else replace(request, params=replace(params, seed=_seed(seed + i)))
+            )
+            req.jobs.append(Job(choice, events=ChoiceEvents(req.events, i)))
+        return req
+
+    # ---- structured output ----
+
+    def _grammar(self, f: _Fields, tools: ToolSpec | None) -> Grammar | None:
+        """The request's constraint: tools (tools.py), response_format, or the json_schema / grammar
+        extensions; at most one of the last three."""
+        given = [name for name in ("response_format", "json_schema", "grammar") if f.given(name)]
+        if len(given) > 1:
+            raise ApiError(400, f"Give one of {', '.join(given)}, not several.", param=given[1])
+        schema = self._response_schema(f)
+        try:
+            if tools is not None and tools.constrained:
+                return Grammar.json_schema(replace(tools, response_schema=schema).schema())
+            if schema is not None:
+                return Grammar.json_schema(schema)
+            if f.given("grammar"):
+                g = f.body["grammar"]
+                if not isinstance(g, str):
+                    raise _invalid_type("grammar", "a string (a Lark grammar)", g)
+                return Grammar.lark(g)
+        except ValueError as e:
+            name = "tools" if tools is not None and tools.constrained else given[0]
+            raise ApiError(400, f"Invalid '{name}': {e}", param=name, code="invalid_value") from None
+        return None
+
+    def _response_schema(self, f: _Fields) -> dict[str, Any] | None:
+        """The JSON schema that response_format or json_schema asks for (json_object: any object)."""
+        if f.given("json_schema"):
+            schema = f.body["json_schema"]
+            if not isinstance(schema, dict):
+                raise _invalid_type("json_schema", "an object (a JSON schema)", schema)
+            return schema
+        rf = f.body.get("response_format")
+        if rf is None:
+            return None
+        if not isinstance(rf, dict):
+            raise _invalid_type("response_format", "an object", rf)
+        kind = rf.get("type")
+        if kind == "text":
+            return None
+        if kind == "json_object":
+            return {"type": "object"}
+        if kind == "json_schema":
+            spec = rf.get("json_schema")
+            if not isinstance(spec, dict):
+                raise _invalid_type("response_format.json_schema", "an object", spec)
+            name = spec.get("name")
+            if name is not None and not isinstance(name, str):
+                raise _invalid_type("response_format.json_schema.name", "a string", name)
+            schema = spec.get("schema", {})
+            if not isinstance(schema, dict):
+                raise _invalid_type("response_format.json_schema.schema", "an object", schema)
+            return schema
+        raise _invalid_value(
+            "response_format.type", f"expected one of 'text', 'json_object', 'json_schema', but got {kind!r}."
+        )
+
+    def _tools(self, f: _Fields) -> ToolSpec | None:
+        raw, choice = f.body.get("tools"), f.body.get("tool_choice")
+        if raw is None or raw == []:
+            if choice not in (None, "none", "auto"):
+                raise ApiError(400, "'tool_choice' is only allowed when 'tools' are given.", param="tool_choice")
+            return None
+        if not isinstance(raw, list):
+            raise _invalid_type("tools", "an array", raw)
+        tools: list[Tool] = []
+        for i, t in enumerate(raw):
+            where = f"tools[{i}]"
+            if not isinstance(t, dict) or t.get("type", "function") != "function":
+                raise _invalid_value(where, "expected an object with type 'function'.")
+            fn = t.get("function")
+            if not isinstance(fn, dict):
+                raise _invalid_type(f"{where}.function", "an object", fn)
+            name = fn.get("name")
+            if not isinstance(name, str) or not name or len(name) > 64:
+                raise _invalid_value(f"{where}.function.name", "expected a string of 1 to 64 characters.")
+            params = fn.get("parameters", {"type": "object", "properties": {}})
+            if not isinstance(params, dict):
+                raise _invalid_type(f"{where}.function.parameters", "an object (a JSON schema)", params)
+            description = fn.get("description") or ""
+            if not isinstance(description, str):
+                raise _invalid_type(f"{where}.function.description", "a string", description)
+            if any(x.name == name for x in tools):
+                raise _invalid_value(f"{where}.function.name", f"{name!r} is given twice.")
+            tools.append(Tool(name, description, params))
+        names = [t.name for t in tools]
+        if choice is None:
+            choice = "auto"
+        elif isinstance(choice, dict):
+            fn = choice.get("function")
+            name = fn.get("name") if isinstance(fn, dict) else None
+            if choice.get("type") != "function" or name not in names:
+                raise _invalid_value(
+                    "tool_choice",
+                    f"expected {{'type': 'function', 'function': {{'name': ...}}}} naming one of {names}.",
+                )
+            choice = name
+        elif choice not in ("none", "auto", "required"):
+            raise _invalid_value("tool_choice", f"expected 'none', 'auto', 'required' or a function, got {choice!r}.")
+        return ToolSpec(tuple(tools), choice, f.bool("parallel_tool_calls", True))
 
     def _stops(self, stop: Any) -> list[str]:
         if stop is None:
@@ -409,7 +560,7 @@ class OpenAIApi:
             raise _invalid_value("prompt", "the prompt is empty.")
         return ids, text
 
-    def _chat_prompt(self, messages: Any) -> list[int]:
+    def _chat_prompt(self, messages: Any, tools: ToolSpec | None = None) -> list[int]:
         if not isinstance(messages, list):
             raise _invalid_type("messages", "an array", messages)
         if not messages:
@@ -422,8 +573,19 @@ class OpenAIApi:
             role = m.get("role")
             if role not in _ROLES:
                 raise _invalid_value(f"{where}.role", f"expected one of {', '.join(_ROLES)}, but got {role!r}.")
-            plain.append({"role": "system" if role == "developer" else role, "content": self._content(m, where)})
+            message = {"role": "system" if role == "developer" else role, "content": self._content(m, where)}
+            if role == "assistant" and m.get("tool_calls") is not None:
+                message["tool_calls"] = self._past_calls(m["tool_calls"], f"{where}.tool_calls")
+            if role == "tool":
+                message["tool_call_id"] = m.get("tool_call_id")
+            plain.append(message)
         tok = self.tok
+        plain = history_messages(plain, tok.chat_template)
+        if tools is not None:  # described in the (first) system message
+            if plain[0]["role"] == "system":
+                plain[0] = {"role": "system", "content": plain[0]["content"] + "\n\n" + tools.system_text()}
+            else:
+                plain.insert(0, {"role": "system", "content": tools.system_text()})
         bos = tok.token_text(tok.bos_id) if tok.bos_id is not None else ""
         eos = tok.token_text(tok.eos_id) if tok.eos_id is not None else ""
         try:  # as LLM.stream_chat: the template writes BOS itself when the model wants one
@@ -431,6 +593,23 @@ class OpenAIApi:
         except ValueError as e:
             raise ApiError(400, str(e), param="messages") from None
         return tok.encode(text, add_bos=False if tok.chat_template else None)
+
+    @staticmethod
+    def _past_calls(calls: Any, where: str) -> list[dict[str, Any]]:
+        """An earlier assistant turn's tool_calls, checked."""
+        if not isinstance(calls, list):
+            raise _invalid_type(where, "an array", calls)
+        for j, c in enumerate(calls):
+            fn = c.get("function") if isinstance(c, dict) else None
+            if (
+                not isinstance(fn, dict)
+                or not isinstance(fn.get("name"), str)
+                or not isinstance(fn.get("arguments"), str)
+            ):
+                raise _invalid_value(
+                    f"{where}[{j}]", "expected {'id', 'type': 'function', 'function': {'name', 'arguments'}}."
+                )
+        return calls
 
     @staticmethod
     def _content(m: dict[str, Any], where: str) -> str:
@@ -451,6 +630,79 @@ class OpenAIApi:
                 )
             texts.append(part["text"])
         return "".join(texts)
+
+    # ---- llama.cpp's routes: /tokenize, /detokenize, /props ----
+
+    def tokenize(self, body: Any) -> dict[str, Any]:
+        """{"content": str, "add_special": false, "parse_special": true, "with_pieces": false}
+        -> {"tokens": [ids]} (with_pieces: [{"id", "piece"}], a piece that is not whole UTF-8 as
+        its byte values), as llama.cpp's server."""
+        f = _Fields(body, {"content", "add_special", "parse_special", "with_pieces", "model"})
+        content = body.get("content")
+        if not isinstance(content, str):
+            if content is None:
+                raise ApiError(400, "Missing required parameter: 'content'.", param="content")
+            raise _invalid_type("content", "a string", content)
+        add = f.bool("add_special", False)
+        ids = self.tok.encode(
+            content, add_bos=add and self.tok.bos_id is not None, special=f.bool("parse_special", True)
+        )
+        if not f.bool("with_pieces", False):
+            return {"tokens": ids}
+        pieces: list[dict[str, Any]] = []
+        for i in ids:
+            raw = self.tok.token_bytes(i)
+            try:
+                piece: Any = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                piece = list(raw)
+            pieces.append({"id": i, "piece": piece})
+        return {"tokens": pieces}
+
+    def detokenize(self, body: Any) -> dict[str, Any]:
+        """{"tokens": [ids]} -> {"content": str}."""
+        _Fields(body, {"tokens", "model"})
+        tokens = body.get("tokens")
+        if not isinstance(tokens, list):
+            if tokens is None:
+                raise ApiError(400, "Missing required parameter: 'tokens'.", param="tokens")
+            raise _invalid_type("tokens", "an array of token ids", tokens)
+        return {"content": self.tok.decode(self.check_ids(tokens, "tokens"))}
+
+    def props(self, total_slots: int) -> dict[str, Any]:
+        """What llama.cpp's GET /props tells: the defaults a request gets, slots, model, template."""
+        tok = self.tok
+        defaults = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)  # OpenAI's meaning (_common)
+        return {
+            "default_generation_settings": {
+                "n_ctx": self.ctx,
+                "params": {
+                    "temperature": defaults.temperature,
+                    "top_k": defaults.top_k,
+                    "top_p": defaults.top_p,
+                    "min_p": defaults.min_p,
+                    "repeat_penalty": defaults.repeat_penalty,
+                    "repeat_last_n": defaults.repeat_last_n,
+                    "presence_penalty": defaults.presence_penalty,
+                    "frequency_penalty": defaults.frequency_penalty,
+                    "seed": -1,
+                    "n_predict": -1,
+                    "max_tokens_completions": DEFAULT_MAX_TOKENS_COMPLETIONS,
+                    "ignore_eos": False,
+                    "stop": [],
+                },
+            },
+            "total_slots": total_slots,
+            "model_alias": self.model_id,
+            "model_path": self.model_path,
+            "n_vocab": self.vocab_size,
+            "capabilities": sorted(self.capabilities),
+            "chat_template": tok.chat_template or FALLBACK_TEMPLATE,
+            "bos_token": tok.token_text(tok.bos_id) if tok.bos_id is not None else "",
+            "eos_token": tok.token_text(tok.eos_id) if tok.eos_id is not None else "",
+            "modalities": {"vision": False, "audio": False},
+            "build_info": f"corelm {__version__}",
+        }
 
     # ---- responses ----
 
@@ -487,34 +739,29 @@ class OpenAIApi:
             "text_offset": [len(req.prompt_text) + lp.offset for lp in lps],
         }
 
-    def response(
-        self,
-        req: ApiRequest,
-        rid: str,
-        created: int,
-        text: str,
-        lps: list[TokenLogprob] | None,
-        finish: str,
-        usage: dict,
-    ) -> dict[str, Any]:
-        logprobs = self.logprobs_body(req, lps) if lps is not None else None
-        if req.kind == "chat":
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": logprobs,
-                "finish_reason": finish,
-            }
-            obj = "chat.completion"
-        else:
-            choice = {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish}
-            obj = "text_completion"
+    def response(self, req: ApiRequest, rid: str, created: int, choices: list[Choice], usage: dict) -> dict[str, Any]:
+        """The JSON response of a request that did not stream."""
+        out = []
+        for c in choices:
+            logprobs = self.logprobs_body(req, c.logprobs) if c.logprobs is not None else None
+            if req.kind == "chat":
+                message: dict[str, Any] = {"role": "assistant", "content": c.text, "refusal": None}
+                finish = c.finish
+                if req.tools is not None:
+                    reply = parse_reply(c.text, req.tools)
+                    message["content"] = reply.content
+                    if reply.tool_calls:
+                        message["tool_calls"] = reply.tool_calls
+                        finish = "tool_calls" if finish == "stop" else finish
+                out.append({"index": c.index, "message": message, "logprobs": logprobs, "finish_reason": finish})
+            else:
+                out.append({"text": c.text, "index": c.index, "logprobs": logprobs, "finish_reason": c.finish})
         return {
             "id": rid,
-            "object": obj,
+            "object": "chat.completion" if req.kind == "chat" else "text_completion",
             "created": created,
             "model": self.model_id,
-            "choices": [choice],
+            "choices": out,
             "usage": usage,
         }
 
@@ -527,17 +774,21 @@ class OpenAIApi:
         lps: list[TokenLogprob] | None = None,
         finish: str | None = None,
         first: bool = False,
+        index: int = 0,
+        delta: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """One server-sent event's object; text None makes the closing chunk (an empty delta)."""
+        """One server-sent event's object; text None makes the closing chunk (an empty delta);
+        `delta` replaces the chat delta (tool calls)."""
         logprobs = self.logprobs_body(req, lps) if lps else None
         if req.kind == "chat":
-            delta: dict[str, Any] = {} if text is None else {"content": text}
+            if delta is None:
+                delta = {} if text is None else {"content": text}
             if first:
                 delta = {"role": "assistant", **delta}
-            choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
             obj = "chat.completion.chunk"
         else:
-            choice = {"text": text or "", "index": 0, "logprobs": logprobs, "finish_reason": finish}
+            choice = {"text": text or "", "index": index, "logprobs": logprobs, "finish_reason": finish}
             obj = "text_completion"
         out = {"id": rid, "object": obj, "created": created, "model": self.model_id, "choices": [choice]}
         if req.include_usage:
@@ -553,11 +804,13 @@ def _seed(seed: int | None) -> int | None:
     return None if seed is None else seed % 2**64  # numpy's generators take non-negative seeds
 
 
-def usage(stats: GenerationStats) -> dict[str, Any]:
-    """OpenAI's usage object; cached_tokens: prompt tokens the prefix cache saved prefilling."""
+def usage(*stats: GenerationStats) -> dict[str, Any]:
+    """OpenAI's usage object over a request's choices (the prompt counted once); cached_tokens:
+    prompt tokens the prefix cache saved prefilling the first."""
+    generated = sum(s.generated_tokens for s in stats)
     return {
-        "prompt_tokens": stats.prompt_tokens,
-        "completion_tokens": stats.generated_tokens,
-        "total_tokens": stats.prompt_tokens + stats.generated_tokens,
-        "prompt_tokens_details": {"cached_tokens": stats.cached_tokens},
+        "prompt_tokens": stats[0].prompt_tokens,
+        "completion_tokens": generated,
+        "total_tokens": stats[0].prompt_tokens + generated,
+        "prompt_tokens_details": {"cached_tokens": stats[0].cached_tokens},
     }
