@@ -125,6 +125,14 @@ def set_isa(name: str) -> str:
 def set_num_threads(n: int) -> None:
     """Size the thread pool (n < 1: physical cores)."""
 
+def set_collectives(mpi: dict[str, Any]) -> None:
+    """Install the MPI entry points the graph's all_reduce / gather ops call (corelm/distributed.py); size 0
+    removes them."""
+
+def collective_stats() -> dict[str, Any]:
+    """Calls, bytes sent and seconds spent in the graph's collectives since the last reset."""
+
+def reset_collective_stats() -> None: ...
 def silu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
 def softmax(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Softmax over the last axis."""
