@@ -239,7 +239,10 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    threads = args.threads or [corelm.info()["physical_cores"]]
+    from corelm.distributed import launched_ranks
+
+    # Under mpirun the pool already is this rank's share of the cores.
+    threads = args.threads or [corelm.info()["threads" if launched_ranks() > 1 else "physical_cores"]]
     progress = (lambda s: None) if args.json else (lambda s: print(f"... {s}", file=sys.stderr, flush=True))
     if args.model == "kernels":
         from corelm.analysis.kernel_bench import bench_kernels, format_report
