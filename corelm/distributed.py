@@ -240,6 +240,12 @@ class Group:
             _C.reset_collective_stats()
         return out
 
+    def wait_for_all(self) -> None:
+        """A barrier that sleeps while it waits (ranks still loading), without a time limit."""
+        request = self.comm.Ibarrier()
+        while not request.Test():
+            time.sleep(0.005)
+
     # ---- the other ranks ----
 
     def _receive(self) -> tuple[np.ndarray, np.ndarray]:
@@ -314,6 +320,7 @@ def load_distributed(path: str | PathLike[str], quant: str | None = None) -> tup
     g = _GROUP
     model, tokenizer = load_model(path, quant, distributed=False, ranks=(g.rank, g.size))
     g.model = model
+    g.wait_for_all()  # loading times differ: the first step's collectives must not count them
     if g.rank == 0:
         model.group = g
         atexit.register(g.close)  # after mpi4py's own atexit hook, so it runs before MPI_Finalize

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
+from collections.abc import Callable
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -97,18 +98,28 @@ def _hf_name_table(names: dict[str, str], n_layer: int) -> dict[str, str]:
 
 
 def _split(
-    cls: type[Model], config: ModelConfig, weights: dict[str, Any], ranks: tuple[int, int], quant: WeightType | None
+    model: Model, ranks: tuple[int, int], quant: WeightType | None, release: Callable[[str], None] | None = None
 ) -> Model:
-    """Rank ranks[0]'s share of the model (of ranks[1]): its slices of the split tensors, quantized
-    to `quant` after slicing (so no rank converts more than its share)."""
-    tp = TensorParallel.plan(cls, config, weights, *ranks, quant=None if quant is None else int(quant))
+    """Rank ranks[0]'s share (of ranks[1]) of a model whose weights are still the whole file's:
+    its slices of the split tensors, each quantized to `quant` and packed for the kernels right
+    after slicing, then `release`d (the file's pages of that tensor leave this process's memory),
+    so no rank converts or holds more than its share plus one tensor."""
+    cls, config = type(model), model.config
+    tp = TensorParallel.plan(cls, config, model.w, *ranks, quant=None if quant is None else int(quant))
+    packing, lookup_only = kernels.packing_pays(), model.lookup_only_weights()
     local = {}
-    for name, w in weights.items():
+    for name, w in model.w.items():
         part = tp.take(name, w)
-        local[name] = _maybe_quantize(part, quant) if isinstance(part, Weight) else part
-    model = cls(tp.local_config(config), local)
-    model.parallel = tp
-    return model
+        if isinstance(part, Weight):
+            part = _maybe_quantize(part, quant)
+            if packing and name not in lookup_only:
+                part = part.packed()
+            if release is not None and part is not w:
+                release(name)  # a view of the file faults back only the pages it reads
+        local[name] = part
+    share = cls(tp.local_config(config), local)
+    share.parallel = tp
+    return share
 
 
 def load_hf(
@@ -159,7 +170,7 @@ def load_hf(
         setattr(config, key, value)
     model = cls(config, weights)
     if ranks:
-        model = _split(cls, config, weights, ranks, qtype)
+        model = _split(model, ranks, qtype)
     return pack_for_kernels(model), tokenizer
 
 
@@ -232,7 +243,7 @@ def load_gguf_model(
     _check_shapes(model, path)
     if ranks:
         try:
-            model = _split(cls, config, weights, ranks, qtype)
+            model = _split(model, ranks, qtype, release=lambda name: f.release([name]))
         except ValueError as e:
             raise ModelFileError(f"{path}: {e}") from e
     model.metadata = f.metadata
