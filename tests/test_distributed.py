@@ -100,11 +100,12 @@ def build(kind: str, overrides: dict, folder: Path) -> None:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     """HF folders and GGUF files (F32) of: llama with GQA 4/2, gpt2 (2 heads), qwen2 with GQA 4/2,
+    qwen3 (q/k norms) and phi3 (fused qkv and gate-up) with GQA 4/2,
     llama 6/3 heads (3 ranks), a wider llama (k-quant blocks of 256 on each rank) and the stock
     qwen2 config (1 key/value head: does not divide)."""
     root = tmp_path_factory.mktemp("tp-models")
     paths = {}
-    for name in ("llama-gqa-hd64", "gpt2", "qwen2"):
+    for name in ("llama-gqa-hd64", "gpt2", "qwen2", "qwen3", "phi3-partial-rope"):
         build_hf_model(name, root / name)
         paths[name] = root / name
     for name, kind, overrides in (
@@ -122,7 +123,12 @@ def models(tmp_path_factory) -> dict[str, Path]:
 # ---- equal to one process ----
 
 
-@pytest.mark.parametrize("name", ["llama-gqa-hd64", "gpt2", "qwen2-gqa"])
+SLOW_ARCHS = ("qwen3", "phi3-partial-rope")
+
+
+@pytest.mark.parametrize(
+    "name", ["llama-gqa-hd64", "gpt2", "qwen2-gqa", *(pytest.param(n, marks=pytest.mark.slow) for n in SLOW_ARCHS)]
+)
 def test_two_ranks_equal_one_process(models, name, tmp_path):
     path = models[name + ".gguf"]
     split = run_split(2, path, tmp_path)
