@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable
 from os import PathLike
 from typing import TYPE_CHECKING, Any
@@ -151,7 +152,7 @@ class Group:
         self._lock = threading.RLock()  # a command and the step it starts go out together
         self._header = np.zeros(HEADER + INLINE, np.int64)
         self._next_id = 0
-        self._dropped: list[int] = []  # caches rank 0 no longer holds, dropped by the others with the next command
+        self._dropped: deque[int] = deque()  # caches rank 0 no longer holds: the others drop them with the next command
         self._closed = False
         self.caches: dict[int, KVCache] = {}  # a follower's caches by rank 0's ids
 
@@ -159,7 +160,9 @@ class Group:
 
     def _send(self, cmd: int, args: tuple[int, ...] = (), payload: np.ndarray | None = None) -> None:
         payload = np.zeros(0, np.int64) if payload is None else payload
-        dropped, self._dropped = self._dropped, []
+        dropped = []
+        while self._dropped:  # appended by finalizers, from any thread
+            dropped.append(self._dropped.popleft())
         body = np.concatenate([payload, np.asarray(dropped, np.int64)])
         h = self._header
         h[:] = 0
