@@ -36,6 +36,9 @@ def attention(
 ) -> np.ndarray:
     """Causal GQA: q [m, hq, d] at positions n_past.. against caches [hkv, capacity, d] (float32 or float16)."""
 
+def collective_stats() -> dict[str, Any]:
+    """Calls, bytes sent and seconds spent in the graph's collectives since the last reset."""
+
 def dequantize(w: np.ndarray, type: int, n: int, k: int) -> npt.NDArray[np.float32]:
     """Raw weight bytes of n x k to fp32."""
 
@@ -78,6 +81,7 @@ def quantize(x: np.ndarray, type: int) -> npt.NDArray[np.uint8]:
 def read_bandwidth(bytes: int = 1073741824, reps: int = 5, streams: int = 8) -> float:
     """Best-of-reps read bandwidth (GB/s) of the thread pool over a buffer of `bytes`."""
 
+def reset_collective_stats() -> None: ...
 def rmsnorm(x: np.ndarray, weight: np.ndarray, eps: float, out: np.ndarray | None = None) -> np.ndarray: ...
 def rope(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray, neox: bool) -> None:
     """In place on x [rows, heads, head_dim]: rotate the first 2*len(inv_freq) dims by positions[row]*inv_freq;
@@ -118,6 +122,11 @@ def self_attention(
     """GQA of m rows among themselves: q [m, hq, d], k/v [m, hkv, d] (float32 or float16). causal=False lets every
     row see all keys (encoders). seq_lengths: the rows are several sequences one after another, each attending
     only to its own rows (one call for a batch)."""
+
+def set_collectives(mpi: dict) -> None:
+    """Install the MPI entry points the graph's all_reduce / gather ops call (see corelm/distributed.py): a dict of
+    allreduce, gatherv, abort (function addresses), comm, float32, sum (MPI handles), rank, size, timeout
+    (seconds); size 0 removes them."""
 
 def set_isa(name: str) -> str:
     """Switch kernel path; returns a warning string (empty if none) when it had to fall back."""

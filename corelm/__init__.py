@@ -15,8 +15,12 @@ except ImportError as e:  # a source checkout that was never built (or whose bui
         f"corelm's native module _C is not built in {Path(__file__).resolve().parent}: run `pip install -e .` "
         "in the source checkout (it builds the C++ core), or run from another folder to import an installed corelm"
     ) from e
+from corelm import distributed as _distributed
 from corelm.formats import ModelFileError
 from corelm.llm import LLM, load
+
+if _distributed.launched_ranks() > 1:  # mpirun: by default each rank's pool is its share of this host's cores
+    _C.set_num_threads(_distributed.default_threads())
 
 __version__ = "0.1.0"
 

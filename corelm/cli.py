@@ -248,7 +248,10 @@ def _progress(args: argparse.Namespace) -> Callable[[str], None]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    threads = args.threads or [corelm.info()["physical_cores"]]
+    from corelm.distributed import launched_ranks
+
+    # Under mpirun the pool already is this rank's share of the cores.
+    threads = args.threads or [corelm.info()["threads" if launched_ranks() > 1 else "physical_cores"]]
     progress = _progress(args)
     if args.model == "kernels":
         from corelm.analysis.kernel_bench import bench_kernels, format_report

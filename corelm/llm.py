@@ -538,12 +538,17 @@ def load(
     ctx: int | None = None,
     quant: str | None = None,
     kv_dtype: str = "float32",
+    distributed: bool | None = None,
 ) -> LLM:
     """Load a GGUF file or a Hugging Face folder; with no path, corelm's own small default model.
 
-    threads: size of corelm's thread pool (default: the physical cores);
+    threads: size of corelm's thread pool (default: the physical cores; under mpirun, each rank's
+    share of them);
     ctx: KV-cache size in tokens (default: the model's context, at most 4096);
-    quant: quantize weights while loading (corelm.models.QUANT_NAMES: "q8_0", "q4_k", "q4_0", "bf16", ...).
+    quant: quantize weights while loading (corelm.models.QUANT_NAMES: "q8_0", "q4_k", "q4_0", "bf16", ...);
+    distributed: split the model over the ranks of an MPI job (docs/distributed.md); None (default):
+    when mpirun started more than one rank. Then only rank 0 returns from this call: the other
+    ranks run its steps until it exits, and end their process there.
     """
     if path is None:
         if not DEFAULT_MODEL.is_file():
@@ -551,5 +556,5 @@ def load(
         path = DEFAULT_MODEL
     if threads is not None:
         _C.set_num_threads(int(threads))
-    model, tokenizer = load_model(path, quant=quant)
+    model, tokenizer = load_model(path, quant=quant, distributed=distributed)
     return LLM(model, tokenizer, ctx=ctx, kv_dtype=kv_dtype)

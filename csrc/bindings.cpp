@@ -17,6 +17,7 @@
 #include "kernels/amx/tiles.h"
 #include "core/dispatch.h"
 #include "core/formats.h"
+#include "core/collectives.h"
 #include "core/graph.h"
 #include "core/ops.h"
 #include "core/probe.h"
@@ -190,6 +191,7 @@ struct PyGraph {
     int64_t max_position = -1;    // rows of a position embedding (-1: none): positions must stay below
     int64_t kv_heads = 0, head_dim = 0;
     bool causal = true, has_attention = false;
+    bool parallel = false;        // has collective ops: runs only with MPI installed (set_collectives)
     std::mutex lock;
 };
 
@@ -208,7 +210,7 @@ const std::map<std::string, OpKind> kOpKinds = {
     {"embed", OpKind::Embed},     {"add_vector", OpKind::AddVector}, {"add", OpKind::Add}, {"rmsnorm", OpKind::RmsNorm},
     {"layernorm", OpKind::LayerNorm}, {"matmul", OpKind::Matmul},  {"rope", OpKind::Rope},
     {"attention", OpKind::Attention}, {"glu", OpKind::Glu},         {"copy", OpKind::Copy},
-    {"select", OpKind::Select},
+    {"select", OpKind::Select},       {"all_reduce", OpKind::AllReduce}, {"gather", OpKind::Gather},
 };
 
 // One op from its Python description (a dict; see corelm/models/graph.py), checked against the
@@ -269,8 +271,19 @@ GraphOp parse_op(const py::dict& d, const std::vector<int64_t>& widths, PyGraph&
             op.from_positions = py::cast<bool>(d.attr("get")("from_positions", false));
             op.id_offset = get_int("id_offset", 0);
             if (op.id_offset < 0) fail(where + "id_offset must be >= 0");
-            if (op.from_positions) pg.max_position = op.w_n - op.id_offset;
-            else pg.vocab = op.w_n;
+            op.id_start = get_int("id_start", 0);
+            op.id_count = get_int("id_count", 0);
+            if (op.id_count) {  // a slice of the table (tensor parallelism): ids up to `vocab` are valid
+                if (op.from_positions || op.accumulate || op.id_start < 0 || op.id_count != op.w_n)
+                    fail(where + "a table slice (id_count) holds id_count rows of token ids and overwrites its output");
+                pg.vocab = get_int("vocab", 0);
+                if (pg.vocab < op.id_start + op.id_count) fail(where + "vocab must cover the slice");
+                pg.parallel = true;
+            } else if (op.from_positions) {
+                pg.max_position = op.w_n - op.id_offset;
+            } else {
+                pg.vocab = op.w_n;
+            }
             break;
         case OpKind::AddVector:
             need_in(true);
@@ -351,6 +364,24 @@ GraphOp parse_op(const py::dict& d, const std::vector<int64_t>& widths, PyGraph&
         case OpKind::Select:
             need_in(true);
             break;
+        case OpKind::AllReduce:
+            if (op.in >= 0 && op.in != op.out) fail(where + "reduces its output buffer in place");
+            op.in = op.out;
+            pg.parallel = true;
+            break;
+        case OpKind::Gather: {
+            need_in(false);
+            op.parts = py::cast<std::vector<int64_t>>(d["parts"]);
+            int64_t total = 0;
+            for (int64_t p : op.parts) {
+                if (p < 1) fail(where + "every rank's part needs a width >= 1");
+                total += p;
+            }
+            if (total != w_out) fail(where + "the parts' widths sum to " + std::to_string(total) + ", the output is " + std::to_string(w_out));
+            if (std::find(op.parts.begin(), op.parts.end(), w_in) == op.parts.end()) fail(where + "the input's width is no rank's part");
+            pg.parallel = true;
+            break;
+        }
     }
     return op;
 }
@@ -459,6 +490,16 @@ void bind_graph(py::module_& m) {
             const int64_t n_ops = int64_t(pg.graph->ops().size());
             if (until < 1 || until > n_ops) fail("until must be in [1, " + std::to_string(n_ops) + "]");
             const std::vector<Segment> segs = parse_segments(pg, segments, n);
+            if (pg.parallel) {
+                const auto& ops = pg.graph->ops();
+                for (const GraphOp& op : ops)
+                    if (op.kind == OpKind::Gather &&
+                        (!collectives::active() || int64_t(op.parts.size()) != collectives::size() ||
+                         op.parts[size_t(collectives::rank())] != pg.graph->widths()[size_t(op.in)]))
+                        fail("this graph is one rank's share of a tensor-parallel model: it runs under MPI with " +
+                             std::to_string(op.parts.size()) + " ranks (corelm.distributed)");
+                if (!collectives::active()) fail("this graph is one rank's share of a tensor-parallel model: it runs under MPI (corelm.distributed)");
+            }
             OpHook op_hook;
             if (!hook.is_none()) {
                 op_hook = [&pg, &hook](size_t i, OpView in, OpView out, double seconds) {
@@ -500,6 +541,42 @@ PYBIND11_MODULE(_C, m) {
     m.def("supported_isas", &supported_isas, "Kernel paths this CPU can run, slowest first.");
     m.def("set_num_threads", &set_num_threads, py::arg("n"), "Size the thread pool (n < 1: physical cores).");
     m.def("num_threads", &num_threads);
+    m.def("set_collectives", [](const py::dict& d) {
+        collectives::Mpi mpi;
+        mpi.size = int(py::cast<int64_t>(d["size"]));
+        if (mpi.size > 0) {
+            auto fn = [&](const char* key) {
+                const auto addr = py::cast<uintptr_t>(d[key]);
+                if (!addr) fail(std::string("set_collectives: ") + key + " is null");
+                return addr;
+            };
+            mpi.allreduce = reinterpret_cast<decltype(mpi.allreduce)>(fn("allreduce"));
+            mpi.gatherv = reinterpret_cast<decltype(mpi.gatherv)>(fn("gatherv"));
+            mpi.abort = reinterpret_cast<decltype(mpi.abort)>(fn("abort"));
+            mpi.comm = py::cast<collectives::Handle>(d["comm"]);
+            mpi.f32 = py::cast<collectives::Handle>(d["float32"]);
+            mpi.sum = py::cast<collectives::Handle>(d["sum"]);
+            mpi.rank = int(py::cast<int64_t>(d["rank"]));
+            mpi.timeout = py::cast<double>(d["timeout"]);
+        }
+        try {
+            collectives::install(mpi);
+        } catch (const std::invalid_argument& e) {
+            fail(std::string("set_collectives: ") + e.what());
+        }
+    }, py::arg("mpi"),
+       "Install the MPI entry points the graph's all_reduce / gather ops call (see corelm/distributed.py): a dict "
+       "of allreduce, gatherv, abort (function addresses), comm, float32, sum (MPI handles), rank, size, timeout "
+       "(seconds); size 0 removes them.");
+    m.def("collective_stats", []() {
+        const collectives::Stats st = collectives::stats();
+        py::dict d;
+        d["calls"] = st.calls;
+        d["bytes"] = st.bytes;
+        d["seconds"] = st.seconds;
+        return d;
+    }, "Calls, bytes sent and seconds spent in the graph's collectives since the last reset.");
+    m.def("reset_collective_stats", &collectives::reset_stats);
     m.def("read_bandwidth", [](size_t bytes, int reps, int streams) {
         if (bytes < (1u << 20)) fail("the bandwidth probe needs at least 1 MiB");
         py::gil_scoped_release nogil;

@@ -32,6 +32,7 @@ class ModelBenchResult:
     min_tokens_per_s: float
     max_tokens_per_s: float
     reps: int
+    collective_ms_per_token: float | None = None  # tensor parallel: rank 0's time in all-reduce / gather
 
 
 def _prefill_seconds(llm: LLM, tokens: np.ndarray) -> float:
@@ -78,26 +79,32 @@ def bench_model(
         prompt_tokens = min(prompt_tokens, llm.config.ctx)
     if "generate" not in llm.capabilities:
         gen_tokens = 0  # nothing to decode
+    group = llm.model.group  # tensor parallel over MPI ranks (corelm.distributed), or None
     results = []
     for t in threads:
-        _C.set_num_threads(t)
+        (group.set_num_threads if group else _C.set_num_threads)(t)
         for test, n in (("pp", prompt_tokens), ("tg", gen_tokens)):
             if n <= 0:
                 continue
             rates = []
             for r in range(reps + 1):  # the first run warms caches and pages, and is dropped
                 progress(f"{test}{n}, {t} thread(s), " + (f"run {r}/{reps}" if r else "warm-up run"))
+                if group and r == 1:
+                    group.stats(reset=True)
                 if test == "pp":
                     s = _prefill_seconds(llm, rng.integers(0, vocab, n).astype(np.int32))
                 else:
                     s = _decode_seconds(llm, rng.integers(0, vocab, 16).astype(np.int32), n)
                 if r:
                     rates.append(n / s)
-            results.append(
-                ModelBenchResult(str(path), t, f"{test}{n}", statistics.median(rates), min(rates), max(rates), reps)
-            )
+            median = statistics.median(rates)
+            result = ModelBenchResult(str(path), t, f"{test}{n}", median, min(rates), max(rates), reps)
+            if group:  # decode's prompt steps included: 16 of every n + 16 tokens
+                tokens = reps * (n if test == "pp" else n + 16)
+                result.collective_ms_per_token = 1e3 * group.stats()[0]["collective_seconds"] / tokens
+            results.append(result)
     weights_bytes = sum(getattr(w, "nbytes", 0) for w in llm.model.w.values())
-    return {
+    report = {
         "model": str(path),
         "arch": llm.config.arch,
         "isa": _C.isa(),
@@ -106,18 +113,32 @@ def bench_model(
         "weights_mib": weights_bytes / 2**20,
         "results": [asdict(r) for r in results],
     }
+    if group:  # every rank's memory: its share of the weights, what it holds resident
+        report["ranks"] = group.stats()
+    return report
 
 
 def format_model_report(report: dict) -> str:
+    ranks = report.get("ranks", [])
     lines = [
         f"{report['model']} ({report['arch']}, {report['weights_mib']:.1f} MiB of weights, path {report['isa']})",
         f"load {report['load_seconds']:.2f} s, peak resident memory {report['peak_rss_mib']:.0f} MiB",
-        "",
-        f"{'test':>8} {'threads':>7} {'tok/s':>9} {'min':>9} {'max':>9}",
     ]
+    if ranks:
+        lines.append(f"tensor parallel over {len(ranks)} ranks (threads: per rank):")
+        for r in ranks:
+            lines.append(
+                f"  rank {r['rank']}: {r['weights_mib']:.1f} MiB of weights, resident {r['rss_mib']:.0f} MiB "
+                f"(peak {r['peak_rss_mib']:.0f} MiB)"
+            )
+    header = f"{'test':>8} {'threads':>7} {'tok/s':>9} {'min':>9} {'max':>9}"
+    lines += ["", header + (f" {'comm ms/tok':>12}" if ranks else "")]
     for r in report["results"]:
-        lines.append(
+        line = (
             f"{r['test']:>8} {r['threads']:>7} {r['tokens_per_s']:>9.2f} {r['min_tokens_per_s']:>9.2f} "
             f"{r['max_tokens_per_s']:>9.2f}"
         )
+        if r.get("collective_ms_per_token") is not None:
+            line += f" {r['collective_ms_per_token']:>12.3f}"
+        lines.append(line)
     return "\n".join(lines)

@@ -34,6 +34,10 @@ class KVCache:
         self.data[layer, 0, :, pos : pos + t] = k.transpose(1, 0, 2)
         self.data[layer, 1, :, pos : pos + t] = v.transpose(1, 0, 2)
 
+    def copy_prefix(self, source: KVCache, n: int) -> None:
+        """Keys and values of positions 0 .. n-1 from another cache (the engine's prefix cache)."""
+        self.data[:, :, :, :n] = source.data[:, :, :, :n]
+
     @property
     def nbytes(self) -> int:
         return self.data.nbytes

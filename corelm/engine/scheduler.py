@@ -389,7 +389,7 @@ class Engine:
             donor = max(self.slots, key=lambda s: _shared(s.tokens, prompt, limit))
             copy = _shared(donor.tokens, prompt, limit)
             if copy > reuse:  # another slot (a running sequence's) holds more of it: copy its rows
-                slot.cache.data[:, :, :, :copy] = donor.cache.data[:, :, :, :copy]
+                slot.cache.copy_prefix(donor.cache, copy)
                 slot.tokens = prompt[:copy]
                 reuse = copy
             else:

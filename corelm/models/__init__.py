@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
+from collections.abc import Callable
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from corelm.formats.hf import is_hf_dir, load_hf_tensors, read_json, sentence_tr
 from corelm.kernels import Weight, WeightType
 from corelm.models import adapter as adapters
 from corelm.models.base import ARCHITECTURES, Model, ModelConfig, as_weight, head_of_hf, to_f32
+from corelm.models.parallel import TensorParallel
 from corelm.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -95,7 +97,34 @@ def _hf_name_table(names: dict[str, str], n_layer: int) -> dict[str, str]:
     return table
 
 
-def load_hf(folder: Path, quant: str | None = None) -> tuple[Model, Tokenizer | None]:
+def _split(
+    model: Model, ranks: tuple[int, int], quant: WeightType | None, release: Callable[[str], None] | None = None
+) -> Model:
+    """Rank ranks[0]'s share (of ranks[1]) of a model whose weights are still the whole file's:
+    its slices of the split tensors, each quantized to `quant` and packed for the kernels right
+    after slicing, then `release`d (the file's pages of that tensor leave this process's memory),
+    so no rank converts or holds more than its share plus one tensor."""
+    cls, config = type(model), model.config
+    tp = TensorParallel.plan(cls, config, model.w, *ranks, quant=None if quant is None else int(quant))
+    packing, lookup_only = kernels.packing_pays(), model.lookup_only_weights()
+    local = {}
+    for name, w in model.w.items():
+        part = tp.take(name, w)
+        if isinstance(part, Weight):
+            part = _maybe_quantize(part, quant)
+            if packing and name not in lookup_only:
+                part = part.packed()
+            if release is not None and part is not w:
+                release(name)  # a view of the file faults back only the pages it reads
+        local[name] = part
+    share = cls(tp.local_config(config), local)
+    share.parallel = tp
+    return share
+
+
+def load_hf(
+    folder: Path, quant: str | None = None, ranks: tuple[int, int] | None = None
+) -> tuple[Model, Tokenizer | None]:
     cfg = read_json(folder / "config.json")
     model_type = str(cfg.get("model_type"))
     cls = architecture_of(hf_model_type=model_type)
@@ -132,14 +161,17 @@ def load_hf(folder: Path, quant: str | None = None) -> tuple[Model, Tokenizer | 
             if name.split(".", 2)[-1] in transposed:  # blk.N.<name>
                 array = np.ascontiguousarray(to_f32(dtype, array).T)
                 dtype = "F32"
-            weights[name] = _maybe_quantize(as_weight(dtype, array), qtype)
+            weights[name] = _maybe_quantize(as_weight(dtype, array), None if ranks else qtype)
         else:
             weights[name] = to_f32(dtype, array).reshape(-1)
     _drop_unused_head(weights, config)
     tokenizer = Tokenizer.from_hf_dir(folder) if (folder / "tokenizer.json").is_file() else None
     for key, value in sentence_transformers_settings(folder).items():
         setattr(config, key, value)
-    return pack_for_kernels(cls(config, weights)), tokenizer
+    model = cls(config, weights)
+    if ranks:
+        model = _split(model, ranks, qtype)
+    return pack_for_kernels(model), tokenizer
 
 
 def _hf_spellings(name: str, prefixes: tuple[str, ...]) -> list[str]:
@@ -184,7 +216,9 @@ def _gguf_weight(t, quant: WeightType | None) -> Weight | np.ndarray:
     return Weight.from_float(dense, target)
 
 
-def load_gguf_model(path: Path, quant: str | None = None) -> tuple[Model, Tokenizer | None]:
+def load_gguf_model(
+    path: Path, quant: str | None = None, ranks: tuple[int, int] | None = None
+) -> tuple[Model, Tokenizer | None]:
     f: GGUFFile = load_gguf(path)
     arch = f.architecture
     cls = architecture_of(gguf_arch=arch)
@@ -196,7 +230,8 @@ def load_gguf_model(path: Path, quant: str | None = None) -> tuple[Model, Tokeni
     try:
         weights: dict[str, Any] = {}
         for name, t in _progress(f.tensors.items(), "loading", len(f.tensors), f.path.stat().st_size):
-            weights[name] = _gguf_weight(t, qtype)
+            # A rank quantizes its slices only (below): its matrices stay views of the file until then.
+            weights[name] = _gguf_weight(t, None if ranks and t.type in KERNEL_TYPES else qtype)
         config = cls.config_from_gguf(f.metadata, arch, weights)
         config.adapter = adapters.BottleneckAdapter.from_gguf(f.metadata)
         tokenizer = Tokenizer.from_gguf_metadata(f.metadata) if "tokenizer.ggml.model" in f.metadata else None
@@ -206,6 +241,11 @@ def load_gguf_model(path: Path, quant: str | None = None) -> tuple[Model, Tokeni
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:  # metadata that makes no sense
         raise ModelFileError(f"{path}: {type(e).__name__}: {e}") from e
     _check_shapes(model, path)
+    if ranks:
+        try:
+            model = _split(model, ranks, qtype, release=lambda name: f.release([name]))
+        except ValueError as e:
+            raise ModelFileError(f"{path}: {e}") from e
     model.metadata = f.metadata
     pack_for_kernels(model)
     # Tensors now held as packed copies no longer need their file pages resident.
@@ -226,18 +266,36 @@ def _check_shapes(model: Model, path: Path) -> None:
             raise ModelFileError(f"{path}: tensor {name} is {size}, the config implies {implied}")
 
 
-def load_model(path: str | PathLike[str], quant: str | None = None) -> tuple[Model, Tokenizer | None]:
+def load_model(
+    path: str | PathLike[str],
+    quant: str | None = None,
+    distributed: bool | None = None,
+    ranks: tuple[int, int] | None = None,
+) -> tuple[Model, Tokenizer | None]:
     """A model and its tokenizer (None when the file has none) from a GGUF file or an HF folder
-    (or a hub name, hf://ORG/REPO[/FILE.gguf]: corelm/hub.py)."""
+    (or a hub name, hf://ORG/REPO[/FILE.gguf]: corelm/hub.py).
+
+    distributed: split the model over the MPI ranks of the job (corelm.distributed: rank 0 gets a
+    model whose steps run on every rank; on the other ranks this call serves rank 0's steps and
+    then ends the process). None: when mpirun started more than one rank. ranks (rank, size):
+    just load that rank's share (what each rank does; no MPI)."""
     path = hub.resolve(path)
+    if distributed is None:
+        from corelm.distributed import launched_ranks
+
+        distributed = launched_ranks() > 1
+    if distributed and ranks is None:
+        from corelm.distributed import load_distributed
+
+        return load_distributed(path, quant)
     if path.is_file():
         with open(path, "rb") as fh:
             magic = fh.read(4)
         if magic != b"GGUF":
             raise ModelFileError(f"{path}: not a GGUF file (expected a .gguf file or a Hugging Face folder)")
-        return load_gguf_model(path, quant)
+        return load_gguf_model(path, quant, ranks)
     if is_hf_dir(path):
-        return load_hf(path, quant)
+        return load_hf(path, quant, ranks)
     if path.is_dir():
         raise ModelFileError(f"{path}: a folder without config.json is not a Hugging Face model folder")
     raise ModelFileError(f"{path}: no such file or folder")

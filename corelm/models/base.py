@@ -28,6 +28,7 @@ from corelm.engine.kv_cache import KVCache
 from corelm.kernels import Weight
 from corelm.models.adapter import BottleneckAdapter
 from corelm.models.graph import CompiledGraph, GraphBuilder, Op
+from corelm.models.parallel import Split, TensorParallel
 
 
 @dataclass
@@ -110,6 +111,23 @@ class ModelConfig:
 POOLINGS = ("", "mean", "cls", "last")
 Weights = dict[str, Any]  # name -> Weight (matrices) or float32 ndarray (norms, biases)
 
+# How tensor parallelism divides llama.cpp's tensors (parallel.py); per layer, without "blk.N.".
+# Architectures whose tensors hold other layouts override Model.tensor_splits; a tensor not
+# named here is whole on every rank.
+TENSOR_SPLITS: dict[str, Split] = {
+    "token_embd.weight": Split(0, ("vocab",)),
+    "output.weight": Split(0, ("vocab",)),
+    **{
+        f"attn_{p}.{kind}": Split(0, (u,))
+        for p, u in (("q", "q"), ("k", "kv"), ("v", "kv"))
+        for kind in ("weight", "bias")
+    },
+    **{f"attn_qkv.{kind}": Split(0, ("q", "kv", "kv")) for kind in ("weight", "bias")},
+    "attn_output.weight": Split(1, ("q",)),
+    **{f"ffn_{p}.{kind}": Split(0, ("ff",)) for p in ("gate", "up") for kind in ("weight", "bias")},
+    "ffn_down.weight": Split(1, ("ff",)),
+}
+
 
 class Model:
     """A transformer: config, weights, and its forward pass as a graph run by the native executor.
@@ -129,13 +147,26 @@ class Model:
     # where its HF blocks keep AdapterHub's adapter layers: {"attn": (path, ...), "ffn": (...)}, "{i}" the layer
     hf_adapter_paths: ClassVar[dict[str, tuple[str, ...]]] = {}
     gguf_norm_eps: ClassVar[str] = "attention.layer_norm_rms_epsilon"  # the GGUF key of its norms' epsilon
+    tensor_splits: ClassVar[dict[str, Split]] = TENSOR_SPLITS  # how tensor parallelism divides its tensors
 
     def __init__(self, config: ModelConfig, weights: Weights) -> None:
         self.config = config
         self.w = weights
+        # Set when this model is one rank's share of a tensor-parallel model (config and weights
+        # are the share's: its heads, feed-forward units and vocabulary rows; see parallel.py).
+        self.parallel: TensorParallel | None = None
+        self.group: Any = None  # corelm.distributed.Group, which sends each step to the other ranks
         self.metadata: dict[str, Any] = {}  # the GGUF file's keys, for a model loaded from one
         self._graph: CompiledGraph | None = None
         self.check_weights()
+
+    @classmethod
+    def tensor_split(cls, name: str) -> Split | None:
+        """How tensor parallelism divides tensor `name` (None: whole on every rank)."""
+        parts = name.split(".")
+        if parts[0] == "blk" and len(parts) > 2 and parts[1].isdigit():
+            name = ".".join(parts[2:])
+        return cls.tensor_splits.get(name)
 
     # Architectures list the tensors they need; loading fails early and clearly without them.
     def required_weights(self) -> list[str]:
@@ -154,6 +185,9 @@ class Model:
             c.adapter.check_shapes(self.w, c.n_layer, c.n_embd)
 
     def new_cache(self, capacity: int, dtype: str = "float32") -> KVCache:
+        """A KV cache for one sequence (of this rank's key/value heads; under MPI every rank makes its own)."""
+        if self.group is not None:
+            return self.group.new_cache(self, capacity, dtype)
         c = self.config
         return KVCache(c.n_layer, c.n_head_kv, capacity, c.head_dim, dtype)
 
@@ -214,7 +248,7 @@ class Model:
         """The compiled graph, built on first use from the weights as they are then (load packs
         them first); `reset_graph` after replacing weights."""
         if self._graph is None:
-            g = GraphBuilder(self.w)
+            g = GraphBuilder(self.w, self.parallel)
             self.declare(g)
             self._graph = g.build(self.config.n_layer)
         return self._graph
@@ -264,6 +298,8 @@ class Model:
         if hook is not None:
             native_hook = lambda i, x, y, seconds: hook(g.ops[i], x, y, seconds)  # noqa: E731
         tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+        if self.group is not None:  # every rank runs the step: they are sent it first
+            return self.group.run(self, tokens, segments, last_rows, g.end_of(output), native_hook)
         segs = [(None if s.cache is None else s.cache.data, s.pos, s.length) for s in segments]
         return g.native.run(tokens, segs, last_rows, g.end_of(output), native_hook)
 

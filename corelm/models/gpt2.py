@@ -106,8 +106,9 @@ class GPT2(Model):
             p = f"blk.{i}."
             g.layernorm(p + "attn_norm", "x", "h", c.norm_eps)
             g.linear(p + "attn_qkv", "h", "qkv")
+            width = c.n_head * c.head_dim  # n_embd (a tensor-parallel rank's share: its heads)
             for j, part in enumerate("qkv"):
-                g.copy(f"{p}attn_{part}", "qkv", part, j * c.n_embd, c.n_embd)
+                g.copy(f"{p}attn_{part}", "qkv", part, j * width, width)
             g.attention(p + "attn", "q", "k", "v", "attn", i, c.n_head, c.n_head, c.head_dim, causal=True)
             declare_residual(g, c.adapter, p, "attn", p + "attn_output", "attn")
             g.layernorm(p + "ffn_norm", "x", "h", c.norm_eps)

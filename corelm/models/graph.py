@@ -20,6 +20,13 @@ batch of sequences — in one call that releases the GIL.
 
 The select op divides a step: the ops before it run on every row; it keeps every row (hidden
 states, all logits) or each sequence's last row (generation), and the ops after it run on those.
+
+A builder given a TensorParallel plan (parallel.py) declares one rank's share of the same forward
+from the same calls: a matrix split by columns (attn_output, ffn_down) is followed by an
+all_reduce op, with its bias and the residual added on rank 0 only; the token embedding split by
+vocabulary rows looks up only this rank's ids and is summed by an all_reduce; logits from an
+output split by vocabulary rows are gathered whole on rank 0. Architectures write nothing else
+for it: their widths come from the (share's) config and weights.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import numpy as np
 
 from corelm import _C
 from corelm.kernels import Weight
+from corelm.models.parallel import TensorParallel
 
 
 @dataclass(frozen=True)
@@ -50,8 +58,9 @@ class Op:
 class GraphBuilder:
     """Collects ops in order over named buffers; `weights` resolves tensor names."""
 
-    def __init__(self, weights: dict[str, Any]) -> None:
+    def __init__(self, weights: dict[str, Any], parallel: TensorParallel | None = None) -> None:
         self.w = weights
+        self.tp = parallel
         self.ops: list[Op] = []
         self.widths: dict[str, int] = {}
 
@@ -98,6 +107,16 @@ class GraphBuilder:
     def embed(self, name: str, out: str, positions: bool = False, offset: int = 0, accumulate: bool = False) -> None:
         """out (+)= rows of `name`.weight at the step's token ids (or positions + offset)."""
         w = self.w[name + ".weight"]
+        split = self.tp.split(name + ".weight") if self.tp else None
+        if split is not None:  # this rank's vocabulary rows; the other ids' rows come from the all-reduce
+            assert self.tp is not None
+            if split.parts != ("vocab",) or positions or accumulate:
+                raise ValueError(f"graph: {name} is split {split}; only a token embedding split by ids is")
+            start, count = self.tp.share("vocab")
+            vocab = self.tp.runs["vocab"]
+            self._add("embed", name, out, w.k, tensor=name + ".weight", id_start=start, id_count=count, vocab=vocab)
+            self._add("all_reduce", name + ".all_reduce", out, w.k)
+            return
         self._add(
             "embed",
             name,
@@ -137,9 +156,31 @@ class GraphBuilder:
         activation "", "gelu_erf", "gelu_tanh", "silu" or "relu"."""
         tensor = (weight or name) + ".weight"
         spec: dict[str, Any] = {"bias": self.w.get(name + ".bias"), "activation": activation}
+        split = self.tp.split(tensor) if self.tp else None
+        layer = self._layer(name)
+        if split is not None and split.axis == 1:  # row parallel: partial sums, then one all-reduce
+            assert self.tp is not None
+            if activation:
+                raise ValueError(f"graph: {name} is split by columns: an activation cannot follow its partial sums")
+            if self.tp.rank != 0:  # added once, by rank 0
+                spec["bias"], residual = None, ""
+            if residual:
+                spec["residual"] = self._buffer(residual)
+            self._add("matmul", name, out, self.w[tensor].n, (x,), layer, tensor, **spec)
+            self._add("all_reduce", name + ".all_reduce", out, self.w[tensor].n, layer=layer)
+            return
+        if split is not None and split.parts == ("vocab",):  # this rank's logits, gathered on rank 0
+            assert self.tp is not None
+            if residual:
+                raise ValueError(f"graph: {name} is split by vocabulary rows: it takes no residual")
+            part = out + ".part"
+            self._add("matmul", name, part, self.w[tensor].n, (x,), layer, tensor, **spec)
+            widths = self.tp.widths("vocab")
+            self._add("gather", name + ".gather", out, sum(widths), (part,), layer, parts=widths)
+            return
         if residual:
             spec["residual"] = self._buffer(residual)
-        self._add("matmul", name, out, self.w[tensor].n, (x,), self._layer(name), tensor, **spec)
+        self._add("matmul", name, out, self.w[tensor].n, (x,), layer, tensor, **spec)
 
     def rope(self, name: str, x: str, heads: int, head_dim: int, inv_freq: np.ndarray, neox: bool) -> None:
         """Rotary position embedding, in place on x [rows, heads, head_dim]."""

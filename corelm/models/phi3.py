@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from corelm.models.base import ModelConfig, register
+from corelm.models.base import TENSOR_SPLITS, ModelConfig, register
 from corelm.models.graph import GraphBuilder
 from corelm.models.llama import Llama
+from corelm.models.parallel import Split
 
 HF_NAMES = {
     "model.embed_tokens.weight": "token_embd.weight",
@@ -66,6 +67,8 @@ class Phi3(Llama):
     hf_names = HF_NAMES
     config_from_hf = staticmethod(_config_from_hf)  # type: ignore[assignment]
     expected_shapes = staticmethod(_expected_shapes)  # type: ignore[assignment]
+    # ffn_up holds the gate rows, then the up rows: a rank takes its units of each
+    tensor_splits = TENSOR_SPLITS | {"ffn_up.weight": Split(0, ("ff", "ff"))}
 
     def required_weights(self) -> list[str]:
         layers = [f"blk.{i}.{t}.weight" for i in range(self.config.n_layer) for t in LAYER_TENSORS]

@@ -183,7 +183,7 @@ def quantize_model(
     if calib_tokens < 1:
         raise ValueError(f"--calib-tokens must be positive, got {calib_tokens}")
     _check_paths(src, out)
-    model, tokenizer = load_model(src)
+    model, tokenizer = load_model(src, distributed=False)
     report = QuantizeReport(str(src), str(out), type.lower(), optimize, _input_bytes(src), 0)
     report.tokenizer = tokenizer is not None
     meta, name = _metadata(model, tokenizer, recipe, src)  # before the long part: fails early

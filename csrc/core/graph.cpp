@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "collectives.h"
+
 namespace corelm {
 
 Graph::Graph(std::vector<int64_t> widths, std::vector<GraphOp> ops, int64_t n_layer)
@@ -105,6 +107,19 @@ const float* Graph::run(const int32_t* tokens, int64_t n_tokens, const std::vect
                     for (int64_t r = 0; r < rows; ++r) ids[size_t(r)] = positions_[size_t(r)] + int32_t(op.id_offset);
                     src = ids.data();
                 }
+                if (op.id_count) {  // this rank's rows of a table split by ids: the others' ids give zeros
+                    ids.resize(size_t(rows));
+                    for (int64_t r = 0; r < rows; ++r) {
+                        const int64_t id = int64_t(tokens[r]) - op.id_start;
+                        ids[size_t(r)] = id >= 0 && id < op.id_count ? int32_t(id) : 0;
+                    }
+                    ops::get_rows(op.w, op.w_type, op.w_n, op.w_k, ids.data(), rows, out);
+                    for (int64_t r = 0; r < rows; ++r) {
+                        const int64_t id = int64_t(tokens[r]) - op.id_start;
+                        if (id < 0 || id >= op.id_count) std::memset(out + r * w_out, 0, size_t(w_out) * sizeof(float));
+                    }
+                    break;
+                }
                 if (!op.accumulate) {
                     ops::get_rows(op.w, op.w_type, op.w_n, op.w_k, src, rows, out);
                     break;
@@ -151,6 +166,12 @@ const float* Graph::run(const int32_t* tokens, int64_t n_tokens, const std::vect
                 for (size_t j = 0; j < row_ids_.size(); ++j)
                     std::memmove(out + int64_t(j) * w_out, in + int64_t(row_ids_[j]) * w_in, size_t(w_out) * sizeof(float));
                 rows = int64_t(row_ids_.size());
+                break;
+            case OpKind::AllReduce:
+                collectives::all_reduce(out, rows * w_out, op.name.c_str());
+                break;
+            case OpKind::Gather:
+                collectives::gather_columns(in, rows, op.parts, out, op.name.c_str());
                 break;
         }
         if (hook) {

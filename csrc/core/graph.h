@@ -36,6 +36,9 @@ enum class OpKind {
     Glu,         // out = silu(in[:, col0 : col0+n]) * in2[:, col1 : col1+n], n = out's width
     Copy,        // out = in[:, col0 : col0 + out width]
     Select,      // out = every row, or the last row of each segment, of in
+    // Tensor parallelism (collectives.h): each rank runs the same ops on its slices of the weights
+    AllReduce,   // out = the sum of every rank's out (in place)
+    Gather,      // rank 0: out = every rank's in side by side (rank r's in is parts[r] wide)
 };
 
 struct GraphOp {
@@ -54,6 +57,8 @@ struct GraphOp {
     bool accumulate = false;     // Embed: add into out instead of overwriting it
     bool from_positions = false; // Embed: ids are the rows' positions (+ id_offset)
     int64_t id_offset = 0;
+    int64_t id_start = 0, id_count = 0;  // Embed: id_count > 0: the table holds ids id_start.. only, others give zero rows
+    std::vector<int64_t> parts;  // Gather: every rank's width
     float eps = 0.0f;
     int64_t group = 0;           // RmsNorm: columns per normalised group (0: the whole row)
     const float* inv_freq = nullptr;  // Rope
