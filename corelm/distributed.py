@@ -172,9 +172,30 @@ class Group:
         inline = len(body) <= INLINE
         if inline:
             h[HEADER : HEADER + len(body)] = body
-        self.comm.Ibcast(h, root=0).Wait()
+        self._wait(self.comm.Ibcast(h, root=0), "a command's broadcast")
         if not inline:
-            self.comm.Ibcast(np.ascontiguousarray(body), root=0).Wait()
+            self._wait(self.comm.Ibcast(np.ascontiguousarray(body), root=0), "a command's broadcast")
+
+    def _wait(self, request: Any, what: str) -> None:
+        """Completes rank 0's request, or ends the job past the timeout: a stopped or hung rank can leave
+        a broadcast waiting for ever (its receive buffers full), outside the native collectives'
+        watchdog."""
+        if request.Test():
+            return
+        started = time.perf_counter()
+        while not request.Test():
+            waited = time.perf_counter() - started
+            if waited > self.timeout:
+                print(
+                    f"corelm: error: rank 0 of {self.comm.Get_size()} waited {waited:.0f} s in {what} for the other "
+                    "ranks (a rank died or hangs; CORELM_MPI_TIMEOUT sets the limit): ending the job",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self.comm.Abort(1)
+                os._exit(1)  # Abort did not end this process
+            if waited > 0.002:
+                time.sleep(0.001)
 
     def command(self, cmd: int, *args: int) -> None:
         with self._lock:
