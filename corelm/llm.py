@@ -78,7 +78,7 @@ class LLM:
         types = Counter(x.type.base.name for x in matrices)
         kinds = ", ".join(f"{n} {t}" for t, n in types.most_common())
         info = _C.info()
-        kind = "decoder" if c.causal else "encoder"
+        kind = c.kind
         head = f", {c.head} classifier of {len(c.labels)} labels" if c.head else ""
         return (
             f"<corelm.LLM {c.arch} {kind}{head}: {_count(params)} parameters, {size / 2**20:.1f} MiB "
@@ -108,9 +108,9 @@ class LLM:
 
     def _require(self, capability: str) -> None:
         if capability not in self.capabilities:
-            kind = "encoder" if not self.config.causal else "decoder"
             can = ", ".join(sorted(self.capabilities))
-            raise ValueError(f"this {self.config.arch} {kind} cannot {capability} (it can: {can})")
+            why = ": it attends both ways" if capability == "generate" and self.config.bidirectional else ""
+            raise ValueError(f"this {self.config.arch} {self.config.kind} cannot {capability}{why} (it can: {can})")
 
     # ---- text <-> ids ----
 
@@ -375,7 +375,7 @@ class LLM:
             if not isinstance(t, str):
                 raise TypeError(f"text {i} is {type(t).__name__}, not str")
         limit = self.max_tokens
-        encoded = self._tok().encode_batch(texts, limit if truncate else limit + 1, template=not self.config.causal)
+        encoded = self._tok().encode_batch(texts, limit if truncate else limit + 1, template=not self.config.decoder)
         for i, e in enumerate(encoded):
             if not e.ids:
                 raise ValueError(f"text {i} is empty and this model adds no tokens of its own to it")

@@ -167,12 +167,15 @@ def build_encoder(kind: str, head: str, folder: Path, seed: int = 0, text: str =
 
 
 def build_decoder_head(
-    name: str, head: str, folder: Path, seed: int = 0, vocab: int = VOCAB
+    name: str, head: str, folder: Path, seed: int = 0, vocab: int = VOCAB, bidirectional: bool = False
 ) -> transformers.PreTrainedModel:
-    """A random decoder of CONFIGS with a sequence or token classifier, saved to `folder`."""
+    """A random decoder of CONFIGS with a sequence or token classifier, saved to `folder`; with
+    bidirectional, its attention unmasked (transformers' config.is_causal = False)."""
     kind, overrides = CONFIGS[name]
     labels = SEQUENCE_LABELS if head == "sequence" else TOKEN_LABELS
     extra = dict(id2label=dict(enumerate(labels)), label2id={k: i for i, k in enumerate(labels)})
+    if bidirectional:
+        extra["is_causal"] = False
     torch.manual_seed(seed)
     if kind == "gpt2":
         config = transformers.GPT2Config(vocab_size=vocab, n_positions=CTX, pad_token_id=0, **overrides, **extra)

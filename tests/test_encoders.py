@@ -82,6 +82,58 @@ def test_decoder_heads_match_transformers(name: str, head: str, tmp_path: Path) 
     assert_close(model.classifier_logits(h, step), unpad(want) if head == "token" else want, "logits")
 
 
+BIDIRECTIONAL = ["gpt2", "llama-gqa-hd64", "qwen2", "qwen3", "phi3-partial-rope"]
+
+
+@pytest.mark.parametrize("head", ["sequence", "token"])
+@pytest.mark.parametrize("name", BIDIRECTIONAL)
+def test_bidirectional_decoder_heads_match_transformers(name: str, head: str, tmp_path: Path) -> None:
+    """A decoder saved with config.json "is_causal": false (transformers' switch: every token sees
+    the whole sequence, padding aside) runs both ways in corelm, without a KV cache, as in torch."""
+    hf = build_decoder_head(name, head, tmp_path, bidirectional=True)
+    model, _ = load_model(tmp_path)
+    assert model.config.bidirectional and not model.config.causal and model.config.decoder
+    seqs = random_batch(pad=0, lo=1)
+    want = hf_padded(hf, seqs, pad=0).logits.numpy()
+    h, step = corelm_step(model, seqs)
+    assert_close(model.classifier_logits(h, step), unpad(want) if head == "token" else want, "logits")
+    if head == "token":  # the first token's tags change with the last token
+        changed = [s.copy() for s in seqs]
+        changed[1][-1] = 1 + changed[1][-1] % (VOCAB - 1)
+        first = slice(LENGTHS[0], LENGTHS[0] + 1)
+        before = model.classifier_logits(*corelm_step(model, seqs))[first]
+        assert not np.allclose(model.classifier_logits(*corelm_step(model, changed))[first], before)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama-gqa-hd64"])
+def test_bidirectional_decoder_gguf_round_trip_and_no_generation(name: str, tmp_path: Path) -> None:
+    """The GGUF keeps the switch (corelm.attention.bidirectional) and the logits; neither the folder
+    nor the file generates text."""
+    from corelm.formats.gguf import load_gguf
+    from corelm.models.base import BIDIRECTIONAL_KEY
+
+    build_decoder_head(name, "token", tmp_path, bidirectional=True)
+    model, _ = load_model(tmp_path)
+    path = write_gguf(model, tmp_path / "m.gguf")
+    assert load_gguf(path).metadata[BIDIRECTIONAL_KEY] is True
+    again, _ = load_model(path)
+    assert again.config.bidirectional and (again.config.head, again.config.labels) == ("token", model.config.labels)
+    seqs = random_batch(pad=0, lo=1)
+    want = model.classifier_logits(*corelm_step(model, seqs))
+    np.testing.assert_allclose(again.classifier_logits(*corelm_step(again, seqs)), want, atol=1e-5)
+    for m in (model, again):
+        llm = corelm.LLM(m, None)
+        assert llm.capabilities == {"embed", "tag"} and "bidirectional decoder" in repr(llm)
+        with pytest.raises(ValueError, match="cannot generate: it attends both ways"):
+            llm.logits([1, 2, 3])
+        with pytest.raises(ValueError, match="bidirectional decoder .* cannot generate text"):
+            m.forward(np.array([1, 2, 3], np.int32), 0, m.new_cache(8))
+    # a causal decoder's file has no such key
+    build_decoder_head(name, "token", tmp_path / "causal")
+    causal_path = write_gguf(load_model(tmp_path / "causal")[0], tmp_path / "c.gguf")
+    assert BIDIRECTIONAL_KEY not in load_gguf(causal_path).metadata
+
+
 # ---- the API on folders with a real (trained) tokenizer ----
 
 TEXT = data_file("corpora", "tinystories_sample.txt")

@@ -349,6 +349,79 @@ def test_data_parallel_two_processes_equal_one(models, files, tmp_path: Path) ->
     np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5)
 
 
+# ---- bidirectional decoders (--bidirectional) ----
+
+
+def _token_logits(model, batch: list[list[int]]) -> list[torch.Tensor]:
+    """Each sequence's token logits, the batch right-padded with 0 and masked."""
+    width = max(len(ids) for ids in batch)
+    ids = torch.tensor([row + [0] * (width - len(row)) for row in batch])
+    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in batch])
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    return [logits[i, : len(row)] for i, row in enumerate(batch)]
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_bidirectional_training_attends_both_ways(name: str, method: str, models) -> None:
+    """The model as finetune trains it with --bidirectional (in train mode, under peft too): a change
+    to the last token changes the first token's logits, padding changes nothing; without the flag the
+    first token's logits stay."""
+    from corelm.finetune import model as ftmodel
+
+    source = ftmodel.inspect_source(str(models[name]), "token-classification", bidirectional=True)
+    rows = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]
+    changed = [[5, 6, 7, 8, 9, 42], [11, 12, 13]]
+    for bidirectional in (True, False):
+        hf, _ = ftmodel.load(source, "token-classification", ["O", "B-PER", "I-PER"], 0, bidirectional)
+        hf = ftmodel.wrap(hf, "token-classification", method, 4, None, 0.0, 10)
+        for m in hf.modules():  # train mode (the mask is what is tested), without dropout's noise
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        a, b = _token_logits(hf, rows), _token_logits(hf, changed)
+        assert torch.equal(a[0][:-1], b[0][:-1]) != bidirectional
+        torch.testing.assert_close(a[1], _token_logits(hf, rows[1:])[0], rtol=1e-5, atol=1e-5)  # padding masked
+
+
+@pytest.mark.parametrize(("name", "method"), [("gpt2", "full"), ("llama", "lora")])
+def test_bidirectional_tagger_export(name: str, method: str, models, files, tmp_path: Path) -> None:
+    """--bidirectional: config.json says "is_causal": false, corelm runs the folder and its GGUF both
+    ways with torch's tags, and refuses to generate with either."""
+    from corelm.models.base import BIDIRECTIONAL_KEY
+    from corelm.quantize import quantize_model
+
+    out = tmp_path / "ner"
+    s = finetune("--task", "token-classification", "--model", models[name], "--train", files["conll_train"],
+                 "--test", files["conll_test"], "--out", out, "--epochs", "2", "--batch", "8", "--method", method,
+                 "--lr", "2e-3", "--bidirectional", *FAST)  # fmt: skip
+    assert s["settings"]["bidirectional"] is True
+    assert s["runtime_check"] == {"examples": 16, "same_predictions": 16, "equal": True, "ids_differ": 0}
+    assert json.loads((out / "config.json").read_text())["is_causal"] is False
+    llm = corelm.load(out)
+    assert llm.config.bidirectional and llm.capabilities == {"embed", "tag"}
+    with pytest.raises(ValueError, match="cannot generate"):
+        llm.generate("anna smith went to paris")
+    gguf = tmp_path / "ner.gguf"
+    quantize_model(out, gguf, "f32", progress=False)
+    again = corelm.load(gguf)
+    assert again.config.bidirectional and again.model.metadata[BIDIRECTIONAL_KEY] is True
+    texts = [" ".join(line.split()[0] for line in block.splitlines()) for block in
+             files["conll_test"].read_text().split("\n\n")[1:6]]  # fmt: skip
+    for want, got in zip(llm.token_probabilities(texts), again.token_probabilities(texts), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    with pytest.raises(ValueError, match="cannot generate"):
+        again.generate("anna")
+
+
+def test_bidirectional_sequence_classification_gpt2(models, files, tmp_path: Path) -> None:
+    s = finetune("--task", "sequence-classification", "--model", models["gpt2"], "--train", files["csv_train"],
+                 "--test", files["csv_test"], "--out", tmp_path / "cls", "--epochs", "2", "--batch", "8",
+                 "--lr", "3e-3", "--bidirectional", *FAST)  # fmt: skip
+    assert s["runtime_check"]["equal"] and s["runtime_check"]["examples"] == 16
+    assert corelm.load(tmp_path / "cls").config.bidirectional
+
+
 # ---- bad input: one line, before the model loads ----
 
 
@@ -385,6 +458,11 @@ def test_bad_input_one_clear_line(models, files, tmp_path: Path, capsys) -> None
     assert f"{nochat}:1: no assistant message" in err
     err = _one_line_error(capsys, "--task", "causal-lm", "--model", bert, "--train", files["chat"], "--out", tmp_path)
     assert "needs a decoder" in err
+    err = _one_line_error(capsys, *base, "--train", files["conll_train"], "--bidirectional")
+    assert "--bidirectional lets a decoder" in err and "already does" in err
+    err = _one_line_error(capsys, "--task", "causal-lm", "--model", models["llama"], "--train", files["chat"], "--out",
+                          tmp_path / "o", "--bidirectional")  # fmt: skip
+    assert "--bidirectional is for tagging and classification" in err
     if importlib.util.find_spec("adapters") is None:  # (tests/test_finetune_adapter.py runs it where it is)
         err = _one_line_error(capsys, *base, "--train", files["conll_train"], "--method", "adapter")
         assert "needs AdapterHub's adapters" in err and "corelm[finetune-adapter]" in err

@@ -58,6 +58,13 @@ methods (--method), each for every model above (gpt2 / llama / qwen2, bert / rob
   and cannot be merged: corelm's runtime runs it (the folder holds it as `adapters` saves it; the
   GGUF as blk.N.adapter_* tensors, which corelm reads and llama.cpp does not).
 
+bidirectional decoders (--bidirectional; token- and sequence-classification, gpt2 / llama / qwen2):
+the decoder's self-attention is unmasked, so a word's tag can depend on the words after it (padding
+stays masked), through transformers' own switch (config "is_causal": false). The export keeps the
+switch (config.json "is_causal": false; GGUF corelm.attention.bidirectional) and corelm runs it
+both ways; such a model tags, classifies and embeds, and cannot generate text. llama.cpp would run
+its GGUF causally.
+
 training: AdamW (decoupled weight decay on matrices only), linear warmup over the --warmup fraction
 of the steps then linear decay to 0, gradient clipping at 1.0, --grad-accum micro-batches a step,
 bf16 autocast where the CPU has avx512_bf16 or amx_bf16 (else fp32), batches of sentences of
@@ -151,6 +158,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument(
         "--reduction-factor", type=positive_int, default=16, metavar="F", help="adapter: n_embd / bottleneck (16)"
+    )
+    p.add_argument(
+        "--bidirectional",
+        action="store_true",
+        help="decoders, tagging / classification: every token attends to the whole text, not only to those before it",
     )
     p.add_argument(
         "--limit", type=positive_int, default=None, metavar="N", help="use the first N examples of each file"

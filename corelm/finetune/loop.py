@@ -64,6 +64,7 @@ class Settings:
     reduction_factor: int
     bucket: bool
     world: int  # processes
+    bidirectional: bool = False  # a decoder tagger / classifier whose attention is unmasked
 
 
 class Ranks:

@@ -33,9 +33,9 @@ class Source:
         return {"gguf_file": self.gguf_file} if self.gguf_file else {}
 
 
-def inspect_source(path: str, task: str) -> Source:
-    """MODEL checked against the task without loading it: an HF folder's config.json, or a GGUF
-    file's general.architecture."""
+def inspect_source(path: str, task: str, bidirectional: bool = False) -> Source:
+    """MODEL checked against the task (and --bidirectional) without loading it: an HF folder's
+    config.json, or a GGUF file's general.architecture."""
     p = Path(path)
     if p.is_dir():
         config = p / "config.json"
@@ -64,11 +64,19 @@ def inspect_source(path: str, task: str) -> Source:
         raise ValueError(f"--model {path}: GGUF input is supported for {', '.join(DECODERS)} (got {model_type})")
     if task == "causal-lm" and not source.is_decoder:
         raise ValueError(f"--task causal-lm needs a decoder ({', '.join(DECODERS)}); {path} is a {model_type} encoder")
+    if bidirectional and task == "causal-lm":
+        raise ValueError("--bidirectional is for tagging and classification: a causal LM must not see what it predicts")
+    if bidirectional and not source.is_decoder:
+        raise ValueError(
+            f"--bidirectional lets a decoder ({', '.join(DECODERS)}) attend both ways; {path} is a "
+            f"{source.model_type} encoder, which already does"
+        )
     return source
 
 
-def load(source: Source, task: str, labels: list[str], seed: int):
-    """(model in fp32, train mode; tokenizer) with a new task head of len(labels) outputs."""
+def load(source: Source, task: str, labels: list[str], seed: int, bidirectional: bool = False):
+    """(model in fp32, train mode; tokenizer) with a new task head of len(labels) outputs; with
+    bidirectional, a decoder whose self-attention is unmasked (padding aside)."""
     import torch
     import transformers
 
@@ -90,6 +98,11 @@ def load(source: Source, task: str, labels: list[str], seed: int):
     torch.manual_seed(seed)  # the new head's initial weights
     model = getattr(transformers, HEADS[task]).from_pretrained(source.folder, dtype=torch.float32, **kw, **extra)
     model.config.pad_token_id = tokenizer.pad_token_id
+    if bidirectional:
+        # transformers' own switch (5.x): its decoders then build a bidirectional mask (padding keys
+        # masked) instead of a causal one, and tell the attention kernel not to mask causally.
+        # save_pretrained keeps it in config.json, which corelm's loader reads.
+        model.config.is_causal = False
     if source.gguf_file:
         _plain_weights(model, source)
     model.train()

@@ -56,7 +56,9 @@ _CURVE: tuple[str, ...] = (
     "seed",
 )
 _CURVE += ("dtype", "lora_r", "lora_alpha", "lora_dropout", "adapter_config", "reduction_factor", "bucket", "world")
+_CURVE += ("bidirectional",)
 _ADAPTER_ONLY = ("adapter_config", "reduction_factor")  # (checkpoints before adapters lack them)
+_SAVED_DEFAULTS = {"bidirectional": False}  # what checkpoints from before a setting existed ran with
 _LM_CHECK = 8  # causal LM: test examples whose logits corelm must reproduce
 
 
@@ -82,13 +84,14 @@ def _settings(args: argparse.Namespace, ranks: Ranks) -> Settings:
         reduction_factor=args.reduction_factor,
         bucket=not args.no_bucket,
         world=ranks.world,
+        bidirectional=args.bidirectional,
     )
 
 
 def _check_resume(s: Settings, ckpt: dict[str, Any], labels: list[str], digest: str) -> None:
     saved = ckpt["settings"]
     keys = [k for k in _CURVE if s.method == "adapter" or k not in _ADAPTER_ONLY]
-    changed = [k for k in keys if saved.get(k) != getattr(s, k)]
+    changed = [k for k in keys if saved.get(k, _SAVED_DEFAULTS.get(k)) != getattr(s, k)]
     if changed:
         diffs = ", ".join(f"{k} {saved.get(k)!r} -> {getattr(s, k)!r}" for k in changed)
         raise ValueError(f"--resume: the settings differ from the checkpoint's ({diffs}); give the same ones")
@@ -170,7 +173,7 @@ def _finetune(args: argparse.Namespace, ranks: Ranks, threads: int) -> dict[str,
     # ---- everything that can be wrong with the input, before the model loads ----
     if ranks.main:
         check_output_dir(out)
-    source = models.inspect_source(args.model, task)
+    source = models.inspect_source(args.model, task, args.bidirectional)
     ckpt = load_checkpoint(out / CHECKPOINT) if args.resume else None
     if ckpt is None and (out / CHECKPOINT).exists():
         raise ValueError(f"{out} already holds a run ({CHECKPOINT}): pass --resume to continue it, or another --out")
@@ -189,8 +192,9 @@ def _finetune(args: argparse.Namespace, ranks: Ranks, threads: int) -> dict[str,
 
     # ---- the model and the tokens ----
     what = f"{source.model_type} {'GGUF ' + source.gguf_file if source.gguf_file else 'folder ' + str(source.folder)}"
-    say(f"loading {what} for {task} ({s.method})")
-    model, tokenizer = models.load(source, task, labels, s.seed)
+    both_ways = ", attending both ways" if s.bidirectional else ""
+    say(f"loading {what} for {task} ({s.method}{both_ways})")
+    model, tokenizer = models.load(source, task, labels, s.seed, s.bidirectional)
     max_ctx = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     if max_ctx and s.max_len > max_ctx:
         raise ValueError(f"--max-len {s.max_len} exceeds the model's {max_ctx} positions")

@@ -11,6 +11,11 @@ Heads (llama.cpp's names): the language-model head `output` (or the tied `token_
 classifier `cls.output` on the pooled hidden state (sequence classification) or on every row
 (token classification), after an optional dense layer `cls` with its activation (BERT's pooler,
 RoBERTa's classifier.dense, DistilBERT's pre_classifier).
+
+Attention: decoders attend causally over each sequence's KV cache; encoders attend both ways within
+each sequence's rows of the step (no cache). A decoder tagger or classifier fine-tuned to attend
+both ways (ModelConfig.bidirectional) runs its own blocks as an encoder runs: unmasked, no cache,
+no language-model head (it does not generate).
 """
 
 from __future__ import annotations
@@ -49,7 +54,11 @@ class ModelConfig:
     rope_neox: bool = True  # split-half pairs (HF); llama GGUF files use adjacent pairs
     rope_scaling: dict[str, Any] = field(default_factory=dict)  # HF rope_scaling ({} = none)
     tied_embeddings: bool = False
-    causal: bool = True  # False: encoders, every token sees the whole sequence
+    causal: bool = True  # False: encoders and bidirectional decoders, every token sees the whole sequence
+    # a decoder whose attention is unmasked (a tagger / classifier fine-tuned with --bidirectional, HF
+    # config.json "is_causal": false, GGUF corelm.attention.bidirectional): it pools, frames its text and
+    # takes its head as a decoder does, runs without a KV cache as an encoder does, and does not generate
+    bidirectional: bool = False
     pooling: str = ""  # sentence embedding: "mean", "cls" or "last" ("": the architecture's default)
     head: str = ""  # classifier on top: "sequence", "token" or "" (none)
     labels: list[str] = field(default_factory=list)  # the classifier's outputs, in order
@@ -60,12 +69,27 @@ class ModelConfig:
     adapter: BottleneckAdapter | None = None  # every block's bottleneck adapter (adapter.py), if any
 
     @property
+    def decoder(self) -> bool:
+        """A decoder architecture (gpt2, llama, ...), whichever way it attends."""
+        return self.causal or self.bidirectional
+
+    @property
+    def kind(self) -> str:
+        """What it is, for messages: a decoder, a bidirectional decoder or an encoder."""
+        return "bidirectional decoder" if self.bidirectional else "decoder" if self.causal else "encoder"
+
+    @property
     def default_pooling(self) -> str:
         """How a sequence becomes one vector when nothing says otherwise: encoders average their
-        tokens (sentence-transformers' default), decoders take the last one (it has seen them all)."""
-        return self.pooling or ("last" if self.causal else "mean")
+        tokens (sentence-transformers' default), decoders take the last one (it has seen them all,
+        and it is the row their sequence classifier reads)."""
+        return self.pooling or ("last" if self.decoder else "mean")
 
     def __post_init__(self) -> None:
+        if self.bidirectional:
+            self.causal = False
+            if self.sliding_window:
+                raise ValueError("model config: a bidirectional decoder cannot have a sliding window")
         if self.head_dim == 0:
             self.head_dim = self.n_embd // self.n_head
         self.rope_dim = self.rope_dim or self.head_dim
@@ -277,8 +301,14 @@ class Model:
         attention per segment against its own cache). Returns logits for every row (all_logits)
         or for the last row of each segment [len(segments), vocab]. The returned array is reused
         by the next call: copy it to keep it. hook: see `run`."""
+        c = self.config
+        if c.bidirectional:
+            raise ValueError(
+                f"this {c.arch} model is a bidirectional decoder (fine-tuned to attend both ways): it tags, "
+                "classifies and embeds; it cannot generate text (every token was trained to see the ones after it)"
+            )
         if "logits" not in self.graph.widths:
-            what = f"this model is an encoder ({self.config.arch})"
+            what = f"this model is an encoder ({c.arch})"
             raise ValueError(f"{what}: it embeds, classifies and tags; it does not generate text")
         return self.run(tokens, segments, "logits", last_rows=not all_logits, hook=hook)
 
@@ -326,7 +356,7 @@ class Model:
         if not c.head or "cls.output.weight" not in self.w:
             raise ValueError(f"this {c.arch} model has no classification head (it embeds; it cannot classify or tag)")
         if c.head == "sequence":
-            h = np.ascontiguousarray(self.pool(h, step, "last" if c.causal else "cls"))
+            h = np.ascontiguousarray(self.pool(h, step, "last" if c.decoder else "cls"))
         if "cls.weight" in self.w:
             h = self.linear(h, "cls", np.empty((h.shape[0], self.w["cls.weight"].n), np.float32))
             if c.head_act == "tanh":
@@ -344,7 +374,9 @@ class Model:
 
     def declare_lm_head(self, g: GraphBuilder, x: str) -> None:
         """The language-model head on the selected rows of x: logits = hidden @ output.T (the
-        token embedding when tied)."""
+        token embedding when tied); none for a bidirectional decoder, which does not generate."""
+        if self.config.bidirectional:
+            return
         g.linear("output", x, "logits", weight="output" if "output.weight" in self.w else "token_embd")
 
 
@@ -368,6 +400,15 @@ def head_of_hf(cfg: dict[str, Any]) -> tuple[str, list[str]]:
     id2label = cfg.get("id2label") or {}
     n = int(cfg.get("num_labels") or len(id2label) or 2)
     return head, [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
+
+
+def bidirectional_of_hf(cfg: dict[str, Any]) -> bool:
+    """A decoder's config.json says it attends both ways: "is_causal": false, transformers' own switch
+    (its masks then let every token see the whole sequence, padding aside)."""
+    return cfg.get("is_causal", True) is False
+
+
+BIDIRECTIONAL_KEY = "corelm.attention.bidirectional"  # GGUF: a decoder whose attention is unmasked
 
 
 def gguf_key(meta: dict[str, Any], arch: str, key: str, default: Any = None) -> Any:
@@ -409,11 +450,16 @@ def decoder_config_from_gguf(meta: dict[str, Any], arch: str, weights: dict[str,
         tied_embeddings="output.weight" not in weights,
         head=head,
         labels=labels or [f"LABEL_{i}" for i in range(n_labels)],
+        bidirectional=bool(meta.get(BIDIRECTIONAL_KEY, False)),
     )
 
 
 def write_decoder_hparams(w: gguf.GGUFWriter, c: ModelConfig) -> None:
-    """The keys every llama.cpp decoder has, and its classifier keys when it has a task head."""
+    """The keys every llama.cpp decoder has, its classifier keys when it has a task head, and corelm's
+    key for a decoder that attends both ways (llama.cpp has none for decoders: it would run the
+    file causally)."""
+    if c.bidirectional:
+        w.add_bool(BIDIRECTIONAL_KEY, True)
     if c.head:
         w.add_pooling_type(gguf.PoolingType.RANK if c.head == "sequence" else gguf.PoolingType.NONE)
         w.add_array(f"{c.arch}.classifier.output_labels", c.labels)

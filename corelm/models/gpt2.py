@@ -10,7 +10,7 @@ from typing import Any
 import gguf
 
 from corelm.models.adapter import declare_residual
-from corelm.models.base import Model, ModelConfig, register, write_decoder_hparams
+from corelm.models.base import Model, ModelConfig, bidirectional_of_hf, register, write_decoder_hparams
 from corelm.models.graph import GraphBuilder
 
 # HF's Conv1D stores weights [in, out]: the loader transposes the names listed here.
@@ -54,6 +54,7 @@ def _config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
         ctx=cfg.get("n_positions", 1024),
         norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
         tied_embeddings=True,
+        bidirectional=bidirectional_of_hf(cfg),
     )
 
 
@@ -109,7 +110,7 @@ class GPT2(Model):
             width = c.n_head * c.head_dim  # n_embd (a tensor-parallel rank's share: its heads)
             for j, part in enumerate("qkv"):
                 g.copy(f"{p}attn_{part}", "qkv", part, j * width, width)
-            g.attention(p + "attn", "q", "k", "v", "attn", i, c.n_head, c.n_head, c.head_dim, causal=True)
+            g.attention(p + "attn", "q", "k", "v", "attn", i, c.n_head, c.n_head, c.head_dim, causal=c.causal)
             declare_residual(g, c.adapter, p, "attn", p + "attn_output", "attn")
             g.layernorm(p + "ffn_norm", "x", "h", c.norm_eps)
             g.linear(p + "ffn_up", "h", "ff", activation="gelu_tanh")

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from corelm.models.adapter import declare_residual
-from corelm.models.base import Model, ModelConfig, register
+from corelm.models.base import Model, ModelConfig, bidirectional_of_hf, register
 from corelm.models.graph import GraphBuilder
 
 # Hugging Face parameter names -> GGUF names; "{i}" is the layer.
@@ -62,6 +62,7 @@ def _config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
         rope_neox=True,
         rope_scaling=rope,
         tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        bidirectional=bidirectional_of_hf(cfg),
     )
 
 
@@ -147,9 +148,8 @@ class Llama(Model):
             self.declare_qkv(g, p)
             g.rope(p + "rope_q", "q", c.n_head, hd, self.inv_freq, c.rope_neox)
             g.rope(p + "rope_k", "k", c.n_head_kv, hd, self.inv_freq, c.rope_neox)
-            g.attention(
-                p + "attn", "q", "k", "v", "attn", i, c.n_head, c.n_head_kv, hd, causal=True, window=c.sliding_window
-            )
+            heads = (c.n_head, c.n_head_kv, hd)  # query heads, key/value heads, head dim
+            g.attention(p + "attn", "q", "k", "v", "attn", i, *heads, causal=c.causal, window=c.sliding_window)
             declare_residual(g, c.adapter, p, "attn", p + "attn_output", "attn")
             g.rmsnorm(p + "ffn_norm", "x", "h", c.norm_eps)
             declare_residual(g, c.adapter, p, "ffn", p + "ffn_down", self.declare_glu(g, p))
