@@ -49,6 +49,10 @@ void matmul_groups(const MatmulArgs& a, int64_t n0, int64_t n1) {
         const int64_t m1 = std::min(a.m, m0 + kMChunk);
         for (int64_t n = n0; n < n1; n += kPackRows) {
             int64_t m = m0;
+            // AVX-512 has the registers for 8 rows' accumulators: each unpacked weight block then
+            // serves twice as many rows.
+            if constexpr (kHalves == 1)
+                for (; m + 8 <= m1; m += 8) Family::template tile<8>(a, n, m);
             for (; m + 4 <= m1; m += 4) Family::template tile<4>(a, n, m);
             switch (m1 - m) {
                 case 3: Family::template tile<3>(a, n, m); break;
