@@ -6,21 +6,28 @@ sparsity x pattern x method x weight type, with dense quantized files beside the
     python scripts/sparsity_table.py --types f32 --keep /tmp/sparse
 
 Every file is made by `corelm sparsify` (corelm.quantize.sparsify) or, for the dense rows, by
-`corelm quantize` from the model as given; figures from corelm.analysis.perplexity (llama.cpp's
+`corelm quantize` from the model as given; figures import numpy as np  # noqa: E402
+
+from corelm.analysis.perplexity (llama.cpp's
 method), KLD against the dense F32 file's logits. Wanda's calibration text is the evaluation
 file's last --calib-chars characters, written to a temporary file: never the evaluated windows
-(those are the file's start). Prints a Markdown table to paste into the README.
+(those are the file's start). "wanda - magnitude": the paired difference of the per-token KLD
+between the two methods at the same sparsity, pattern and type (mean ± its standard error).
+Prints a Markdown table to paste into the README.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
 
 from corelm.analysis.perplexity import perplexity_file, read_text  # noqa: E402
 from corelm.quantize import quantize_model  # noqa: E402
@@ -53,12 +60,13 @@ def main() -> int:
     base = work / "f32-logprobs.npz"
     stem = args.model.stem
 
-    print(
-        "| weights | pattern | method | sparsity | file size | PPL | KLD vs dense F32 | KLD 99th pct | same top token |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+    head = "| weights | pattern | method | sparsity | file size | PPL | KLD vs dense F32 | KLD 99th pct |"
+    print(head + " same top token | wanda - magnitude (paired ΔKLD) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    previous: dict[str, np.ndarray] = {}
 
     def row(label: str, pattern: str, method: str, sparsity: str, path: Path, nbytes: int) -> None:
+        """Measure one file and print its row; a wanda row is paired with the magnitude row before it."""
         first = not base.exists()
         kw = {"save_logits": base} if first else {"kld_base": base}
         r = perplexity_file(path, args.text, ctx=args.ctx, chunks=args.chunks, **kw)
@@ -70,8 +78,14 @@ def main() -> int:
             p99 = f"{k.kld_percentiles['99.0']:.4f}"
             same = f"{100 * k.same_top:.2f}%"
         size = f"{nbytes / 1024:.1f} KiB"
+        paired = ""
+        if method == "magnitude" and r.token_kld is not None:
+            previous["magnitude"] = r.token_kld
+        elif method == "wanda" and r.token_kld is not None and "magnitude" in previous:
+            d = r.token_kld - previous.pop("magnitude")
+            paired = f"{d.mean():+.5f} ± {d.std(ddof=1) / math.sqrt(len(d)):.5f}"
         ppl = f"{r.ppl:.4f} ± {r.ppl_err:.4f}"
-        print(f"| {label} | {pattern} | {method} | {sparsity} | {size} | {ppl} | {kld} | {p99} | {same} |")
+        print(f"| {label} | {pattern} | {method} | {sparsity} | {size} | {ppl} | {kld} | {p99} | {same} | {paired} |")
         sys.stdout.flush()
 
     for t in ["f32", *args.dense]:

@@ -175,3 +175,21 @@ def test_check_args_returns_the_pattern_sparsity():
     assert check_args(None, "2:4", "magnitude", None) == 0.5
     assert check_args(None, "1:4", "magnitude", None) == 0.75
     assert check_args(0.3, "unstructured", "magnitude", None) == 0.3
+
+
+@pytest.mark.parametrize("qtype", ["f32", "q8_0"])
+def test_llama_cpp_loads_the_pruned_file(stories, tmp_path, qtype):
+    """The issue's --dense export: a plain GGUF llama.cpp runs, with corelm's logits."""
+    try:
+        import llama_cpp
+    except ImportError as e:
+        pytest.skip(f"llama.cpp check skipped: llama_cpp (llama-cpp-python) is not importable here ({e})")
+    out = tmp_path / "s.gguf"
+    sparsify_model(stories, out, pattern="2:4", type=qtype, progress=False)
+    llm = llama_cpp.Llama(str(out), n_ctx=64, n_threads=1, logits_all=True, verbose=False)
+    llm.eval(IDS)
+    theirs = np.array(llm.scores[: len(IDS)], dtype=np.float32)
+    llm.close()
+    ours = corelm.load(out).logits(IDS)  # [len(IDS), vocab]
+    tol = 1e-3 if qtype == "f32" else 5e-2  # q8_0: the two round activations differently
+    assert np.abs(ours - theirs).max() <= tol * np.abs(theirs).max()
