@@ -193,3 +193,11 @@ def test_llama_cpp_loads_the_pruned_file(stories, tmp_path, qtype):
     ours = corelm.load(out).logits(IDS)  # [len(IDS), vocab]
     tol = 1e-3 if qtype == "f32" else 5e-2  # q8_0: the two round activations differently
     assert np.abs(ours - theirs).max() <= tol * np.abs(theirs).max()
+
+
+def test_ties_keep_the_earlier_column():
+    w = np.ones((2, 8), dtype=np.float32)
+    for nm in (None, (2, 4)):
+        p = prune(w, 0.5, nm)
+        expected = [1, 1, 1, 1, 0, 0, 0, 0] if nm is None else [1, 1, 0, 0, 1, 1, 0, 0]
+        assert (p[0] == expected).all() and (p[1] == expected).all()

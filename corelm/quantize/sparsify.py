@@ -109,13 +109,14 @@ def check_args(sparsity: float | None, pattern: str, method: str, calib: str | P
 
 def prune_mask(scores: np.ndarray, sparsity: float, nm: tuple[int, int] | None) -> np.ndarray:
     """Boolean keep-mask [n, k] for the scores [n, k]: per row the highest k - floor(sparsity k)
-    (unstructured), or per group of M along a row the highest N (ties: the earlier column)."""
+    (unstructured), or per group of M along a row the highest N; of equal scores the earlier
+    column is kept."""
     n, k = scores.shape
     if nm is None:
         drop = int(np.floor(sparsity * k + 1e-9))
         keep = np.ones((n, k), dtype=bool)
         if drop:
-            idx = np.argsort(scores, axis=1, kind="stable")[:, :drop]
+            idx = np.argsort(-scores, axis=1, kind="stable")[:, k - drop :]  # highest first: drop the tail
             np.put_along_axis(keep, idx, False, axis=1)
         return keep
     nk, m = nm
