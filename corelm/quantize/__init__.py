@@ -100,4 +100,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
     p.add_argument("-t", "--threads", type=threads, default=None, help="threads (default: physical cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_quantize)
+    from corelm.quantize.sparsify import add_parser as add_sparsify_parser
+
+    add_sparsify_parser(subparsers, TYPE_NAMES)
     return p

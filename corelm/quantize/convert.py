@@ -185,12 +185,35 @@ def quantize_model(
     _check_paths(src, out)
     model, tokenizer = load_model(src, distributed=False)
     report = QuantizeReport(str(src), str(out), type.lower(), optimize, _input_bytes(src), 0)
-    report.tokenizer = tokenizer is not None
     meta, name = _metadata(model, tokenizer, recipe, src)  # before the long part: fails early
     stats: dict[str, np.ndarray] = {}
     if calib is not None:
         stats, report.calib_tokens = _calibration(model, tokenizer, Path(calib), calib_tokens, progress)
+    write_model(
+        model, tokenizer, src, out, recipe, report, pure=pure, optimize=optimize, stats=stats, progress=progress
+    )
+    report.seconds = time.perf_counter() - t0
+    return report
 
+
+def write_model(
+    model: Model,
+    tokenizer: Tokenizer | None,
+    src: Path,
+    out: Path,
+    recipe: str,
+    report: QuantizeReport,
+    pure: bool = False,
+    optimize: bool = False,
+    stats: dict[str, np.ndarray] | None = None,
+    progress: bool = True,
+) -> None:
+    """Write the loaded `model` (read from `src`) to `out` with its matrices in `recipe`'s types,
+    filling in `report`; quantize_model's second half, shared with `corelm sparsify` (which hands
+    it a model whose matrices it has pruned)."""
+    stats = stats or {}
+    report.tokenizer = tokenizer is not None
+    meta, name = _metadata(model, tokenizer, recipe, src)
     weights: dict[str, Any] = {}
     items = list(model.w.items())
     n_layers, tied = model.config.n_layer, "output.weight" not in model.w
@@ -216,8 +239,6 @@ def quantize_model(
     quantized.w = weights
     write_gguf(quantized, out, tokenizer_metadata=meta, name=name, progress=progress)
     report.output_bytes = out.stat().st_size
-    report.seconds = time.perf_counter() - t0
-    return report
 
 
 def _mib(n: int) -> str:

@@ -1,0 +1,298 @@
+"""`corelm sparsify`: prune a model's linear layers, then write it through `corelm quantize`.
+
+    corelm sparsify model.gguf model-50.gguf --sparsity 0.5
+    corelm sparsify model.gguf model-24.gguf --pattern 2:4 --method wanda --calib text.txt --type q8_0
+
+Each pruned matrix W [n, k] (y = x W^T) loses, in every output row, the weights of lowest score:
+
+    magnitude   score = |W[i, j]|
+    wanda       score = |W[i, j]| * ||x_j||_2, x_j the j-th input column over the --calib text
+                (Sun et al. 2023, "A Simple and Effective Pruning Approach for LLMs"); the norms are
+                calibrate.activation_stats' mean x^2 per column (square root: the L2 norm up to a
+                factor the same for every column, so the same ranking)
+
+and the pattern says which weights compete:
+
+    unstructured  each row keeps its k - floor(sparsity * k) highest scores
+    N:M           each group of M consecutive weights along the input dimension keeps its N highest
+                  (sparsity 1 - N/M; a last group shorter than M keeps at most N)
+
+Which tensors are pruned is RECIPE's (printed by --help). The pruned model is written in --type by
+convert.write_model, as `corelm quantize` writes it: a plain GGUF (zeros stored as zeros, the
+issue's "--dense" export) that corelm and llama.cpp load. Pruned zeros stay exact zeros in
+f32/f16/bf16 and in the types without an offset (q8_0, q6_k, q5_0, q4_0: code 0 times the scale);
+types with a per-block minimum (q4_1, q5_1, q4_k, q5_k) store them as the nearest code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from corelm import hub
+from corelm.argtypes import threads
+from corelm.kernels import Weight, WeightType
+from corelm.models import load_model
+from corelm.quantize.convert import QuantizeReport, _calibration, _check_paths, _input_bytes, check_type, write_model
+
+PATTERNS = ("unstructured", "2:4", "4:8")  # the named ones; any N:M with 0 < N < M is accepted
+METHODS = ("magnitude", "wanda")
+
+# (regular expression on the tensor name, pruned?, why): the first match decides; matrices only
+# (norms and biases are vectors and are never pruned).
+RECIPE: list[tuple[str, bool, str]] = [
+    (r"(token|position)_embd\.weight", False, "embeddings: a lookup, not a product"),
+    (r"token_types\.weight", False, "token-type embeddings (BERT)"),
+    (r"output\.weight", False, "the output matrix: every logit depends on all of it"),
+    (r"blk\.\d+\..*adapter_.*", False, "bottleneck adapters: small, trained on top of the model"),
+    (r"blk\.\d+\.(attn|ffn)_\w+\.weight", True, "attention and feed-forward linear layers"),
+    (r".*", False, "anything else (classifier heads, pooling)"),
+]
+
+
+def recipe_table() -> str:
+    return "\n".join(f"  {'prune' if prune else 'keep '}  {pat:34s} {why}" for pat, prune, why in RECIPE)
+
+
+def pruned(name: str) -> bool:
+    """Whether RECIPE prunes the matrix `name`."""
+    for pattern, prune, _ in RECIPE:
+        if re.fullmatch(pattern, name):
+            return prune
+    return False
+
+
+def parse_pattern(pattern: str) -> tuple[int, int] | None:
+    """None for unstructured, else (N, M) of an N:M pattern; ValueError for anything else."""
+    if pattern == "unstructured":
+        return None
+    m = re.fullmatch(r"(\d+):(\d+)", pattern)
+    if m is None:
+        raise ValueError(f"unknown --pattern {pattern!r}; choose unstructured or N:M (e.g. {', '.join(PATTERNS[1:])})")
+    n, mm = int(m.group(1)), int(m.group(2))
+    if not 0 < n < mm:
+        raise ValueError(f"--pattern {pattern}: N:M needs 0 < N < M (keep N of every M weights)")
+    return n, mm
+
+
+def check_args(sparsity: float | None, pattern: str, method: str, calib: str | PathLike[str] | None) -> float:
+    """The sparsity to prune to, or a one-line ValueError; checked before any model is loaded."""
+    nm = parse_pattern(pattern)
+    if method not in METHODS:
+        raise ValueError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "wanda" and calib is None:
+        raise ValueError("--method wanda needs --calib TEXT (the activations it weighs the weights by)")
+    if calib is not None and method != "wanda":
+        raise ValueError("--calib is used by --method wanda only")
+    if calib is not None and not Path(calib).is_file():
+        raise ValueError(f"--calib {calib}: no such file")
+    if nm is not None:
+        implied = 1 - nm[0] / nm[1]
+        if sparsity is not None and abs(sparsity - implied) > 1e-9:
+            raise ValueError(f"--pattern {pattern} means sparsity {implied:g}; drop --sparsity or give {implied:g}")
+        return implied
+    if sparsity is None:
+        raise ValueError("--sparsity is required with --pattern unstructured")
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"--sparsity must be in [0, 1), got {sparsity:g}")
+    return sparsity
+
+
+def prune_mask(scores: np.ndarray, sparsity: float, nm: tuple[int, int] | None) -> np.ndarray:
+    """Boolean keep-mask [n, k] for the scores [n, k]: per row the highest k - floor(sparsity k)
+    (unstructured), or per group of M along a row the highest N; of equal scores the earlier
+    column is kept."""
+    n, k = scores.shape
+    if nm is None:
+        drop = int(np.floor(sparsity * k + 1e-9))
+        keep = np.ones((n, k), dtype=bool)
+        if drop:
+            idx = np.argsort(-scores, axis=1, kind="stable")[:, k - drop :]  # highest first: drop the tail
+            np.put_along_axis(keep, idx, False, axis=1)
+        return keep
+    nk, m = nm
+    groups = -(-k // m)
+    padded = np.full((n, groups * m), -np.inf, dtype=np.float64)  # padding scores lowest: dropped first
+    padded[:, :k] = scores
+    g = padded.reshape(n, groups, m)
+    order = np.argsort(-g, axis=2, kind="stable")  # highest first, earlier column on ties
+    keep = np.zeros_like(g, dtype=bool)
+    np.put_along_axis(keep, order[:, :, :nk], True, axis=2)
+    return keep.reshape(n, groups * m)[:, :k] & np.isfinite(padded[:, :k])
+
+
+def prune(
+    w: np.ndarray, sparsity: float, nm: tuple[int, int] | None = None, col_norm: np.ndarray | None = None
+) -> np.ndarray:
+    """`w` [n, k] with its lowest-scoring weights set to zero: |w| (magnitude) or |w| * col_norm
+    (Wanda, col_norm [k] the input columns' L2 norms)."""
+    scores = np.abs(w.astype(np.float64))
+    if col_norm is not None:
+        scores = scores * np.asarray(col_norm, dtype=np.float64)[None, :]
+    return np.where(prune_mask(scores, sparsity, nm), w, 0).astype(np.float32)
+
+
+@dataclass
+class SparsifyReport:
+    quantize: QuantizeReport
+    sparsity: float
+    pattern: str
+    method: str
+    pruned: dict[str, float] = field(default_factory=dict)  # matrix -> fraction of zeros after pruning
+    kept: list[str] = field(default_factory=list)  # matrices left dense
+    no_stats: list[str] = field(default_factory=list)  # wanda: matrices the text never reached (pruned by magnitude)
+    seconds: float = 0.0
+
+
+def sparsify_model(
+    src: str | PathLike[str],
+    out: str | PathLike[str],
+    sparsity: float | None = None,
+    pattern: str = "unstructured",
+    method: str = "magnitude",
+    calib: str | PathLike[str] | None = None,
+    calib_tokens: int = 2048,
+    type: str = "f32",
+    pure: bool = False,
+    progress: bool = True,
+) -> SparsifyReport:
+    """Prune the model at `src` (see the module docstring) and write it to `out` as a GGUF of `type`."""
+    t0 = time.perf_counter()
+    level = check_args(sparsity, pattern, method, calib)
+    nm = parse_pattern(pattern)
+    recipe = check_type(type)
+    if calib_tokens < 1:
+        raise ValueError(f"--calib-tokens must be positive, got {calib_tokens}")
+    src, out = hub.resolve(src), Path(out)
+    _check_paths(src, out)
+    model, tokenizer = load_model(src, distributed=False)
+    qreport = QuantizeReport(str(src), str(out), type.lower(), False, _input_bytes(src), 0)
+    report = SparsifyReport(qreport, level, pattern, method)
+    stats: dict[str, np.ndarray] = {}
+    if method == "wanda":
+        assert calib is not None
+        stats, qreport.calib_tokens = _calibration(model, tokenizer, Path(calib), calib_tokens, progress)
+    weights = dict(model.w)
+    for name, t in tqdm(list(model.w.items()), desc="pruning", unit="tensor", leave=False, disable=not progress):
+        if not isinstance(t, Weight):
+            continue
+        if not pruned(name):
+            report.kept.append(name)
+            continue
+        w = t.unpacked().to_float()
+        norm = None
+        if method == "wanda":
+            if name in stats:
+                norm = np.sqrt(stats[name])
+            else:
+                report.no_stats.append(name)
+        p = prune(w, level, nm, norm)
+        report.pruned[name] = float(np.mean(p == 0))
+        weights[name] = Weight.from_float(p, WeightType.F32) if level > 0 else t
+    before = Counter(t.unpacked().type.name for t in model.w.values() if isinstance(t, Weight))
+    model.w = weights
+    write_model(model, tokenizer, src, out, recipe, qreport, pure=pure, progress=progress)
+    qreport.types_before = before  # the input's types, not the pruned F32 copies'
+    qreport.calibrated = len(report.pruned) - len(report.no_stats) if method == "wanda" else 0
+    report.seconds = qreport.seconds = time.perf_counter() - t0
+    return report
+
+
+def format_report(r: SparsifyReport) -> str:
+    from corelm.quantize.convert import format_report as format_quantize
+
+    q = format_quantize(r.quantize).replace("corelm quantize:", "corelm sparsify:", 1)
+    zeros = list(r.pruned.values())
+    lines = [
+        q,
+        f"  pruning:  {r.method}, {r.pattern}, sparsity {r.sparsity:g}: {len(r.pruned)} matrices pruned "
+        + (f"(zeros {min(zeros):.4f}-{max(zeros):.4f})" if zeros else "")
+        + f", {len(r.kept)} kept dense ({', '.join(r.kept[:4])}{', ...' if len(r.kept) > 4 else ''})",
+    ]
+    if r.no_stats:
+        lines.append(f"  note: the calibration text never reached {len(r.no_stats)} matrices; pruned by magnitude")
+    return "\n".join(lines)
+
+
+_EPILOG = f"""\
+which matrices are pruned (first match wins):
+{recipe_table()}
+
+methods (per output row):
+  magnitude   drop the weights of smallest |w|
+  wanda       drop the smallest |w| x ||x||, ||x|| each input column's L2 norm over --calib
+
+patterns:
+  unstructured  any floor(sparsity x k) weights of each row of k
+  N:M           N of each M consecutive weights along the input dimension kept (2:4, 4:8, ...);
+                the sparsity is 1 - N/M (--sparsity may be left out)
+
+The output is a plain GGUF in --type (corelm quantize's names and rules), zeros stored as zeros:
+corelm and llama.cpp load it as any other file; it is not smaller or faster than the dense one yet.
+
+examples:
+  corelm sparsify corelm/data/default.gguf /tmp/d-50.gguf --sparsity 0.5
+  corelm sparsify corelm/data/default.gguf /tmp/d-24.gguf --pattern 2:4 --method wanda \\
+      --calib ../shared/data/corpora/tinyshakespeare.txt --type q8_0
+"""
+
+
+def cmd_sparsify(args: argparse.Namespace) -> int:
+    check_args(args.sparsity, args.pattern, args.method, args.calib)  # before loading anything
+    if args.threads is not None:
+        from corelm import _C
+
+        _C.set_num_threads(args.threads)
+    report = sparsify_model(
+        args.input,
+        args.output,
+        args.sparsity,
+        pattern=args.pattern,
+        method=args.method,
+        calib=args.calib,
+        calib_tokens=args.calib_tokens,
+        type=args.type,
+        pure=args.pure,
+        progress=not args.quiet,
+    )
+    print(format_report(report), file=sys.stdout)
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction, type_names: list[str]) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "sparsify",
+        help="prune a model's linear layers (magnitude or Wanda, unstructured or N:M) and write a GGUF",
+        description="Set the lowest-scoring weights of INPUT's linear layers to zero and write OUTPUT, a GGUF "
+        "file whose matrices are in --type (as corelm quantize writes them).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_EPILOG,
+    )
+    p.add_argument(
+        "input", metavar="INPUT", help="a .gguf file, a Hugging Face model folder or hf://ORG/REPO[/FILE.gguf]"
+    )
+    p.add_argument("output", metavar="OUTPUT", help="the GGUF file to write")
+    p.add_argument(
+        "--sparsity", type=float, default=None, metavar="S", help="fraction of each row set to zero, in [0, 1)"
+    )
+    p.add_argument("--pattern", default="unstructured", type=str.lower, help="unstructured (default), 2:4, 4:8 or N:M")
+    p.add_argument("--method", default="magnitude", type=str.lower, help="magnitude (default) or wanda")
+    p.add_argument("--calib", default=None, metavar="TEXT", help="wanda: the text whose activations weigh the weights")
+    p.add_argument(
+        "--calib-tokens", type=int, default=2048, metavar="N", help="--calib: use its first N tokens (default 2048)"
+    )
+    p.add_argument("--type", default="f32", type=str.lower, choices=type_names, help="weight type (default f32)")
+    p.add_argument("--pure", action="store_true", help="every matrix in the type itself (as corelm quantize --pure)")
+    p.add_argument("-t", "--threads", type=threads, default=None, help="threads (default: physical cores)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_sparsify)
+    return p
