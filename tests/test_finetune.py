@@ -496,16 +496,21 @@ def test_minilm_conll_slice(tmp_path: Path) -> None:
     assert s["runtime_check"]["equal"]
 
 
-@pytest.mark.slow
-def test_minilm_phrasebank_slice(tmp_path: Path) -> None:
+def phrasebank_slice(folder: Path) -> tuple[Path, Path]:
+    """(train, test) files of Financial PhraseBank's AllAgree sentences: 800 and 300 of them, shuffled."""
     src = data_file("labelled", "financial_phrasebank", "Sentences_AllAgree.txt")
     lines = src.read_bytes().decode("latin-1").splitlines()
     random.Random(0).shuffle(lines)
-    (tmp_path / "train.txt").write_text("\n".join(lines[:800]), encoding="utf-8")
-    (tmp_path / "test.txt").write_text("\n".join(lines[-300:]), encoding="utf-8")
-    s = finetune("--task", "sequence-classification", "--model", minilm(), "--train", tmp_path / "train.txt",
-                 "--test", tmp_path / "test.txt", "--epochs", "3", "--lr", "1e-4", "--out", tmp_path / "fpb",
-                 "--quiet")  # fmt: skip
+    (folder / "train.txt").write_text("\n".join(lines[:800]), encoding="utf-8")
+    (folder / "test.txt").write_text("\n".join(lines[-300:]), encoding="utf-8")
+    return folder / "train.txt", folder / "test.txt"
+
+
+@pytest.mark.slow
+def test_minilm_phrasebank_slice(tmp_path: Path) -> None:
+    train, test = phrasebank_slice(tmp_path)
+    s = finetune("--task", "sequence-classification", "--model", minilm(), "--train", train, "--test", test,
+                 "--epochs", "3", "--lr", "1e-4", "--out", tmp_path / "fpb", "--quiet")  # fmt: skip
     assert s["test"]["accuracy"] > 0.75
     assert s["runtime_check"]["equal"]
 

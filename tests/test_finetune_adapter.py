@@ -21,7 +21,7 @@ adapters = pytest.importorskip(
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from test_finetune import FAST, data_files, finetune, losses, minilm, tiny_models  # noqa: E402
+from test_finetune import FAST, data_files, finetune, losses, minilm, phrasebank_slice, tiny_models  # noqa: E402
 
 import corelm  # noqa: E402
 from corelm.formats import ModelFileError  # noqa: E402
@@ -201,17 +201,8 @@ def test_missing_adapter_tensor(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_minilm_phrasebank_adapter(tmp_path: Path) -> None:
-    import random
-
-    from support import data_file
-
-    src = data_file("labelled", "financial_phrasebank", "Sentences_AllAgree.txt")
-    lines = src.read_bytes().decode("latin-1").splitlines()
-    random.Random(0).shuffle(lines)
-    (tmp_path / "train.txt").write_text("\n".join(lines[:800]), encoding="utf-8")
-    (tmp_path / "test.txt").write_text("\n".join(lines[-300:]), encoding="utf-8")
-    s = finetune("--task", "sequence-classification", "--model", minilm(), "--train", tmp_path / "train.txt",
-                 "--test", tmp_path / "test.txt", "--epochs", "3", "--method", "adapter", "--out", tmp_path / "fpb",
-                 "--quiet")  # fmt: skip
+    train, test = phrasebank_slice(tmp_path)
+    s = finetune("--task", "sequence-classification", "--model", minilm(), "--train", train, "--test", test,
+                 "--epochs", "3", "--method", "adapter", "--out", tmp_path / "fpb", "--quiet")  # fmt: skip
     assert s["test"]["accuracy"] > 0.7
     assert s["runtime_check"]["equal"]

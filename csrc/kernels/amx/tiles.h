@@ -54,7 +54,6 @@ void tdpbf16ps(int c, int a, int b);
 }  // namespace emu
 
 struct Emulated {
-    static constexpr bool kEmulated = true;
     static void configure(const TileConfig& cfg) { emu::ldtilecfg(cfg); }
     static void release() { emu::tilerelease(); }
     template <int T> static void zero() { emu::tilezero(T); }
@@ -88,7 +87,6 @@ struct Emulated {
 #define CORELM_TILEZERO(t, unused) _tile_zero(t)
 
 struct Hardware {
-    static constexpr bool kEmulated = false;
     static void configure(const TileConfig& cfg) { _tile_loadconfig(&cfg); }
     static void release() { _tile_release(); }
     template <int T> static void zero() { CORELM_TILE_1(CORELM_TILEZERO, T, 0); }
