@@ -138,13 +138,22 @@ def silu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
 def softmax(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Softmax over the last axis."""
 
+def sparse_check(w: np.ndarray, type: int, n: int, k: int) -> int:
+    """The codes a sparse matrix stores (the rest of its n x k are zero); raises ValueError for a group whose
+    masks announce more than it holds (the kernels never read past a group either way; this names it)."""
+
+def sparsify(w: np.ndarray, type: int, n: int, k: int, layout: int) -> npt.NDArray[np.uint8]:
+    """A Q8_0 (or Q8_0_X16) matrix of n x k in a sparse layout: Q8_0_S16 (its zero codes left out; uint8[n,
+    stride], the stride the fullest group of 16 rows needs) or Q8_0_24 (2:4; ValueError when it is not)."""
+
 def supported_isas() -> list[str]:
     """Kernel paths this CPU can run, slowest first."""
 
 def swiglu(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
 def unpack(w: np.ndarray, type: int, n: int, k: int) -> npt.NDArray[np.uint8]:
-    """A *_X16 layout back to GGUF-layout rows."""
+    """A *_X16 or sparse layout back to its GGUF type's rows."""
 
 def weight_types() -> list:
     """Every weight type's facts (formats.h's table): id, name, block_size, block_bytes, base (the GGUF type a
-    16-row layout comes from), packed (a GGUF type's 16-row layout)."""
+    16-row layout comes from), packed (a GGUF type's 16-row layout), kernel (its matrix product's name), sparsity
+    ('' (zeros stored), 'unstructured' (rows of a tensor's own stride) or '2:4')."""

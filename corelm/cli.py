@@ -15,10 +15,63 @@ from corelm.argtypes import count, positive_int
 from corelm.models import QUANT_NAMES
 
 
+def _model_info(path: str) -> dict:
+    """A model file's matrices: type, shape, bytes, and for the sparse ones the fraction of zeros."""
+    from corelm import hub
+    from corelm.formats.gguf import load_gguf
+    from corelm.kernels import Weight, WeightType
+    from corelm.models import load_model
+
+    resolved = hub.resolve(path)
+    if resolved.is_file():
+        f = load_gguf(resolved)
+        arch = f.architecture
+        weights = {
+            name: Weight(t.data, WeightType(t.type), *t.shape)
+            for name, t in f.tensors.items()
+            if len(t.shape) == 2 and t.type in {int(w) for w in WeightType}
+        }
+    else:
+        model, _ = load_model(resolved, distributed=False)
+        arch = type(model).__name__
+        weights = {name: w.unpacked() for name, w in model.w.items() if isinstance(w, Weight)}
+    tensors = {}
+    for name, w in weights.items():
+        entry: dict = {"type": w.type.name, "shape": [w.n, w.k], "bytes": w.nbytes}
+        if w.type.sparse:
+            entry["zeros"] = 1 - w.stored / (w.n * w.k)
+        tensors[name] = entry
+    return {"path": str(path), "architecture": arch, "tensors": tensors}
+
+
+def _print_model_info(m: dict) -> None:
+    tensors = m["tensors"]
+    kinds: dict[str, int] = {}
+    for t in tensors.values():
+        kinds[t["type"]] = kinds.get(t["type"], 0) + 1
+    total = sum(t["bytes"] for t in tensors.values())
+    print(f"model:    {m['path']}: {m['architecture']}, {len(tensors)} matrices, {total / 2**20:.2f} MiB")
+    print("types:    " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])))
+    sparse = {name: t for name, t in tensors.items() if "zeros" in t}
+    if not sparse:
+        print("sparse:   none (every matrix stores its zeros)")
+        return
+    values = sum(t["shape"][0] * t["shape"][1] for t in sparse.values())
+    zeros = sum(t["zeros"] * t["shape"][0] * t["shape"][1] for t in sparse.values()) / values
+    print(f"sparse:   {len(sparse)} sparse matrices, {100 * zeros:.1f}% zeros left out of them:")
+    for name, t in sparse.items():
+        n, k = t["shape"]
+        print(f"  {name:32} {t['type']:9} {n:6} x {k:<6} zeros {100 * t['zeros']:5.1f}%  {t['bytes'] / 2**20:8.2f} MiB")
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     info = corelm.info()
+    model = _model_info(args.model) if args.model else None
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps({**info, "model": model} if model else info, indent=2))
+        return 0
+    if model:
+        _print_model_info(model)
         return 0
     print(f"corelm {corelm.__version__}")
     print(f"CPU:      {info['cpu'] or 'unknown'}")
@@ -298,10 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "info",
-        help="CPU features found and the kernel path each op takes",
+        help="CPU features found and the kernel path each op takes; or a model's matrices",
         description="Report the CPU model, the instruction-set features found, the "
-        "thread count and which kernel path (ref, avx2, avx512) each op uses.",
+        "thread count and which kernel path (ref, avx2, avx512) each op uses. With MODEL: its "
+        "matrices by type, and which are sparse (corelm sparsify) with their fraction of zeros.",
     )
+    p.add_argument("model", nargs="?", default=None, metavar="MODEL", help="a .gguf file or model folder to describe")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=cmd_info)
 

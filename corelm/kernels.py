@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -66,6 +67,9 @@ class WeightType(enum.IntEnum):
     Q5_K_X16 = 1013
     Q6_K_X16 = 1014
     BF16_X16 = 1030
+    # corelm's own sparse layouts (zeros left out; in corelm's GGUF files, see docs/sparsity.md)
+    Q8_0_S16 = 2008  # any zeros
+    Q8_0_24 = 2108  # 2:4
 
     @property
     def block_size(self) -> int:
@@ -74,8 +78,23 @@ class WeightType(enum.IntEnum):
 
     @property
     def packed(self) -> bool:
-        """Whether this is one of corelm's 16-row layouts."""
+        """Whether this is one of corelm's 16-row layouts (the sparse ones are too)."""
         return _FACTS[self]["base"] != self
+
+    @property
+    def sparse(self) -> bool:
+        """Whether zeros are left out (a layout made by Weight.sparse())."""
+        return bool(_FACTS[self]["sparsity"])
+
+    @property
+    def kernel(self) -> str:
+        """Its matrix product kernel's name, as corelm.info()["kernels"] lists it."""
+        return str(_FACTS[self]["kernel"])
+
+    @property
+    def own_stride(self) -> bool:
+        """Whether a tensor's rows are its own stride of bytes, not row_bytes (Q8_0_S16: any zeros left out)."""
+        return _FACTS[self]["sparsity"] == "unstructured"
 
     @property
     def base(self) -> WeightType:
@@ -94,12 +113,20 @@ class WeightType(enum.IntEnum):
 
 
 PACK_ROWS = 16
+# The GGUF types with sparse layouts (Weight.sparse()), from the native table: any zeros, 2:4.
+SPARSE_LAYOUTS = frozenset(t.base for t in WeightType if t.sparse)
 
 
 def packing_pays() -> bool:
     """Whether the active kernel path has native kernels for the interleaved layouts."""
     paths = _C.info()["kernels"]
-    return all(paths[f"matmul_{t.name.lower().replace('_x16', 'x16')}"] != "ref" for t in WeightType if t.packed)
+    return all(paths[t.kernel] != "ref" for t in WeightType if t.packed and not t.sparse)
+
+
+def sparse_pays(t: WeightType) -> bool:
+    """Whether the active kernel path has a native kernel for sparse type t (the reference decodes every
+    group on each call: slower than the dense layout)."""
+    return _C.info()["kernels"][t.kernel] != "ref"
 
 
 @dataclass(frozen=True)
@@ -112,6 +139,11 @@ class Weight:
     k: int
 
     def __post_init__(self) -> None:
+        if self.type.own_stride:  # every group checked once here (the kernels clamp their reads)
+            if self.n % PACK_ROWS or self.data.nbytes % self.n:
+                raise ValueError(f"{self.type.name} weight of {self.n} x {self.k} cannot have {self.data.nbytes} bytes")
+            assert self.stored >= 0  # _C.sparse_check: raises ValueError naming a corrupted group
+            return
         expected = _C.row_bytes(int(self.type), self.k) * self.n
         if self.data.nbytes != expected:
             raise ValueError(
@@ -137,8 +169,22 @@ class Weight:
             return self
         return Weight(_C.pack(self.data, int(self.type), self.n, self.k), self.type.layout, self.n, self.k)
 
+    def sparse(self, layout: WeightType = WeightType.Q8_0_S16) -> Weight:
+        """This Q8_0 matrix (n a multiple of 16) without its zero codes: the same values in fewer bytes.
+        Q8_0_S16 takes any zeros (fewer bytes the sparser it is); Q8_0_24 a 2:4 matrix (22 bytes per 32
+        weights, and products that skip the zeros). Raises ValueError for a type with no sparse layout or a
+        matrix the layout cannot hold."""
+        if self.type == layout:
+            return self
+        if self.type.sparse:
+            return self.unpacked().sparse(layout)
+        if not layout.sparse or self.type.base != layout.base:
+            raise ValueError(f"{self.type.name} has no sparse layout {layout.name}")
+        data = _C.sparsify(self.data, int(self.type), self.n, self.k, int(layout))
+        return Weight(data, layout, self.n, self.k)
+
     def unpacked(self) -> Weight:
-        """The GGUF layout of this matrix (itself when it is not packed)."""
+        """The GGUF layout of this matrix (itself when it is not packed); a sparse one with its zeros back."""
         if not self.type.packed:
             return self
         return Weight(_C.unpack(self.data, int(self.type), self.n, self.k), self.type.base, self.n, self.k)
@@ -146,6 +192,14 @@ class Weight:
     @property
     def nbytes(self) -> int:
         return self.data.nbytes
+
+    @cached_property
+    def stored(self) -> int:
+        """Values the bytes hold: n * k, or for a sparse matrix the codes it stores (Q8_0_S16: its nonzero ones;
+        Q8_0_24: half)."""
+        if not self.type.sparse:
+            return self.n * self.k
+        return int(_C.sparse_check(self.data, int(self.type), self.n, self.k))
 
 
 def matmul(

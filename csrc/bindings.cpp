@@ -89,18 +89,34 @@ WeightType weight_type(int t) {
     return WeightType(t);
 }
 
-// Raw weight bytes for n rows of k elements of type t.
-const uint8_t* weight_bytes(const Array& w, WeightType t, int64_t n, int64_t k) {
+// Raw weight bytes for n rows of k elements of type t, and their stride (bytes per row): row_bytes(t, k),
+// or for a sparse type the tensor's own, every group's stored codes checked to fit in it.
+struct WeightBytes {
+    const uint8_t* data;
+    size_t stride;
+};
+
+WeightBytes weight_bytes(const Array& w, WeightType t, int64_t n, int64_t k) {
     check_contiguous(w, "weight");
     if (n <= 0 || k <= 0) fail("weight dimensions must be positive, got n=" + std::to_string(n) + ", k=" + std::to_string(k));
     const size_t rb = row_bytes(t, k);
     if (rb == 0)
         fail(std::string("k=") + std::to_string(k) + " is not a multiple of " + type_name(t) + "'s block size " +
              std::to_string(block_size(t)));
-    if (size_t(w.nbytes()) != rb * size_t(n))
-        fail(std::string(type_name(t)) + " weight of " + std::to_string(n) + " x " + std::to_string(k) + " needs " +
-             std::to_string(rb * size_t(n)) + " bytes, got " + std::to_string(w.nbytes()));
-    return static_cast<const uint8_t*>(w.data());
+    const auto* data = static_cast<const uint8_t*>(w.data());
+    if (!has_own_stride(t)) {
+        if (size_t(w.nbytes()) != rb * size_t(n))
+            fail(std::string(type_name(t)) + " weight of " + std::to_string(n) + " x " + std::to_string(k) + " needs " +
+                 std::to_string(rb * size_t(n)) + " bytes, got " + std::to_string(w.nbytes()));
+        return {data, rb};
+    }
+    const std::string what = std::string(type_name(t)) + " weight of " + std::to_string(n) + " x " + std::to_string(k);
+    if (n % kPackRows) fail(what + ": a sparse type needs a multiple of 16 rows");
+    if (size_t(w.nbytes()) % size_t(n)) fail(what + ": " + std::to_string(w.nbytes()) + " bytes is not a whole stride per row");
+    const size_t stride = size_t(w.nbytes()) / size_t(n);
+    if (stride < rb + kSparsePad / kPackRows)
+        fail(what + ": " + std::to_string(stride) + " bytes per row cannot hold its headers (" + std::to_string(rb) + ")");
+    return {data, stride};  // the kernels keep their reads inside each group; sparse_check names bad groups
 }
 
 // Leading dimensions flattened into rows; the last dimension is the row length.
@@ -245,7 +261,9 @@ GraphOp parse_op(const py::dict& d, const std::vector<int64_t>& widths, PyGraph&
         op.w_type = weight_type(py::cast<int>(w[1]));
         op.w_n = py::cast<int64_t>(w[2]);
         op.w_k = py::cast<int64_t>(w[3]);
-        op.w = weight_bytes(data, op.w_type, op.w_n, op.w_k);
+        const WeightBytes wb = weight_bytes(data, op.w_type, op.w_n, op.w_k);
+        op.w = wb.data;
+        op.w_stride = wb.stride;
         pg.keep.append(data);
     };
     op.layer = int(get_int("layer", -1));
@@ -594,11 +612,19 @@ PYBIND11_MODULE(_C, m) {
             d["block_bytes"] = info.block_bytes;
             d["base"] = int(info.base);
             d["packed"] = int(info.packed);
+            switch (info.type) {  // the matrix product kernel of the type (kernel_table.h), as info()["kernels"] names it
+#define CORELM_KERNEL_NAME(unused, type, name) \
+    case WeightType::type: d["kernel"] = #name; break;
+                CORELM_MATMUL_KERNELS(CORELM_KERNEL_NAME, _)
+#undef CORELM_KERNEL_NAME
+            }
+            d["sparsity"] = info.sparsity == Sparsity::None ? "" : info.sparsity == Sparsity::Unstructured ? "unstructured" : "2:4";
             out.append(d);
         }
         return out;
     }, "Every weight type's facts (formats.h's table): id, name, block_size, block_bytes, base (the GGUF type a "
-       "16-row layout comes from), packed (a GGUF type's 16-row layout).");
+       "16-row layout comes from), packed (a GGUF type's 16-row layout), kernel (its matrix product's name), sparsity ('' (zeros stored), 'unstructured' (rows of a tensor's own stride) or '2:4') "
+       "have their own stride).");
 
     m.def("matmul", [](const Array& x, const Array& w, int type, int64_t n, const py::object& out,
                        const py::object& bias, const py::object& residual, const std::string& activation) {
@@ -606,7 +632,7 @@ PYBIND11_MODULE(_C, m) {
         const WeightType t = weight_type(type);
         const float* xp = f32_in(x, "x");
         const int64_t k = x.shape(x.ndim() - 1), rows = rows_of(x);
-        const uint8_t* wp = weight_bytes(w, t, n, k);
+        const WeightBytes wb = weight_bytes(w, t, n, k);
         std::vector<py::ssize_t> shape = shape_of(x);
         shape.back() = n;
         Array y = f32_out(out, shape);
@@ -625,7 +651,7 @@ PYBIND11_MODULE(_C, m) {
         }
         if (rows > 0) {
             py::gil_scoped_release nogil;
-            ops::matmul(xp, rows, k, wp, t, n, yp, bp, rp, act);
+            ops::matmul(xp, rows, k, wb.data, t, n, yp, bp, rp, act, wb.stride);
         }
         return y;
     }, py::arg("x"), py::arg("w"), py::arg("type"), py::arg("n"), py::arg("out") = py::none(),
@@ -653,33 +679,77 @@ PYBIND11_MODULE(_C, m) {
             const WeightType packed = to_packed ? packed_of(t) : t;
             if (!is_packed(packed) || (to_packed && is_packed(t)))
                 fail(std::string(type_name(t)) + (to_packed ? " cannot be packed" : " is not a packed type"));
-            const uint8_t* wp = weight_bytes(w, t, n, k);
-            py::array_t<uint8_t> out({py::ssize_t(n), py::ssize_t(row_bytes(t, k))});
+            const WeightBytes wb = weight_bytes(w, t, n, k);
+            py::array_t<uint8_t> out({py::ssize_t(n), py::ssize_t(row_bytes(to_packed ? t : unpacked_of(t), k))});
             uint8_t* op = out.mutable_data();
             py::gil_scoped_release nogil;
-            if (to_packed) ops::pack(wp, packed, n, k, op);
-            else ops::unpack(wp, packed, n, k, op);
+            if (to_packed) ops::pack(wb.data, packed, n, k, op);
+            else ops::unpack(wb.data, packed, n, k, op, wb.stride);
             return out;
         }, py::arg("w"), py::arg("type"), py::arg("n"), py::arg("k"), doc);
     };
     repack("pack", true,
            "GGUF-layout rows of a type with a 16-row interleaved layout (F32, F16, BF16, Q8_0, Q5_0, Q4_0, Q4_K, "
            "Q5_K, Q6_K) to that layout (its *_X16 type): whole groups of 16 rows interleaved, the rest as they are.");
-    repack("unpack", false, "A *_X16 layout back to GGUF-layout rows.");
+    repack("unpack", false, "A *_X16 or sparse layout back to its GGUF type's rows.");
+
+    m.def("sparse_check", [](const Array& w, int type, int64_t n, int64_t k) {
+        const WeightType t = weight_type(type);
+        if (!is_sparse(t)) fail(std::string(type_name(t)) + " is not a sparse type");
+        const WeightBytes wb = weight_bytes(w, t, n, k);
+        int64_t bad = -1, codes = 0;
+        {
+            py::gil_scoped_release nogil;
+            for (int64_t g = 0; g < n / kPackRows && bad < 0; ++g) {
+                const int64_t c = ref::sparse_group_codes(t, wb.data + size_t(g) * kPackRows * wb.stride, k, kPackRows * wb.stride);
+                if (c < 0) bad = g;
+                codes += c;
+            }
+        }
+        if (bad >= 0)
+            fail(std::string(type_name(t)) + " weight of " + std::to_string(n) + " x " + std::to_string(k) + ": rows " +
+                 std::to_string(bad * kPackRows) + ".." + std::to_string(bad * kPackRows + kPackRows - 1) +
+                 " announce more stored codes than their " + std::to_string(kPackRows * wb.stride) + " bytes hold (corrupted)");
+        return codes;
+    }, py::arg("w"), py::arg("type"), py::arg("n"), py::arg("k"),
+       "The codes a sparse matrix stores (the rest of its n x k are zero); raises ValueError for a group whose "
+       "masks announce more than it holds (the kernels never read past a group either way; this names it).");
+
+    m.def("sparsify", [](const Array& w, int type, int64_t n, int64_t k, int layout) {
+        const WeightType t = weight_type(type), sparse = weight_type(layout);
+        if (!is_sparse(sparse)) fail(std::string(type_name(sparse)) + " is not a sparse layout");
+        if (t != unpacked_of(sparse) && t != packed_of(unpacked_of(sparse)))
+            fail(std::string(type_name(sparse)) + " is made from " + type_name(unpacked_of(sparse)) + ", not " + type_name(t));
+        if (n % kPackRows) fail("a sparse layout needs a multiple of 16 rows, got " + std::to_string(n));
+        const WeightBytes wb = weight_bytes(w, t, n, k);
+        int64_t stride;
+        {
+            py::gil_scoped_release nogil;
+            stride = ops::sparse_stride(wb.data, t, sparse, n, k);
+        }
+        if (stride < 0) fail("the matrix is not 2:4 sparse (a row keeps more than 2 of some 4 consecutive codes)");
+        py::array_t<uint8_t> out({py::ssize_t(n), py::ssize_t(stride)});
+        uint8_t* op = out.mutable_data();
+        py::gil_scoped_release nogil;
+        ops::sparsify(wb.data, t, sparse, n, k, size_t(stride), op);
+        return out;
+    }, py::arg("w"), py::arg("type"), py::arg("n"), py::arg("k"), py::arg("layout"),
+       "A Q8_0 (or Q8_0_X16) matrix of n x k in a sparse layout: Q8_0_S16 (its zero codes left out; uint8[n, "
+       "stride], the stride the fullest group of 16 rows needs) or Q8_0_24 (2:4; ValueError when it is not).");
 
     m.def("dequantize", [](const Array& w, int type, int64_t n, int64_t k) {
         const WeightType t = weight_type(type);
-        const uint8_t* wp = weight_bytes(w, t, n, k);
+        const WeightBytes wb = weight_bytes(w, t, n, k);
         py::array_t<float> out({py::ssize_t(n), py::ssize_t(k)});
         float* op = out.mutable_data();
         py::gil_scoped_release nogil;
-        ops::dequantize(wp, t, n, k, op);
+        ops::dequantize(wb.data, t, n, k, op, wb.stride);
         return out;
     }, py::arg("w"), py::arg("type"), py::arg("n"), py::arg("k"), "Raw weight bytes of n x k to fp32.");
 
     m.def("get_rows", [](const Array& w, int type, int64_t n, int64_t k, const Array& ids, const py::object& out) {
         const WeightType t = weight_type(type);
-        const uint8_t* wp = weight_bytes(w, t, n, k);
+        const WeightBytes wb = weight_bytes(w, t, n, k);
         check_dtype<int32_t>(ids, "ids", "int32");
         check_contiguous(ids, "ids");
         if (ids.ndim() != 1) fail("ids must be 1-D, got shape " + shape_str(ids));
@@ -691,7 +761,7 @@ PYBIND11_MODULE(_C, m) {
         Array y = f32_out(out, {py::ssize_t(len), py::ssize_t(k)});
         float* op = static_cast<float*>(y.mutable_data());
         py::gil_scoped_release nogil;
-        ops::get_rows(wp, t, n, k, ip, len, op);
+        ops::get_rows(wb.data, t, n, k, ip, len, op, wb.stride);
         return y;
     }, py::arg("w"), py::arg("type"), py::arg("n"), py::arg("k"), py::arg("ids"), py::arg("out") = py::none(),
        "Embedding lookup: rows ids of W (n x k, `type`) as fp32 [len(ids), k].");

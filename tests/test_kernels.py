@@ -28,11 +28,19 @@ def rand(rng, *shape, scale=1.0):
 
 
 def rows_for(wtype: WeightType, n: int) -> int:
-    """Packed layouts need at least one whole group of 16 rows (the rest stay in GGUF layout)."""
+    """Packed layouts need at least one whole group of 16 rows (the rest stay in GGUF layout); sparse ones
+    whole groups only."""
+    if wtype.sparse:
+        return -(-n // 16) * 16
     return max(n, 16) if wtype.packed else n
 
 
 def make_weight(x: np.ndarray, wtype: WeightType) -> Weight:
+    if wtype.sparse:  # a matrix the layout holds: 2:4 for Q8_0_24, any for Q8_0_S16
+        from corelm.quantize.sparsify import prune
+
+        x = prune(x, 0.5, (2, 4), None) if wtype == WeightType.Q8_0_24 else x
+        return Weight.from_float(x, wtype.base).sparse(wtype)
     if wtype.packed:
         w = Weight.from_float(x, wtype.base).packed()
         assert w.type == wtype
@@ -294,7 +302,7 @@ def test_kquant_k_must_fit_super_blocks():
 @pytest.mark.parametrize("wtype", TYPES, ids=lambda t: t.name)
 def test_embedding_rows(wtype):
     rng = np.random.default_rng(8)
-    w = make_weight(rand(rng, 50, max(64, wtype.block_size)), wtype)
+    w = make_weight(rand(rng, rows_for(wtype, 50), max(64, wtype.block_size)), wtype)
     ids = np.array([0, 49, 47, 17, 7, 7], np.int32)
     np.testing.assert_array_equal(embedding(w, ids), w.to_float()[ids])
 
@@ -561,7 +569,8 @@ def test_weight_types_mirror_the_native_table():
         assert t.block_size == native[t.name]["block_size"]
         assert _C.row_bytes(int(t), 256) == 256 // t.block_size * native[t.name]["block_bytes"]
         assert t.layout.packed and t.layout.base == t.base
-        assert _C.row_bytes(int(t.layout), 256) == _C.row_bytes(int(t.base), 256)
+        if not t.sparse:  # the dense 16-row layouts keep their type's bytes
+            assert _C.row_bytes(int(t.layout), 256) == _C.row_bytes(int(t.base), 256)
     from corelm.models import QUANT_NAMES
     from corelm.quantize.recipes import TYPE_NAMES
 

@@ -206,4 +206,37 @@ def load_gguf(path: str | PathLike[str]) -> GGUFFile:
         shape = tuple(reversed(dims))
         rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
         tensors[t.name] = GGUFTensor(t.name, int(qtype), shape, raw.reshape(rows, -1), start)
-    return GGUFFile(path, version, _metadata(reader), tensors, mm)
+    metadata = _metadata(reader)
+    _sparse_tensors(path, metadata, tensors)
+    return GGUFFile(path, version, metadata, tensors, mm)
+
+
+# corelm's sparse layouts (kernels.WeightType.Q8_0_S16, docs/sparsity.md) are stored as GGUF I8 matrices of
+# n rows x `stride` bytes - valid GGUF for every tool (llama.cpp refuses them by shape, naming the tensor) -
+# and these keys say which tensors they are, of which type, with how many columns.
+SPARSE_TENSORS, SPARSE_TYPES, SPARSE_COLS = "corelm.sparse.tensors", "corelm.sparse.types", "corelm.sparse.cols"
+_I8 = int(gguf.GGMLQuantizationType.I8)
+
+
+def _sparse_tensors(path: Path, metadata: dict[str, Any], tensors: dict[str, GGUFTensor]) -> None:
+    """Give the tensors the sparse keys name their corelm type and logical shape [n, k] (data stays [n, stride])."""
+    names, types, cols = (metadata.get(key, []) for key in (SPARSE_TENSORS, SPARSE_TYPES, SPARSE_COLS))
+    if not (len(names) == len(types) == len(cols)):
+        raise ModelFileError(
+            f"{path}: corrupted GGUF: {SPARSE_TENSORS}, {SPARSE_TYPES} and {SPARSE_COLS} differ in length"
+        )
+    from corelm.kernels import PACK_ROWS, WeightType  # the formats layer reads; the type table is the kernels'
+
+    for name, tname, k in zip(names, types, cols, strict=True):
+        wtype = WeightType.__members__.get(str(tname))
+        t = tensors.get(str(name))
+        if wtype is None or not wtype.sparse:
+            raise ModelFileError(f"{path}: sparse tensor {name!r} has unknown type {tname!r}")
+        if t is None:
+            raise ModelFileError(f"{path}: the sparse keys name tensor {name!r}, which the file does not hold")
+        if t.type != _I8 or len(t.shape) != 2 or not isinstance(k, int) or k <= 0 or k % wtype.block_size:
+            raise ModelFileError(f"{path}: sparse tensor {name!r} ({t.shape}, type {t.type}, {k} columns) is malformed")
+        n = t.shape[0]
+        if n % PACK_ROWS:
+            raise ModelFileError(f"{path}: sparse tensor {name!r} has {n} rows, not a multiple of {PACK_ROWS}")
+        tensors[t.name] = GGUFTensor(t.name, int(wtype), (n, k), t.data, t.offset)

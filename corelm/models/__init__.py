@@ -46,7 +46,7 @@ def _unsupported(where: Path, name: str, kind: str) -> ModelFileError:
     return ModelFileError(f"{where}: unsupported architecture {name!r} (supported: {known})")
 
 
-KERNEL_TYPES = {int(t) for t in WeightType if not t.packed}
+KERNEL_TYPES = {int(t) for t in WeightType if not t.packed or t.sparse}  # the types files hold
 # load(..., quant=NAME): every matrix whose rows fit the type's blocks is converted while loading
 QUANT_NAMES = {t.name.lower(): t for t in WeightType.gguf_types()}
 
@@ -78,13 +78,21 @@ def pack_for_kernels(model: Model) -> Model:
     path has kernels for them.
 
     Matrices used only for embedding lookups stay as they are (a lookup reads one row)."""
-    if not kernels.packing_pays():
-        return model
-    lookup_only = model.lookup_only_weights()
+    packing, lookup_only = kernels.packing_pays(), model.lookup_only_weights()
     for name, w in model.w.items():
-        if isinstance(w, Weight) and name not in lookup_only:
-            model.w[name] = w.packed()
+        if isinstance(w, Weight):
+            w = _dense_unless_it_pays(name, w)
+            model.w[name] = w.packed() if packing and name not in lookup_only else w
     return model
+
+
+def _dense_unless_it_pays(name: str, w: Weight) -> Weight:
+    """A sparse matrix with its zeros back when the active path has no native kernel for its layout (the
+    reference decodes every group on each product) - said in the log."""
+    if not w.type.sparse or kernels.sparse_pays(w.type):
+        return w
+    log.info("%s: no %s kernel on this CPU's path; decoded to dense %s", name, w.type.name, w.type.base.name)
+    return w.unpacked()
 
 
 def _hf_name_table(names: dict[str, str], n_layer: int) -> dict[str, str]:
@@ -109,6 +117,8 @@ def _split(
     packing, lookup_only = kernels.packing_pays(), model.lookup_only_weights()
     local = {}
     for name, w in model.w.items():
+        if isinstance(w, Weight) and w.type.sparse:  # split by rows and columns: the dense layout
+            w = w.unpacked()
         part = tp.take(name, w)
         if isinstance(part, Weight):
             part = _maybe_quantize(part, quant)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from corelm import hub
 from corelm.formats import ModelFileError
 from corelm.formats.gguf_write import write_gguf
-from corelm.kernels import Weight, WeightType
+from corelm.kernels import PACK_ROWS, Weight, WeightType
 from corelm.models import load_model
 from corelm.models.base import Model
 from corelm.quantize import recipes
@@ -207,10 +207,13 @@ def write_model(
     optimize: bool = False,
     stats: dict[str, np.ndarray] | None = None,
     progress: bool = True,
+    sparse: dict[str, WeightType] | None = None,
 ) -> None:
     """Write the loaded `model` (read from `src`) to `out` with its matrices in `recipe`'s types,
     filling in `report`; quantize_model's second half, shared with `corelm sparsify` (which hands
-    it a model whose matrices it has pruned)."""
+    it a model whose matrices it has pruned, and maps in `sparse` those to store without their zeros to
+    the sparse layout, used where their type is its base)."""
+    sparse = sparse or {}
     stats = stats or {}
     report.tokenizer = tokenizer is not None
     meta, name = _metadata(model, tokenizer, recipe, src)
@@ -233,6 +236,8 @@ def write_model(
         importance = stats.get(tname) if optimize and wtype == WeightType.Q4_0 else None
         report.calibrated += importance is not None
         weights[tname] = _convert(w, wtype, importance, optimize)
+        if tname in sparse and wtype == sparse[tname].base and w.n % PACK_ROWS == 0:
+            weights[tname] = weights[tname].sparse(sparse[tname])
         report.types_after[weights[tname].type.name] += 1
 
     quantized = copy.copy(model)  # same config and architecture, the new weights

@@ -2,6 +2,7 @@
 
     corelm sparsify model.gguf model-50.gguf --sparsity 0.5
     corelm sparsify model.gguf model-24.gguf --pattern 2:4 --method wanda --calib text.txt --type q8_0
+    corelm sparsify model.gguf model-50-dense.gguf --sparsity 0.5 --type q8_0 --dense
 
 Each pruned matrix W [n, k] (y = x W^T) loses, in every output row, the weights of lowest score:
 
@@ -18,8 +19,10 @@ and the pattern says which weights compete:
                   (sparsity 1 - N/M; a last group shorter than M keeps at most N)
 
 Which tensors are pruned is RECIPE's (printed by --help). The pruned model is written in --type by
-convert.write_model, as `corelm quantize` writes it: a plain GGUF (zeros stored as zeros, the
-issue's "--dense" export) that corelm and llama.cpp load. Pruned zeros stay exact zeros in
+convert.write_model, as `corelm quantize` writes it; pruned matrices whose type has a sparse layout
+(q8_0: Q8_0_24 for 2:4, Q8_0_S16 for any other pattern; docs/sparsity.md) are stored in it, without
+their zeros - smaller, and faster to decode - unless --dense asks for a plain GGUF (zeros stored as
+zeros) that llama.cpp loads too. Pruned zeros stay exact zeros in
 f32/f16/bf16 and in the types without an offset (q8_0, q6_k, q5_0, q4_0: code 0 times the scale);
 types with a per-block minimum (q4_1, q5_1, q4_k, q5_k) store them as the nearest code.
 """
@@ -40,7 +43,7 @@ from tqdm import tqdm
 
 from corelm import hub
 from corelm.argtypes import threads
-from corelm.kernels import Weight, WeightType
+from corelm.kernels import SPARSE_LAYOUTS, Weight, WeightType
 from corelm.models import load_model
 from corelm.quantize.convert import QuantizeReport, _calibration, _check_paths, _input_bytes, check_type, write_model
 
@@ -149,6 +152,8 @@ class SparsifyReport:
     method: str
     pruned: dict[str, float] = field(default_factory=dict)  # matrix -> fraction of zeros after pruning
     kept: list[str] = field(default_factory=list)  # matrices left dense
+    stored_sparse: int = 0  # pruned matrices stored in a sparse layout
+    dense: bool = False  # --dense: every matrix with its zeros
     no_stats: list[str] = field(default_factory=list)  # wanda: matrices the text never reached (pruned by magnitude)
     seconds: float = 0.0
 
@@ -164,8 +169,10 @@ def sparsify_model(
     type: str = "f32",
     pure: bool = False,
     progress: bool = True,
+    dense: bool = False,
 ) -> SparsifyReport:
-    """Prune the model at `src` (see the module docstring) and write it to `out` as a GGUF of `type`."""
+    """Prune the model at `src` (see the module docstring) and write it to `out` as a GGUF of `type`, the
+    pruned matrices in their type's sparse layout where it has one (unless `dense`)."""
     t0 = time.perf_counter()
     level = check_args(sparsity, pattern, method, calib)
     nm = parse_pattern(pattern)
@@ -176,7 +183,7 @@ def sparsify_model(
     _check_paths(src, out)
     model, tokenizer = load_model(src, distributed=False)
     qreport = QuantizeReport(str(src), str(out), type.lower(), False, _input_bytes(src), 0)
-    report = SparsifyReport(qreport, level, pattern, method)
+    report = SparsifyReport(qreport, level, pattern, method, dense=dense)
     stats: dict[str, np.ndarray] = {}
     if method == "wanda":
         assert calib is not None
@@ -200,7 +207,11 @@ def sparsify_model(
         weights[name] = Weight.from_float(p, WeightType.F32) if level > 0 else t
     before = Counter(t.unpacked().type.name for t in model.w.values() if isinstance(t, Weight))
     model.w = weights
-    write_model(model, tokenizer, src, out, recipe, qreport, pure=pure, progress=progress)
+    # 2:4 gets the layout whose products skip the zeros; anything else the one that takes any zeros.
+    layout = WeightType.Q8_0_24 if nm == (2, 4) else WeightType.Q8_0_S16
+    sparse = {} if dense or level == 0 else dict.fromkeys(report.pruned, layout)
+    write_model(model, tokenizer, src, out, recipe, qreport, pure=pure, progress=progress, sparse=sparse)
+    report.stored_sparse = sum(n for name, n in qreport.types_after.items() if WeightType[name].sparse)
     qreport.types_before = before  # the input's types, not the pruned F32 copies'
     qreport.calibrated = len(report.pruned) - len(report.no_stats) if method == "wanda" else 0
     report.seconds = qreport.seconds = time.perf_counter() - t0
@@ -218,6 +229,13 @@ def format_report(r: SparsifyReport) -> str:
         + (f"(zeros {min(zeros):.4f}-{max(zeros):.4f})" if zeros else "")
         + f", {len(r.kept)} kept dense ({', '.join(r.kept[:4])}{', ...' if len(r.kept) > 4 else ''})",
     ]
+    if r.pruned and r.dense:
+        lines.append("  stored:   with their zeros (--dense: a plain GGUF, which llama.cpp loads too)")
+    elif r.pruned and not r.stored_sparse:
+        have = ", ".join(t.name.lower() for t in sorted(SPARSE_LAYOUTS))
+        lines.append(f"  stored:   with their zeros (a plain GGUF; --type {have} has a sparse layout)")
+    elif r.stored_sparse:
+        lines.append(f"  stored:   {r.stored_sparse} pruned matrices without their zeros (corelm's sparse layout)")
     if r.no_stats:
         lines.append(f"  note: the calibration text never reached {len(r.no_stats)} matrices; pruned by magnitude")
     return "\n".join(lines)
@@ -236,8 +254,11 @@ patterns:
   N:M           N of each M consecutive weights along the input dimension kept (2:4, 4:8, ...);
                 the sparsity is 1 - N/M (--sparsity may be left out)
 
-The output is a plain GGUF in --type (corelm quantize's names and rules), zeros stored as zeros:
-corelm and llama.cpp load it as any other file; it is not smaller or faster than the dense one yet.
+The output is a GGUF in --type (corelm quantize's names and rules). With --type q8_0 the pruned
+matrices are stored without their zeros (docs/sparsity.md) - 2:4 as Q8_0_24 (positions and kept codes:
+products skip the zeros), any other pattern as Q8_0_S16 (a bitmask and the kept codes):
+the file is smaller and decodes faster, and only corelm loads it. --dense writes every matrix with
+its zeros: a plain GGUF that llama.cpp loads too (for comparing).
 
 examples:
   corelm sparsify corelm/data/default.gguf /tmp/d-50.gguf --sparsity 0.5
@@ -263,6 +284,7 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
         type=args.type,
         pure=args.pure,
         progress=not args.quiet,
+        dense=args.dense,
     )
     print(format_report(report), file=sys.stdout)
     return 0
@@ -292,6 +314,9 @@ def add_parser(subparsers: argparse._SubParsersAction, type_names: list[str]) ->
     )
     p.add_argument("--type", default="f32", type=str.lower, choices=type_names, help="weight type (default f32)")
     p.add_argument("--pure", action="store_true", help="every matrix in the type itself (as corelm quantize --pure)")
+    p.add_argument(
+        "--dense", action="store_true", help="store the zeros: a plain GGUF llama.cpp loads (not smaller or faster)"
+    )
     p.add_argument("-t", "--threads", type=threads, default=None, help="threads (default: physical cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sparsify)

@@ -46,6 +46,8 @@ void probe_x86(CpuFeatures& f) {
         f.avx512bw = os_avx512 && (b & (1u << 30));
         f.avx512vl = os_avx512 && (b & (1u << 31));
         f.avx512vnni = os_avx512 && (c & (1u << 11));
+        f.avx512vbmi = os_avx512 && (c & (1u << 1));
+        f.avx512vbmi2 = os_avx512 && (c & (1u << 6));
         f.amx_bf16 = os_amx && (d & (1u << 22));
         f.amx_tile = os_amx && (d & (1u << 24));
         f.amx_int8 = os_amx && (d & (1u << 25));
@@ -107,7 +109,7 @@ std::vector<std::pair<const char*, bool>> CpuFeatures::flags() const {
     return {{"neon", neon}, {"dotprod", dotprod}, {"i8mm", i8mm}};
 #else
     return {{"avx2", avx2}, {"fma", fma}, {"f16c", f16c}, {"avx512f", avx512f}, {"avx512bw", avx512bw},
-            {"avx512vl", avx512vl}, {"avx512_vnni", avx512vnni}, {"avx_vnni", avx_vnni},
+            {"avx512vl", avx512vl}, {"avx512_vnni", avx512vnni}, {"avx512_vbmi", avx512vbmi}, {"avx512_vbmi2", avx512vbmi2}, {"avx_vnni", avx_vnni},
             {"avx512_bf16", avx512bf16}, {"amx_tile", amx_tile}, {"amx_int8", amx_int8}, {"amx_bf16", amx_bf16}};
 #endif
 }

@@ -10,6 +10,7 @@ struct CpuFeatures {
     std::string model;
     bool avx2 = false, fma = false, f16c = false;
     bool avx512f = false, avx512bw = false, avx512vl = false, avx512vnni = false, avx512bf16 = false;
+    bool avx512vbmi = false, avx512vbmi2 = false;  // vpmultishiftqb, vpexpandb: the sparse kernels
     bool avx_vnni = false;
     bool amx_tile = false, amx_int8 = false, amx_bf16 = false;
     bool neon = false, dotprod = false, i8mm = false;

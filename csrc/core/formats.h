@@ -33,6 +33,9 @@ enum class WeightType : int32_t {
     Q5_K_X16 = 1013,
     Q6_K_X16 = 1014,
     BF16_X16 = 1030,
+    // corelm's own sparse layouts (stored in corelm's GGUF files, see docs/sparsity.md).
+    Q8_0_S16 = 2008,
+    Q8_0_24 = 2108,
 };
 
 constexpr int kQK = 32;  // elements per Q4_0 / Q8_0 block
@@ -186,6 +189,35 @@ static_assert(sizeof(block_q6_Kx16) == kPackRows * sizeof(block_q6_K), "packed Q
 // element i side by side (64 or 32 bytes), so one vector of 16 lanes is element i of 16 rows: one
 // FMA against the broadcast activation advances 16 outputs, with no horizontal sums.
 
+// Q8_0_S16: Q8_0 without its zero codes, so a sparse matrix is read in fewer bytes (decode reads
+// every weight once per token). Groups of 16 rows as Q8_0_X16, each group `16 * stride` bytes,
+// where the stride (bytes per row, the same for every group of a tensor) is chosen when encoding:
+//   k/32 headers (block_q8_0s16): the 16 rows' scales, and mask[j] whose bit 4r+e says that row
+//     r's element 4j+e is stored (byte 4r+e of Q8_0_X16's slice j);
+//   the stored codes (+128, as Q8_0_X16), block after block, slice after slice, in bit order;
+//   at least kSparsePad bytes of padding: the kernels read kSparsePad bytes at a time.
+// A code the mask leaves out is zero. Any Q8_0 matrix encodes losslessly (its own zero codes
+// are left out too); bytes per row per block: 6 + the stored codes, against Q8_0's 34.
+struct block_q8_0s16 {
+    uint16_t d[kPackRows];
+    uint64_t mask[kQK / 4];
+};
+static_assert(sizeof(block_q8_0s16) == 96, "block_q8_0s16 must be 96 bytes");
+constexpr size_t kSparsePad = 64;
+
+// Q8_0_24: Q8_0 with 2:4 sparsity (of every 4 consecutive weights of a row, at most 2 are not zero),
+// so prefill skips half the multiply-adds and decode reads 22 bytes per row and block, not 34.
+// Groups of 16 rows, fixed size. Slice t (t < 4) covers elements 8t..8t+7 of the 16 rows:
+//   qs[t][4r + e]: row r's e-th kept code among those 8 (signed: code 0 where fewer are kept);
+//   meta[t][r]: their positions, 2 bits each - bits 2e..2e+1 = position of kept code e within its
+//     group of 4 (e < 2: elements 8t..8t+3, e >= 2: 8t+4..8t+7).
+struct block_q8_0x16_24 {
+    uint16_t d[kPackRows];
+    uint8_t meta[kQK / 8][kPackRows];
+    int8_t qs[kQK / 8][4 * kPackRows];
+};
+static_assert(sizeof(block_q8_0x16_24) == kPackRows * 22, "2:4 Q8_0 keeps 22 bytes per row and block");
+
 // Activations quantized on the fly for the integer dot products (never stored in files).
 // d is kept in fp32 (ggml's q8_0/q8_1 round it to fp16) so activation rounding is the only
 // quantization error the activations add; s = sum(qs) lets Q4_0's "-8" offset be applied
@@ -198,6 +230,10 @@ struct block_q8_act {
 static_assert(sizeof(block_q8_act) == 40, "block_q8_act must be 40 bytes");
 
 // ---- each weight type's facts, defined once ----
+
+// How a layout leaves zeros out: not at all; any of them (rows then have their tensor's own stride,
+// at least row_bytes + padding); or two of every four (fixed size, like any other type).
+enum class Sparsity : uint8_t { None, Unstructured, TwoOfFour };
 // The drivers, the bindings and, through _C.weight_types(), the Python package read them here.
 struct TypeInfo {
     WeightType type;
@@ -206,9 +242,10 @@ struct TypeInfo {
     size_t block_bytes;  // bytes of one block of one row
     WeightType base;     // the GGUF type a 16-row layout is made from (the type itself otherwise)
     WeightType packed;   // its 16-row layout (the type itself when it has none or is one)
+    Sparsity sparsity = Sparsity::None;
 };
 
-// GGUF types from the most bits to the fewest, then their 16-row layouts in the same order.
+// GGUF types from the most bits to the fewest, then their 16-row layouts in the same order, then the sparse ones.
 inline constexpr TypeInfo kTypes[] = {
     {WeightType::F32, "F32", 1, 4, WeightType::F32, WeightType::F32_X16},
     {WeightType::F16, "F16", 1, 2, WeightType::F16, WeightType::F16_X16},
@@ -232,6 +269,11 @@ inline constexpr TypeInfo kTypes[] = {
     {WeightType::Q4_1_X16, "Q4_1_X16", kQK, sizeof(block_q4_1), WeightType::Q4_1, WeightType::Q4_1_X16},
     {WeightType::Q4_K_X16, "Q4_K_X16", kQK_K, sizeof(block_q4_K), WeightType::Q4_K, WeightType::Q4_K_X16},
     {WeightType::Q4_0_X16, "Q4_0_X16", kQK, sizeof(block_q4_0), WeightType::Q4_0, WeightType::Q4_0_X16},
+    // block_bytes: the header's share of one row (the stored codes come on top)
+    {WeightType::Q8_0_S16, "Q8_0_S16", kQK, sizeof(block_q8_0s16) / kPackRows, WeightType::Q8_0,
+     WeightType::Q8_0_S16, Sparsity::Unstructured},
+    {WeightType::Q8_0_24, "Q8_0_24", kQK, sizeof(block_q8_0x16_24) / kPackRows, WeightType::Q8_0,
+     WeightType::Q8_0_24, Sparsity::TwoOfFour},
 };
 
 // The facts of type id t, or nullptr when corelm does not know it.
@@ -263,6 +305,18 @@ constexpr size_t row_bytes(WeightType t, int64_t k) {
 constexpr bool is_packed(WeightType t) {
     const TypeInfo* info = find_type(int32_t(t));
     return info && info->base != t;
+}
+
+// Zeros left out (Q8_0_S16, Q8_0_24): a 16-row layout made from its base type's rows by sparsify.
+constexpr bool is_sparse(WeightType t) {
+    const TypeInfo* info = find_type(int32_t(t));
+    return info && info->sparsity != Sparsity::None;
+}
+
+// Rows hold the tensor's own stride of bytes (Q8_0_S16), not row_bytes.
+constexpr bool has_own_stride(WeightType t) {
+    const TypeInfo* info = find_type(int32_t(t));
+    return info && info->sparsity == Sparsity::Unstructured;
 }
 
 constexpr WeightType packed_of(WeightType t) {

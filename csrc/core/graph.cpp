@@ -113,7 +113,7 @@ const float* Graph::run(const int32_t* tokens, int64_t n_tokens, const std::vect
                         const int64_t id = int64_t(tokens[r]) - op.id_start;
                         ids[size_t(r)] = id >= 0 && id < op.id_count ? int32_t(id) : 0;
                     }
-                    ops::get_rows(op.w, op.w_type, op.w_n, op.w_k, ids.data(), rows, out);
+                    ops::get_rows(op.w, op.w_type, op.w_n, op.w_k, ids.data(), rows, out, op.w_stride);
                     for (int64_t r = 0; r < rows; ++r) {
                         const int64_t id = int64_t(tokens[r]) - op.id_start;
                         if (id < 0 || id >= op.id_count) std::memset(out + r * w_out, 0, size_t(w_out) * sizeof(float));
@@ -121,12 +121,12 @@ const float* Graph::run(const int32_t* tokens, int64_t n_tokens, const std::vect
                     break;
                 }
                 if (!op.accumulate) {
-                    ops::get_rows(op.w, op.w_type, op.w_n, op.w_k, src, rows, out);
+                    ops::get_rows(op.w, op.w_type, op.w_n, op.w_k, src, rows, out, op.w_stride);
                     break;
                 }
                 thread_local std::vector<float> tmp;
                 tmp.resize(size_t(rows * w_out));
-                ops::get_rows(op.w, op.w_type, op.w_n, op.w_k, src, rows, tmp.data());
+                ops::get_rows(op.w, op.w_type, op.w_n, op.w_k, src, rows, tmp.data(), op.w_stride);
                 ops::binary(ops::Binary::add, out, w_out, tmp.data(), w_out, out, w_out, rows, w_out);
                 break;
             }
@@ -146,7 +146,7 @@ const float* Graph::run(const int32_t* tokens, int64_t n_tokens, const std::vect
                 break;
             case OpKind::Matmul:
                 ops::matmul(in, rows, w_in, op.w, op.w_type, op.w_n, out, op.bias,
-                            op.residual >= 0 ? buf(op.residual) : nullptr, op.act);
+                            op.residual >= 0 ? buf(op.residual) : nullptr, op.act, op.w_stride);
                 break;
             case OpKind::Rope:
                 ops::rope(out, positions_.data(), op.inv_freq, rows, op.heads, op.head_dim, op.n_rot, op.neox);

@@ -51,6 +51,7 @@ struct GraphOp {
     const uint8_t* w = nullptr;
     WeightType w_type = WeightType::F32;
     int64_t w_n = 0, w_k = 0;
+    size_t w_stride = 0;         // bytes per row (0: row_bytes; sparse types have their own)
     const float* w_f32 = nullptr;
     const float* bias = nullptr;
     ops::Activation act = ops::Activation::None;

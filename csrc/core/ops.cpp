@@ -36,9 +36,9 @@ MatmulFn matmul_kernel(const KernelTable& kt, WeightType t) {
 }  // namespace
 
 void matmul(const float* x, int64_t m, int64_t k, const uint8_t* w, WeightType t, int64_t n, float* y,
-            const float* bias, const float* residual, Activation act) {
+            const float* bias, const float* residual, Activation act, size_t w_stride) {
     const KernelTable& kt = kernels();
-    MatmulArgs a{w, row_bytes(t, k), x, k, nullptr, m, n, k, y, n};
+    MatmulArgs a{w, w_stride ? w_stride : row_bytes(t, k), x, k, nullptr, m, n, k, y, n};
     // Reused across calls, so a decode loop allocates nothing once warm.
     thread_local std::vector<block_q8_act> xq;
     if (block_size(t) >= kQK) {
@@ -111,37 +111,96 @@ void pack(const uint8_t* w, WeightType packed, int64_t n, int64_t k, uint8_t* ou
     std::copy(w + tail, w + size_t(n) * stride, out + tail);
 }
 
-void unpack(const uint8_t* w, WeightType packed, int64_t n, int64_t k, uint8_t* out) {
-    const size_t stride = row_bytes(packed, k), groups = size_t(n / kPackRows);
+namespace {
+// Group g of a packed matrix, in its GGUF type's 16-row layout (a sparse one decoded into `scratch`).
+const uint8_t* dense_group(const uint8_t* w, WeightType t, int64_t k, size_t stride, int64_t g,
+                           std::vector<block_q8_0x16>& scratch) {
+    const uint8_t* group = w + size_t(g) * kPackRows * stride;
+    if (!is_sparse(t)) return group;
+    scratch.resize(size_t(k / kQK));
+    ref::decode_sparse_group(t, group, k, kPackRows * stride, scratch.data());
+    return reinterpret_cast<const uint8_t*>(scratch.data());
+}
+}  // namespace
+
+void unpack(const uint8_t* w, WeightType packed, int64_t n, int64_t k, uint8_t* out, size_t w_stride) {
+    const size_t stride = w_stride ? w_stride : row_bytes(packed, k), groups = size_t(n / kPackRows);
+    const size_t out_stride = row_bytes(unpacked_of(packed), k);
+    const WeightType layout = packed_of(unpacked_of(packed));  // a sparse type's groups decode to it
     parallel(int64_t(groups), 1, n * k, [&](int64_t g0, int64_t g1) {
+        std::vector<block_q8_0x16> scratch;
         for (int64_t g = g0; g < g1; ++g) {
-            const size_t at = size_t(g) * kPackRows * stride;
-            ref::unpack_rows_x16(packed, w + at, out + at, stride, k);
+            const uint8_t* group = dense_group(w, packed, k, stride, g, scratch);
+            ref::unpack_rows_x16(layout, group, out + size_t(g) * kPackRows * out_stride, out_stride, k);
         }
     });
-    const size_t tail = groups * kPackRows * stride;
-    std::copy(w + tail, w + size_t(n) * stride, out + tail);
+    const size_t tail = groups * kPackRows * stride;  // sparse types have no tail: n is a multiple of 16
+    std::copy(w + tail, w + size_t(n) * stride, out + groups * kPackRows * out_stride);
+}
+
+int64_t sparse_stride(const uint8_t* w, WeightType t, WeightType sparse, int64_t n, int64_t k) {
+    const size_t stride = row_bytes(t, k);
+    std::vector<int64_t> need(size_t(n / kPackRows));
+    parallel(n / kPackRows, 1, n * k, [&](int64_t g0, int64_t g1) {
+        std::vector<uint8_t> group(stride * kPackRows);
+        for (int64_t g = g0; g < g1; ++g) {
+            const uint8_t* src = w + size_t(g) * kPackRows * stride;
+            if (!is_packed(t)) {
+                ref::pack_rows_x16(WeightType::Q8_0_X16, src, stride, group.data(), k);
+                src = group.data();
+            }
+            need[size_t(g)] = ref::sparse_group_bytes(sparse, reinterpret_cast<const block_q8_0x16*>(src), k);
+        }
+    });
+    int64_t most = 0;
+    for (const int64_t b : need) {
+        if (b < 0) return -1;
+        most = std::max(most, b);
+    }
+    if (!has_own_stride(sparse)) return int64_t(row_bytes(sparse, k));
+    return (most + 63) / 64 * 4;  // whole 64-byte lines per group: groups start on a line when the tensor does
+}
+
+void sparsify(const uint8_t* w, WeightType t, WeightType sparse, int64_t n, int64_t k, size_t stride, uint8_t* out) {
+    const size_t in_stride = row_bytes(t, k);
+    parallel(n / kPackRows, 1, n * k, [&](int64_t g0, int64_t g1) {
+        std::vector<uint8_t> group(in_stride * kPackRows);
+        for (int64_t g = g0; g < g1; ++g) {
+            const uint8_t* src = w + size_t(g) * kPackRows * in_stride;
+            if (!is_packed(t)) {
+                ref::pack_rows_x16(WeightType::Q8_0_X16, src, in_stride, group.data(), k);
+                src = group.data();
+            }
+            uint8_t* dst = out + size_t(g) * kPackRows * stride;
+            std::fill(dst, dst + kPackRows * stride, uint8_t(0));
+            ref::encode_sparse_group(sparse, reinterpret_cast<const block_q8_0x16*>(src), k, dst);
+        }
+    });
 }
 
 namespace {
-// Row `row` of W (n rows) as fp32, for any type (packed ones unpack their group into `scratch`).
-void dequantize_any_row(const uint8_t* w, WeightType t, int64_t n, int64_t k, int64_t row, float* y,
+// Row `row` of W (n rows of `stride` bytes) as fp32, for any type (packed ones unpack their group into `scratch`).
+void dequantize_any_row(const uint8_t* w, WeightType t, int64_t n, int64_t k, size_t stride, int64_t row, float* y,
                         std::vector<uint8_t>& scratch) {
-    const size_t stride = row_bytes(t, k);
     if (!is_packed(t) || row >= n / kPackRows * kPackRows) {
         ref::dequantize_row(unpacked_of(t), w + size_t(row) * stride, y, k);
         return;
     }
-    scratch.resize(stride * kPackRows);
+    thread_local std::vector<block_q8_0x16> decoded;
+    const size_t dense_stride = row_bytes(unpacked_of(t), k);
+    scratch.resize(dense_stride * kPackRows);
     const int64_t g = row / kPackRows;
-    ref::unpack_rows_x16(t, w + size_t(g) * kPackRows * stride, scratch.data(), stride, k);
-    ref::dequantize_row(unpacked_of(t), scratch.data() + size_t(row % kPackRows) * stride, y, k);
+    const uint8_t* group = dense_group(w, t, k, stride, g, decoded);
+    ref::unpack_rows_x16(packed_of(unpacked_of(t)), group, scratch.data(), dense_stride, k);
+    ref::dequantize_row(unpacked_of(t), scratch.data() + size_t(row % kPackRows) * dense_stride, y, k);
 }
 }  // namespace
 
-void get_rows(const uint8_t* w, WeightType t, int64_t n, int64_t k, const int32_t* ids, int64_t len, float* y) {
+void get_rows(const uint8_t* w, WeightType t, int64_t n, int64_t k, const int32_t* ids, int64_t len, float* y,
+              size_t w_stride) {
     thread_local std::vector<uint8_t> scratch;
-    for (int64_t i = 0; i < len; ++i) dequantize_any_row(w, t, n, k, ids[i], y + i * k, scratch);
+    const size_t stride = w_stride ? w_stride : row_bytes(t, k);
+    for (int64_t i = 0; i < len; ++i) dequantize_any_row(w, t, n, k, stride, ids[i], y + i * k, scratch);
 }
 
 void quantize(const float* x, WeightType t, int64_t rows, int64_t k, uint8_t* out) {
@@ -151,10 +210,11 @@ void quantize(const float* x, WeightType t, int64_t rows, int64_t k, uint8_t* ou
     });
 }
 
-void dequantize(const uint8_t* w, WeightType t, int64_t rows, int64_t k, float* out) {
+void dequantize(const uint8_t* w, WeightType t, int64_t rows, int64_t k, float* out, size_t w_stride) {
+    const size_t stride = w_stride ? w_stride : row_bytes(t, k);
     parallel(rows, kPackRows, rows * k, [&](int64_t r0, int64_t r1) {
         std::vector<uint8_t> scratch;
-        for (int64_t r = r0; r < r1; ++r) dequantize_any_row(w, t, rows, k, r, out + r * k, scratch);
+        for (int64_t r = r0; r < r1; ++r) dequantize_any_row(w, t, rows, k, stride, r, out + r * k, scratch);
     });
 }
 

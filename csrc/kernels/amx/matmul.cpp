@@ -7,7 +7,7 @@
 // small batches) the tiles would run mostly empty and the weights are read once anyway: the
 // AVX-512 kernels run instead.
 //
-// Integer types (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K): tdpbssd with A = the activations' int8 codes
+// Integer types (Q8_0, Q8_0_S16, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K): tdpbssd with A = the activations' int8 codes
 // read in place from block_q8_act, B = the weights' signed codes in VNNI order (B[t][4r + e] = row
 // r's element 4t + e), one tile product per scale block (32 elements; Q6_K's 16), then in fp32
 // y += dx * (dw * dot - min * sum of the activation codes).
@@ -37,12 +37,21 @@ void store_rows(const float (&acc)[kRows][kRows], int rows, const MatmulArgs& a,
 struct Q8_0 {
     using Block = block_q8_0x16;
     static constexpr int kElems = kQK, kSub = kQK;
-    static constexpr bool kMins = false;
+    static constexpr bool kMins = false, kSparse = false;
     static MatmulFn fallback(const KernelTable& t) { return t.matmul_q8_0x16; }
     static void unpack(const Block& b, int8_t* codes, float* scale, float*) {
         for (int i = 0; i < kElems * kRows; ++i) codes[i] = int8_t(b.qs[i] ^ 0x80);  // stored as code + 128
         for (int r = 0; r < kRows; ++r) scale[r] = fp16_to_f32(b.d[r]);
     }
+};
+
+// The sparse layouts of Q8_0: each group decoded to Q8_0_X16 blocks first (the codes they leave out are
+// 0), then as Q8_0 - the tiles multiply the zeros too, but read the sparse bytes.
+template <WeightType T>
+struct SparseQ8_0 : Q8_0 {
+    static constexpr bool kSparse = true;
+    static constexpr WeightType kType = T;
+    static MatmulFn fallback(const KernelTable& t) { return T == WeightType::Q8_0_24 ? t.matmul_q8_0_24 : t.matmul_q8_0s16; }
 };
 
 // Q4_0, Q4_1, Q5_0, Q5_1: low nibbles hold elements 4t+e, high nibbles 16+4t+e (t < 4); Q5_*'s
@@ -53,7 +62,7 @@ struct Q4or5 {
     using Block = std::conditional_t<Q5, std::conditional_t<Min, block_q5_1x16, block_q5_0x16>,
                                      std::conditional_t<Min, block_q4_1x16, block_q4_0x16>>;
     static constexpr int kElems = kQK, kSub = kQK;
-    static constexpr bool kMins = Min;
+    static constexpr bool kMins = Min, kSparse = false;
     static MatmulFn fallback(const KernelTable& t) {
         return Q5 ? (Min ? t.matmul_q5_1x16 : t.matmul_q5_0x16) : (Min ? t.matmul_q4_1x16 : t.matmul_q4_0x16);
     }
@@ -84,7 +93,7 @@ template <bool Q5>
 struct Q4_Kor5_K {
     using Block = std::conditional_t<Q5, block_q5_Kx16, block_q4_Kx16>;
     static constexpr int kElems = kQK_K, kSub = 32;
-    static constexpr bool kMins = true;
+    static constexpr bool kMins = true, kSparse = false;
     static MatmulFn fallback(const KernelTable& t) { return Q5 ? t.matmul_q5_kx16 : t.matmul_q4_kx16; }
     static void unpack(const Block& b, int8_t* codes, float* scale, float* min) {
         for (int c = 0; c < 4; ++c)
@@ -118,7 +127,7 @@ struct Q4_Kor5_K {
 struct Q6_K {
     using Block = block_q6_Kx16;
     static constexpr int kElems = kQK_K, kSub = 16;
-    static constexpr bool kMins = false;
+    static constexpr bool kMins = false, kSparse = false;
     static MatmulFn fallback(const KernelTable& t) { return t.matmul_q6_kx16; }
     static void unpack(const Block& b, int8_t* codes, float* scale, float*) {
         for (int j = 0; j < kQK_K / 16; ++j) {
@@ -160,8 +169,14 @@ void matmul_int8(const MatmulArgs& a, int64_t n0, int64_t n1) {
     const size_t x_stride = size_t(nb) * sizeof(block_q8_act);
     TileScope scope(F::kSub, F::kSub / 4);
     alignas(64) int32_t dot[2][kRows][kRows];
+    thread_local std::vector<block_q8_0x16> decoded;  // a sparse group, with its zeros
     for (int64_t n = n0; n < n1; n += kRows) {
         const auto* group = reinterpret_cast<const typename F::Block*>(a.w + n * a.w_stride);
+        if constexpr (F::kSparse) {
+            decoded.resize(size_t(blocks));
+            ref::decode_sparse_group(F::kType, a.w + n * a.w_stride, a.k, kRows * a.w_stride, decoded.data());
+            group = decoded.data();
+        }
         for (int64_t b = 0; b < blocks; ++b)
             F::unpack(group[b], codes.data() + b * F::kElems * kRows, scales.data() + b * kSubs * kRows,
                       mins.data() + b * kSubs * kRows);
@@ -308,6 +323,8 @@ void fill_attention(KernelTable& t);  // attention.cpp
 void fill(KernelTable& t) {
     fill_attention(t);
     t.matmul_q8_0x16 = matmul_int8<Q8_0>;
+    t.matmul_q8_0s16 = matmul_int8<SparseQ8_0<WeightType::Q8_0_S16>>;
+    t.matmul_q8_0_24 = matmul_int8<SparseQ8_0<WeightType::Q8_0_24>>;
     t.matmul_q4_0x16 = matmul_int8<Q4or5<false, false>>;
     t.matmul_q4_1x16 = matmul_int8<Q4or5<false, true>>;
     t.matmul_q5_0x16 = matmul_int8<Q4or5<true, false>>;

@@ -2,6 +2,7 @@
 // multiply int8 activation blocks (block_q8_act) with the weights' integer codes exactly,
 // then scale per block, as every SIMD path does.
 #include <type_traits>
+#include <vector>
 
 #include "../../core/kernel_table.h"
 
@@ -101,6 +102,21 @@ void matmul_x16(const MatmulArgs& a, int64_t n0, int64_t n1) {
     }
 }
 
+// The sparse layouts (Q8_0_S16, Q8_0_24): each group decoded to Q8_0_X16, then that layout's product.
+template <WeightType T>
+void matmul_sparse(const MatmulArgs& a, int64_t n0, int64_t n1) {
+    thread_local std::vector<block_q8_0x16> dense;
+    dense.resize(size_t(a.k / kQK));
+    for (int64_t g = n0 / kPackRows; g < n1 / kPackRows; ++g) {
+        decode_sparse_group(T, a.w + g * kPackRows * a.w_stride, a.k, kPackRows * a.w_stride, dense.data());
+        MatmulArgs one = a;
+        one.w = reinterpret_cast<const uint8_t*>(dense.data());
+        one.w_stride = row_bytes(WeightType::Q8_0_X16, a.k);
+        one.y = a.y + g * kPackRows;
+        matmul_x16<block_q8_0x16, 128>(one, 0, kPackRows);
+    }
+}
+
 inline float element(const float* p) { return *p; }
 inline float element(const uint16_t* p, std::false_type /*bf16*/) { return fp16_to_f32(*p); }
 inline float element(const uint16_t* p, std::true_type /*bf16*/) { return bf16_to_f32(*p); }
@@ -132,6 +148,8 @@ void fill_matmul(KernelTable& t) {
     t.matmul_bf16x16 = matmul_float_x16<uint16_t, true>;
     t.matmul_q8_0x16 = matmul_x16<block_q8_0x16, 128>;
     t.matmul_q4_0x16 = matmul_x16<block_q4_0x16, 8>;
+    t.matmul_q8_0s16 = matmul_sparse<WeightType::Q8_0_S16>;
+    t.matmul_q8_0_24 = matmul_sparse<WeightType::Q8_0_24>;
     t.quantize_act = quantize_act;
     t.matmul_f32 = matmul_f32;
     t.matmul_f16 = matmul_f16;

@@ -302,10 +302,16 @@ void matmul_bf16(const MatmulArgs& a, int64_t n0, int64_t n1) { matmul_tiled<Flo
 
 void fill_matmul_decoded(KernelTable& t);      // matmul_decoded.cpp
 void fill_matmul_kquant_x16(KernelTable& t);  // matmul_kquant_x16.cpp
+#ifdef __AVX512F__
+void fill_matmul_sparse(KernelTable& t);      // matmul_sparse.cpp (AVX-512 VBMI / VBMI2)
+#endif
 
 void fill_matmul(KernelTable& t) {
     fill_matmul_decoded(t);
     fill_matmul_kquant_x16(t);
+#ifdef __AVX512F__
+    fill_matmul_sparse(t);
+#endif
     t.quantize_act = quantize_act;
     t.matmul_f32 = matmul_f32;
     t.matmul_f16 = matmul_f16;

@@ -1,0 +1,147 @@
+// The sparse layouts (formats.h) on AVX-512 VBMI / VBMI2, built into the avx512 path only and used
+// only where the CPU has both (otherwise the reference runs, and models decode them to dense at load).
+//
+// Q8_0_S16: each 64-byte slice of a group's block is rebuilt in a register by one vpexpandb (the
+// stored codes to the mask's lanes, code 0 elsewhere), then the product is Q8_0_X16's - vpdpbusd
+// against the broadcast activations. Decode reads 6 + (stored codes) bytes per row and block, not 34.
+//
+// Q8_0_24: no zero is multiplied. A slice holds 4 kept codes of 16 rows for 8 elements; one vpshufb
+// picks each row's 4 activations out of those 8 (positions from the 2-bit metadata, expanded once
+// per block by vpmultishiftqb), then one vpdpbusd - half Q8_0_X16's dot products, and vpshufb runs
+// beside vpdpbusd. The activations are the unsigned operand here (code + 128, flipped once per call),
+// the weights the signed one; the +128 is taken back once per block through the rows' code sums.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "../../core/cpu_features.h"
+#include "../../core/kernel_table.h"
+#include "groups.h"
+#include "simd.h"
+
+namespace corelm::CORELM_ISA_NS {
+
+using namespace corelm::x86;
+
+namespace {
+
+
+template <int C>
+void tile_q8_0s16(const MatmulArgs& a, int64_t n, int64_t m) {
+    const int64_t nb = a.k / kQK;
+    const uint8_t* block = a.w + n * a.w_stride;  // each block: its header, then its stored codes
+    // Bounds: no read past the group, whatever its masks say (a corrupted file gives wrong numbers,
+    // not a crash; the loader checks each group once and names the tensor).
+    const uint8_t* last_load = a.w + (n + kPackRows) * a.w_stride - kSparsePad;
+    const uint8_t* last_block = last_load - sizeof(block_q8_0s16);
+    const block_q8_act* x[C];
+    for (int c = 0; c < C; ++c) x[c] = a.xq + (m + c) * nb;
+    const __m512i zero_code = _mm512_set1_epi8(char(0x80));
+    GroupAcc<C> acc;
+    for (int64_t b = 0; b < nb; ++b) {
+        block = std::min(block, last_block);
+        const auto* head = reinterpret_cast<const block_q8_0s16*>(block);
+        const uint8_t* codes = block + sizeof(block_q8_0s16);
+        Slice w[kQK / 4];
+        for (int j = 0; j < kQK / 4; ++j) {
+            const uint64_t mask = head->mask[j];
+            // The format pads every group by kSparsePad (64) bytes, so this load stays inside it. The
+            // register form of vpexpandb: the compiler would fold the load into its memory form,
+            // which Zen 4 runs ~10x slower (measured: 5632 x 2048 GEMV 1.13 ms -> see docs/sparsity.md).
+            __m512i stored = _mm512_loadu_si512(codes);
+            asm("" : "+v"(stored));
+            w[j] = _mm512_mask_expand_epi8(zero_code, mask, stored);
+            codes = std::min(codes + _mm_popcnt_u64(mask), last_load);
+        }
+        block = codes;
+        const vf wd = vf_load_f16(head->d);
+        for (int c = 0; c < C; ++c) {
+            const auto* xq = reinterpret_cast<const int32_t*>(x[c][b].qs);
+            Slice isum[2] = {slice_q8_start(x[c][b].s), slice_set1(0)};
+            for (int j = 0; j < kQK / 4; ++j) isum[j % 2] = slice_dot_q8(isum[j % 2], w[j], slice_set1(xq[j]));
+            acc[c][0] = vf_fma(slice_to_float(slice_add(isum[0], isum[1])), vf_mul(wd, vf_set1(x[c][b].d)), acc[c][0]);
+        }
+    }
+    acc.store(a, n, m);
+}
+
+struct Unstructured {
+    template <int C>
+    static void tile(const MatmulArgs& a, int64_t n, int64_t m) { tile_q8_0s16<C>(a, n, m); }
+};
+
+// ---- Q8_0_24 ----
+
+template <int C>
+void tile_q8_0_24(const MatmulArgs& a, int64_t n, int64_t m, const uint8_t* flipped) {
+    const int64_t nb = a.k / kQK;
+    const auto* group = reinterpret_cast<const block_q8_0x16_24*>(a.w + n * a.w_stride);
+    const block_q8_act* x[C];
+    const uint8_t* xu[C];  // the activations' codes + 128
+    for (int c = 0; c < C; ++c) {
+        x[c] = a.xq + (m + c) * nb;
+        xu[c] = flipped + (m + c) * a.k;
+    }
+    // meta[t] widened to a qword per 2 rows (rows 2q, 2q+1 in bits 0-7, 8-15); byte e of row r's
+    // dword takes 8 bits from bit 2e of its meta byte: then & 3, and + 4 for the second group of 4.
+    const __m512i shifts = _mm512_set1_epi64(0x0e0c0a0806040200);
+    const __m512i three = _mm512_set1_epi8(3), second_four = _mm512_set1_epi32(0x04040000);
+    const __m512i offset = _mm512_set1_epi8(char(0x80));
+    GroupAcc<C> acc;
+    for (int64_t b = 0; b < nb; ++b) {
+        const block_q8_0x16_24& blk = group[b];
+        Slice w[kQK / 8], pick[kQK / 8];
+        Slice offset_sum = _mm512_setzero_si512();  // per row: 128 * the sum of its kept codes
+        for (int t = 0; t < kQK / 8; ++t) {
+            w[t] = _mm512_loadu_si512(blk.qs[t]);
+            const __m512i meta = _mm512_cvtepu16_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.meta[t])));
+            pick[t] = _mm512_ternarylogic_epi32(_mm512_multishift_epi64_epi8(shifts, meta), three, second_four, 0xea);
+            offset_sum = _mm512_dpbusd_epi32(offset_sum, offset, w[t]);
+        }
+        const Slice start = _mm512_sub_epi32(_mm512_setzero_si512(), offset_sum);
+        const vf wd = vf_load_f16(blk.d);
+        for (int c = 0; c < C; ++c) {
+            const uint8_t* xb = xu[c] + b * kQK;
+            Slice isum[2] = {start, _mm512_setzero_si512()};
+            for (int t = 0; t < kQK / 8; ++t) {
+                int64_t eight;
+                std::memcpy(&eight, xb + 8 * t, 8);
+                const __m512i picked = _mm512_shuffle_epi8(_mm512_set1_epi64(eight), pick[t]);
+                isum[t % 2] = _mm512_dpbusd_epi32(isum[t % 2], picked, w[t]);
+            }
+            acc[c][0] = vf_fma(slice_to_float(slice_add(isum[0], isum[1])), vf_mul(wd, vf_set1(x[c][b].d)), acc[c][0]);
+        }
+    }
+    acc.store(a, n, m);
+}
+
+thread_local const uint8_t* t_flipped = nullptr;  // this call's activations, + 128
+
+struct TwoOfFour {
+    template <int C>
+    static void tile(const MatmulArgs& a, int64_t n, int64_t m) { tile_q8_0_24<C>(a, n, m, t_flipped); }
+};
+
+void matmul_q8_0_24(const MatmulArgs& a, int64_t n0, int64_t n1) {
+    thread_local std::vector<uint8_t> flipped;
+    if (int64_t(flipped.size()) < a.m * a.k) flipped.resize(size_t(a.m * a.k));
+    const int64_t nb = a.k / kQK;
+    const __m256i offset = _mm256_set1_epi8(char(0x80));
+    for (int64_t i = 0; i < a.m * nb; ++i) {
+        const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq[i].qs));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(flipped.data() + i * kQK), _mm256_xor_si256(q, offset));
+    }
+    t_flipped = flipped.data();
+    matmul_groups<TwoOfFour>(a, n0, n1);
+}
+
+}  // namespace
+
+void fill_matmul_sparse(KernelTable& t) {
+    const CpuFeatures& f = cpu_features();
+    if (!(f.avx512vbmi && f.avx512vbmi2)) return;
+    t.matmul_q8_0s16 = matmul_groups<Unstructured>;
+    t.matmul_q8_0_24 = matmul_q8_0_24;
+}
+
+}  // namespace corelm::CORELM_ISA_NS
