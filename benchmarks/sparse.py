@@ -74,7 +74,7 @@ def table(results: dict, threads: list[int]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for key in results:
-        runtime, name = key.split(":")
+        runtime, name = key.split(":", 1)
         mib = results[key]["mib"]
         lines.append(
             f"| {runtime} | {name} ({WEIGHTS[name]}) | {mib:.0f} | {cells(key, 'pp')} | {cells(key, 'tg')}"

@@ -6,12 +6,11 @@ sparsity x pattern x method x weight type, with dense quantized files beside the
     python scripts/sparsity_table.py --types f32 --keep /tmp/sparse
 
 Every file is made by `corelm sparsify` (corelm.quantize.sparsify) or, for the dense rows, by
-`corelm quantize` from the model as given; figures import numpy as np  # noqa: E402
-
-from corelm.analysis.perplexity (llama.cpp's
-method), KLD against the dense F32 file's logits. Wanda's calibration text is the evaluation
-file's last --calib-chars characters, written to a temporary file: never the evaluated windows
-(those are the file's start). "wanda - magnitude": the paired difference of the per-token KLD
+`corelm quantize` from the model as given (q8_0's pruned matrices in their sparse layouts, so the
+file sizes are what is stored); figures from corelm.analysis.perplexity (llama.cpp's method), KLD
+against the dense F32 file's logits. Wanda's calibration text is the evaluation file's last
+--calib-chars characters, written to a temporary file: never the evaluated windows (those are the
+file's start). "wanda - magnitude": the paired difference of the per-token KLD
 between the two methods at the same sparsity, pattern and type (mean ± its standard error).
 Prints a Markdown table to paste into the README.
 """
@@ -106,7 +105,11 @@ def main() -> int:
                     type=t,
                     progress=False,
                 )
-                row(t.upper(), pattern, method, f"{rep.sparsity:g}", path, rep.quantize.output_bytes)
+                # q8_0's pruned matrices are stored in a sparse layout: name it, the size is its own
+                after = rep.quantize.types_after
+                layouts = "/".join(name for name in sorted(after) if name.endswith(("_S16", "_24")))
+                label = f"{t.upper()} as {layouts}" if layouts else t.upper()
+                row(label, pattern, method, f"{rep.sparsity:g}", path, rep.quantize.output_bytes)
                 if args.keep is None:
                     path.unlink()
     return 0

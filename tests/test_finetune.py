@@ -284,6 +284,59 @@ def test_causal_lm_llama_export(method: str, models, files, tmp_path: Path) -> N
     np.testing.assert_allclose(corelm.load(out / "model.gguf").logits(ids), want, atol=1e-3)
 
 
+def _pruned_folder(src: Path, dst: Path, pattern: tuple[int, int] | None) -> Path:
+    """A copy of the HF folder src with its blocks' linear weights pruned (magnitude, 50% per row)."""
+    from corelm.quantize.sparsify import prune
+
+    shutil.copytree(src, dst)
+    model = transformers.AutoModelForCausalLM.from_pretrained(dst, dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 2 and ".layers." in name:
+                p.copy_(torch.from_numpy(prune(p.numpy(), 0.5, pattern, None)))
+    model.save_pretrained(dst, safe_serialization=True)
+    return dst
+
+
+@pytest.mark.parametrize(("method", "pattern"), [("full", None), ("lora", (2, 4))])
+def test_sparse_fine_tuning_keeps_the_zeros(method: str, pattern, models, files, tmp_path: Path) -> None:
+    """A pruned model (every block matrix half zeros) fine-tunes with its masks fixed: the loss falls, the
+    exported folder has its zeros exactly where the input had them, and the Q8_0 GGUF stores those
+    matrices sparse (Q8_0_S16, or Q8_0_24 for 2:4) with the folder's logits."""
+    from safetensors.numpy import load_file
+
+    from corelm.formats.gguf import SPARSE_TENSORS, SPARSE_TYPES, load_gguf
+
+    src = _pruned_folder(models["llama"], tmp_path / "pruned", pattern)
+    out = tmp_path / "tuned"
+    s = finetune("--task", "causal-lm", "--model", src, "--train", files["chat"], "--eval", files["chat"],
+                 "--out", out, "--epochs", "3", "--batch", "4", "--method", method, "--lr", "1e-2",
+                 "--gguf-type", "q8_0", *FAST)  # fmt: skip
+    assert s["sparse_matrices"] == 2 * 7  # q, k, v, o, gate, up, down in each of 2 layers
+    history = [e["eval"]["loss"] for e in s["epochs"]]
+    assert history[-1] < history[0]
+    before, after = load_file(src / "model.safetensors"), load_file(out / "model.safetensors")
+    for name, w in before.items():
+        if w.ndim == 2 and ".layers." in name:
+            assert np.array_equal(after[name] == 0, w == 0), name
+            assert not np.array_equal(after[name], w), name  # and it trained
+    f = load_gguf(out / "model.gguf")
+    assert len(f.metadata[SPARSE_TENSORS]) == 14
+    assert set(f.metadata[SPARSE_TYPES]) == {"Q8_0_S16" if pattern is None else "Q8_0_24"}
+    ids = corelm.load(out).tokenize("<|user|>where did ben go<|endoftext|><|assistant|>")
+    want = corelm.load(out).logits(ids)
+    assert np.abs(corelm.load(out / "model.gguf").logits(ids) - want).max() < 0.05 * np.abs(want).max()
+
+
+def test_a_sparse_gguf_is_refused_before_loading(files, tmp_path: Path) -> None:
+    from corelm.quantize.sparsify import sparsify_model
+
+    sparse = tmp_path / "s.gguf"
+    sparsify_model(Path(corelm.__file__).parent / "data" / "default.gguf", sparse, 0.5, type="q8_0", progress=False)
+    with pytest.raises(ValueError, match="corelm sparsify ... --dense"):
+        finetune("--task", "causal-lm", "--model", sparse, "--train", files["chat"], "--out", tmp_path / "o", *FAST)
+
+
 @pytest.mark.parametrize("method", ["full", "adalora"])
 def test_resume_is_exact(method: str, models, files, tmp_path: Path) -> None:
     """Interrupted after step 5 (mid-epoch) and resumed: the same losses and weights as one run (BERT

@@ -58,6 +58,11 @@ methods (--method), each for every model above (gpt2 / llama / qwen2, bert / rob
   and cannot be merged: corelm's runtime runs it (the folder holds it as `adapters` saves it; the
   GGUF as blk.N.adapter_* tensors, which corelm reads and llama.cpp does not).
 
+pruned models (corelm sparsify ... --dense, or any model whose matrices are 20%+ exact zeros): the
+zeros stay where they are - with full, put back after every step (sparse fine-tuning: it wins back
+quality the pruning lost); with lora / adalora, the merged update is masked on export. DIR/model.gguf
+then stores those matrices without their zeros (--gguf-type q8_0; docs/sparsity.md).
+
 bidirectional decoders (--bidirectional; token- and sequence-classification, gpt2 / llama / qwen2):
 the decoder's self-attention is unmasked, so a word's tag can depend on the words after it (padding
 stays masked), through transformers' own switch (config "is_causal": false). The export keeps the

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from corelm.analysis import metrics
 from corelm.finetune.data import IGNORE, Example, batch_plan
-from corelm.finetune.model import adalora_penalty, adalora_state, load_adalora_state
+from corelm.finetune.model import adalora_penalty, adalora_state, apply_masks, load_adalora_state
 from corelm.train.trainer import load_checkpoint as train_checkpoint
 
 CHECKPOINT = "checkpoint.pt"
@@ -284,9 +284,11 @@ class Data:
 
 
 def fit(model, s: Settings, d: Data, out: Path, ranks: Ranks, ckpt: dict[str, Any] | None,
-        stop_after: int | None, extra_state: dict[str, Any], show: bool) -> dict[str, Any]:  # fmt: skip
+        stop_after: int | None, extra_state: dict[str, Any], show: bool,
+        masks: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:  # fmt: skip
     """Train to the last epoch (or --stop-after); returns progress figures and the epoch history.
-    The best epoch's weights are in out/best.pt when there is --eval data."""
+    The best epoch's weights are in out/best.pt when there is --eval data. masks (a pruned model's):
+    after every step the weights they name are zero where they are (sparse fine-tuning)."""
     bf16 = s.dtype == "bf16"
     global_batch = s.batch * ranks.world
     micro = math.ceil(len(d.train) / global_batch)
@@ -354,6 +356,8 @@ def fit(model, s: Settings, d: Data, out: Path, ranks: Ranks, ckpt: dict[str, An
                     _sum_gradients(params, ranks)
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, CLIP))
                 opt.step()
+                if masks:
+                    apply_masks(model, masks)
                 progress["step"] += 1
                 if adalora:
                     model.base_model.update_and_allocate(progress["step"])

@@ -52,9 +52,18 @@ def inspect_source(path: str, task: str, bidirectional: bool = False) -> Source:
                 raise ValueError(f"--model {path}: not a GGUF file (expected a .gguf file or a Hugging Face folder)")
         import gguf
 
-        field = gguf.GGUFReader(p).get_field("general.architecture")
+        reader = gguf.GGUFReader(p)
+        field = reader.get_field("general.architecture")
         model_type = field.contents() if field is not None else ""
         source = Source(p.parent, p.name, model_type)
+        from corelm.formats.gguf import SPARSE_TENSORS
+
+        if reader.get_field(SPARSE_TENSORS) is not None:
+            raise ValueError(
+                f"--model {path}: its pruned matrices are in corelm's sparse layouts, which transformers cannot "
+                "read; write the pruned model with `corelm sparsify ... --dense` (the same values) and fine-tune "
+                "that (the masks stay fixed, and DIR/model.gguf is stored sparse again)"
+            )
     else:
         raise ValueError(f"--model {path}: no such file or folder")
     if source.model_type not in DECODERS + ENCODERS:
@@ -218,6 +227,30 @@ def load_adalora_state(model, state: dict | None) -> None:
     ra = base.rankallocator
     ra.ipt, ra.exp_avg_ipt, ra.exp_avg_unc = dict(state["ipt"]), dict(state["exp_avg_ipt"]), dict(state["exp_avg_unc"])
     base.peft_config[base.trainable_adapter_name].rank_pattern = state["rank_pattern"]
+
+
+def sparsity_masks(model) -> dict[str, Any]:
+    """A pruned model's fixed masks (weight != 0), by parameter name: every matrix at least PRUNED_ZEROS exact
+    zeros (corelm sparsify's; trained weights have next to none). Empty for a dense model."""
+    from corelm.quantize.convert import PRUNED_ZEROS
+
+    return {
+        name: p.detach() != 0
+        for name, p in model.named_parameters()
+        if p.ndim == 2 and int((p == 0).sum()) >= PRUNED_ZEROS * p.numel()
+    }
+
+
+def apply_masks(model, masks: dict[str, Any]) -> None:
+    """Zero what the masks drop in the parameters of those names (others - a LoRA-wrapped model's frozen
+    base weights - are left: they do not move)."""
+    import torch
+
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            if name in named:
+                named[name].mul_(mask)
 
 
 def merged(model):

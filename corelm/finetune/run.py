@@ -195,6 +195,11 @@ def _finetune(args: argparse.Namespace, ranks: Ranks, threads: int) -> dict[str,
     both_ways = ", attending both ways" if s.bidirectional else ""
     say(f"loading {what} for {task} ({s.method}{both_ways})")
     model, tokenizer = models.load(source, task, labels, s.seed, s.bidirectional)
+    masks = models.sparsity_masks(model)
+    if masks:
+        kept = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+        how = "after every step" if s.method == "full" else "in the merged update"
+        say(f"a pruned model: {len(masks)} matrices keep their zeros ({100 * (1 - kept):.1f}% of them), {how}")
     max_ctx = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     if max_ctx and s.max_len > max_ctx:
         raise ValueError(f"--max-len {s.max_len} exceeds the model's {max_ctx} positions")
@@ -223,7 +228,7 @@ def _finetune(args: argparse.Namespace, ranks: Ranks, threads: int) -> dict[str,
     d = Data(train, eval_rows, evals, labels, tokenizer.pad_token_id)
     extra = {"labels": labels, "data_digest": digest}
     show = not args.quiet and sys.stderr.isatty()
-    result = fit(model, s, d, out, ranks, ckpt, args.stop_after, extra, show)
+    result = fit(model, s, d, out, ranks, ckpt, args.stop_after, extra, show, masks)
     if not result["finished"]:
         say(f"stopped after step {result['step']} of {result['total_steps']}; continue with --resume")
         return None
@@ -236,6 +241,7 @@ def _finetune(args: argparse.Namespace, ranks: Ranks, threads: int) -> dict[str,
         model.load_state_dict(torch.load(out / BEST, map_location="cpu", weights_only=True)["model"])
         say(f"best epoch: {best['epoch']} (of {s.epochs}) on {args.eval}")
     final = models.merged(model)
+    models.apply_masks(final, masks)  # LoRA's merged update too: the export keeps the pruned zeros
     final.eval()
     summary: dict[str, Any] = {}
     report_lines = []
@@ -256,7 +262,7 @@ def _finetune(args: argparse.Namespace, ranks: Ranks, threads: int) -> dict[str,
             from corelm.quantize import quantize_model
 
             gguf = out / "model.gguf"
-            quantize_model(out, gguf, args.gguf_type, progress=False)
+            quantize_model(out, gguf, args.gguf_type, progress=False, keep_sparse=bool(masks))
             outputs["gguf"] = str(gguf)
         if task == "sequence-classification" and test_result is not None:
             png = out / "confusion.png"
@@ -277,6 +283,7 @@ def _finetune(args: argparse.Namespace, ranks: Ranks, threads: int) -> dict[str,
     summary = {
         "task": task,
         "method": s.method,
+        "sparse_matrices": len(masks),
         "model": str(args.model),
         "labels": labels,
         "settings": dataclasses.asdict(s),

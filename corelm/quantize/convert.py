@@ -163,9 +163,13 @@ def quantize_model(
     calib: str | PathLike[str] | None = None,
     calib_tokens: int = 2048,
     progress: bool = True,
+    keep_sparse: bool = False,
 ) -> QuantizeReport:
     """Write the model at `src` (GGUF file or Hugging Face folder) to `out` as GGUF with its
     matrices in `type` (see the module docstring for which tensors get what).
+
+    keep_sparse: the matrices of a pruned model (sparse_layout_of) are stored without their zeros where
+    their type is the layout's (q8_0), as corelm sparsify stores them (a sparse fine-tune's export).
 
     pure: every matrix in the type's base type (no Q6_K output matrix, no mix).
     optimize (q4_0 only): choose each block's scale to minimise the squared error, weighted
@@ -189,11 +193,42 @@ def quantize_model(
     stats: dict[str, np.ndarray] = {}
     if calib is not None:
         stats, report.calib_tokens = _calibration(model, tokenizer, Path(calib), calib_tokens, progress)
+    sparse: dict[str, WeightType] = {}
+    if keep_sparse:
+        for tname, t in model.w.items():
+            layout = sparse_layout_of(t.unpacked().to_float()) if isinstance(t, Weight) else None
+            if layout is not None:
+                sparse[tname] = layout
     write_model(
-        model, tokenizer, src, out, recipe, report, pure=pure, optimize=optimize, stats=stats, progress=progress
+        model,
+        tokenizer,
+        src,
+        out,
+        recipe,
+        report,
+        pure=pure,
+        optimize=optimize,
+        stats=stats,
+        progress=progress,
+        sparse=sparse,
     )
     report.seconds = time.perf_counter() - t0
     return report
+
+
+# A matrix with this many exact zeros was pruned: trained weights have next to none.
+PRUNED_ZEROS = 0.2
+
+
+def sparse_layout_of(w: np.ndarray) -> WeightType | None:
+    """The sparse layout a pruned matrix [n, k] keeps its zeros out with (Q8_0_24 when 2:4, Q8_0_S16 for
+    any other pattern), or None when it is not PRUNED_ZEROS zeros."""
+    n, k = w.shape
+    if n % PACK_ROWS or np.count_nonzero(w) > (1 - PRUNED_ZEROS) * w.size:
+        return None
+    if k % 4 == 0 and (np.count_nonzero(w.reshape(n, k // 4, 4), axis=2) <= 2).all():
+        return WeightType.Q8_0_24
+    return WeightType.Q8_0_S16
 
 
 def write_model(

@@ -309,9 +309,6 @@ void fill_matmul_sparse(KernelTable& t);      // matmul_sparse.cpp (AVX-512 VBMI
 void fill_matmul(KernelTable& t) {
     fill_matmul_decoded(t);
     fill_matmul_kquant_x16(t);
-#ifdef __AVX512F__
-    fill_matmul_sparse(t);
-#endif
     t.quantize_act = quantize_act;
     t.matmul_f32 = matmul_f32;
     t.matmul_f16 = matmul_f16;
@@ -326,6 +323,9 @@ void fill_matmul(KernelTable& t) {
     t.matmul_f32x16 = matmul_groups<FloatX16<LoadF32>>;
     t.matmul_f16x16 = matmul_groups<FloatX16<LoadF16>>;
     t.matmul_bf16x16 = matmul_groups<FloatX16<LoadBF16>>;
+#ifdef __AVX512F__
+    fill_matmul_sparse(t);  // last: it runs this path's Q8_0_X16 product on rebuilt groups
+#endif
 }
 
 }  // namespace corelm::CORELM_ISA_NS

@@ -25,36 +25,39 @@ using namespace corelm::x86;
 
 namespace {
 
+// Rebuilds the 8 slices of the Q8_0_S16 block at `block` and returns the next block. Reads stay in the
+// group (last_load: its last 64-byte load): a corrupted file gives wrong numbers, not a crash (the
+// loader checks each group once and names the tensor).
+inline const uint8_t* expand_block(const uint8_t* block, const uint8_t* last_load, Slice (&w)[kQK / 4], vf& wd) {
+    const __m512i zero_code = _mm512_set1_epi8(char(0x80));
+    block = std::min(block, last_load - sizeof(block_q8_0s16));
+    const auto* head = reinterpret_cast<const block_q8_0s16*>(block);
+    const uint8_t* codes = block + sizeof(block_q8_0s16);
+    for (int j = 0; j < kQK / 4; ++j) {
+        const uint64_t mask = head->mask[j];
+        // The register form of vpexpandb: the compiler would fold the load into the memory form, which
+        // Zen 4 runs slower. The padding (kSparsePad) keeps the 64-byte load inside the group.
+        __m512i stored = _mm512_loadu_si512(codes);
+        asm("" : "+v"(stored));
+        w[j] = _mm512_mask_expand_epi8(zero_code, mask, stored);
+        codes = std::min(codes + _mm_popcnt_u64(mask), last_load);
+    }
+    wd = vf_load_f16(head->d);
+    return codes;
+}
 
 template <int C>
 void tile_q8_0s16(const MatmulArgs& a, int64_t n, int64_t m) {
     const int64_t nb = a.k / kQK;
     const uint8_t* block = a.w + n * a.w_stride;  // each block: its header, then its stored codes
-    // Bounds: no read past the group, whatever its masks say (a corrupted file gives wrong numbers,
-    // not a crash; the loader checks each group once and names the tensor).
     const uint8_t* last_load = a.w + (n + kPackRows) * a.w_stride - kSparsePad;
-    const uint8_t* last_block = last_load - sizeof(block_q8_0s16);
     const block_q8_act* x[C];
     for (int c = 0; c < C; ++c) x[c] = a.xq + (m + c) * nb;
-    const __m512i zero_code = _mm512_set1_epi8(char(0x80));
     GroupAcc<C> acc;
     for (int64_t b = 0; b < nb; ++b) {
-        block = std::min(block, last_block);
-        const auto* head = reinterpret_cast<const block_q8_0s16*>(block);
-        const uint8_t* codes = block + sizeof(block_q8_0s16);
         Slice w[kQK / 4];
-        for (int j = 0; j < kQK / 4; ++j) {
-            const uint64_t mask = head->mask[j];
-            // The format pads every group by kSparsePad (64) bytes, so this load stays inside it. The
-            // register form of vpexpandb: the compiler would fold the load into its memory form,
-            // which Zen 4 runs ~10x slower (measured: 5632 x 2048 GEMV 1.13 ms -> see docs/sparsity.md).
-            __m512i stored = _mm512_loadu_si512(codes);
-            asm("" : "+v"(stored));
-            w[j] = _mm512_mask_expand_epi8(zero_code, mask, stored);
-            codes = std::min(codes + _mm_popcnt_u64(mask), last_load);
-        }
-        block = codes;
-        const vf wd = vf_load_f16(head->d);
+        vf wd;
+        block = expand_block(block, last_load, w, wd);
         for (int c = 0; c < C; ++c) {
             const auto* xq = reinterpret_cast<const int32_t*>(x[c][b].qs);
             Slice isum[2] = {slice_q8_start(x[c][b].s), slice_set1(0)};
@@ -69,6 +72,41 @@ struct Unstructured {
     template <int C>
     static void tile(const MatmulArgs& a, int64_t n, int64_t m) { tile_q8_0s16<C>(a, n, m); }
 };
+
+MatmulFn dense_q8_0x16 = nullptr;  // this path's Q8_0_X16 product (fill_matmul_sparse)
+constexpr int64_t kRebuiltRows = 256;  // activation rows per rebuilt group
+
+// More than one tile of rows (a prompt): each group is rebuilt once per kRebuiltRows rows as a
+// Q8_0_X16 group and the dense kernel runs on it, instead of once per tile of 8 rows (TinyLlama-shape
+// GEMM, 512 rows: 0.70x -> 0.95x dense). Fewer rows: the tiles rebuild the slices in registers.
+void matmul_q8_0s16(const MatmulArgs& a, int64_t n0, int64_t n1) {
+    if (a.m <= 8) return matmul_groups<Unstructured>(a, n0, n1);
+    const int64_t nb = a.k / kQK;
+    thread_local std::vector<block_q8_0x16> dense;
+    if (int64_t(dense.size()) < nb) dense.resize(size_t(nb));
+    for (int64_t m0 = 0; m0 < a.m; m0 += kRebuiltRows) {
+        const int64_t m1 = std::min(a.m, m0 + kRebuiltRows);
+        for (int64_t n = n0; n < n1; n += kPackRows) {
+            const uint8_t* block = a.w + n * a.w_stride;
+            const uint8_t* last_load = a.w + (n + kPackRows) * a.w_stride - kSparsePad;
+            for (int64_t b = 0; b < nb; ++b) {
+                Slice w[kQK / 4];
+                vf wd;
+                const auto* head = reinterpret_cast<const block_q8_0s16*>(std::min(block, last_load - sizeof(block_q8_0s16)));
+                std::memcpy(dense[size_t(b)].d, head->d, sizeof(head->d));
+                block = expand_block(block, last_load, w, wd);
+                for (int j = 0; j < kQK / 4; ++j) _mm512_storeu_si512(dense[size_t(b)].qs + 64 * j, w[j]);
+            }
+            MatmulArgs one = a;
+            one.w = reinterpret_cast<const uint8_t*>(dense.data());
+            one.w_stride = row_bytes(WeightType::Q8_0_X16, a.k);
+            one.xq = a.xq + m0 * nb;
+            one.m = m1 - m0;
+            one.y = a.y + m0 * a.ldy + n;
+            dense_q8_0x16(one, 0, kPackRows);
+        }
+    }
+}
 
 // ---- Q8_0_24 ----
 
@@ -140,7 +178,8 @@ void matmul_q8_0_24(const MatmulArgs& a, int64_t n0, int64_t n1) {
 void fill_matmul_sparse(KernelTable& t) {
     const CpuFeatures& f = cpu_features();
     if (!(f.avx512vbmi && f.avx512vbmi2)) return;
-    t.matmul_q8_0s16 = matmul_groups<Unstructured>;
+    dense_q8_0x16 = t.matmul_q8_0x16;
+    t.matmul_q8_0s16 = matmul_q8_0s16;
     t.matmul_q8_0_24 = matmul_q8_0_24;
 }
 
