@@ -10,8 +10,8 @@ Every file is made by `corelm sparsify` (corelm.quantize.sparsify) or, for the d
 file sizes are what is stored); figures from corelm.analysis.perplexity (llama.cpp's method), KLD
 against the dense F32 file's logits. Wanda's calibration text is the evaluation file's last
 --calib-chars characters, written to a temporary file: never the evaluated windows (those are the
-file's start). "wanda - magnitude": the paired difference of the per-token KLD
-between the two methods at the same sparsity, pattern and type (mean ± its standard error).
+file's start). "minus magnitude": the paired difference of the per-token KLD
+between a method and magnitude at the same sparsity, pattern and type (mean ± its standard error).
 Prints a Markdown table to paste into the README.
 """
 
@@ -48,7 +48,8 @@ def main() -> int:
     ap.add_argument("--chunks", type=int, default=30)
     ap.add_argument("--types", nargs="+", default=["f32", "q8_0"], help="weight types of the pruned files")
     ap.add_argument("--dense", nargs="*", default=["q8_0", "q4_0", "q4_k_m"], help="dense rows beside F32")
-    ap.add_argument("--calib-chars", type=int, default=20000, help="wanda: the text's last N characters")
+    ap.add_argument("--methods", nargs="+", default=["magnitude", "wanda", "sparsegpt"], help="magnitude first")
+    ap.add_argument("--calib-chars", type=int, default=20000, help="wanda, sparsegpt: the text's last N characters")
     ap.add_argument("--keep", type=Path, default=None, help="keep the files in this folder")
     args = ap.parse_args()
 
@@ -60,7 +61,7 @@ def main() -> int:
     stem = args.model.stem
 
     head = "| weights | pattern | method | sparsity | file size | PPL | KLD vs dense F32 | KLD 99th pct |"
-    print(head + " same top token | wanda - magnitude (paired ΔKLD) |")
+    print(head + " same top token | minus magnitude (paired ΔKLD) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     previous: dict[str, np.ndarray] = {}
 
@@ -80,8 +81,8 @@ def main() -> int:
         paired = ""
         if method == "magnitude" and r.token_kld is not None:
             previous["magnitude"] = r.token_kld
-        elif method == "wanda" and r.token_kld is not None and "magnitude" in previous:
-            d = r.token_kld - previous.pop("magnitude")
+        elif method != "magnitude" and r.token_kld is not None and "magnitude" in previous:
+            d = r.token_kld - previous["magnitude"]
             paired = f"{d.mean():+.5f} ± {d.std(ddof=1) / math.sqrt(len(d)):.5f}"
         ppl = f"{r.ppl:.4f} ± {r.ppl_err:.4f}"
         print(f"| {label} | {pattern} | {method} | {sparsity} | {size} | {ppl} | {kld} | {p99} | {same} | {paired} |")
@@ -93,7 +94,7 @@ def main() -> int:
         row(t.upper(), "dense", "-", "0", path, rep.output_bytes)
     for t in args.types:
         for sparsity, pattern in PRUNINGS:
-            for method in ("magnitude", "wanda"):
+            for method in args.methods:
                 path = work / f"{stem}-{t}-{pattern.replace(':', 'of')}-{sparsity}-{method}.gguf"
                 rep = sparsify_model(
                     args.model,
@@ -101,7 +102,7 @@ def main() -> int:
                     sparsity,
                     pattern=pattern,
                     method=method,
-                    calib=calib if method == "wanda" else None,
+                    calib=calib if method != "magnitude" else None,
                     type=t,
                     progress=False,
                 )

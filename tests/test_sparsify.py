@@ -10,7 +10,7 @@ import corelm
 from corelm.formats.gguf import load_gguf
 from corelm.kernels import Weight, WeightType
 from corelm.quantize import quantize_model
-from corelm.quantize.sparsify import check_args, prune, pruned, sparsify_model
+from corelm.quantize.sparsify import check_args, prune, pruned, sparsegpt, sparsify_model
 
 IDS = [1, 400, 13, 441, 416, 331, 407, 261, 378, 383, 300, 12, 45, 99, 7, 280]
 
@@ -136,6 +136,49 @@ def test_wanda_file(stories, tmp_path):
     assert ((w["blk.0.attn_q.weight"] == 0).sum(axis=1) == 32).all()
 
 
+def _layer(seed: int = 0, n: int = 32, k: int = 128, samples: int = 512):
+    """A layer and inputs whose columns are correlated and of unequal scale, as real activations are."""
+    rng = np.random.default_rng(seed)
+    mix = rng.standard_normal((k, k)) * 0.3 + np.eye(k)
+    x = (rng.standard_normal((samples, k)) @ mix) * rng.uniform(0.2, 3.0, k)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    return w, x, x.T @ x / samples
+
+
+@pytest.mark.parametrize(("sparsity", "nm"), [(0.5, None), (0.7, None), (0.5, (2, 4)), (0.5, (4, 8))])
+def test_sparsegpt_pattern_and_error(sparsity, nm):
+    """SparseGPT keeps the pattern (per-row counts, N of every M) and its output error on the inputs it saw
+    is below Wanda's and magnitude's."""
+    w, x, gram = _layer()
+    p = sparsegpt(w, gram, sparsity, nm, block=32)
+    n, k = w.shape
+    if nm is None:
+        assert ((p == 0).sum(axis=1) == int(sparsity * k)).all()
+    else:
+        assert ((p.reshape(n, -1, nm[1]) != 0).sum(axis=2) <= nm[0]).all()
+
+    def err(v: np.ndarray) -> float:
+        return float(np.square(x @ (w - v).T).mean())
+
+    wanda = prune(w, sparsity, nm, np.sqrt(np.diag(gram)))
+    assert err(p) < 0.9 * err(wanda) and err(wanda) < err(prune(w, sparsity, nm))
+
+
+def test_sparsegpt_without_zeros_to_make_is_the_identity():
+    w, _, gram = _layer(1)
+    np.testing.assert_allclose(sparsegpt(w, gram, 0.0, None), w, atol=1e-5)
+
+
+def test_sparsegpt_file(stories, tmp_path):
+    calib = data_file("models", "stories260K", "stories260K.md")
+    out = tmp_path / "g.gguf"
+    report = sparsify_model(stories, out, 0.5, method="sparsegpt", calib=calib, calib_tokens=256, progress=False)
+    assert report.quantize.calibrated == len(report.pruned) and not report.no_stats
+    w = _matrices(out)["blk.0.attn_q.weight"]
+    assert ((w == 0).sum(axis=1) == 32).all()
+    assert corelm.load(out).logits(IDS).shape == (len(IDS), 512)
+
+
 # ---- bad flags: one line, before the model is loaded ----
 
 
@@ -151,12 +194,16 @@ def test_wanda_file(stories, tmp_path):
             "corelm: error: unknown --pattern 'blocks'; choose unstructured or N:M (e.g. 2:4, 4:8)",
         ),
         (
-            ["--sparsity", "0.5", "--method", "sparsegpt"],
-            "corelm: error: unknown --method 'sparsegpt'; choose one of magnitude, wanda",
+            ["--sparsity", "0.5", "--method", "obs"],
+            "corelm: error: unknown --method 'obs'; choose one of magnitude, wanda, sparsegpt",
         ),
         (
             ["--sparsity", "0.5", "--method", "wanda"],
             "corelm: error: --method wanda needs --calib TEXT (the activations it weighs the weights by)",
+        ),
+        (
+            ["--sparsity", "0.5", "--method", "sparsegpt"],
+            "corelm: error: --method sparsegpt needs --calib TEXT (the activations it weighs the weights by)",
         ),
         (["--pattern", "2:4", "--sparsity", "0.7"], "corelm: error: --pattern 2:4 means sparsity 0.5"),
         ([], "corelm: error: --sparsity is required with --pattern unstructured"),

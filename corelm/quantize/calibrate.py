@@ -19,14 +19,14 @@ from corelm.models.base import Hook, Model, Segment
 from corelm.models.graph import Op
 
 
-def _recording_hook(sums: dict[str, np.ndarray], counts: dict[str, int]) -> Hook:
-    """A graph hook adding each matrix product's input x^2, by column, to its weight's sums."""
+def _recording_hook(sums: dict[str, np.ndarray], counts: dict[str, int], gram: bool) -> Hook:
+    """A graph hook adding each matrix product's input x^2, by column (or x^T x, when gram), to its weight's sums."""
 
     def hook(op: Op, x: np.ndarray | None, y: np.ndarray, seconds: float) -> None:
         if op.kind != "matmul" or x is None:
             return
         rows = x.astype(np.float64)
-        sq = np.einsum("ij,ij->j", rows, rows)
+        sq = rows.T @ rows if gram else np.einsum("ij,ij->j", rows, rows)
         name = op.tensor
         sums[name] = sums[name] + sq if name in sums else sq
         counts[name] = counts.get(name, 0) + rows.shape[0]
@@ -40,8 +40,10 @@ def activation_stats(
     window: int = 512,
     max_tokens: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    gram: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Mean x^2 per input column [k] of every matrix `model` multiplies, keyed by weight name,
+    """Mean x^2 per input column [k] (gram: mean x x^T [k, k], SparseGPT's Hessian) of every matrix `model`
+    multiplies, keyed by weight name,
     over the token ids `ids` evaluated in windows of `window` tokens (each from an empty
     cache; the first `max_tokens` ids only when given). Matrices never multiplied (e.g. an
     embedding used only for lookups) are absent."""
@@ -54,7 +56,7 @@ def activation_stats(
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     starts = range(0, len(tokens), window)
-    hook = _recording_hook(sums, counts)
+    hook = _recording_hook(sums, counts, gram)
     for i, start in enumerate(starts):
         chunk = tokens[start : start + window]
         model.forward_batch(chunk, [Segment(model.new_cache(len(chunk)), 0, len(chunk))], all_logits=True, hook=hook)

@@ -124,7 +124,9 @@ def _metadata(model: Model, tokenizer: Tokenizer | None, recipe: str, src: Path)
     return meta, name
 
 
-def _calibration(model: Model, tokenizer: Tokenizer | None, calib: Path, max_tokens: int, show: bool):
+def _calibration(
+    model: Model, tokenizer: Tokenizer | None, calib: Path, max_tokens: int, show: bool, gram: bool = False
+):
     if tokenizer is None:
         raise ValueError("--calib needs a model with a tokenizer (the input has none)")
     try:
@@ -140,7 +142,7 @@ def _calibration(model: Model, tokenizer: Tokenizer | None, calib: Path, max_tok
     window = min(512, model.config.ctx)
     bar = tqdm(total=-(-len(ids) // window), desc="calibrating", unit="window", leave=False, disable=not show)
     try:
-        stats = activation_stats(model, ids, window=window, progress=lambda i, n: bar.update(1))
+        stats = activation_stats(model, ids, window=window, progress=lambda i, n: bar.update(1), gram=gram)
     finally:
         bar.close()
     return stats, len(ids)

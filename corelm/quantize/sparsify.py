@@ -11,6 +11,10 @@ Each pruned matrix W [n, k] (y = x W^T) loses, in every output row, the weights 
                 (Sun et al. 2023, "A Simple and Effective Pruning Approach for LLMs"); the norms are
                 calibrate.activation_stats' mean x^2 per column (square root: the L2 norm up to a
                 factor the same for every column, so the same ranking)
+    sparsegpt   score = W[i, j]^2 / [H^-1]_jj^2, and each removal's error is spread over the columns
+                not yet pruned through H^-1, H = the mean x x^T over the --calib text (Frantar &
+                Alistarh 2023, "SparseGPT"; sparsegpt() below). The statistics are the dense
+                model's, gathered in one pass, not layer by layer after the earlier layers' pruning.
 
 and the pattern says which weights compete:
 
@@ -48,7 +52,7 @@ from corelm.models import load_model
 from corelm.quantize.convert import QuantizeReport, _calibration, _check_paths, _input_bytes, check_type, write_model
 
 PATTERNS = ("unstructured", "2:4", "4:8")  # the named ones; any N:M with 0 < N < M is accepted
-METHODS = ("magnitude", "wanda")
+METHODS = ("magnitude", "wanda", "sparsegpt")
 
 # (regular expression on the tensor name, pruned?, why): the first match decides; matrices only
 # (norms and biases are vectors and are never pruned).
@@ -92,10 +96,10 @@ def check_args(sparsity: float | None, pattern: str, method: str, calib: str | P
     nm = parse_pattern(pattern)
     if method not in METHODS:
         raise ValueError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
-    if method == "wanda" and calib is None:
-        raise ValueError("--method wanda needs --calib TEXT (the activations it weighs the weights by)")
-    if calib is not None and method != "wanda":
-        raise ValueError("--calib is used by --method wanda only")
+    if method != "magnitude" and calib is None:
+        raise ValueError(f"--method {method} needs --calib TEXT (the activations it weighs the weights by)")
+    if calib is not None and method == "magnitude":
+        raise ValueError("--calib is used by --method wanda and sparsegpt only")
     if calib is not None and not Path(calib).is_file():
         raise ValueError(f"--calib {calib}: no such file")
     if nm is not None:
@@ -144,6 +148,51 @@ def prune(
     return np.where(prune_mask(scores, sparsity, nm), w, 0).astype(np.float32)
 
 
+def sparsegpt(
+    w: np.ndarray, gram: np.ndarray, sparsity: float, nm: tuple[int, int] | None = None, block: int = 128, damp=0.01
+) -> np.ndarray:
+    """`w` [n, k] pruned with SparseGPT's error compensation (Frantar & Alistarh 2023): columns left to right
+    in blocks of `block`, each weight's removal error spread over the columns not yet pruned through the
+    inverse Hessian of the layer's input (gram = mean x x^T [k, k], dampened by `damp` x its mean diagonal),
+    so the product x w^T moves as little as the calibration inputs can tell. Which weights go: per row the
+    lowest w^2 / [H^-1]_jj^2 - of each block (unstructured: floor(sparsity k) over the row, spread over the
+    blocks) or of each group of M (N:M, chosen when the group is reached, after the updates before it)."""
+    W = w.astype(np.float64)
+    n, k = W.shape
+    if nm is not None:  # blocks of whole groups
+        block = max(nm[1], block // nm[1] * nm[1])
+    H = np.array(gram, dtype=np.float64)
+    dead = np.diag(H) == 0  # columns no input ever reached
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H += damp * np.mean(np.diag(H)) * np.eye(k)
+    U = np.linalg.cholesky(np.linalg.inv(H)).T  # upper factor of H^-1: H^-1 = U^T U
+    rows = np.arange(n)[:, None]
+    for i1 in range(0, k, block):
+        i2 = min(i1 + block, k)
+        W1, Ui = W[:, i1:i2].copy(), U[i1:i2, i1:i2]
+        Q1, Err1 = np.zeros_like(W1), np.zeros_like(W1)
+        drop = np.zeros_like(W1, dtype=bool)
+        if nm is None:
+            count = int(np.floor(sparsity * i2 + 1e-9)) - int(np.floor(sparsity * i1 + 1e-9))
+            if count:
+                score = W1**2 / np.diag(Ui)[None, :] ** 2
+                drop[rows, np.argsort(score, axis=1, kind="stable")[:, :count]] = True
+        for i in range(i2 - i1):
+            if nm is not None and (i1 + i) % nm[1] == 0:  # a new group of M: drop its M - N lowest now
+                j = min(i + nm[1], i2 - i1)
+                score = W1[:, i:j] ** 2 / np.diag(Ui)[None, i:j] ** 2
+                lowest = np.argsort(score, axis=1, kind="stable")[:, : max(0, j - i - nm[0])]
+                drop[rows, i + lowest] = True
+            q = np.where(drop[:, i], 0.0, W1[:, i])
+            err = (W1[:, i] - q) / Ui[i, i]
+            W1[:, i:] -= np.outer(err, Ui[i, i:])
+            Q1[:, i], Err1[:, i] = q, err
+        W[:, i1:i2] = Q1
+        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+    return W.astype(np.float32)
+
+
 @dataclass
 class SparsifyReport:
     quantize: QuantizeReport
@@ -154,7 +203,7 @@ class SparsifyReport:
     kept: list[str] = field(default_factory=list)  # matrices left dense
     stored_sparse: int = 0  # pruned matrices stored in a sparse layout
     dense: bool = False  # --dense: every matrix with its zeros
-    no_stats: list[str] = field(default_factory=list)  # wanda: matrices the text never reached (pruned by magnitude)
+    no_stats: list[str] = field(default_factory=list)  # wanda / sparsegpt: matrices the text never reached (magnitude)
     seconds: float = 0.0
 
 
@@ -185,9 +234,11 @@ def sparsify_model(
     qreport = QuantizeReport(str(src), str(out), type.lower(), False, _input_bytes(src), 0)
     report = SparsifyReport(qreport, level, pattern, method, dense=dense)
     stats: dict[str, np.ndarray] = {}
-    if method == "wanda":
+    if method != "magnitude":
         assert calib is not None
-        stats, qreport.calib_tokens = _calibration(model, tokenizer, Path(calib), calib_tokens, progress)
+        stats, qreport.calib_tokens = _calibration(
+            model, tokenizer, Path(calib), calib_tokens, progress, gram=method == "sparsegpt"
+        )
     weights = dict(model.w)
     for name, t in tqdm(list(model.w.items()), desc="pruning", unit="tensor", leave=False, disable=not progress):
         if not isinstance(t, Weight):
@@ -196,13 +247,12 @@ def sparsify_model(
             report.kept.append(name)
             continue
         w = t.unpacked().to_float()
-        norm = None
-        if method == "wanda":
-            if name in stats:
-                norm = np.sqrt(stats[name])
-            else:
-                report.no_stats.append(name)
-        p = prune(w, level, nm, norm)
+        if method != "magnitude" and name not in stats:
+            report.no_stats.append(name)
+        if method == "sparsegpt" and name in stats and level > 0:
+            p = sparsegpt(w, stats[name], level, nm)
+        else:
+            p = prune(w, level, nm, np.sqrt(stats[name]) if method == "wanda" and name in stats else None)
         report.pruned[name] = float(np.mean(p == 0))
         weights[name] = Weight.from_float(p, WeightType.F32) if level > 0 else t
     before = Counter(t.unpacked().type.name for t in model.w.values() if isinstance(t, Weight))
@@ -213,7 +263,7 @@ def sparsify_model(
     write_model(model, tokenizer, src, out, recipe, qreport, pure=pure, progress=progress, sparse=sparse)
     report.stored_sparse = sum(n for name, n in qreport.types_after.items() if WeightType[name].sparse)
     qreport.types_before = before  # the input's types, not the pruned F32 copies'
-    qreport.calibrated = len(report.pruned) - len(report.no_stats) if method == "wanda" else 0
+    qreport.calibrated = len(report.pruned) - len(report.no_stats) if method != "magnitude" else 0
     report.seconds = qreport.seconds = time.perf_counter() - t0
     return report
 
@@ -248,6 +298,8 @@ which matrices are pruned (first match wins):
 methods (per output row):
   magnitude   drop the weights of smallest |w|
   wanda       drop the smallest |w| x ||x||, ||x|| each input column's L2 norm over --calib
+  sparsegpt   drop the smallest w^2 / [H^-1]_jj^2 and move the rest to make up for it, H = x^T x
+              over --calib (SparseGPT: slower; one k x k matrix per layer input in memory)
 
 patterns:
   unstructured  any floor(sparsity x k) weights of each row of k
@@ -307,8 +359,10 @@ def add_parser(subparsers: argparse._SubParsersAction, type_names: list[str]) ->
         "--sparsity", type=float, default=None, metavar="S", help="fraction of each row set to zero, in [0, 1)"
     )
     p.add_argument("--pattern", default="unstructured", type=str.lower, help="unstructured (default), 2:4, 4:8 or N:M")
-    p.add_argument("--method", default="magnitude", type=str.lower, help="magnitude (default) or wanda")
-    p.add_argument("--calib", default=None, metavar="TEXT", help="wanda: the text whose activations weigh the weights")
+    p.add_argument("--method", default="magnitude", type=str.lower, help="magnitude (default), wanda or sparsegpt")
+    p.add_argument(
+        "--calib", default=None, metavar="TEXT", help="wanda, sparsegpt: the text whose activations weigh the weights"
+    )
     p.add_argument(
         "--calib-tokens", type=int, default=2048, metavar="N", help="--calib: use its first N tokens (default 2048)"
     )
