@@ -72,8 +72,8 @@ def matmul(
 def mul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
 def num_threads() -> int: ...
 def pack(w: np.ndarray, type: int, n: int, k: int) -> npt.NDArray[np.uint8]:
-    """GGUF-layout rows of a type with a 16-row interleaved layout (F32, F16, BF16, Q8_0, Q5_0, Q4_0, Q4_K, Q5_K,
-    Q6_K) to that layout (its *_X16 type): whole groups of 16 rows interleaved, the rest as they are."""
+    """GGUF-layout rows of a type to its 16-row interleaved layout (its *_X16 type): whole groups of 16 rows
+    interleaved, the rest as they are."""
 
 def quantize(x: np.ndarray, type: int) -> npt.NDArray[np.uint8]:
     """Rows of fp32 to the raw bytes of `type` (GGUF layout): uint8[rows, row_bytes]."""

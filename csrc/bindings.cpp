@@ -104,18 +104,17 @@ WeightBytes weight_bytes(const Array& w, WeightType t, int64_t n, int64_t k) {
         fail(std::string("k=") + std::to_string(k) + " is not a multiple of " + type_name(t) + "'s block size " +
              std::to_string(block_size(t)));
     const auto* data = static_cast<const uint8_t*>(w.data());
+    auto what = [&] { return std::string(type_name(t)) + " weight of " + std::to_string(n) + " x " + std::to_string(k); };
+    if (is_sparse(t) && n % kPackRows) fail(what() + ": a sparse type needs a multiple of 16 rows");
     if (!has_own_stride(t)) {
         if (size_t(w.nbytes()) != rb * size_t(n))
-            fail(std::string(type_name(t)) + " weight of " + std::to_string(n) + " x " + std::to_string(k) + " needs " +
-                 std::to_string(rb * size_t(n)) + " bytes, got " + std::to_string(w.nbytes()));
+            fail(what() + " needs " + std::to_string(rb * size_t(n)) + " bytes, got " + std::to_string(w.nbytes()));
         return {data, rb};
     }
-    const std::string what = std::string(type_name(t)) + " weight of " + std::to_string(n) + " x " + std::to_string(k);
-    if (n % kPackRows) fail(what + ": a sparse type needs a multiple of 16 rows");
-    if (size_t(w.nbytes()) % size_t(n)) fail(what + ": " + std::to_string(w.nbytes()) + " bytes is not a whole stride per row");
+    if (size_t(w.nbytes()) % size_t(n)) fail(what() + ": " + std::to_string(w.nbytes()) + " bytes is not a whole stride per row");
     const size_t stride = size_t(w.nbytes()) / size_t(n);
     if (stride < rb + kSparsePad / kPackRows)
-        fail(what + ": " + std::to_string(stride) + " bytes per row cannot hold its headers (" + std::to_string(rb) + ")");
+        fail(what() + ": " + std::to_string(stride) + " bytes per row cannot hold its headers (" + std::to_string(rb) + ")");
     return {data, stride};  // the kernels keep their reads inside each group; sparse_check names bad groups
 }
 
@@ -623,8 +622,8 @@ PYBIND11_MODULE(_C, m) {
         }
         return out;
     }, "Every weight type's facts (formats.h's table): id, name, block_size, block_bytes, base (the GGUF type a "
-       "16-row layout comes from), packed (a GGUF type's 16-row layout), kernel (its matrix product's name), sparsity ('' (zeros stored), 'unstructured' (rows of a tensor's own stride) or '2:4') "
-       "have their own stride).");
+       "16-row layout comes from), packed (a GGUF type's 16-row layout), kernel (its matrix product's name), sparsity ('' (zeros stored), "
+       "'unstructured' (rows of a tensor's own stride) or '2:4').");
 
     m.def("matmul", [](const Array& x, const Array& w, int type, int64_t n, const py::object& out,
                        const py::object& bias, const py::object& residual, const std::string& activation) {
@@ -689,8 +688,8 @@ PYBIND11_MODULE(_C, m) {
         }, py::arg("w"), py::arg("type"), py::arg("n"), py::arg("k"), doc);
     };
     repack("pack", true,
-           "GGUF-layout rows of a type with a 16-row interleaved layout (F32, F16, BF16, Q8_0, Q5_0, Q4_0, Q4_K, "
-           "Q5_K, Q6_K) to that layout (its *_X16 type): whole groups of 16 rows interleaved, the rest as they are.");
+           "GGUF-layout rows of a type to its 16-row interleaved layout (its *_X16 type): whole groups of 16 rows "
+           "interleaved, the rest as they are.");
     repack("unpack", false, "A *_X16 or sparse layout back to its GGUF type's rows.");
 
     m.def("sparse_check", [](const Array& w, int type, int64_t n, int64_t k) {

@@ -191,10 +191,11 @@ static_assert(sizeof(block_q6_Kx16) == kPackRows * sizeof(block_q6_K), "packed Q
 
 // Q8_0_S16: Q8_0 without its zero codes, so a sparse matrix is read in fewer bytes (decode reads
 // every weight once per token). Groups of 16 rows as Q8_0_X16, each group `16 * stride` bytes,
-// where the stride (bytes per row, the same for every group of a tensor) is chosen when encoding:
-//   k/32 headers (block_q8_0s16): the 16 rows' scales, and mask[j] whose bit 4r+e says that row
-//     r's element 4j+e is stored (byte 4r+e of Q8_0_X16's slice j);
-//   the stored codes (+128, as Q8_0_X16), block after block, slice after slice, in bit order;
+// where the stride (bytes per row, the same for every group of a tensor) is chosen when encoding.
+// A group is its k/32 blocks one after another (one forward stream), then padding:
+//   a block: its header (block_q8_0s16: the 16 rows' scales, and mask[j] whose bit 4r+e says that
+//     row r's element 4j+e is stored - byte 4r+e of Q8_0_X16's slice j), then its stored codes
+//     (+128, as Q8_0_X16), slice after slice, in bit order;
 //   at least kSparsePad bytes of padding: the kernels read kSparsePad bytes at a time.
 // A code the mask leaves out is zero. Any Q8_0 matrix encodes losslessly (its own zero codes
 // are left out too); bytes per row per block: 6 + the stored codes, against Q8_0's 34.

@@ -138,19 +138,26 @@ void unpack(const uint8_t* w, WeightType packed, int64_t n, int64_t k, uint8_t* 
     std::copy(w + tail, w + size_t(n) * stride, out + groups * kPackRows * out_stride);
 }
 
-int64_t sparse_stride(const uint8_t* w, WeightType t, WeightType sparse, int64_t n, int64_t k) {
+namespace {
+// Group g of a Q8_0 or Q8_0_X16 matrix as a Q8_0_X16 group (interleaved into `scratch` from GGUF rows).
+const block_q8_0x16* packed_group(const uint8_t* w, WeightType t, int64_t k, int64_t g, std::vector<uint8_t>& scratch) {
     const size_t stride = row_bytes(t, k);
+    const uint8_t* src = w + size_t(g) * kPackRows * stride;
+    if (!is_packed(t)) {
+        scratch.resize(stride * kPackRows);
+        ref::pack_rows_x16(packed_of(t), src, stride, scratch.data(), k);
+        src = scratch.data();
+    }
+    return reinterpret_cast<const block_q8_0x16*>(src);
+}
+}  // namespace
+
+int64_t sparse_stride(const uint8_t* w, WeightType t, WeightType sparse, int64_t n, int64_t k) {
     std::vector<int64_t> need(size_t(n / kPackRows));
     parallel(n / kPackRows, 1, n * k, [&](int64_t g0, int64_t g1) {
-        std::vector<uint8_t> group(stride * kPackRows);
-        for (int64_t g = g0; g < g1; ++g) {
-            const uint8_t* src = w + size_t(g) * kPackRows * stride;
-            if (!is_packed(t)) {
-                ref::pack_rows_x16(WeightType::Q8_0_X16, src, stride, group.data(), k);
-                src = group.data();
-            }
-            need[size_t(g)] = ref::sparse_group_bytes(sparse, reinterpret_cast<const block_q8_0x16*>(src), k);
-        }
+        std::vector<uint8_t> scratch;
+        for (int64_t g = g0; g < g1; ++g)
+            need[size_t(g)] = ref::sparse_group_bytes(sparse, packed_group(w, t, k, g, scratch), k);
     });
     int64_t most = 0;
     for (const int64_t b : need) {
@@ -162,18 +169,12 @@ int64_t sparse_stride(const uint8_t* w, WeightType t, WeightType sparse, int64_t
 }
 
 void sparsify(const uint8_t* w, WeightType t, WeightType sparse, int64_t n, int64_t k, size_t stride, uint8_t* out) {
-    const size_t in_stride = row_bytes(t, k);
     parallel(n / kPackRows, 1, n * k, [&](int64_t g0, int64_t g1) {
-        std::vector<uint8_t> group(in_stride * kPackRows);
+        std::vector<uint8_t> scratch;
         for (int64_t g = g0; g < g1; ++g) {
-            const uint8_t* src = w + size_t(g) * kPackRows * in_stride;
-            if (!is_packed(t)) {
-                ref::pack_rows_x16(WeightType::Q8_0_X16, src, in_stride, group.data(), k);
-                src = group.data();
-            }
             uint8_t* dst = out + size_t(g) * kPackRows * stride;
             std::fill(dst, dst + kPackRows * stride, uint8_t(0));
-            ref::encode_sparse_group(sparse, reinterpret_cast<const block_q8_0x16*>(src), k, dst);
+            ref::encode_sparse_group(sparse, packed_group(w, t, k, g, scratch), k, dst);
         }
     });
 }
