@@ -30,8 +30,8 @@ _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 # own, as llama.cpp's unicode_regex_split does), with llama.cpp's ignore_merges flag and its
 # default for adding BOS. Unknown names raise, as they do in llama.cpp. Left out: pre-tokenizers
 # with hand-written splitters in llama.cpp's unicode.cpp (kimi-k2, afmoe), ones that are not
-# byte-level (gemma4, sarvam-moe, whitespace), and ones whose regexes need more than a regex
-# engine gives (superbpe's empty-match splits, chameleon's image tokens). Every regex here is
+# byte-level (gemma4, sarvam-moe, whitespace), and chameleon (its letter-class regex goes through
+# llama.cpp's std::regex fallback, which splits " (" where a regex engine does not). Every regex here is
 # checked against llama.cpp's own ids on SmolLM2's vocabulary (tests/golden/pretokenizers_llamacpp.json).
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 _CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
@@ -116,6 +116,8 @@ _BPE_PRE: dict[str, _Pre] = {
     "minicpm5": _Pre((r"\p{N}{1,3}", _MINICPM5), ignore_merges=True),
     **dict.fromkeys(("gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"), _Pre((_GPT4O,))),
     "tekken": _Pre((_TEKKEN,), ignore_merges=True, add_bos=True),
+    # Digits in runs, then split into threes from the right: a zero-width split (the lookahead).
+    "superbpe": _Pre((r"\p{N}+", r"(?=(\d{3})+(?!\d))")),
 }
 # tokenizer.json pre-tokenizer regexes -> the tokenizer.ggml.pre name llama.cpp's converter writes.
 # Hugging Face files spell the contractions case-insensitively, llama.cpp spells out both cases;

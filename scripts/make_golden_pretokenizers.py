@@ -46,6 +46,7 @@ EXTRA_TEXTS = [
     "line one\nline two\r\nline three\rend",
     "tabs\tand\t\tmore\t",
     "x" * 40 + " " + "9" * 25,
+    "<sentinel:12> IMGIMGABCZ and IMGIMGHIZ, 1234567 dollars",
 ]
 
 
