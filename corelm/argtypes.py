@@ -63,6 +63,14 @@ def threads(text: str) -> int:
     return _number(text, int, lambda v: 1 <= v <= limit, wanted)
 
 
+def use_threads(n: int | None) -> None:
+    """Size the thread pool for a command's -t: n threads, or the default (physical cores) for None."""
+    if n is not None:
+        from corelm import _C
+
+        _C.set_num_threads(n)
+
+
 def too_many_threads(n: int | None) -> str | None:
     """A warning when n threads are more than the CPUs (allowed, but slower: they take turns)."""
     if n is not None and n > cpus():

@@ -20,7 +20,7 @@ def _model_info(path: str) -> dict:
     from corelm import hub
     from corelm.formats.gguf import load_gguf
     from corelm.kernels import Weight, WeightType
-    from corelm.models import load_model
+    from corelm.models import KERNEL_TYPES, load_model
 
     resolved = hub.resolve(path)
     if resolved.is_file():
@@ -29,7 +29,7 @@ def _model_info(path: str) -> dict:
         weights = {
             name: Weight(t.data, WeightType(t.type), *t.shape)
             for name, t in f.tensors.items()
-            if len(t.shape) == 2 and t.type in {int(w) for w in WeightType}
+            if len(t.shape) == 2 and t.type in KERNEL_TYPES
         }
     else:
         model, _ = load_model(resolved, distributed=False)

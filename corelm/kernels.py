@@ -142,7 +142,8 @@ class Weight:
         if self.type.own_stride:  # every group checked once here (the kernels clamp their reads)
             if self.n % PACK_ROWS or self.data.nbytes % self.n:
                 raise ValueError(f"{self.type.name} weight of {self.n} x {self.k} cannot have {self.data.nbytes} bytes")
-            assert self.stored >= 0  # _C.sparse_check: raises ValueError naming a corrupted group
+            if self.stored > self.n * self.k:  # computing it runs _C.sparse_check, which names a corrupted group
+                raise ValueError(f"{self.type.name} weight of {self.n} x {self.k} stores {self.stored} codes")
             return
         expected = _C.row_bytes(int(self.type), self.k) * self.n
         if self.data.nbytes != expected:

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from corelm.argtypes import positive_int, threads
+from corelm.argtypes import positive_int, threads, use_threads
 from corelm.models import QUANT_NAMES
 from corelm.models.base import Model, Segment
 
@@ -409,10 +409,7 @@ def format_result(r: PerplexityResult) -> str:
 
 
 def cmd_perplexity(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        from corelm import _C
-
-        _C.set_num_threads(args.threads)
+    use_threads(args.threads)
 
     def show(i: int, n: int, ppl: float) -> None:
         if args.json:

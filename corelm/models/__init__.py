@@ -79,20 +79,16 @@ def pack_for_kernels(model: Model) -> Model:
 
     Matrices used only for embedding lookups stay as they are (a lookup reads one row)."""
     packing, lookup_only = kernels.packing_pays(), model.lookup_only_weights()
+    # A sparse matrix gets its zeros back where the active path has no native kernel for its layout (the
+    # reference would decode every group on each product) - said in the log.
+    slow = {t for t in WeightType if t.sparse and not kernels.sparse_pays(t)}
     for name, w in model.w.items():
         if isinstance(w, Weight):
-            w = _dense_unless_it_pays(name, w)
+            if w.type in slow:
+                log.info("%s: no %s kernel on this path; decoded to dense %s", name, w.type.name, w.type.base.name)
+                w = w.unpacked()
             model.w[name] = w.packed() if packing and name not in lookup_only else w
     return model
-
-
-def _dense_unless_it_pays(name: str, w: Weight) -> Weight:
-    """A sparse matrix with its zeros back when the active path has no native kernel for its layout (the
-    reference decodes every group on each product) - said in the log."""
-    if not w.type.sparse or kernels.sparse_pays(w.type):
-        return w
-    log.info("%s: no %s kernel on this CPU's path; decoded to dense %s", name, w.type.name, w.type.base.name)
-    return w.unpacked()
 
 
 def _hf_name_table(names: dict[str, str], n_layer: int) -> dict[str, str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from corelm.argtypes import threads
+from corelm.argtypes import threads, use_threads
 from corelm.quantize.convert import QuantizeReport, UnsupportedTypeError, format_report, quantize_model
 from corelm.quantize.recipes import TYPE_NAMES
 
@@ -52,10 +52,7 @@ examples:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        from corelm import _C
-
-        _C.set_num_threads(args.threads)
+    use_threads(args.threads)
     report = quantize_model(
         args.input,
         args.output,

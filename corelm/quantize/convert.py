@@ -30,7 +30,7 @@ from tqdm import tqdm
 from corelm import hub
 from corelm.formats import ModelFileError
 from corelm.formats.gguf_write import write_gguf
-from corelm.kernels import PACK_ROWS, Weight, WeightType
+from corelm.kernels import PACK_ROWS, SPARSE_LAYOUTS, Weight, WeightType
 from corelm.models import load_model
 from corelm.models.base import Model
 from corelm.quantize import recipes
@@ -196,7 +196,7 @@ def quantize_model(
     if calib is not None:
         stats, report.calib_tokens = _calibration(model, tokenizer, Path(calib), calib_tokens, progress)
     sparse: dict[str, WeightType] = {}
-    if keep_sparse:
+    if keep_sparse and recipe.upper() in {t.name for t in SPARSE_LAYOUTS}:  # else nothing is stored sparse
         for tname, t in model.w.items():
             layout = sparse_layout_of(t.unpacked().to_float()) if isinstance(t, Weight) else None
             if layout is not None:

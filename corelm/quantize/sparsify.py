@@ -46,7 +46,7 @@ import numpy as np
 from tqdm import tqdm
 
 from corelm import hub
-from corelm.argtypes import threads
+from corelm.argtypes import threads, use_threads
 from corelm.kernels import SPARSE_LAYOUTS, Weight, WeightType
 from corelm.models import load_model
 from corelm.quantize.convert import QuantizeReport, _calibration, _check_paths, _input_bytes, check_type, write_model
@@ -321,10 +321,7 @@ examples:
 
 def cmd_sparsify(args: argparse.Namespace) -> int:
     check_args(args.sparsity, args.pattern, args.method, args.calib)  # before loading anything
-    if args.threads is not None:
-        from corelm import _C
-
-        _C.set_num_threads(args.threads)
+    use_threads(args.threads)
     report = sparsify_model(
         args.input,
         args.output,

@@ -183,8 +183,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not DEFAULT_MODEL.is_file():
             raise FileNotFoundError(f"corelm's default model is missing from this install ({DEFAULT_MODEL})")
         path = str(DEFAULT_MODEL)
-    if args.threads is not None:
-        _C.set_num_threads(args.threads)
+    argtypes.use_threads(args.threads)
     model, tokenizer = load_model(path, quant=args.quant)
     if tokenizer is None:
         raise ValueError(f"{path}: the model has no tokenizer; the server needs one")

@@ -300,6 +300,9 @@ void matmul_bf16(const MatmulArgs& a, int64_t n0, int64_t n1) { matmul_tiled<Flo
 
 }  // namespace
 
+// Q8_0_X16's product; the sparse kernels run it on rebuilt groups too (matmul_sparse.cpp).
+void matmul_q8_0x16(const MatmulArgs& a, int64_t n0, int64_t n1) { matmul_groups<QuantX16<X16::Q8_0>>(a, n0, n1); }
+
 void fill_matmul_decoded(KernelTable& t);      // matmul_decoded.cpp
 void fill_matmul_kquant_x16(KernelTable& t);  // matmul_kquant_x16.cpp
 #ifdef __AVX512F__
@@ -315,7 +318,7 @@ void fill_matmul(KernelTable& t) {
     t.matmul_bf16 = matmul_bf16;
     t.matmul_q8_0 = matmul_q8_0;
     t.matmul_q4_0 = matmul_q4_0;
-    t.matmul_q8_0x16 = matmul_groups<QuantX16<X16::Q8_0>>;
+    t.matmul_q8_0x16 = matmul_q8_0x16;
     t.matmul_q4_0x16 = matmul_groups<QuantX16<X16::Q4_0>>;
     t.matmul_q5_0x16 = matmul_groups<QuantX16<X16::Q5_0>>;
     t.matmul_q4_1x16 = matmul_groups<QuantX16<X16::Q4_1>>;
@@ -324,7 +327,7 @@ void fill_matmul(KernelTable& t) {
     t.matmul_f16x16 = matmul_groups<FloatX16<LoadF16>>;
     t.matmul_bf16x16 = matmul_groups<FloatX16<LoadBF16>>;
 #ifdef __AVX512F__
-    fill_matmul_sparse(t);  // last: it runs this path's Q8_0_X16 product on rebuilt groups
+    fill_matmul_sparse(t);
 #endif
 }
 

@@ -23,6 +23,8 @@ namespace corelm::CORELM_ISA_NS {
 
 using namespace corelm::x86;
 
+void matmul_q8_0x16(const MatmulArgs& a, int64_t n0, int64_t n1);  // matmul.cpp
+
 namespace {
 
 // Rebuilds the 8 slices of the Q8_0_S16 block at `block` and returns the next block. Reads stay in the
@@ -73,7 +75,6 @@ struct Unstructured {
     static void tile(const MatmulArgs& a, int64_t n, int64_t m) { tile_q8_0s16<C>(a, n, m); }
 };
 
-MatmulFn dense_q8_0x16 = nullptr;  // this path's Q8_0_X16 product (fill_matmul_sparse)
 constexpr int64_t kRebuiltRows = 256;  // activation rows per rebuilt group
 
 // More than one tile of rows (a prompt): each group is rebuilt once per kRebuiltRows rows as a
@@ -103,7 +104,7 @@ void matmul_q8_0s16(const MatmulArgs& a, int64_t n0, int64_t n1) {
             one.xq = a.xq + m0 * nb;
             one.m = m1 - m0;
             one.y = a.y + m0 * a.ldy + n;
-            dense_q8_0x16(one, 0, kPackRows);
+            matmul_q8_0x16(one, 0, kPackRows);
         }
     }
 }
@@ -178,7 +179,6 @@ void matmul_q8_0_24(const MatmulArgs& a, int64_t n0, int64_t n1) {
 void fill_matmul_sparse(KernelTable& t) {
     const CpuFeatures& f = cpu_features();
     if (!(f.avx512vbmi && f.avx512vbmi2)) return;
-    dense_q8_0x16 = t.matmul_q8_0x16;
     t.matmul_q8_0s16 = matmul_q8_0s16;
     t.matmul_q8_0_24 = matmul_q8_0_24;
 }
