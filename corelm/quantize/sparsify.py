@@ -342,7 +342,7 @@ def cmd_sparsify(args: argparse.Namespace) -> int:
 def add_parser(subparsers: argparse._SubParsersAction, type_names: list[str]) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "sparsify",
-        help="prune a model's linear layers (magnitude or Wanda, unstructured or N:M) and write a GGUF",
+        help="prune a model's linear layers (magnitude, Wanda or SparseGPT; unstructured or N:M) and write a GGUF",
         description="Set the lowest-scoring weights of INPUT's linear layers to zero and write OUTPUT, a GGUF "
         "file whose matrices are in --type (as corelm quantize writes them).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
