@@ -28,11 +28,13 @@ _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 # tokenizer.ggml.pre names that select them. Each is a list of regexes applied one after another
 # (each splits the pieces the one before left, keeping what it does not match as pieces of their
 # own, as llama.cpp's unicode_regex_split does), with llama.cpp's ignore_merges flag and its
-# default for adding BOS. Unknown names raise, as they do in llama.cpp. Left out: pre-tokenizers
-# with hand-written splitters in llama.cpp's unicode.cpp (kimi-k2, afmoe), ones that are not
-# byte-level (gemma4, sarvam-moe, whitespace), and chameleon (its letter-class regex goes through
-# llama.cpp's std::regex fallback, which splits " (" where a regex engine does not). Every regex here is
-# checked against llama.cpp's own ids on SmolLM2's vocabulary (tests/golden/pretokenizers_llamacpp.json).
+# default for adding BOS. Unknown names raise, as they do in llama.cpp. llama.cpp runs a regex
+# with \p{..} classes on a copy of the text where each character stands for its category, so its
+# \p{Lu}, \p{Ll}, \p{Lt}, \p{Lm} and \p{Lo} all mean \p{L}: the regexes here say \p{L} where
+# llama.cpp's say those. Its hand-written splitters (unicode.cpp) are written here as the regexes
+# they implement. Every entry is checked against llama.cpp's own ids (tests/golden/
+# pretokenizers_llamacpp.json: the byte-level ones on SmolLM2's vocabulary, the others on a BPE
+# form of llama.cpp's llama-spm vocabulary).
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 _CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
 _LLAMA3 = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -73,18 +75,74 @@ _TEKKEN = (
     r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 _MINICPM5 = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}+| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_DEEPSEEK_LLM = (
+    "[\r\n]",
+    "\\s?[A-Za-z\u00b5À-ÖØ-öø-ƺƼ-ƿ\u01c4-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-\u03f5Ϸ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-\u1f7dᾀ-ᾴᾶ-ᾼ\u1fbeῂ-ῄῆ-ῌῐ-\u1fd3ῖ-\u1fdbῠ-Ῥῲ-ῴῶ-ῼ\u2102\u2107\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128\u212a-\u212d\u212f-\u2134\u2139\u213c-\u213f\u2145-\u2149ⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿ\ufb00-\ufb06\ufb13-\ufb17\uff21-\uff3a\uff41-\uff5a𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
+    "\\s?[!-/:-~！-／：-～‘-‟\u3000-。]+",
+    r"\s+$",
+    "[一-龥ࠀ-一가-\ud7ff]+",
+    r"\p{N}+",
+)
+_SPARK2_5 = (
+    r"\p{N}{1,3}",
+    r"[一-龥぀-ゟ゠-ヿ]+",
+    r"[!" + '"' + r"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+    r"| ?[\p{P}\p{S}]+|[\r\n]|\s+(?!\S)|\s+",
+    r"\p{N}",
+)
+# Letters with marks, then an optional contraction (tiktoken-style; llama.cpp's \p{Lu}... are \p{L}).
+_WORD = rf"[^\r\n\p{{L}}\p{{N}}]?[\p{{L}}\p{{M}}]+{_CONTRACTIONS}?"
+_YOUTU = (
+    "[가-힣ㄱ-ㆎ]+|[！…“”‘’—：；，、-〿︰-﹏]+|[ㄅ-ㄯ]+|[一-龥\u3040-ゟ゠-ヿ]+",
+    _WORD + r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+)
+# Digit runs cut into threes from the right: llama.cpp's AFMoE splitter (also its stand-in for
+# Tiny Aya's "\d{1,3}(?=(?:\d{3})*\b)"), as a run split by a zero-width lookahead.
+_DIGITS_IN_THREES = (r"\p{N}+", r"(?=(?:\p{N}{3})+(?!\p{N}))")
+_TINY_AYA = (*_DIGITS_IN_THREES, _WORD + r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_AFMOE = (
+    *_DIGITS_IN_THREES,
+    "[一-鿿㐀-䶿豈-\ufaff\u3040-ゟ゠-ヿ･-ﾟ⼀-\u2fdfเ-\u0e7f\u0e80-\u0effក-\u17ffက-႟ꩠ-ꩿꧠ-\ua9ff가-\ud7afᄀ-ᇿ]+",
+    _DEEPSEEK3[2],
+)
+_UPPER_M, _LOWER_M = r"((?=[\p{L}\p{M}])([^a-z]))", r"((?=[\p{L}\p{M}])([^A-Z]))"
+_GRANITE_EMB_MULTI = (
+    rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER_M}*{_LOWER_M}+{_CONTRACTIONS}?|[^\r\n\p{{L}}\p{{N}}]?{_UPPER_M}+{_LOWER_M}*{_CONTRACTIONS}?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# Kimi K2: llama.cpp's hand-written splitter (unicode.cpp) - Han runs, then letter runs without
+# Han (no marks), contractions, digits in threes, and llama-3's punctuation and space rules.
+_HAN = "\u4e00-\u9fff\u3400-\u4dbf\U00020000-\U0002a6df\U0002a700-\U0002ebef\uf900-\ufaff\U0002f800-\U0002fa1f"
+_KIMI_K2 = (
+    rf"[{_HAN}]+|[^\r\n\p{{L}}\p{{N}}]?(?:(?![{_HAN}])\p{{L}})+{_CONTRACTIONS}?|\p{{N}}{{1,3}}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_CHAMELEON = (
+    r"<sentinel:[0-9]+>",
+    r"(IMGIMG)((A|B|C|D|E|F|G|H|I){1,4})Z",
+    "([\t\n]|    |  )",
+    r"\p{N}",
+    r"[\p{P}!-/:-@\[-`{-~]",
+    _GPT2,
+)
+_LINES = r"[^\n]+|[\n]+"  # SentencePiece-style BPE: merges run over whole lines
 
 
 class _Pre(NamedTuple):
     regexes: tuple[str, ...]
     ignore_merges: bool = False  # a piece that is a whole token is that token, merges or not
     add_bos: bool = False  # llama.cpp's default when the file has no tokenizer.ggml.add_bos_token
+    # False: SentencePiece-style BPE on raw UTF-8 with <0xNN> byte tokens (llama.cpp's
+    # byte_encode = false) instead of GPT-2's byte-to-character map.
+    byte_level: bool = True
+    escape_spaces: bool = False  # spaces become "▁" before splitting (escape_whitespaces)
+    bos_always: bool = False  # BOS even where the file says not to (llama.cpp's Gemma 4 override)
 
 
 _BPE_PRE: dict[str, _Pre] = {
     **dict.fromkeys(
         "gpt-2 phi-2 mpt olmo jais trillion granite-docling exaone4 jina-es jina-de jina-v2-es jina-v2-de gigachat "
-        "a.x-4.0 mellum modern-bert".split(),
+        "a.x-4.0 mellum modern-bert jina-v1-en jina-v2-code roberta-bpe".split(),
         _Pre((_GPT2,)),
     ),
     **dict.fromkeys(
@@ -95,7 +153,8 @@ _BPE_PRE: dict[str, _Pre] = {
         ("llama-bpe", "llama3", "llama-v3", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano"),
         _Pre((_LLAMA3,), ignore_merges=True, add_bos=True),
     ),
-    **dict.fromkeys(("dbrx", "smaug-bpe", "glm4", "chatglm-bpe"), _Pre((_LLAMA3,))),
+    **dict.fromkeys(("dbrx", "smaug-bpe", "chatglm-bpe"), _Pre((_LLAMA3,))),
+    **dict.fromkeys(("glm4", "glm5"), _Pre((_LLAMA3,), ignore_merges=True)),
     **dict.fromkeys(
         ("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez", "stablelm2", "hunyuan", "solar-open", "grok-2"),
         _Pre((_QWEN2,)),
@@ -118,6 +177,20 @@ _BPE_PRE: dict[str, _Pre] = {
     "tekken": _Pre((_TEKKEN,), ignore_merges=True, add_bos=True),
     # Digits in runs, then split into threes from the right: a zero-width split (the lookahead).
     "superbpe": _Pre((r"\p{N}+", r"(?=(\d{3})+(?!\d))")),
+    "deepseek-llm": _Pre(_DEEPSEEK_LLM),
+    "spark2_5": _Pre(_SPARK2_5),
+    "youtu": _Pre(_YOUTU, ignore_merges=True),
+    **dict.fromkeys(("tiny_aya", "cohere2moe"), _Pre(_TINY_AYA)),
+    "afmoe": _Pre(_AFMOE),
+    "granite-embed-multi-97m": _Pre((_GRANITE_EMB_MULTI,), ignore_merges=True),
+    "kimi-k2": _Pre((_KIMI_K2,)),
+    "chameleon": _Pre(_CHAMELEON, add_bos=True),
+    **dict.fromkeys(
+        ("gemma4", "granite-embed-multi-311m"),
+        _Pre((_LINES,), byte_level=False, escape_spaces=True, bos_always=True),
+    ),
+    "sarvam-moe": _Pre((_LINES,), byte_level=False, escape_spaces=True),
+    "whitespace": _Pre((r"\S+",), byte_level=False),
 }
 # tokenizer.json pre-tokenizer regexes -> the tokenizer.ggml.pre name llama.cpp's converter writes.
 # Hugging Face files spell the contractions case-insensitively, llama.cpp spells out both cases;
@@ -272,7 +345,7 @@ class Tokenizer:
     def from_gguf_metadata(cls, meta: dict[str, Any]) -> Tokenizer:
         """Build from GGUF metadata (key -> python value), reproducing llama.cpp's tokenization."""
         kind = meta.get("tokenizer.ggml.model")
-        if kind not in ("llama", "gpt2", "bert"):
+        if kind not in ("llama", "gpt2", "gemma4", "whitespace", "bert"):
             raise ValueError(f"unsupported GGUF tokenizer model {kind!r}")
         tokens: list[str] = meta.get("tokenizer.ggml.tokens") or []
         if not tokens:
@@ -290,14 +363,20 @@ class Tokenizer:
             unk = meta.get("tokenizer.ggml.unknown_token_id", 0)
             hf = _spm_tokenizer(vocab, scores, tokens[unk] if unk < len(tokens) else None, space_prefix)
             default_bos, default_eos, default_add_bos = 1, 2, True
+            byte_level = bos_always = False
         else:
-            pre = meta.get("tokenizer.ggml.pre", "default")
+            # llama.cpp's "gemma4" model is BPE with the gemma4 pre-tokenizer whatever the file says;
+            # its "whitespace" model drops whitespace (and may lowercase) before the pre-tokenizer.
+            pre = "gemma4" if kind == "gemma4" else meta.get("tokenizer.ggml.pre", "default")
             if pre not in _BPE_PRE:
                 raise ValueError(f"unsupported GGUF pre-tokenizer {pre!r} (tokenizer.ggml.pre)")
             spec = _BPE_PRE[pre]
-            hf = _bpe_tokenizer(vocab, meta.get("tokenizer.ggml.merges") or [], spec.regexes, spec.ignore_merges)
+            words_only = kind == "whitespace"
+            lowercase = words_only and bool(meta.get("tokenizer.ggml.normalizer.lowercase", False))
+            hf = _bpe_tokenizer(vocab, meta.get("tokenizer.ggml.merges") or [], spec, words_only, lowercase)
             space_prefix = False
             default_bos, default_eos, default_add_bos = None, None, spec.add_bos
+            byte_level, bos_always = spec.byte_level, spec.bos_always
 
         eog = {vocab[name] for name in _EOG_NAMES if name in vocab}
         # llama.cpp strips whitespace after Phi-3's special tokens (as Phi-3's own tokenizer.json does).
@@ -327,12 +406,12 @@ class Tokenizer:
             )
         tok = cls(
             hf,
-            byte_level=kind == "gpt2",
+            byte_level=byte_level,
             strip_leading_space=space_prefix,
             bos_id=bos_id,
             eos_id=eos_id,
             eos_ids=frozenset(eog - {None}),
-            add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", default_add_bos)),
+            add_bos=bos_always or bool(meta.get("tokenizer.ggml.add_bos_token", default_add_bos)),
             chat_template=meta.get("tokenizer.chat_template"),
         )
         tok._gguf_meta = {k: v for k, v in meta.items() if k.startswith("tokenizer.")}
@@ -686,20 +765,33 @@ def _wordpiece_from_gguf(meta: dict[str, Any], tokens: list[str], types: list[in
 
 
 def _bpe_tokenizer(
-    vocab: dict[str, int], merges: list[str], regexes: tuple[str, ...], ignore_merges: bool
+    vocab: dict[str, int], merges: list[str], spec: _Pre, words_only: bool = False, lowercase: bool = False
 ) -> tokenizers.Tokenizer:
-    """A byte-level BPE model that splits words with llama.cpp's regexes for the vocabulary."""
+    """A BPE model that splits words with llama.cpp's regexes for the vocabulary: byte-level
+    (GPT-2's byte map), or on raw UTF-8 with <0xNN> byte tokens for the characters the vocabulary
+    lacks. words_only drops whitespace first (llama.cpp's "whitespace" tokenizer model)."""
     # llama.cpp splits at the first space after the first character, so a left part that is
     # itself a space survives.
     pairs = [(m[: m.find(" ", 1)], m[m.find(" ", 1) + 1 :]) for m in merges]
-    hf = tokenizers.Tokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges))
-    hf.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            *(pre_tokenizers.Split(Regex(regex), behavior="isolated") for regex in regexes),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    hf.decoder = decoders.ByteLevel()
+    model = models.BPE(vocab=vocab, merges=pairs, ignore_merges=spec.ignore_merges, byte_fallback=not spec.byte_level)
+    hf = tokenizers.Tokenizer(model)
+    splits = [pre_tokenizers.Split(Regex(regex), behavior="isolated") for regex in spec.regexes]
+    if words_only:
+        splits.insert(0, pre_tokenizers.Split(Regex(r"\s+"), behavior="removed"))
+    normalize: list[normalizers.Normalizer] = [normalizers.Lowercase()] if lowercase else []
+    if spec.escape_spaces:
+        normalize.append(normalizers.Replace(" ", "▁"))
+    if normalize:
+        hf.normalizer = normalizers.Sequence(normalize)
+    if spec.byte_level:
+        hf.pre_tokenizer = pre_tokenizers.Sequence(
+            [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
+        hf.decoder = decoders.ByteLevel()
+    else:
+        hf.pre_tokenizer = pre_tokenizers.Sequence(splits)
+        space = [decoders.Replace("▁", " ")] if spec.escape_spaces else []
+        hf.decoder = decoders.Sequence([*space, decoders.ByteFallback(), decoders.Fuse()])
     return hf
 
 
