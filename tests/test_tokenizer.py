@@ -76,6 +76,24 @@ def test_ids_match_llama_cpp(name: str, load: Callable[[str], Tokenizer]) -> Non
     assert not wrong, f"{len(wrong)} of {len(cases)} cases differ, e.g. {wrong[:3]}"
 
 
+# llama.cpp's own source tree carries more vocabularies with test vectors than ../shared/data
+# (gemma-4, qwen35, deepseek-*, command-r, falcon, mpt, refact, starcoder, ...): .ci/run unpacks
+# them from llama-cpp-python's source package and points CORELM_LLAMA_CPP_MODELS at the folder.
+LLAMA_CPP_MODELS = Path(os.environ.get("CORELM_LLAMA_CPP_MODELS", "/nonexistent"))
+SOURCE_VOCABS = sorted(p.name.removesuffix(".inp") for p in LLAMA_CPP_MODELS.glob("ggml-vocab-*.gguf.inp"))
+
+
+@pytest.mark.skipif(not SOURCE_VOCABS, reason="no llama.cpp models/ folder (set CORELM_LLAMA_CPP_MODELS)")
+@pytest.mark.parametrize("vocab", SOURCE_VOCABS)
+def test_ids_match_llama_cpp_source_vectors(vocab: str) -> None:
+    path = LLAMA_CPP_MODELS / vocab
+    tok, cases = Tokenizer.from_gguf(path), read_cases(path)
+    wrong = [
+        (text, want, got) for text, want in cases if (got := tok.encode(text, add_bos=False, special=False)) != want
+    ]
+    assert not wrong, f"{len(wrong)} of {len(cases)} cases differ, e.g. {wrong[:3]}"
+
+
 @needs_data
 @pytest.mark.parametrize("name", VOCABS)
 def test_decode_round_trips(name: str, load: Callable[[str], Tokenizer]) -> None:

@@ -141,7 +141,8 @@ def _check_layout(buf: memoryview, path: Path) -> None:
         if ttype in _TYPE_SIZES:  # unknown types and bad dims are named later, with the tensor
             block, type_size = _TYPE_SIZES[ttype]
             data_end = max(data_end, offset + int(np.prod(dims, dtype=object)) // block * type_size)
-    needed = -(-w.pos // alignment) * alignment + data_end
+    # The data section starts aligned; a file without tensor data (a vocabulary) may end unpadded.
+    needed = -(-w.pos // alignment) * alignment + data_end if data_end else w.pos
     if needed > len(buf):
         raise ModelFileError(
             f"{path}: truncated GGUF: its tensors need {needed} bytes, the file has {len(buf)} "
