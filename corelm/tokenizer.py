@@ -21,6 +21,8 @@ import gguf
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 
+from corelm.formats.gguf import load_gguf
+
 # llama.cpp token types (tokenizer.ggml.token_type)
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 
@@ -420,11 +422,11 @@ class Tokenizer:
     @classmethod
     def from_gguf(cls, path: str | PathLike[str]) -> Tokenizer:
         """Build from the tokenizer stored in a GGUF file."""
-        reader = gguf.GGUFReader(path)
-        tok = cls.from_gguf_metadata(_gguf_metadata(reader))
+        file = load_gguf(path)
+        tok = cls.from_gguf_metadata(file.metadata)
         tok._gguf_types = {
-            k: (gguf.GGUFValueType(f.types[0]), gguf.GGUFValueType(f.types[1]) if len(f.types) > 1 else None)
-            for k, f in reader.fields.items()
+            k: (gguf.GGUFValueType(t), None if item is None else gguf.GGUFValueType(item))
+            for k, (t, item) in file.types.items()
             if k.startswith("tokenizer.")
         }
         return tok
@@ -858,11 +860,6 @@ def _gguf_type(value: Any) -> tuple[gguf.GGUFValueType, gguf.GGUFValueType | Non
     if isinstance(value, str):
         return t.STRING, None
     raise ValueError(f"no GGUF type for {type(value).__name__} metadata")
-
-
-def _gguf_metadata(reader: gguf.GGUFReader) -> dict[str, Any]:
-    """GGUF key -> python value (str, int, float, bool or list) from a gguf.GGUFReader."""
-    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -80,10 +80,10 @@ def _rewrite(src, dst, tensor_edit=None, meta_edit=None):
     """Re-write a GGUF with edited tensor infos / metadata, using the gguf package's writer."""
     import gguf
 
-    r = gguf.GGUFReader(src)
-    from corelm.formats.gguf import _metadata
+    from corelm.formats.gguf import load_gguf
 
-    meta = _metadata(r)
+    r = gguf.GGUFReader(src)
+    meta = dict(load_gguf(src).metadata)
     if meta_edit:
         meta_edit(meta)
     w = gguf.GGUFWriter(dst, meta.get("general.architecture", "llama"))
@@ -209,3 +209,36 @@ def test_malformed_safetensors(tmp_path):
     (folder / "config.json").write_text(json.dumps({"model_type": "t5"}))
     with pytest.raises(ModelFileError, match="unsupported architecture 't5'"):
         corelm.load(folder)
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        STORIES,
+        ("tokenizers", "llama.cpp-vocab", "ggml-vocab-bert-bge.gguf"),
+        ("tokenizers", "llama.cpp-vocab", "ggml-vocab-llama-spm.gguf"),
+    ],
+)
+def test_the_parser_reads_what_the_gguf_package_reads(parts):
+    """corelm's own GGUF parser (fast on big vocabularies) against the gguf package's reader:
+    every metadata value and type, every tensor's type, shape, offset and bytes."""
+    import gguf
+
+    from corelm.formats.gguf import load_gguf
+
+    path = data_file(*parts)
+    mine, ref = load_gguf(path), gguf.GGUFReader(path)
+    fields = {k: f for k, f in ref.fields.items() if not k.startswith("GGUF.")}
+    assert mine.metadata.keys() == fields.keys()
+    for key, field in fields.items():
+        assert mine.metadata[key] == field.contents(), key
+        assert mine.types[key] == (int(field.types[0]), int(field.types[1]) if len(field.types) > 1 else None), key
+    assert mine.tensors.keys() == {t.name for t in ref.tensors}
+    for t in ref.tensors:
+        got = mine.tensors[t.name]
+        assert (got.type, got.shape, got.offset) == (
+            int(t.tensor_type),
+            tuple(reversed([int(d) for d in t.shape])),
+            int(t.data_offset),
+        )
+        assert got.data.tobytes() == np.asarray(t.data).tobytes()
