@@ -187,6 +187,9 @@ _BPE_PRE: dict[str, _Pre] = {
     "granite-embed-multi-97m": _Pre((_GRANITE_EMB_MULTI,), ignore_merges=True),
     "kimi-k2": _Pre((_KIMI_K2,)),
     "chameleon": _Pre(_CHAMELEON, add_bos=True),
+    # llama.cpp also takes a word of only newlines whole when the vocabulary has it (its gemma4
+    # rule); Gemma 4's merges already build each run of 1-31 newlines into its token and split
+    # longer runs as llama.cpp does (checked on its vocabulary), so no rule is written for it here.
     **dict.fromkeys(
         ("gemma4", "granite-embed-multi-311m"),
         _Pre((_LINES,), byte_level=False, escape_spaces=True, bos_always=True),
