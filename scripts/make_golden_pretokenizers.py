@@ -29,6 +29,8 @@ from typing import Any
 
 import gguf
 
+from corelm.formats.gguf_write import _add_value
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "golden" / "pretokenizers_llamacpp.json"
 VOCABS = ROOT.parent / "shared" / "data" / "tokenizers" / "llama.cpp-vocab"
@@ -90,12 +92,7 @@ def write_vocab(source: gguf.GGUFReader, path: Path, overrides: dict[str, Any]) 
         else:
             w.add_key_value(key, field.parts[field.data[0]].tolist()[0], vtype)
     for key, value in overrides.items():
-        if isinstance(value, list):
-            w.add_array(key, value)
-        elif isinstance(value, bool):
-            w.add_bool(key, value)
-        else:
-            w.add_string(key, value)
+        _add_value(w, key, value)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
