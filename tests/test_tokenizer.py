@@ -83,6 +83,12 @@ LLAMA_CPP_MODELS = Path(os.environ.get("CORELM_LLAMA_CPP_MODELS", "/nonexistent"
 SOURCE_VOCABS = sorted(p.name.removesuffix(".inp") for p in LLAMA_CPP_MODELS.glob("ggml-vocab-*.gguf.inp"))
 
 
+@pytest.mark.skipif("CORELM_LLAMA_CPP_MODELS" not in os.environ, reason="CORELM_LLAMA_CPP_MODELS is not set")
+def test_the_llama_cpp_models_folder_holds_the_vectors() -> None:
+    # Where the folder is named (CI), an empty one is a failed download, not a reason to skip.
+    assert len(SOURCE_VOCABS) >= 15, f"{LLAMA_CPP_MODELS}: {len(SOURCE_VOCABS)} vocabularies with test vectors"
+
+
 @pytest.mark.skipif(not SOURCE_VOCABS, reason="no llama.cpp models/ folder (set CORELM_LLAMA_CPP_MODELS)")
 @pytest.mark.parametrize("vocab", SOURCE_VOCABS)
 def test_ids_match_llama_cpp_source_vectors(vocab: str) -> None:

@@ -219,14 +219,14 @@ def profile_model(
     model.forward(prompt, 0, model.new_cache(prompt_tokens))  # warm up: buffers grown, pages touched
     best: dict[str, Profile] = {}
     totals: dict[str, list[float]] = {"prefill": [], "decode": []}
-    reps = PROFILE_REPS
-    for rep in range(1, reps + 1):
+    for rep in range(1, PROFILE_REPS + 1):
         prefill, decode = Profile(), Profile()
-        progress(f"prefill of {prompt_tokens} tokens and {decode_tokens} decode steps, timed whole ({rep}/{reps})")
+        of = f"({rep}/{PROFILE_REPS})"
+        progress(f"prefill of {prompt_tokens} tokens and {decode_tokens} decode steps, timed whole {of}")
         seconds = _steps(model, prompt, decode_tokens, lambda pos: None, decode)
         for phase, t in zip(("prefill", "decode"), seconds, strict=True):
             totals[phase].append(t)
-        progress(f"the same steps, each op timed ({rep}/{reps})")
+        progress(f"the same steps, each op timed {of}")
         _steps(model, prompt, decode_tokens, _hooks(prefill, decode))
         for phase, prof in (("prefill", prefill), ("decode", decode)):
             if phase not in best or _op_seconds(prof) < _op_seconds(best[phase]):
