@@ -100,6 +100,25 @@ def test_every_path_equals_the_reference(isa, layout, m, n, k):
         assert np.array_equal(got, same_path_dense)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_decode_streams_of_row_groups(isa, threads):
+    """One activation row streams 4 row groups at a time, then the rest one by one: every count
+    of leftover groups, split over the threads, gives the dense layout's result."""
+    x = np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)
+    old = _C.num_threads()
+    _C.set_num_threads(threads)
+    try:
+        for groups in (4, 5, 6, 7, 9, 25):
+            q = _q8_0(16 * groups, 256, 0.6, seed=groups)
+            got, want = matmul(x, q.sparse()), matmul(x, q.packed())
+            if _C.info()["kernels"]["matmul_q8_0s16"] != "ref":
+                assert np.array_equal(got, want)
+            else:
+                assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    finally:
+        _C.set_num_threads(old)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_epilogue_and_lookup(isa, layout):
     q = _q8_0(48, 128, 0.5, two_of_four=True)
@@ -123,15 +142,20 @@ def _corrupt(s: Weight) -> np.ndarray:
 
 
 def test_a_corrupted_group_is_named_and_never_read_past(isa):
-    s = _q8_0(32, 64, 0.9).sparse()  # 64 columns: each group holds far fewer than 512 codes
+    s = _q8_0(80, 64, 0.9).sparse()  # 64 columns: each group holds far fewer than 512 codes
     bad = _corrupt(s)
     with pytest.raises(ValueError, match="rows 0..15 announce more stored codes"):
-        Weight(bad, WeightType.Q8_0_S16, 32, 64)
-    # The raw kernels still run on it (clamped reads inside the group: wrong numbers, no crash).
+        Weight(bad, WeightType.Q8_0_S16, 80, 64)
+    # The raw kernels still run on it (clamped reads inside the group: wrong numbers, no crash), one
+    # row group at a time and in decode's streams of 4.
     x = np.ones((9, 64), np.float32)
-    for m in (1, 9):
-        assert _C.matmul(x[:m], bad, int(WeightType.Q8_0_S16), 32).shape == (m, 32)
-    assert _C.dequantize(bad, int(WeightType.Q8_0_S16), 32, 64).shape == (32, 64)
+    old = _C.num_threads()
+    for threads in (1, 2):
+        _C.set_num_threads(threads)
+        for m in (1, 9):
+            assert _C.matmul(x[:m], bad, int(WeightType.Q8_0_S16), 80).shape == (m, 80)
+    _C.set_num_threads(old)
+    assert _C.dequantize(bad, int(WeightType.Q8_0_S16), 80, 64).shape == (80, 64)
     with pytest.raises(ValueError, match="bytes per row cannot hold its headers"):
         _C.matmul(x, np.zeros((32, 8), np.uint8), int(WeightType.Q8_0_S16), 32)
 
