@@ -138,6 +138,7 @@ void tile_x16(const MatmulArgs& a, int64_t n, int64_t m) {
     GroupAcc<C> acc;
     for (int64_t b = 0; b < nb; ++b) {
         prefetch_for_tile<C>(grp + nb + b, sizeof(Block));  // the next group's block b
+        if constexpr (C == 1) prefetch_ahead(grp + b, sizeof(Block));
         Slice w[8][kHalves];  // w[j][h]: elements 4j..4j+3 of rows h*kSliceRows ..
         for (int h = 0; h < kHalves; ++h) {
             if constexpr (L == X16::Q8_0) {

@@ -40,8 +40,9 @@ struct SparseGroup {
     SparseGroup(const MatmulArgs& a, int64_t n)
         : base(a.w + n * a.w_stride), last_load(kPackRows * a.w_stride - int64_t(kSparsePad)) {}
 
-    // Rebuilds the 8 slices of the next block and returns its header (for the scales).
-    const block_q8_0s16& expand(Slice (&w)[kQK / 4]) {
+    // Rebuilds the 8 slices of the next block and returns its header (for the scales); `prefetch`:
+    // fetches the bytes kPrefetchAhead on (decode).
+    const block_q8_0s16& expand(Slice (&w)[kQK / 4], bool prefetch) {
         const __m512i zero_code = _mm512_set1_epi8(char(0x80));
         const auto& head =
             *reinterpret_cast<const block_q8_0s16*>(base + std::min(next, last_load - int64_t(sizeof(block_q8_0s16))));
@@ -55,6 +56,7 @@ struct SparseGroup {
             w[j] = _mm512_mask_expand_epi8(zero_code, mask, stored);
             codes += int64_t(_mm_popcnt_u64(mask));
         }
+        if (prefetch) prefetch_ahead(base + next, size_t(codes - next));
         next = codes;
         return head;
     }
@@ -74,7 +76,7 @@ void tile_q8_0s16(const MatmulArgs& a, int64_t n, int64_t m) {
     for (int64_t b = 0; b < nb; ++b) {
         for (int g = 0; g < G; ++g) {
             Slice w[kQK / 4];
-            const vf wd = vf_load_f16(group[g].expand(w).d);
+            const vf wd = vf_load_f16(group[g].expand(w, C == 1).d);
             for (int c = 0; c < C; ++c) {
                 const auto* xq = reinterpret_cast<const int32_t*>(x[c][b].qs);
                 Slice isum[2] = {slice_q8_start(x[c][b].s), slice_set1(0)};
@@ -115,7 +117,7 @@ void matmul_q8_0s16(const MatmulArgs& a, int64_t n0, int64_t n1) {
             SparseGroup group(a, n);
             for (int64_t b = 0; b < nb; ++b) {
                 Slice w[kQK / 4];
-                std::memcpy(dense[size_t(b)].d, group.expand(w).d, sizeof(dense[0].d));
+                std::memcpy(dense[size_t(b)].d, group.expand(w, false).d, sizeof(dense[0].d));
                 for (int j = 0; j < kQK / 4; ++j) _mm512_storeu_si512(dense[size_t(b)].qs + 64 * j, w[j]);
             }
             MatmulArgs one = a;
@@ -130,6 +132,7 @@ void matmul_q8_0s16(const MatmulArgs& a, int64_t n0, int64_t n1) {
 }
 
 // ---- Q8_0_24 ----
+
 
 template <int C>
 void tile_q8_0_24(const MatmulArgs& a, int64_t n, int64_t m, const uint8_t* flipped) {
@@ -149,6 +152,7 @@ void tile_q8_0_24(const MatmulArgs& a, int64_t n, int64_t m, const uint8_t* flip
     GroupAcc<C> acc;
     for (int64_t b = 0; b < nb; ++b) {
         const block_q8_0x16_24& blk = group[b];
+        if constexpr (C == 1) prefetch_ahead(&blk, sizeof(blk));
         Slice w[kQK / 8], pick[kQK / 8];
         Slice offset_sum = _mm512_setzero_si512();  // per row: 128 * the sum of its kept codes
         for (int t = 0; t < kQK / 8; ++t) {
