@@ -8,8 +8,9 @@
 // Q8_0_24: no zero is multiplied. A slice holds 4 kept codes of 16 rows for 8 elements; one vpshufb
 // picks each row's 4 activations out of those 8 (positions from the 2-bit metadata, expanded once
 // per block by vpmultishiftqb), then one vpdpbusd - half Q8_0_X16's dot products, though each
-// vpshufb takes a port a vpdpbusd could use (Intel: two vpdpbusd ports, one of them vpshufb's). The activations are the unsigned operand here (code + 128, flipped once per call),
-// the weights the signed one; the +128 is taken back once per block through the rows' code sums.
+// vpshufb takes a port a vpdpbusd could use (Intel: two vpdpbusd ports, one of them vpshufb's).
+// The activations are the unsigned operand here (code + 128, flipped once per call), the weights
+// the signed one; the +128 is taken back once per block through the rows' code sums.
 #include <algorithm>
 #include <cstring>
 #include <vector>
