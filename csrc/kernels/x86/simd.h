@@ -33,6 +33,12 @@ inline vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 inline vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 inline vf vf_add(vf a, vf b) { return _mm512_add_ps(a, b); }
 inline float vf_sum(vf v) { return _mm512_reduce_add_ps(v); }
+inline vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); }
+// v where lo <= j < hi, -infinity elsewhere
+inline vf vf_keep_in(vf v, vf j, vf lo, vf hi) {
+    const __mmask16 in = _mm512_cmp_ps_mask(j, lo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(j, hi, _CMP_LT_OQ);
+    return _mm512_mask_blend_ps(in, _mm512_set1_ps(-__builtin_inff()), v);
+}
 #elif defined(__AVX2__)
 using vf = __m256;
 constexpr int kLanes = 8;
@@ -51,6 +57,11 @@ inline vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 inline vf vf_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 inline vf vf_add(vf a, vf b) { return _mm256_add_ps(a, b); }
 inline float vf_sum(vf v) { return hsum_f32x8(v); }
+inline vf vf_max(vf a, vf b) { return _mm256_max_ps(a, b); }
+inline vf vf_keep_in(vf v, vf j, vf lo, vf hi) {
+    const __m256 in = _mm256_and_ps(_mm256_cmp_ps(j, lo, _CMP_GE_OQ), _mm256_cmp_ps(j, hi, _CMP_LT_OQ));
+    return _mm256_blendv_ps(_mm256_set1_ps(-__builtin_inff()), v, in);
+}
 #else
 #error "x86 kernels need at least AVX2 + FMA + F16C"
 #endif
