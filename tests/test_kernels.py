@@ -375,6 +375,20 @@ def test_self_attention_matches_numpy(isa, d, kv, causal, m, heads, seed):
         np.testing.assert_allclose(y[a:b], attention_np(q[a:b], kt, vt, 0, 0.125, causal=causal), rtol=0, atol=2e-5)
 
 
+@pytest.mark.parametrize("heads", [(1, 1), (8, 2)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_self_attention_long_sequence_in_a_batch(isa, heads, causal):
+    """A batch's sequence longer than the short-sequence path (256 rows) takes the lanes path."""
+    rng = np.random.default_rng(3)
+    (hq, hkv), m, d = heads, 300, 64
+    q = rand(rng, m, hq, d)
+    k, v = rand(rng, m, hkv, d).astype("float16"), rand(rng, m, hkv, d).astype("float16")
+    y = _C.self_attention(q, k, v, 0.125, causal=causal, seq_lengths=np.array([290, 10]))
+    for a, b in ((0, 290), (290, 300)):
+        kt, vt = k[a:b].transpose(1, 0, 2), v[a:b].transpose(1, 0, 2)
+        np.testing.assert_allclose(y[a:b], attention_np(q[a:b], kt, vt, 0, 0.125, causal=causal), rtol=0, atol=2e-5)
+
+
 # ---- norms, rope, activations ----
 
 

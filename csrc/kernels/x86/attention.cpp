@@ -90,99 +90,101 @@ void attention_impl(const AttentionArgs& a, int64_t task0, int64_t task1) {
 // too - no horizontal sum per key, as the row-by-row path above needs.
 constexpr int64_t kLanesRows = 4;
 
+// Rows r0 .. r1 - 1 of kv head kvh.
 template <bool F16>
-void attention_lanes(const AttentionArgs& a, int64_t task0, int64_t task1) {
+void attention_lanes(const AttentionArgs& a, int64_t kvh, int64_t r0, int64_t r1) {
     const int64_t group = a.hq / a.hkv, d = a.d;
     alignas(64) float qt[kMaxHeadDim * kLanes];   // qt[c * kLanes + i]: element c of lane i's query, scaled
     alignas(64) float acc[kMaxHeadDim * kLanes];  // acc[c * kLanes + i]: lane i's weighted values
     alignas(64) float s[kKeyTile * kLanes];       // s[j * kLanes + i]: lane i's scores, then weights
     alignas(64) float lo[kLanes], hi[kLanes], top[kLanes];
-    for (int64_t kvh = 0; kvh < a.hkv; ++kvh) {
-        // this range's rows for kvh: tasks row * hkv + kvh in [task0, task1)
-        const int64_t r0 = (task0 - kvh + a.hkv - 1) / a.hkv, r1 = (task1 - kvh + a.hkv - 1) / a.hkv;
-        const int64_t n_pairs = std::max<int64_t>(0, r1 - r0) * group;
-        for (int64_t p0 = 0; p0 < n_pairs; p0 += kLanes) {
-            int64_t first = INT64_MAX, end = 0;
-            for (int i = 0; i < kLanes; ++i) {
-                const int64_t pair = p0 + i, row = r0 + pair / group, h = kvh * group + pair % group;
-                const bool used = pair < n_pairs;
-                const float* q = a.q + (row * a.hq + h) * d;
-                for (int64_t c = 0; c < d; ++c) qt[c * kLanes + i] = used ? q[c] * a.scale : 0.0f;
-                lo[i] = used ? float(a.first_key(row)) : 0.0f;  // keys lo .. hi - 1 (none for unused lanes)
-                hi[i] = used ? float(a.keys_of_row(row)) : 0.0f;
-                if (used) first = std::min(first, a.first_key(row)), end = std::max(end, a.keys_of_row(row));
-            }
-            std::fill_n(acc, d * kLanes, 0.0f);
-            const vf lo_v = vf_load(lo), hi_v = vf_load(hi);
-            vf m = vf_set1(-INFINITY), l = vf_zero();
-            for (int64_t j0 = first; j0 < end; j0 += kKeyTile) {
-                const int64_t nt = std::min(kKeyTile, end - j0);
-                vf tile_max = vf_set1(-INFINITY);
-                for (int64_t jj = 0; jj < nt; ++jj) {  // scores, 4 keys at a time where there are 4
-                    const int u_n = jj + 4 <= nt ? 4 : 1;
-                    vf sc[4] = {vf_zero(), vf_zero(), vf_zero(), vf_zero()};
-                    int64_t base[4];
-                    for (int u = 0; u < u_n; ++u) base[u] = a.kv_at(kvh, j0 + jj + u);
-                    if (u_n == 4) {
-                        for (int64_t c = 0; c < d; ++c) {
-                            const vf qc = vf_load(qt + c * kLanes);
-                            for (int u = 0; u < 4; ++u) sc[u] = vf_fma(qc, vf_set1(cache_at<F16>(a.k, base[u] + c)), sc[u]);
-                        }
-                    } else {
-                        for (int64_t c = 0; c < d; ++c) sc[0] = vf_fma(vf_load(qt + c * kLanes), vf_set1(cache_at<F16>(a.k, base[0] + c)), sc[0]);
-                    }
-                    for (int u = 0; u < u_n; ++u) {
-                        const vf kept = vf_keep_in(sc[u], vf_set1(float(j0 + jj + u)), lo_v, hi_v);
-                        tile_max = vf_max(tile_max, kept);
-                        vf_store(s + (jj + u) * kLanes, kept);
-                    }
-                    jj += u_n - 1;
-                }
-                // A lane with no key yet has max -inf: shift by -FLT_MAX instead, so its weights and
-                // its rescale come out 0 (exp of -inf), never exp(-inf + inf).
-                const vf m_new = vf_max(m, tile_max), shift = vf_max(m_new, vf_set1(-3.4028235e38f));
-                alignas(64) float rescale[kLanes];
-                vf_store(top, shift);
-                vf_store(rescale, m);
-#pragma omp simd
-                for (int i = 0; i < kLanes; ++i) rescale[i] = exp_fast(rescale[i] - top[i]);
-                const vf cv = vf_load(rescale);
-                l = vf_mul(l, cv);
-                for (int64_t c = 0; c < d; ++c) vf_store(acc + c * kLanes, vf_mul(vf_load(acc + c * kLanes), cv));
-                for (int64_t jj = 0; jj < nt; ++jj) {
-#pragma omp simd
-                    for (int i = 0; i < kLanes; ++i) s[jj * kLanes + i] = exp_fast(s[jj * kLanes + i] - top[i]);
-                    l = vf_add(l, vf_load(s + jj * kLanes));
-                }
-                for (int64_t jj = 0; jj < nt; ++jj) {  // weighted values, 4 keys at a time where there are 4
-                    const int u_n = jj + 4 <= nt ? 4 : 1;
-                    vf p[4];
-                    int64_t base[4];
-                    for (int u = 0; u < u_n; ++u) p[u] = vf_load(s + (jj + u) * kLanes), base[u] = a.kv_at(kvh, j0 + jj + u);
+    const int64_t n_pairs = std::max<int64_t>(0, r1 - r0) * group;
+    for (int64_t p0 = 0; p0 < n_pairs; p0 += kLanes) {
+        int64_t first = INT64_MAX, end = 0;
+        for (int i = 0; i < kLanes; ++i) {
+            const int64_t pair = p0 + i, row = r0 + pair / group, h = kvh * group + pair % group;
+            const bool used = pair < n_pairs;
+            const float* q = a.q + (row * a.hq + h) * d;
+            for (int64_t c = 0; c < d; ++c) qt[c * kLanes + i] = used ? q[c] * a.scale : 0.0f;
+            lo[i] = used ? float(a.first_key(row)) : 0.0f;  // keys lo .. hi - 1 (none for unused lanes)
+            hi[i] = used ? float(a.keys_of_row(row)) : 0.0f;
+            if (used) first = std::min(first, a.first_key(row)), end = std::max(end, a.keys_of_row(row));
+        }
+        std::fill_n(acc, d * kLanes, 0.0f);
+        const vf lo_v = vf_load(lo), hi_v = vf_load(hi);
+        vf m = vf_set1(-INFINITY), l = vf_zero();
+        for (int64_t j0 = first; j0 < end; j0 += kKeyTile) {
+            const int64_t nt = std::min(kKeyTile, end - j0);
+            vf tile_max = vf_set1(-INFINITY);
+            for (int64_t jj = 0; jj < nt; ++jj) {  // scores, 4 keys at a time where there are 4
+                const int u_n = jj + 4 <= nt ? 4 : 1;
+                vf sc[4] = {vf_zero(), vf_zero(), vf_zero(), vf_zero()};
+                int64_t base[4];
+                for (int u = 0; u < u_n; ++u) base[u] = a.kv_at(kvh, j0 + jj + u);
+                if (u_n == 4) {
                     for (int64_t c = 0; c < d; ++c) {
-                        vf o = vf_load(acc + c * kLanes);
-                        for (int u = 0; u < u_n; ++u) o = vf_fma(p[u], vf_set1(cache_at<F16>(a.v, base[u] + c)), o);
-                        vf_store(acc + c * kLanes, o);
+                        const vf qc = vf_load(qt + c * kLanes);
+                        for (int u = 0; u < 4; ++u) sc[u] = vf_fma(qc, vf_set1(cache_at<F16>(a.k, base[u] + c)), sc[u]);
                     }
-                    jj += u_n - 1;
+                } else {
+                    for (int64_t c = 0; c < d; ++c) sc[0] = vf_fma(vf_load(qt + c * kLanes), vf_set1(cache_at<F16>(a.k, base[0] + c)), sc[0]);
                 }
-                m = m_new;
+                for (int u = 0; u < u_n; ++u) {
+                    const vf kept = vf_keep_in(sc[u], vf_set1(float(j0 + jj + u)), lo_v, hi_v);
+                    tile_max = vf_max(tile_max, kept);
+                    vf_store(s + (jj + u) * kLanes, kept);
+                }
+                jj += u_n - 1;
             }
-            alignas(64) float sums[kLanes];
-            vf_store(sums, l);
-            for (int i = 0; i < kLanes && p0 + i < n_pairs; ++i) {
-                const int64_t pair = p0 + i, row = r0 + pair / group, h = kvh * group + pair % group;
-                float* out = a.out + (row * a.hq + h) * d;
-                for (int64_t c = 0; c < d; ++c) out[c] = acc[c * kLanes + i] / sums[i];
+            // A lane with no key yet has max -inf: shift by -FLT_MAX instead, so its weights and
+            // its rescale come out 0 (exp of -inf), never exp(-inf + inf).
+            const vf m_new = vf_max(m, tile_max), shift = vf_max(m_new, vf_set1(-3.4028235e38f));
+            alignas(64) float rescale[kLanes];
+            vf_store(top, shift);
+            vf_store(rescale, m);
+#pragma omp simd
+            for (int i = 0; i < kLanes; ++i) rescale[i] = exp_fast(rescale[i] - top[i]);
+            const vf cv = vf_load(rescale);
+            l = vf_mul(l, cv);
+            for (int64_t c = 0; c < d; ++c) vf_store(acc + c * kLanes, vf_mul(vf_load(acc + c * kLanes), cv));
+            for (int64_t jj = 0; jj < nt; ++jj) {
+#pragma omp simd
+                for (int i = 0; i < kLanes; ++i) s[jj * kLanes + i] = exp_fast(s[jj * kLanes + i] - top[i]);
+                l = vf_add(l, vf_load(s + jj * kLanes));
             }
+            for (int64_t jj = 0; jj < nt; ++jj) {  // weighted values, 4 keys at a time where there are 4
+                const int u_n = jj + 4 <= nt ? 4 : 1;
+                vf p[4];
+                int64_t base[4];
+                for (int u = 0; u < u_n; ++u) p[u] = vf_load(s + (jj + u) * kLanes), base[u] = a.kv_at(kvh, j0 + jj + u);
+                for (int64_t c = 0; c < d; ++c) {
+                    vf o = vf_load(acc + c * kLanes);
+                    for (int u = 0; u < u_n; ++u) o = vf_fma(p[u], vf_set1(cache_at<F16>(a.v, base[u] + c)), o);
+                    vf_store(acc + c * kLanes, o);
+                }
+                jj += u_n - 1;
+            }
+            m = m_new;
+        }
+        alignas(64) float sums[kLanes];
+        vf_store(sums, l);
+        for (int i = 0; i < kLanes && p0 + i < n_pairs; ++i) {
+            const int64_t pair = p0 + i, row = r0 + pair / group, h = kvh * group + pair % group;
+            float* out = a.out + (row * a.hq + h) * d;
+            for (int64_t c = 0; c < d; ++c) out[c] = acc[c * kLanes + i] / sums[i];
         }
     }
 }
 
+void attention_rows(const AttentionArgs& a, int64_t kvh, int64_t r0, int64_t r1) {
+    if (a.f16_cache) attention_lanes<true>(a, kvh, r0, r1);
+    else attention_lanes<false>(a, kvh, r0, r1);
+}
+
 void attention(const AttentionArgs& a, int64_t task0, int64_t task1) {
     if (a.m >= kLanesRows) {
-        if (a.f16_cache) attention_lanes<true>(a, task0, task1);
-        else attention_lanes<false>(a, task0, task1);
+        for (int64_t kvh = 0; kvh < a.hkv; ++kvh)  // this range's rows for kvh: tasks row * hkv + kvh in [task0, task1)
+            attention_rows(a, kvh, (task0 - kvh + a.hkv - 1) / a.hkv, (task1 - kvh + a.hkv - 1) / a.hkv);
     } else if (a.f16_cache) {
         attention_impl<true>(a, task0, task1);
     } else {
@@ -192,7 +194,7 @@ void attention(const AttentionArgs& a, int64_t task0, int64_t task1) {
 
 // ---- a batch of sequences: one task per (sequence, kv head) ----
 
-// Sequences up to this long take the transposed-keys path below; longer ones go row by row.
+// Sequences up to this long take the transposed-keys path below; longer ones the lanes path above.
 constexpr int64_t kShortSeq = 256;
 
 // One short sequence and kv head: its keys transposed once ([d][keys], shared by every row and
@@ -261,7 +263,7 @@ void attention_seqs(const AttentionArgs& a, int64_t task0, int64_t task1) {
             if (a.f16_cache) attention_short<true>(one, kvh, kt);
             else attention_short<false>(one, kvh, kt);
         } else {
-            for (int64_t row = 0; row < one.m; ++row) attention(one, row * a.hkv + kvh, row * a.hkv + kvh + 1);
+            attention_rows(one, kvh, 0, one.m);
         }
     }
 }
