@@ -3,6 +3,8 @@
 // key as in ref), then the probability-weighted values. No score matrix is ever formed.
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../../core/kernel_table.h"
@@ -90,6 +92,15 @@ void attention_impl(const AttentionArgs& a, int64_t task0, int64_t task1) {
 // too - no horizontal sum per key, as the row-by-row path above needs.
 constexpr int64_t kLanesRows = 4;
 
+// step(jj, keys) over keys 0 .. n - 1, 4 at a time while there are 4, then one by one; `keys` is
+// std::integral_constant<int, 4 or 1>, so each step's loop over its keys unrolls.
+template <class Step>
+inline void in_fours(int64_t n, Step step) {
+    int64_t jj = 0;
+    for (; jj + 4 <= n; jj += 4) step(jj, std::integral_constant<int, 4>{});
+    for (; jj < n; ++jj) step(jj, std::integral_constant<int, 1>{});
+}
+
 // Rows r0 .. r1 - 1 of kv head kvh.
 template <bool F16>
 void attention_lanes(const AttentionArgs& a, int64_t kvh, int64_t r0, int64_t r1) {
@@ -106,9 +117,9 @@ void attention_lanes(const AttentionArgs& a, int64_t kvh, int64_t r0, int64_t r1
             const bool used = pair < n_pairs;
             const float* q = a.q + (row * a.hq + h) * d;
             for (int64_t c = 0; c < d; ++c) qt[c * kLanes + i] = used ? q[c] * a.scale : 0.0f;
-            lo[i] = used ? float(a.first_key(row)) : 0.0f;  // keys lo .. hi - 1 (none for unused lanes)
-            hi[i] = used ? float(a.keys_of_row(row)) : 0.0f;
-            if (used) first = std::min(first, a.first_key(row)), end = std::max(end, a.keys_of_row(row));
+            const int64_t key0 = used ? a.first_key(row) : 0, key1 = used ? a.keys_of_row(row) : 0;
+            lo[i] = float(key0), hi[i] = float(key1);  // keys lo .. hi - 1 (none for unused lanes)
+            if (used) first = std::min(first, key0), end = std::max(end, key1);
         }
         std::fill_n(acc, d * kLanes, 0.0f);
         const vf lo_v = vf_load(lo), hi_v = vf_load(hi);
@@ -116,29 +127,24 @@ void attention_lanes(const AttentionArgs& a, int64_t kvh, int64_t r0, int64_t r1
         for (int64_t j0 = first; j0 < end; j0 += kKeyTile) {
             const int64_t nt = std::min(kKeyTile, end - j0);
             vf tile_max = vf_set1(-INFINITY);
-            for (int64_t jj = 0; jj < nt; ++jj) {  // scores, 4 keys at a time where there are 4
-                const int u_n = jj + 4 <= nt ? 4 : 1;
-                vf sc[4] = {vf_zero(), vf_zero(), vf_zero(), vf_zero()};
-                int64_t base[4];
-                for (int u = 0; u < u_n; ++u) base[u] = a.kv_at(kvh, j0 + jj + u);
-                if (u_n == 4) {
-                    for (int64_t c = 0; c < d; ++c) {
-                        const vf qc = vf_load(qt + c * kLanes);
-                        for (int u = 0; u < 4; ++u) sc[u] = vf_fma(qc, vf_set1(cache_at<F16>(a.k, base[u] + c)), sc[u]);
-                    }
-                } else {
-                    for (int64_t c = 0; c < d; ++c) sc[0] = vf_fma(vf_load(qt + c * kLanes), vf_set1(cache_at<F16>(a.k, base[0] + c)), sc[0]);
+            in_fours(nt, [&](int64_t jj, auto keys) {  // scores, kept to each lane's window
+                constexpr int U = decltype(keys)::value;
+                vf sc[U];
+                int64_t base[U];
+                for (int u = 0; u < U; ++u) sc[u] = vf_zero(), base[u] = a.kv_at(kvh, j0 + jj + u);
+                for (int64_t c = 0; c < d; ++c) {
+                    const vf qc = vf_load(qt + c * kLanes);
+                    for (int u = 0; u < U; ++u) sc[u] = vf_fma(qc, vf_set1(cache_at<F16>(a.k, base[u] + c)), sc[u]);
                 }
-                for (int u = 0; u < u_n; ++u) {
+                for (int u = 0; u < U; ++u) {
                     const vf kept = vf_keep_in(sc[u], vf_set1(float(j0 + jj + u)), lo_v, hi_v);
                     tile_max = vf_max(tile_max, kept);
                     vf_store(s + (jj + u) * kLanes, kept);
                 }
-                jj += u_n - 1;
-            }
+            });
             // A lane with no key yet has max -inf: shift by -FLT_MAX instead, so its weights and
             // its rescale come out 0 (exp of -inf), never exp(-inf + inf).
-            const vf m_new = vf_max(m, tile_max), shift = vf_max(m_new, vf_set1(-3.4028235e38f));
+            const vf m_new = vf_max(m, tile_max), shift = vf_max(m_new, vf_set1(std::numeric_limits<float>::lowest()));
             alignas(64) float rescale[kLanes];
             vf_store(top, shift);
             vf_store(rescale, m);
@@ -152,18 +158,17 @@ void attention_lanes(const AttentionArgs& a, int64_t kvh, int64_t r0, int64_t r1
                 for (int i = 0; i < kLanes; ++i) s[jj * kLanes + i] = exp_fast(s[jj * kLanes + i] - top[i]);
                 l = vf_add(l, vf_load(s + jj * kLanes));
             }
-            for (int64_t jj = 0; jj < nt; ++jj) {  // weighted values, 4 keys at a time where there are 4
-                const int u_n = jj + 4 <= nt ? 4 : 1;
-                vf p[4];
-                int64_t base[4];
-                for (int u = 0; u < u_n; ++u) p[u] = vf_load(s + (jj + u) * kLanes), base[u] = a.kv_at(kvh, j0 + jj + u);
+            in_fours(nt, [&](int64_t jj, auto keys) {  // weighted values
+                constexpr int U = decltype(keys)::value;
+                vf p[U];
+                int64_t base[U];
+                for (int u = 0; u < U; ++u) p[u] = vf_load(s + (jj + u) * kLanes), base[u] = a.kv_at(kvh, j0 + jj + u);
                 for (int64_t c = 0; c < d; ++c) {
                     vf o = vf_load(acc + c * kLanes);
-                    for (int u = 0; u < u_n; ++u) o = vf_fma(p[u], vf_set1(cache_at<F16>(a.v, base[u] + c)), o);
+                    for (int u = 0; u < U; ++u) o = vf_fma(p[u], vf_set1(cache_at<F16>(a.v, base[u] + c)), o);
                     vf_store(acc + c * kLanes, o);
                 }
-                jj += u_n - 1;
-            }
+            });
             m = m_new;
         }
         alignas(64) float sums[kLanes];
