@@ -556,6 +556,18 @@ PYBIND11_MODULE(_C, m) {
     m.def("set_isa", &set_isa, py::arg("name"),
           "Switch kernel path; returns a warning string (empty if none) when it had to fall back.");
     m.def("supported_isas", &supported_isas, "Kernel paths this CPU can run, slowest first.");
+    m.def("_decode_tuning", [](const py::object& prefetch, const py::object& sparse_groups) {
+        if (!sparse_groups.is_none()) {
+            const int g = sparse_groups.cast<int>();
+            if (g != 1 && g != 4) fail("sparse_groups must be 1 or 4, got " + std::to_string(g));
+            g_decode_tuning.sparse_groups = g;
+        }
+        if (!prefetch.is_none()) g_decode_tuning.prefetch = prefetch.cast<bool>();
+        return py::dict(py::arg("prefetch") = g_decode_tuning.prefetch, py::arg("sparse_groups") = g_decode_tuning.sparse_groups);
+    }, py::arg("prefetch") = py::none(), py::arg("sparse_groups") = py::none(),
+       "How the one-row GEMVs stream the weights (chosen from the CPU's vendor at start-up): prefetch (each block "
+       "fetches 2 KB further on) and sparse_groups (Q8_0_S16 row groups at once, 1 or 4). Sets what is given; "
+       "returns the setting. For tests and benchmarks.");
     m.def("set_num_threads", &set_num_threads, py::arg("n"), "Size the thread pool (n < 1: physical cores).");
     m.def("num_threads", &num_threads);
     m.def("set_collectives", [](const py::dict& d) {

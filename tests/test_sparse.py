@@ -101,12 +101,15 @@ def test_every_path_equals_the_reference(isa, layout, m, n, k):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_decode_streams_of_row_groups(isa, threads):
-    """One activation row streams 4 row groups at a time, then the rest one by one: every count
-    of leftover groups, split over the threads, gives the dense layout's result."""
+@pytest.mark.parametrize(("prefetch", "sparse_groups"), [(True, 4), (False, 1), (True, 1)])
+def test_decode_streams_of_row_groups(isa, threads, prefetch, sparse_groups):
+    """One activation row streams 4 row groups at a time (Intel's tuning; Zen 4 takes 1), then the rest one
+    by one, prefetching or not: every count of leftover groups, split over the threads, gives the dense
+    layout's result."""
     x = np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)
-    old = _C.num_threads()
+    old, tuning = _C.num_threads(), _C._decode_tuning()
     _C.set_num_threads(threads)
+    _C._decode_tuning(prefetch, sparse_groups)
     try:
         for groups in (4, 5, 6, 7, 9, 25):
             q = _q8_0(16 * groups, 256, 0.6, seed=groups)
@@ -117,6 +120,16 @@ def test_decode_streams_of_row_groups(isa, threads):
                 assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
     finally:
         _C.set_num_threads(old)
+        _C._decode_tuning(**tuning)
+
+
+def test_decode_tuning_follows_the_vendor_and_checks_its_input():
+    tuning = _C._decode_tuning()
+    amd = "AMD" in _C.info()["cpu"].upper()
+    assert tuning == ({"prefetch": False, "sparse_groups": 1} if amd else {"prefetch": True, "sparse_groups": 4})
+    with pytest.raises(ValueError, match="sparse_groups must be 1 or 4"):
+        _C._decode_tuning(sparse_groups=2)
+    assert _C._decode_tuning() == tuning
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -29,6 +29,8 @@ unsigned long long xgetbv0() {
 
 void probe_x86(CpuFeatures& f) {
     unsigned a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return;
+    f.amd = b == 0x68747541 && d == 0x69746e65 && c == 0x444d4163;  // "Auth" "enti" "cAMD"
     if (!__get_cpuid(1, &a, &b, &c, &d)) return;
     const bool osxsave = c & (1u << 27);
     f.fma = c & (1u << 12);

@@ -9,6 +9,8 @@
 
 namespace corelm {
 
+DecodeTuning g_decode_tuning = cpu_features().amd ? DecodeTuning{false, 1} : DecodeTuning{};
+
 namespace {
 
 struct Path {

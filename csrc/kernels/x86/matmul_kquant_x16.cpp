@@ -107,7 +107,7 @@ void tile_q6_k_x16(const MatmulArgs& a, int64_t n, int64_t m) {
     const Slice low4 = slice_set1(0x0f0f0f0f), two_bits = slice_set1(0x03030303);
     for (int64_t sb = 0; sb < n_super; ++sb) {
         const block_q6_Kx16& g = grp[sb];
-        if constexpr (C == 1) prefetch_ahead(&g, sizeof(g));
+        if constexpr (C == 1) prefetch_ahead<Ahead::Always>(&g, sizeof(g));  // on Zen 4 too
         for (int h = 0; h < kHalves; ++h) {
             // Load the super-block's ql and qh once, in address order, then decode in registers/L1:
             // codes[8 * (4t + i) + e] holds elements 128t + 32i + 4e .. +3. (Loads interleaved with the

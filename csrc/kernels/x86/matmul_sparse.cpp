@@ -63,10 +63,11 @@ struct SparseGroup {
     }
 };
 
-// G row groups (16 weight rows each, from n) x C activation rows. Decode (C = 1) takes 4 groups at
-// once: each group's next block waits on its own masks, and 4 independent streams keep the memory
-// busy where one stalls (Intel Xeon, TinyLlama FFN GEMV, 50% zeros, 1 thread: 1.44 -> 0.90 ms
-// without prefetching; with it, 1.61x -> 1.70x dense at 70% zeros; 8 groups gain nothing more).
+// G row groups (16 weight rows each, from n) x C activation rows. On Intel decode (C = 1) takes 4
+// groups at once: each group's next block waits on its own masks, and 4 independent streams keep the
+// memory busy where one stalls (Intel Xeon, TinyLlama FFN GEMV, 50% zeros, 1 thread: 1.44 -> 0.90 ms
+// without prefetching; with it, 1.61x -> 1.70x dense at 70% zeros; 8 groups gain nothing more). On
+// Zen 4, one group at a time is faster (groups.h).
 template <int G, int C>
 void tile_q8_0s16(const MatmulArgs& a, int64_t n, int64_t m) {
     const int64_t nb = a.k / kQK;
@@ -95,17 +96,17 @@ struct Unstructured {
     static void tile(const MatmulArgs& a, int64_t n, int64_t m) { tile_q8_0s16<1, C>(a, n, m); }
 };
 
-constexpr int kDecodeGroups = 4;  // row groups a one-row tile streams at once
 constexpr int64_t kRebuiltRows = 256;  // activation rows per rebuilt group
 
-// One activation row (decode): tiles of kDecodeGroups row groups. Up to 8 rows: the slices rebuilt in
+// One activation row (decode): tiles of g_decode_tuning.sparse_groups row groups. Up to 8 rows: the slices rebuilt in
 // registers serve every row. More (a prompt): each group is rebuilt once per kRebuiltRows rows as a
 // Q8_0_X16 group and the dense kernel runs on it, instead of once per tile of 8 rows (TinyLlama-shape
 // GEMM, 512 rows: 0.70x -> 0.95x dense).
 void matmul_q8_0s16(const MatmulArgs& a, int64_t n0, int64_t n1) {
     if (a.m == 1) {
         int64_t n = n0;
-        for (; n + kDecodeGroups * kPackRows <= n1; n += kDecodeGroups * kPackRows) tile_q8_0s16<kDecodeGroups, 1>(a, n, 0);
+        if (g_decode_tuning.sparse_groups == 4)
+            for (; n + 4 * kPackRows <= n1; n += 4 * kPackRows) tile_q8_0s16<4, 1>(a, n, 0);
         for (; n < n1; n += kPackRows) tile_q8_0s16<1, 1>(a, n, 0);
         return;
     }
