@@ -9,6 +9,7 @@ Makes, from bench-models/tinyllama/hf (benchmarks/models.py builds it), with `co
     50%        50% unstructured, Q8_0_S16
     70%        70% unstructured, Q8_0_S16
     2:4        2:4, Q8_0_24
+    block 50%  whole tiles of 16 x 32, Q8_0_B16
 
 then measures corelm on each and llama.cpp on the dense file, at every thread count: prefill of a
 512-token prompt and 128 greedy decode steps, each run its own process (benchmarks/runners.py),
@@ -34,8 +35,9 @@ VARIANTS: dict[str, dict] = {
     "50%": {"sparsity": 0.5},
     "70%": {"sparsity": 0.7},
     "2:4": {"pattern": "2:4"},
+    "block 50%": {"sparsity": 0.5, "pattern": "block"},
 }
-WEIGHTS = {"dense": "Q8_0", "50%": "Q8_0_S16", "70%": "Q8_0_S16", "2:4": "Q8_0_24"}
+WEIGHTS = {"dense": "Q8_0", "50%": "Q8_0_S16", "70%": "Q8_0_S16", "2:4": "Q8_0_24", "block 50%": "Q8_0_B16"}
 
 
 def make_files(out: Path) -> dict[str, Path]:
@@ -46,7 +48,7 @@ def make_files(out: Path) -> dict[str, Path]:
         hf = make_hf_folder("tinyllama", out)
     files = {}
     for name, kw in VARIANTS.items():
-        path = out / f"tinyllama-sparse-{name.replace('%', '').replace(':', '')}.gguf"
+        path = out / f"tinyllama-sparse-{name.replace('%', '').replace(':', '').replace(' ', '-')}.gguf"
         if not path.exists():
             print(f"making {path.name} ...", file=sys.stderr, flush=True)
             sparsify_model(hf, path, type="q8_0", progress=False, **kw)

@@ -27,12 +27,15 @@ N, K = 5632, 2048
 COPIES = 16  # 16 x 11.5 MB dense: more than any cache here
 
 
-def q8_0(zeros: float, seed: int, two_of_four: bool = False) -> Weight:
+def q8_0(zeros: float, seed: int, two_of_four: bool = False, tiles: bool = False) -> Weight:
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((N, K)).astype(np.float32)
     if two_of_four:
         w = prune(w, 0.5, (2, 4), None)
-    w[rng.random((N, K)) < zeros] = 0
+    if tiles:  # whole tiles of 16 x 32, `zeros` of each 16 rows
+        w = prune(w, zeros, "block", None)
+    else:
+        w[rng.random((N, K)) < zeros] = 0
     return Weight.from_float(w, WeightType.Q8_0)
 
 
@@ -41,6 +44,7 @@ LAYOUTS = {
     "Q8_0_S16 50%": lambda seed: q8_0(0.5, seed).sparse(),
     "Q8_0_S16 70%": lambda seed: q8_0(0.7, seed).sparse(),
     "Q8_0_24 2:4": lambda seed: q8_0(0.0, seed, two_of_four=True).sparse(WeightType.Q8_0_24),
+    "Q8_0_B16 block 50%": lambda seed: q8_0(0.5, seed, tiles=True).sparse(WeightType.Q8_0_B16),
 }
 
 

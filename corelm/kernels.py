@@ -70,6 +70,7 @@ class WeightType(enum.IntEnum):
     # corelm's own sparse layouts (zeros left out; in corelm's GGUF files, see docs/sparsity.md)
     Q8_0_S16 = 2008  # any zeros
     Q8_0_24 = 2108  # 2:4
+    Q8_0_B16 = 2208  # whole blocks of 16 rows x 32
 
     @property
     def block_size(self) -> int:
@@ -93,8 +94,9 @@ class WeightType(enum.IntEnum):
 
     @property
     def own_stride(self) -> bool:
-        """Whether a tensor's rows are its own stride of bytes, not row_bytes (Q8_0_S16: any zeros left out)."""
-        return _FACTS[self]["sparsity"] == "unstructured"
+        """Whether a tensor's rows are its own stride of bytes, not row_bytes (Q8_0_S16: any zeros left out;
+        Q8_0_B16: whole blocks left out)."""
+        return _FACTS[self]["sparsity"] in ("unstructured", "block")
 
     @property
     def base(self) -> WeightType:
@@ -173,7 +175,8 @@ class Weight:
     def sparse(self, layout: WeightType = WeightType.Q8_0_S16) -> Weight:
         """This Q8_0 matrix (n a multiple of 16) without its zero codes: the same values in fewer bytes.
         Q8_0_S16 takes any zeros (fewer bytes the sparser it is); Q8_0_24 a 2:4 matrix (22 bytes per 32
-        weights, and products that skip the zeros). Raises ValueError for a type with no sparse layout or a
+        weights, and products that skip the zeros); Q8_0_B16 any matrix too, leaving out its all-zero blocks of
+        16 rows x 32 (products skip them). Raises ValueError for a type with no sparse layout or a
         matrix the layout cannot hold."""
         if self.type == layout:
             return self
@@ -197,7 +200,7 @@ class Weight:
     @cached_property
     def stored(self) -> int:
         """Values the bytes hold: n * k, or for a sparse matrix the codes it stores (Q8_0_S16: its nonzero ones;
-        Q8_0_24: half)."""
+        Q8_0_24: half; Q8_0_B16: its stored blocks')."""
         if not self.type.sparse:
             return self.n * self.k
         return int(_C.sparse_check(self.data, int(self.type), self.n, self.k))

@@ -100,7 +100,7 @@ WeightBytes weight_bytes(const Array& w, WeightType t, int64_t n, int64_t k) {
     check_contiguous(w, "weight");
     if (n <= 0 || k <= 0) fail("weight dimensions must be positive, got n=" + std::to_string(n) + ", k=" + std::to_string(k));
     const size_t rb = row_bytes(t, k);
-    if (rb == 0)
+    if (k % block_size(t) || (rb == 0 && !has_own_stride(t)))
         fail(std::string("k=") + std::to_string(k) + " is not a multiple of " + type_name(t) + "'s block size " +
              std::to_string(block_size(t)));
     const auto* data = static_cast<const uint8_t*>(w.data());
@@ -113,8 +113,9 @@ WeightBytes weight_bytes(const Array& w, WeightType t, int64_t n, int64_t k) {
     }
     if (size_t(w.nbytes()) % size_t(n)) fail(what() + ": " + std::to_string(w.nbytes()) + " bytes is not a whole stride per row");
     const size_t stride = size_t(w.nbytes()) / size_t(n);
-    if (stride < rb + kSparsePad / kPackRows)
-        fail(what() + ": " + std::to_string(stride) + " bytes per row cannot hold its headers (" + std::to_string(rb) + ")");
+    if (stride < min_stride(t, k))
+        fail(what() + ": " + std::to_string(stride) + " bytes per row cannot hold its headers (" +
+             std::to_string(min_stride(t, k)) + ")");
     return {data, stride};  // the kernels keep their reads inside each group; sparse_check names bad groups
 }
 
@@ -629,13 +630,14 @@ PYBIND11_MODULE(_C, m) {
                 CORELM_MATMUL_KERNELS(CORELM_KERNEL_NAME, _)
 #undef CORELM_KERNEL_NAME
             }
-            d["sparsity"] = info.sparsity == Sparsity::None ? "" : info.sparsity == Sparsity::Unstructured ? "unstructured" : "2:4";
+            constexpr const char* kSparsity[] = {"", "unstructured", "2:4", "block"};  // Sparsity's order
+            d["sparsity"] = kSparsity[int(info.sparsity)];
             out.append(d);
         }
         return out;
     }, "Every weight type's facts (formats.h's table): id, name, block_size, block_bytes, base (the GGUF type a "
        "16-row layout comes from), packed (a GGUF type's 16-row layout), kernel (its matrix product's name), sparsity ('' (zeros stored), "
-       "'unstructured' (rows of a tensor's own stride) or '2:4').");
+       "'unstructured' or 'block' (rows of a tensor's own stride) or '2:4').");
 
     m.def("matmul", [](const Array& x, const Array& w, int type, int64_t n, const py::object& out,
                        const py::object& bias, const py::object& residual, const std::string& activation) {
@@ -724,7 +726,7 @@ PYBIND11_MODULE(_C, m) {
         return codes;
     }, py::arg("w"), py::arg("type"), py::arg("n"), py::arg("k"),
        "The codes a sparse matrix stores (the rest of its n x k are zero); raises ValueError for a group whose "
-       "masks announce more than it holds (the kernels never read past a group either way; this names it).");
+       "masks or block map announce more than it holds (the kernels never read past a group either way; this names it).");
 
     m.def("sparsify", [](const Array& w, int type, int64_t n, int64_t k, int layout) {
         const WeightType t = weight_type(type), sparse = weight_type(layout);
@@ -746,7 +748,8 @@ PYBIND11_MODULE(_C, m) {
         return out;
     }, py::arg("w"), py::arg("type"), py::arg("n"), py::arg("k"), py::arg("layout"),
        "A Q8_0 (or Q8_0_X16) matrix of n x k in a sparse layout: Q8_0_S16 (its zero codes left out; uint8[n, "
-       "stride], the stride the fullest group of 16 rows needs) or Q8_0_24 (2:4; ValueError when it is not).");
+       "stride], the stride the fullest group of 16 rows needs), Q8_0_24 (2:4; ValueError when it is not) or Q8_0_B16 (its "
+       "all-zero blocks of 16 rows x 32 left out; uint8[n, stride] too).");
 
     m.def("dequantize", [](const Array& w, int type, int64_t n, int64_t k) {
         const WeightType t = weight_type(type);

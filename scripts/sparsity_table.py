@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from corelm.analysis.perplexity import perplexity_file, read_text  # noqa: E402
+from corelm.kernels import WeightType  # noqa: E402
 from corelm.quantize import quantize_model  # noqa: E402
 from corelm.quantize.sparsify import sparsify_model  # noqa: E402
 
@@ -37,7 +38,14 @@ MODEL = ROOT / "corelm" / "data" / "default.gguf"
 TEXT = DATA / "corpora" / "tinyshakespeare.txt"
 
 # (sparsity or None for the pattern's own, pattern)
-PRUNINGS = [(0.3, "unstructured"), (0.5, "unstructured"), (0.7, "unstructured"), (None, "2:4")]
+PRUNINGS = [
+    (0.3, "unstructured"),
+    (0.5, "unstructured"),
+    (0.7, "unstructured"),
+    (None, "2:4"),
+    (0.3, "block"),
+    (0.5, "block"),
+]
 
 
 def main() -> int:
@@ -108,7 +116,7 @@ def main() -> int:
                 )
                 # q8_0's pruned matrices are stored in a sparse layout: name it, the size is its own
                 after = rep.quantize.types_after
-                layouts = "/".join(name for name in sorted(after) if name.endswith(("_S16", "_24")))
+                layouts = "/".join(name for name in sorted(after) if WeightType[name].sparse)
                 label = f"{t.upper()} as {layouts}" if layouts else t.upper()
                 row(label, pattern, method, f"{rep.sparsity:g}", path, rep.quantize.output_bytes)
                 if args.keep is None:

@@ -1,4 +1,4 @@
-"""Sparse weight layouts (Q8_0_S16, Q8_0_24; formats.h, docs/sparsity.md): encoding, every kernel path against
+"""Sparse weight layouts (Q8_0_S16, Q8_0_24, Q8_0_B16; formats.h, docs/sparsity.md): encoding, every kernel path against
 the reference, the bounds a corrupted group cannot cross, the GGUF storage, and models that run them."""
 
 from __future__ import annotations
@@ -21,26 +21,37 @@ DEFAULT = "corelm/data/default.gguf"
 IDS = [1, 400, 13, 441, 416, 331, 407, 261, 378, 383, 300, 12, 45, 99, 7, 280]
 
 
-LAYOUTS = [WeightType.Q8_0_S16, WeightType.Q8_0_24]
+LAYOUTS = [WeightType.Q8_0_S16, WeightType.Q8_0_24, WeightType.Q8_0_B16]
 
 
-def _q8_0(n: int, k: int, zeros: float, seed: int = 0, two_of_four: bool = False) -> Weight:
+def _q8_0(n: int, k: int, zeros: float, seed: int = 0, two_of_four: bool = False, tiles: bool = False) -> Weight:
+    """Random Q8_0 [n, k], `zeros` of it zero: single weights, or with `tiles` whole tiles of 16 x 32 (and
+    with `two_of_four` first pruned 2:4)."""
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((n, k)).astype(np.float32)
     if two_of_four:
         w = prune(w, 0.5, (2, 4), None)
-    w[rng.random((n, k)) < zeros] = 0
+    if tiles:
+        w[np.repeat(np.repeat(rng.random((n // 16, k // 32)) < zeros, 16, axis=0), 32, axis=1)] = 0
+    else:
+        w[rng.random((n, k)) < zeros] = 0
     return Weight.from_float(w, WeightType.Q8_0)
+
+
+def _for(layout: WeightType) -> dict:
+    """_q8_0's pattern arguments for a layout's kind of sparsity."""
+    return {"two_of_four": layout == WeightType.Q8_0_24, "tiles": layout == WeightType.Q8_0_B16}
 
 
 def test_the_type_table():
     for t in LAYOUTS:
         assert t.sparse and t.packed and t.base == WeightType.Q8_0
-    assert WeightType.Q8_0_S16.own_stride and not WeightType.Q8_0_24.own_stride
+    assert WeightType.Q8_0_S16.own_stride and WeightType.Q8_0_B16.own_stride and not WeightType.Q8_0_24.own_stride
     assert SPARSE_LAYOUTS == {WeightType.Q8_0}
     assert not any(t.sparse for t in WeightType.gguf_types())
     info = {t["name"]: t for t in _C.weight_types()}
     assert info["Q8_0_S16"]["sparsity"] == "unstructured" and info["Q8_0_24"]["sparsity"] == "2:4"
+    assert info["Q8_0_B16"]["sparsity"] == "block"
     assert info["Q8_0"]["sparsity"] == "" and _C.row_bytes(int(WeightType.Q8_0_24), 64) == 44
 
 
@@ -73,6 +84,22 @@ def test_two_of_four_lossless_and_fixed_size(zeros, n, k):
     assert np.array_equal(s.sparse(WeightType.Q8_0_S16).unpacked().data, q.data)  # one layout to the other
 
 
+@pytest.mark.parametrize("zeros", [0.0, 0.3, 0.5, 0.7, 1.0])
+@pytest.mark.parametrize(("n", "k"), [(16, 32), (48, 96), (64, 2048), (32, 17408)])
+def test_blocks_lossless_and_smaller(zeros, n, k):
+    q = _q8_0(n, k, zeros, tiles=True)
+    s = q.sparse(WeightType.Q8_0_B16)
+    assert s.type == WeightType.Q8_0_B16 and np.array_equal(s.unpacked().data, q.data)
+    assert np.array_equal(q.packed().sparse(WeightType.Q8_0_B16).data, s.data)
+    assert np.array_equal(s.sparse(WeightType.Q8_0_S16).unpacked().data, q.data)  # one layout to the other
+    # Each group: its block map (64 bytes per 512 blocks), 544 bytes per block kept; the fullest group's
+    # size, in whole 64-byte lines, for every group.
+    kept = (q.to_float().reshape(n // 16, 16, k // 32, 32) != 0).any(axis=(1, 3)).sum(axis=1)
+    fullest = -(-(k // 32) // 512) * 64 + int(kept.max()) * 544
+    assert s.nbytes == n * (-(-fullest // 64) * 4)
+    assert s.stored == kept.sum() * 512
+
+
 def test_rows_not_in_whole_groups_and_other_types_are_refused():
     with pytest.raises(ValueError, match="multiple of 16 rows"):
         _q8_0(24, 64, 0.5).sparse()
@@ -88,7 +115,7 @@ def test_rows_not_in_whole_groups_and_other_types_are_refused():
 def test_every_path_equals_the_reference(isa, layout, m, n, k):
     """The sparse product equals the dense Q8_0 layout's reference; where the path has its own sparse
     kernel (AVX-512 VBMI / VBMI2, AMX tiles), bit for bit the dense layout's result on that path."""
-    q = _q8_0(n, k, 0.3, seed=m, two_of_four=layout == WeightType.Q8_0_24)
+    q = _q8_0(n, k, 0.3, seed=m, **_for(layout))
     s, d = q.sparse(layout), q.packed()
     x = np.random.default_rng(m).standard_normal((m, k)).astype(np.float32)
     got, same_path_dense = matmul(x, s), matmul(x, d)
@@ -134,7 +161,7 @@ def test_decode_tuning_follows_the_vendor_and_checks_its_input():
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_epilogue_and_lookup(isa, layout):
-    q = _q8_0(48, 128, 0.5, two_of_four=True)
+    q = _q8_0(48, 128, 0.5, **_for(layout))
     s, d = q.sparse(layout), q.packed()
     rng = np.random.default_rng(1)
     x = rng.standard_normal((11, 128)).astype(np.float32)
@@ -173,6 +200,23 @@ def test_a_corrupted_group_is_named_and_never_read_past(isa):
         _C.matmul(x, np.zeros((32, 8), np.uint8), int(WeightType.Q8_0_S16), 32)
 
 
+@pytest.mark.parametrize("corruption", ["a block past k", "more blocks than the group holds"])
+def test_a_corrupted_block_map_is_named_and_never_read_past(isa, corruption):
+    w = np.zeros((64, 96), np.float32)
+    w[:, 32:64] = np.random.default_rng(3).standard_normal((64, 32))  # each row group keeps block 1 of 3
+    s = Weight.from_float(w, WeightType.Q8_0).sparse(WeightType.Q8_0_B16)
+    bad = s.data.copy()
+    bad[:16].reshape(-1)[0] |= 0b1000 if corruption == "a block past k" else 0b111  # block 3 of 3, or all 3
+    with pytest.raises(ValueError, match="rows 0..15 announce more stored codes"):
+        Weight(bad, WeightType.Q8_0_B16, 64, 96)
+    x = np.ones((9, 96), np.float32)
+    for m in (1, 9):  # wrong numbers at most, read inside the group
+        assert _C.matmul(x[:m], bad, int(WeightType.Q8_0_B16), 64).shape == (m, 64)
+    assert _C.dequantize(bad, int(WeightType.Q8_0_B16), 64, 96).shape == (64, 96)
+    with pytest.raises(ValueError, match="bytes per row cannot hold its headers"):
+        _C.matmul(x, np.zeros((32, 2), np.uint8), int(WeightType.Q8_0_B16), 32)
+
+
 # ---- files and models ----
 
 
@@ -182,6 +226,15 @@ def default_sparse(tmp_path_factory):
     sparse, dense = d / "s.gguf", d / "d.gguf"
     sparsify_model(DEFAULT, sparse, 0.5, type="q8_0", progress=False)
     sparsify_model(DEFAULT, dense, 0.5, type="q8_0", progress=False, dense=True)
+    return sparse, dense
+
+
+@pytest.fixture(scope="module")
+def default_blocks(tmp_path_factory):
+    d = tmp_path_factory.mktemp("blocks")
+    sparse, dense = d / "s.gguf", d / "d.gguf"
+    sparsify_model(DEFAULT, sparse, 0.5, pattern="block", type="q8_0", progress=False)
+    sparsify_model(DEFAULT, dense, 0.5, pattern="block", type="q8_0", progress=False, dense=True)
     return sparse, dense
 
 
@@ -208,10 +261,10 @@ def test_the_file_stores_the_sparse_matrices(default_sparse):
     assert sparse.stat().st_size < 0.75 * dense.stat().st_size
 
 
-@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
-def test_sparse_and_dense_files_give_the_same_logits(default_sparse, default_two_of_four, isa, pattern):
-    sparse, dense = default_sparse if pattern == "unstructured" else default_two_of_four
-    layout = WeightType.Q8_0_S16 if pattern == "unstructured" else WeightType.Q8_0_24
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4", "block"])
+def test_sparse_and_dense_files_give_the_same_logits(default_sparse, default_two_of_four, default_blocks, isa, pattern):
+    sparse, dense = {"unstructured": default_sparse, "2:4": default_two_of_four, "block": default_blocks}[pattern]
+    layout = {"unstructured": WeightType.Q8_0_S16, "2:4": WeightType.Q8_0_24, "block": WeightType.Q8_0_B16}[pattern]
     assert load_gguf(sparse).metadata[SPARSE_TYPES][0] == layout.name
     a, b = corelm.load(sparse), corelm.load(dense)
     kind = a.model.w["blk.0.ffn_up.weight"].type

@@ -64,6 +64,29 @@ def test_n_of_m(n, m, k):
     assert np.array_equal(p[nz], w[nz])
 
 
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.7])
+@pytest.mark.parametrize(("n", "k"), [(32, 128), (40, 100), (16, 2048)])
+def test_block_tiles(sparsity, n, k):
+    """Whole tiles of 16 rows x 32 columns go (the last ones partial): floor(sparsity x tiles) of each 16 rows,
+    those of the lowest summed |w|."""
+    w = np.random.default_rng(n + k).standard_normal((n, k)).astype(np.float32)
+    p = prune(w, sparsity, "block")
+    assert np.array_equal(p[p != 0], w[p != 0])
+    tiles_per_row = -(-k // 32)
+    for r0 in range(0, n, 16):
+        zero = [not p[r0 : r0 + 16, c0 : c0 + 32].any() for c0 in range(0, k, 32)]
+        assert sum(zero) == int(np.floor(sparsity * tiles_per_row + 1e-9))
+        sums = [np.abs(w[r0 : r0 + 16, c0 : c0 + 32]).sum() for c0 in range(0, k, 32)]
+        if any(zero) and not all(zero):
+            assert max(s for s, z in zip(sums, zero, strict=True) if z) <= min(
+                s for s, z in zip(sums, zero, strict=True) if not z
+            )
+    norms = np.ones(k)
+    norms[:32] = 1e9  # Wanda: the first tile of every row group outweighs the rest
+    if sparsity:
+        assert (prune(w, sparsity, "block", norms)[:, :32] != 0).all()
+
+
 def test_wanda_weighs_by_activation_norm():
     rng = np.random.default_rng(0)
     w = rng.standard_normal((16, 64)).astype(np.float32)
@@ -145,15 +168,21 @@ def _layer(seed: int = 0, n: int = 32, k: int = 128, samples: int = 512):
     return w, x, x.T @ x / samples
 
 
-@pytest.mark.parametrize(("sparsity", "nm"), [(0.5, None), (0.7, None), (0.5, (2, 4)), (0.5, (4, 8))])
+@pytest.mark.parametrize(
+    ("sparsity", "nm"), [(0.5, None), (0.7, None), (0.5, (2, 4)), (0.5, (4, 8)), (0.5, "block"), (0.25, "block")]
+)
 def test_sparsegpt_pattern_and_error(sparsity, nm):
-    """SparseGPT keeps the pattern (per-row counts, N of every M) and its output error on the inputs it saw
-    is below Wanda's and magnitude's."""
+    """SparseGPT keeps the pattern (per-row counts, N of every M, whole tiles) and its output error on the
+    inputs it saw is below Wanda's and magnitude's."""
     w, x, gram = _layer()
     p = sparsegpt(w, gram, sparsity, nm, block=32)
     n, k = w.shape
     if nm is None:
         assert ((p == 0).sum(axis=1) == int(sparsity * k)).all()
+    elif nm == "block":  # 32 x 128: 2 row groups of 4 tiles, floor(sparsity x 4) of them zero
+        tiles = (p.reshape(n // 16, 16, k // 32, 32) != 0).any(axis=(1, 3))
+        assert ((~tiles).sum(axis=1) == int(sparsity * k / 32)).all()
+        assert ((p.reshape(n // 16, 16, k // 32, 32) == 0).all(axis=(1, 3)) == ~tiles).all()
     else:
         assert ((p.reshape(n, -1, nm[1]) != 0).sum(axis=2) <= nm[0]).all()
 
@@ -191,7 +220,7 @@ def test_sparsegpt_file(stories, tmp_path):
         (["--pattern", "4:4"], "corelm: error: --pattern 4:4: N:M needs 0 < N < M (keep N of every M weights)"),
         (
             ["--sparsity", "0.5", "--pattern", "blocks"],
-            "corelm: error: unknown --pattern 'blocks'; choose unstructured or N:M (e.g. 2:4, 4:8)",
+            "corelm: error: unknown --pattern 'blocks'; choose unstructured, block or N:M (e.g. 2:4, 4:8)",
         ),
         (
             ["--sparsity", "0.5", "--method", "obs"],

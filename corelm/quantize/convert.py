@@ -223,13 +223,16 @@ PRUNED_ZEROS = 0.2
 
 
 def sparse_layout_of(w: np.ndarray) -> WeightType | None:
-    """The sparse layout a pruned matrix [n, k] keeps its zeros out with (Q8_0_24 when 2:4, Q8_0_S16 for
-    any other pattern), or None when it is not PRUNED_ZEROS zeros."""
+    """The sparse layout a pruned matrix [n, k] keeps its zeros out with (Q8_0_24 when 2:4, Q8_0_B16 when
+    PRUNED_ZEROS of its 16 x 32 tiles are zero, Q8_0_S16 for any other pattern), or None when it is not
+    PRUNED_ZEROS zeros."""
     n, k = w.shape
     if n % PACK_ROWS or np.count_nonzero(w) > (1 - PRUNED_ZEROS) * w.size:
         return None
     if k % 4 == 0 and (np.count_nonzero(w.reshape(n, k // 4, 4), axis=2) <= 2).all():
         return WeightType.Q8_0_24
+    if k % 32 == 0 and np.mean(~w.reshape(n // PACK_ROWS, PACK_ROWS, k // 32, 32).any(axis=(1, 3))) >= PRUNED_ZEROS:
+        return WeightType.Q8_0_B16
     return WeightType.Q8_0_S16
 
 

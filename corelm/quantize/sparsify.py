@@ -21,10 +21,13 @@ and the pattern says which weights compete:
     unstructured  each row keeps its k - floor(sparsity * k) highest scores
     N:M           each group of M consecutive weights along the input dimension keeps its N highest
                   (sparsity 1 - N/M; a last group shorter than M keeps at most N)
+    block         whole tiles of 16 rows x 32 columns (BLOCK_TILE: the block of a 16-row group the
+                  kernels skip) compete by their summed scores: each group of 16 rows keeps its
+                  k/32 - floor(sparsity * k/32) highest tiles
 
 Which tensors are pruned is RECIPE's (printed by --help). The pruned model is written in --type by
 convert.write_model, as `corelm quantize` writes it; pruned matrices whose type has a sparse layout
-(q8_0: Q8_0_24 for 2:4, Q8_0_S16 for any other pattern; docs/sparsity.md) are stored in it, without
+(q8_0: Q8_0_24 for 2:4, Q8_0_B16 for block, Q8_0_S16 for any other pattern; docs/sparsity.md) are stored in it, without
 their zeros - smaller, and faster to decode - unless --dense asks for a plain GGUF (zeros stored as
 zeros) that llama.cpp loads too. Pruned zeros stay exact zeros in
 f32/f16/bf16 and in the types without an offset (q8_0, q6_k, q5_0, q4_0: code 0 times the scale);
@@ -41,17 +44,21 @@ from collections import Counter
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from tqdm import tqdm
 
 from corelm import hub
 from corelm.argtypes import threads, use_threads
-from corelm.kernels import SPARSE_LAYOUTS, Weight, WeightType
+from corelm.kernels import PACK_ROWS, SPARSE_LAYOUTS, Weight, WeightType
 from corelm.models import load_model
 from corelm.quantize.convert import QuantizeReport, _calibration, _check_paths, _input_bytes, check_type, write_model
 
-PATTERNS = ("unstructured", "2:4", "4:8")  # the named ones; any N:M with 0 < N < M is accepted
+PATTERNS = ("unstructured", "2:4", "4:8", "block")  # the named ones; any N:M with 0 < N < M is accepted
+# None: unstructured; (N, M); "block": tiles of BLOCK_TILE
+Pattern = tuple[int, int] | Literal["block"] | None
+BLOCK_TILE = (PACK_ROWS, 32)  # rows x columns: one block of a 16-row group (Q8_0_B16 stores or skips it whole)
 METHODS = ("magnitude", "wanda", "sparsegpt")
 
 # (regular expression on the tensor name, pruned?, why): the first match decides; matrices only
@@ -78,13 +85,15 @@ def pruned(name: str) -> bool:
     return False
 
 
-def parse_pattern(pattern: str) -> tuple[int, int] | None:
-    """None for unstructured, else (N, M) of an N:M pattern; ValueError for anything else."""
+def parse_pattern(pattern: str) -> Pattern:
+    """None for unstructured, "block", or (N, M) of an N:M pattern; ValueError for anything else."""
     if pattern == "unstructured":
         return None
+    if pattern == "block":
+        return "block"
     m = re.fullmatch(r"(\d+):(\d+)", pattern)
     if m is None:
-        raise ValueError(f"unknown --pattern {pattern!r}; choose unstructured or N:M (e.g. {', '.join(PATTERNS[1:])})")
+        raise ValueError(f"unknown --pattern {pattern!r}; choose unstructured, block or N:M (e.g. 2:4, 4:8)")
     n, mm = int(m.group(1)), int(m.group(2))
     if not 0 < n < mm:
         raise ValueError(f"--pattern {pattern}: N:M needs 0 < N < M (keep N of every M weights)")
@@ -102,23 +111,43 @@ def check_args(sparsity: float | None, pattern: str, method: str, calib: str | P
         raise ValueError("--calib is used by --method wanda and sparsegpt only")
     if calib is not None and not Path(calib).is_file():
         raise ValueError(f"--calib {calib}: no such file")
-    if nm is not None:
+    if isinstance(nm, tuple):
         implied = 1 - nm[0] / nm[1]
         if sparsity is not None and abs(sparsity - implied) > 1e-9:
             raise ValueError(f"--pattern {pattern} means sparsity {implied:g}; drop --sparsity or give {implied:g}")
         return implied
     if sparsity is None:
-        raise ValueError("--sparsity is required with --pattern unstructured")
+        raise ValueError(f"--sparsity is required with --pattern {pattern}")
     if not 0 <= sparsity < 1:
         raise ValueError(f"--sparsity must be in [0, 1), got {sparsity:g}")
     return sparsity
 
 
-def prune_mask(scores: np.ndarray, sparsity: float, nm: tuple[int, int] | None) -> np.ndarray:
+def tile_sums(scores: np.ndarray) -> np.ndarray:
+    """[ceil(n / 16), ceil(k / 32)]: the scores [n, k] summed over each BLOCK_TILE (the last ones partial)."""
+    (n, k), (tr, tc) = scores.shape, BLOCK_TILE
+    padded = np.zeros((-(-n // tr) * tr, -(-k // tc) * tc), dtype=np.float64)
+    padded[:n, :k] = scores
+    return padded.reshape(padded.shape[0] // tr, tr, padded.shape[1] // tc, tc).sum(axis=(1, 3))
+
+
+def lowest_tiles(tiles: np.ndarray, count: int, shape: tuple[int, int]) -> np.ndarray:
+    """Boolean [n, k] (shape): True in the `count` lowest tiles of each row of `tiles` (of equal ones the later)."""
+    drop = np.zeros(tiles.shape, dtype=bool)
+    if count:
+        order = np.argsort(-tiles, axis=1, kind="stable")  # highest first, the earlier on ties
+        np.put_along_axis(drop, order[:, tiles.shape[1] - count :], True, axis=1)
+    return np.repeat(np.repeat(drop, BLOCK_TILE[0], axis=0), BLOCK_TILE[1], axis=1)[: shape[0], : shape[1]]
+
+
+def prune_mask(scores: np.ndarray, sparsity: float, nm: Pattern) -> np.ndarray:
     """Boolean keep-mask [n, k] for the scores [n, k]: per row the highest k - floor(sparsity k)
-    (unstructured), or per group of M along a row the highest N; of equal scores the earlier
-    column is kept."""
+    (unstructured), per group of M along a row the highest N, or per 16 rows the highest
+    k/32 - floor(sparsity k/32) tiles of 16 x 32 (block); of equal scores the earlier column is kept."""
     n, k = scores.shape
+    if nm == "block":
+        tiles = tile_sums(scores)
+        return ~lowest_tiles(tiles, int(np.floor(sparsity * tiles.shape[1] + 1e-9)), (n, k))
     if nm is None:
         drop = int(np.floor(sparsity * k + 1e-9))
         keep = np.ones((n, k), dtype=bool)
@@ -137,9 +166,7 @@ def prune_mask(scores: np.ndarray, sparsity: float, nm: tuple[int, int] | None) 
     return keep.reshape(n, groups * m)[:, :k] & np.isfinite(padded[:, :k])
 
 
-def prune(
-    w: np.ndarray, sparsity: float, nm: tuple[int, int] | None = None, col_norm: np.ndarray | None = None
-) -> np.ndarray:
+def prune(w: np.ndarray, sparsity: float, nm: Pattern = None, col_norm: np.ndarray | None = None) -> np.ndarray:
     """`w` [n, k] with its lowest-scoring weights set to zero: |w| (magnitude) or |w| * col_norm
     (Wanda, col_norm [k] the input columns' L2 norms)."""
     scores = np.abs(w.astype(np.float64))
@@ -149,18 +176,20 @@ def prune(
 
 
 def sparsegpt(
-    w: np.ndarray, gram: np.ndarray, sparsity: float, nm: tuple[int, int] | None = None, block: int = 128, damp=0.01
+    w: np.ndarray, gram: np.ndarray, sparsity: float, nm: Pattern = None, block: int = 128, damp=0.01
 ) -> np.ndarray:
     """`w` [n, k] pruned with SparseGPT's error compensation (Frantar & Alistarh 2023): columns left to right
     in blocks of `block`, each weight's removal error spread over the columns not yet pruned through the
     inverse Hessian of the layer's input (gram = mean x x^T [k, k], dampened by `damp` x its mean diagonal),
     so the product x w^T moves as little as the calibration inputs can tell. Which weights go: per row the
     lowest w^2 / [H^-1]_jj^2 - of each block (unstructured: floor(sparsity k) over the row, spread over the
-    blocks) or of each group of M (N:M, chosen when the group is reached, after the updates before it)."""
+    blocks), of each group of M (N:M, chosen when the group is reached, after the updates before it) or,
+    summed over tiles of 16 rows x 32 columns, the lowest floor(sparsity k/32) tiles of each 16 rows, chosen
+    before the first block (block)."""
     W = w.astype(np.float64)
     n, k = W.shape
-    if nm is not None:  # blocks of whole groups
-        block = max(nm[1], block // nm[1] * nm[1])
+    whole = BLOCK_TILE[1] if nm == "block" else nm[1] if nm is not None else 1
+    block = max(whole, block // whole * whole)  # blocks of whole groups or tiles
     H = np.array(gram, dtype=np.float64)
     dead = np.diag(H) == 0  # columns no input ever reached
     H[dead, dead] = 1.0
@@ -168,6 +197,9 @@ def sparsegpt(
     H += damp * np.mean(np.diag(H)) * np.eye(k)
     U = np.linalg.cholesky(np.linalg.inv(H)).T  # upper factor of H^-1: H^-1 = U^T U
     rows = np.arange(n)[:, None]
+    if nm == "block":  # the tiles are chosen once, over whole rows: a block of columns holds too few to choose from
+        tiles = tile_sums(W**2 / np.diag(U)[None, :] ** 2)
+        tile_drop = lowest_tiles(tiles, int(np.floor(sparsity * tiles.shape[1] + 1e-9)), W.shape)
     for i1 in range(0, k, block):
         i2 = min(i1 + block, k)
         W1, Ui = W[:, i1:i2].copy(), U[i1:i2, i1:i2]
@@ -178,8 +210,10 @@ def sparsegpt(
             if count:
                 score = W1**2 / np.diag(Ui)[None, :] ** 2
                 drop[rows, np.argsort(score, axis=1, kind="stable")[:, :count]] = True
+        elif nm == "block":
+            drop = tile_drop[:, i1:i2].copy()
         for i in range(i2 - i1):
-            if nm is not None and (i1 + i) % nm[1] == 0:  # a new group of M: drop its M - N lowest now
+            if isinstance(nm, tuple) and (i1 + i) % nm[1] == 0:  # a new group of M: drop its M - N lowest now
                 j = min(i + nm[1], i2 - i1)
                 score = W1[:, i:j] ** 2 / np.diag(Ui)[None, i:j] ** 2
                 lowest = np.argsort(score, axis=1, kind="stable")[:, : max(0, j - i - nm[0])]
@@ -257,8 +291,9 @@ def sparsify_model(
         weights[name] = Weight.from_float(p, WeightType.F32) if level > 0 else t
     before = Counter(t.unpacked().type.name for t in model.w.values() if isinstance(t, Weight))
     model.w = weights
-    # 2:4 gets the layout whose products skip the zeros; anything else the one that takes any zeros.
-    layout = WeightType.Q8_0_24 if nm == (2, 4) else WeightType.Q8_0_S16
+    # 2:4 and block get the layouts whose products skip the zeros; anything else the one that takes any zeros.
+    skipping: dict[Pattern, WeightType] = {(2, 4): WeightType.Q8_0_24, "block": WeightType.Q8_0_B16}
+    layout = skipping.get(nm, WeightType.Q8_0_S16)
     sparse = {} if dense or level == 0 else dict.fromkeys(report.pruned, layout)
     write_model(model, tokenizer, src, out, recipe, qreport, pure=pure, progress=progress, sparse=sparse)
     report.stored_sparse = sum(n for name, n in qreport.types_after.items() if WeightType[name].sparse)
@@ -305,10 +340,14 @@ patterns:
   unstructured  any floor(sparsity x k) weights of each row of k
   N:M           N of each M consecutive weights along the input dimension kept (2:4, 4:8, ...);
                 the sparsity is 1 - N/M (--sparsity may be left out)
+  block         whole tiles of 16 rows x 32 columns, scored by their sum: floor(sparsity x k/32)
+                tiles of each 16 rows (worse quality than unstructured at the same sparsity; the
+                kernels skip the tiles, so prefill gains as much as decode)
 
 The output is a GGUF in --type (corelm quantize's names and rules). With --type q8_0 the pruned
 matrices are stored without their zeros (docs/sparsity.md) - 2:4 as Q8_0_24 (positions and kept codes:
-products skip the zeros), any other pattern as Q8_0_S16 (a bitmask and the kept codes):
+products skip the zeros), block as Q8_0_B16 (a bitmap and the kept tiles: products skip them), any
+other pattern as Q8_0_S16 (a bitmask and the kept codes):
 the file is smaller and decodes faster, and only corelm loads it. --dense writes every matrix with
 its zeros: a plain GGUF that llama.cpp loads too (for comparing).
 
@@ -355,7 +394,12 @@ def add_parser(subparsers: argparse._SubParsersAction, type_names: list[str]) ->
     p.add_argument(
         "--sparsity", type=float, default=None, metavar="S", help="fraction of each row set to zero, in [0, 1)"
     )
-    p.add_argument("--pattern", default="unstructured", type=str.lower, help="unstructured (default), 2:4, 4:8 or N:M")
+    p.add_argument(
+        "--pattern",
+        default="unstructured",
+        type=str.lower,
+        help="unstructured (default), 2:4, 4:8, N:M or block (16 x 32 tiles)",
+    )
     p.add_argument("--method", default="magnitude", type=str.lower, help="magnitude (default), wanda or sparsegpt")
     p.add_argument(
         "--calib", default=None, metavar="TEXT", help="wanda, sparsegpt: the text whose activations weigh the weights"

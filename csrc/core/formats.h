@@ -36,6 +36,7 @@ enum class WeightType : int32_t {
     // corelm's own sparse layouts (stored in corelm's GGUF files, see docs/sparsity.md).
     Q8_0_S16 = 2008,
     Q8_0_24 = 2108,
+    Q8_0_B16 = 2208,
 };
 
 constexpr int kQK = 32;  // elements per Q4_0 / Q8_0 block
@@ -219,6 +220,14 @@ struct block_q8_0x16_24 {
 };
 static_assert(sizeof(block_q8_0x16_24) == kPackRows * 22, "2:4 Q8_0 keeps 22 bytes per row and block");
 
+// Q8_0_B16: Q8_0 whose zeros come in whole blocks of a 16-row group (16 rows x 32 elements: corelm
+// sparsify's block pattern), so decode reads, and prefill multiplies, only the blocks kept. Groups of
+// 16 rows, each `16 * stride` bytes (the stride chosen when encoding, as Q8_0_S16's):
+//   the block map, block_map_bytes(k / 32) bytes: bit b % 64 of uint64 word b / 64 says block b is stored;
+//   the stored blocks, Q8_0_X16's block_q8_0x16 each, in order; zeros to the end of the group.
+// A block left out is zero. Any Q8_0 matrix encodes losslessly (its all-zero blocks left out).
+constexpr size_t block_map_bytes(int64_t nb) { return size_t((nb + 511) / 512) * 64; }
+
 // Activations quantized on the fly for the integer dot products (never stored in files).
 // d is kept in fp32 (ggml's q8_0/q8_1 round it to fp16) so activation rounding is the only
 // quantization error the activations add; s = sum(qs) lets Q4_0's "-8" offset be applied
@@ -233,8 +242,9 @@ static_assert(sizeof(block_q8_act) == 40, "block_q8_act must be 40 bytes");
 // ---- each weight type's facts, defined once ----
 
 // How a layout leaves zeros out: not at all; any of them (rows then have their tensor's own stride,
-// at least row_bytes + padding); or two of every four (fixed size, like any other type).
-enum class Sparsity : uint8_t { None, Unstructured, TwoOfFour };
+// at least row_bytes + padding); two of every four (fixed size, like any other type);
+// or whole blocks of a 16-row group (rows of their tensor's own stride too).
+enum class Sparsity : uint8_t { None, Unstructured, TwoOfFour, Blocks };
 // The drivers, the bindings and, through _C.weight_types(), the Python package read them here.
 struct TypeInfo {
     WeightType type;
@@ -275,6 +285,8 @@ inline constexpr TypeInfo kTypes[] = {
      WeightType::Q8_0_S16, Sparsity::Unstructured},
     {WeightType::Q8_0_24, "Q8_0_24", kQK, sizeof(block_q8_0x16_24) / kPackRows, WeightType::Q8_0,
      WeightType::Q8_0_24, Sparsity::TwoOfFour},
+    // block_bytes 0: the block map's share of a row is under a byte a block (min_stride says the least)
+    {WeightType::Q8_0_B16, "Q8_0_B16", kQK, 0, WeightType::Q8_0, WeightType::Q8_0_B16, Sparsity::Blocks},
 };
 
 // The facts of type id t, or nullptr when corelm does not know it.
@@ -308,16 +320,22 @@ constexpr bool is_packed(WeightType t) {
     return info && info->base != t;
 }
 
-// Zeros left out (Q8_0_S16, Q8_0_24): a 16-row layout made from its base type's rows by sparsify.
+// Zeros left out (Q8_0_S16, Q8_0_24, Q8_0_B16): a 16-row layout made from its base type's rows by sparsify.
 constexpr bool is_sparse(WeightType t) {
     const TypeInfo* info = find_type(int32_t(t));
     return info && info->sparsity != Sparsity::None;
 }
 
-// Rows hold the tensor's own stride of bytes (Q8_0_S16), not row_bytes.
+// Rows hold the tensor's own stride of bytes (Q8_0_S16, Q8_0_B16), not row_bytes.
 constexpr bool has_own_stride(WeightType t) {
     const TypeInfo* info = find_type(int32_t(t));
-    return info && info->sparsity == Sparsity::Unstructured;
+    return info && (info->sparsity == Sparsity::Unstructured || info->sparsity == Sparsity::Blocks);
+}
+
+// The fewest bytes a row of an own-stride layout can have: its share of the group's headers and padding.
+constexpr size_t min_stride(WeightType t, int64_t k) {
+    if (t == WeightType::Q8_0_B16) return block_map_bytes(k / kQK) / kPackRows;
+    return row_bytes(t, k) + kSparsePad / kPackRows;
 }
 
 constexpr WeightType packed_of(WeightType t) {

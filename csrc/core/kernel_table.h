@@ -110,7 +110,8 @@ using BinaryFn = void (*)(const float* a, const float* b, float* y, int64_t n);
     M(X, Q4_K_X16, matmul_q4_kx16) \
     M(X, Q4_0_X16, matmul_q4_0x16) \
     M(X, Q8_0_S16, matmul_q8_0s16) \
-    M(X, Q8_0_24, matmul_q8_0_24)
+    M(X, Q8_0_24, matmul_q8_0_24) \
+    M(X, Q8_0_B16, matmul_q8_0b16)
 #define CORELM_MATMUL_FIELD(X, type, name) X(name, MatmulFn)
 
 // Every kernel, as X(name, function type).
@@ -165,11 +166,12 @@ void quantize_row(WeightType t, const float* x, uint8_t* row, int64_t k);
 void pack_rows_x16(WeightType packed, const uint8_t* rows, size_t row_stride, uint8_t* out, int64_t k);
 void unpack_rows_x16(WeightType packed, const uint8_t* group, uint8_t* rows, size_t row_stride, int64_t k);
 
-// The sparse layouts' 16-row groups (Q8_0_S16, Q8_0_24) from / to Q8_0_X16 groups of k columns.
+// The sparse layouts' 16-row groups (Q8_0_S16, Q8_0_24, Q8_0_B16) from / to Q8_0_X16 groups of k columns.
 // sparse_group_bytes: the bytes type t's encoding of the group needs (-1 when Q8_0_24 cannot hold it: a
 // row keeps more than 2 of some 4 codes); encode writes them. decode reads nothing past group_bytes
 // (codes a corrupted group claims beyond them come out 0). sparse_group_codes: the codes a group
-// stores, or -1 when a Q8_0_S16 group's masks announce more than group_bytes hold (a file's check).
+// stores, or -1 when a Q8_0_S16 group's masks or a Q8_0_B16 group's map announce more than group_bytes
+// hold, or a block past k (a file's check).
 int64_t sparse_group_bytes(WeightType t, const block_q8_0x16* group, int64_t k);
 void encode_sparse_group(WeightType t, const block_q8_0x16* group, int64_t k, uint8_t* out);
 void decode_sparse_group(WeightType t, const uint8_t* group, int64_t k, size_t group_bytes, block_q8_0x16* out);

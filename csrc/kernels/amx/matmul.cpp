@@ -51,7 +51,9 @@ template <WeightType T>
 struct SparseQ8_0 : Q8_0 {
     static constexpr bool kSparse = true;
     static constexpr WeightType kType = T;
-    static MatmulFn fallback(const KernelTable& t) { return T == WeightType::Q8_0_24 ? t.matmul_q8_0_24 : t.matmul_q8_0s16; }
+    static MatmulFn fallback(const KernelTable& t) {
+        return T == WeightType::Q8_0_24 ? t.matmul_q8_0_24 : T == WeightType::Q8_0_B16 ? t.matmul_q8_0b16 : t.matmul_q8_0s16;
+    }
 };
 
 // Q4_0, Q4_1, Q5_0, Q5_1: low nibbles hold elements 4t+e, high nibbles 16+4t+e (t < 4); Q5_*'s
@@ -325,6 +327,7 @@ void fill(KernelTable& t) {
     t.matmul_q8_0x16 = matmul_int8<Q8_0>;
     t.matmul_q8_0s16 = matmul_int8<SparseQ8_0<WeightType::Q8_0_S16>>;
     t.matmul_q8_0_24 = matmul_int8<SparseQ8_0<WeightType::Q8_0_24>>;
+    t.matmul_q8_0b16 = matmul_int8<SparseQ8_0<WeightType::Q8_0_B16>>;
     t.matmul_q4_0x16 = matmul_int8<Q4or5<false, false>>;
     t.matmul_q4_1x16 = matmul_int8<Q4or5<false, true>>;
     t.matmul_q5_0x16 = matmul_int8<Q4or5<true, false>>;

@@ -102,7 +102,7 @@ void matmul_x16(const MatmulArgs& a, int64_t n0, int64_t n1) {
     }
 }
 
-// The sparse layouts (Q8_0_S16, Q8_0_24): each group decoded to Q8_0_X16, then that layout's product.
+// The sparse layouts (Q8_0_S16, Q8_0_24, Q8_0_B16): each group decoded to Q8_0_X16, then that layout's product.
 template <WeightType T>
 void matmul_sparse(const MatmulArgs& a, int64_t n0, int64_t n1) {
     thread_local std::vector<block_q8_0x16> dense;
@@ -150,6 +150,7 @@ void fill_matmul(KernelTable& t) {
     t.matmul_q4_0x16 = matmul_x16<block_q4_0x16, 8>;
     t.matmul_q8_0s16 = matmul_sparse<WeightType::Q8_0_S16>;
     t.matmul_q8_0_24 = matmul_sparse<WeightType::Q8_0_24>;
+    t.matmul_q8_0b16 = matmul_sparse<WeightType::Q8_0_B16>;
     t.quantize_act = quantize_act;
     t.matmul_f32 = matmul_f32;
     t.matmul_f16 = matmul_f16;

@@ -1,5 +1,6 @@
-// The sparse layouts (formats.h): Q8_0_S16 (any zeros left out) and Q8_0_24 (2:4). Encoding from and
-// decoding to Q8_0_X16 groups, and the bounds check a file's Q8_0_S16 groups must pass.
+// The sparse layouts (formats.h): Q8_0_S16 (any zeros left out), Q8_0_24 (2:4) and Q8_0_B16 (whole
+// blocks left out). Encoding from and decoding to Q8_0_X16 groups, and the bounds check a file's
+// Q8_0_S16 and Q8_0_B16 groups must pass.
 #include <cstddef>
 #include <cstring>
 #include <vector>
@@ -138,25 +139,92 @@ void decode_two_of_four(const uint8_t* group, int64_t k, block_q8_0x16* out) {
     }
 }
 
+// ---- Q8_0_B16: a map of the blocks stored, and those blocks ----
+
+bool all_zero(const block_q8_0x16& b) {
+    for (const uint8_t u : b.qs)
+        if (u != kZeroCode) return false;
+    return true;
+}
+
+size_t blocks_bytes(const block_q8_0x16* group, int64_t k) {
+    size_t stored = 0;
+    for (int64_t b = 0; b < k / kQK; ++b) stored += !all_zero(group[b]);
+    return block_map_bytes(k / kQK) + stored * sizeof(block_q8_0x16);
+}
+
+void encode_blocks(const block_q8_0x16* group, int64_t k, uint8_t* out) {
+    const int64_t nb = k / kQK;
+    std::vector<uint64_t> map(block_map_bytes(nb) / 8);
+    uint8_t* stored = out + block_map_bytes(nb);
+    for (int64_t b = 0; b < nb; ++b) {
+        if (all_zero(group[b])) continue;
+        map[size_t(b / 64)] |= uint64_t(1) << (b % 64);
+        std::memcpy(stored, &group[b], sizeof(block_q8_0x16));
+        stored += sizeof(block_q8_0x16);
+    }
+    std::memcpy(out, map.data(), block_map_bytes(nb));
+}
+
+// The map's words; bits past nb cleared (a corrupted map names no block past k).
+uint64_t map_word(const uint8_t* group, int64_t nb, int64_t word) {
+    uint64_t bits;
+    std::memcpy(&bits, group + 8 * word, 8);
+    return nb - 64 * word >= 64 ? bits : bits & ((uint64_t(1) << (nb - 64 * word)) - 1);
+}
+
+void decode_blocks(const uint8_t* group, int64_t k, size_t group_bytes, block_q8_0x16* out) {
+    const int64_t nb = k / kQK;
+    size_t at = block_map_bytes(nb);  // the next stored block
+    for (int64_t b = 0; b < nb; ++b) {
+        const bool stored = map_word(group, nb, b / 64) >> (b % 64) & 1;
+        if (stored && at + sizeof(block_q8_0x16) <= group_bytes) {
+            std::memcpy(&out[b], group + at, sizeof(block_q8_0x16));
+        } else {  // left out, or past the group in a corrupted one: zero
+            std::memset(out[b].d, 0, sizeof(out[b].d));
+            std::memset(out[b].qs, kZeroCode, sizeof(out[b].qs));
+        }
+        at += stored ? sizeof(block_q8_0x16) : 0;
+    }
+}
+
+int64_t blocks_codes(const uint8_t* group, int64_t k, size_t group_bytes) {
+    const int64_t nb = k / kQK;
+    if (block_map_bytes(nb) > group_bytes) return -1;
+    int64_t stored = 0;
+    for (int64_t word = 0; word < int64_t(block_map_bytes(nb) / 8); ++word) {
+        uint64_t bits;
+        std::memcpy(&bits, group + 8 * word, 8);
+        if (bits != (word * 64 < nb ? map_word(group, nb, word) : 0)) return -1;  // a block past k
+        stored += __builtin_popcountll(bits);
+    }
+    if (block_map_bytes(nb) + size_t(stored) * sizeof(block_q8_0x16) > group_bytes) return -1;
+    return stored * kPackRows * kQK;
+}
+
 }  // namespace
 
 int64_t sparse_group_bytes(WeightType t, const block_q8_0x16* group, int64_t k) {
     if (t == WeightType::Q8_0_24) return is_two_of_four(group, k) ? int64_t(kPackRows * row_bytes(t, k)) : -1;
+    if (t == WeightType::Q8_0_B16) return int64_t(blocks_bytes(group, k));
     return int64_t(unstructured_bytes(group, k));
 }
 
 void encode_sparse_group(WeightType t, const block_q8_0x16* group, int64_t k, uint8_t* out) {
     if (t == WeightType::Q8_0_24) encode_two_of_four(group, k, out);
+    else if (t == WeightType::Q8_0_B16) encode_blocks(group, k, out);
     else encode_unstructured(group, k, out);
 }
 
 void decode_sparse_group(WeightType t, const uint8_t* group, int64_t k, size_t group_bytes, block_q8_0x16* out) {
     if (t == WeightType::Q8_0_24) decode_two_of_four(group, k, out);
+    else if (t == WeightType::Q8_0_B16) decode_blocks(group, k, group_bytes, out);
     else decode_unstructured(group, k, group_bytes, out);
 }
 
 int64_t sparse_group_codes(WeightType t, const uint8_t* group, int64_t k, size_t group_bytes) {
     if (t == WeightType::Q8_0_24) return kPackRows * k / 2;
+    if (t == WeightType::Q8_0_B16) return blocks_codes(group, k, group_bytes);
     return unstructured_codes(group, k, group_bytes);
 }
 

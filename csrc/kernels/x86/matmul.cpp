@@ -3,6 +3,7 @@
 // from memory serves C activation rows (decode has C = 1 and streams weights; prefill
 // reuses each weight tile across the prompt).
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 
 #include "../../core/kernel_table.h"
@@ -126,11 +127,59 @@ using X16Block = std::conditional_t<
                        std::conditional_t<L == X16::Q5_0, block_q5_0x16,
                                           std::conditional_t<L == X16::Q5_1, block_q5_1x16, block_q8_0x16>>>>;
 
+// One block of a group (16 rows x 32 elements) times block b of C activation rows, into acc.
+template <X16 L, int C>
+inline void block_x16(const X16Block<L>& blk, const block_q8_act* const (&x)[C], int64_t b, GroupAcc<C>& acc) {
+    constexpr bool kFifthBit = L == X16::Q5_0 || L == X16::Q5_1;
+    constexpr bool kMin = L == X16::Q4_1 || L == X16::Q5_1;  // value = d * q + m, codes unsigned
+    Slice w[8][kHalves];  // w[j][h]: elements 4j..4j+3 of rows h*kSliceRows ..
+    for (int h = 0; h < kHalves; ++h) {
+        if constexpr (L == X16::Q8_0) {
+            for (int j = 0; j < 8; ++j) w[j][h] = slice_load(blk.qs + 64 * j + 4 * kSliceRows * h);
+        } else {
+            for (int j = 0; j < 4; ++j) {
+                const Slice v = slice_load(blk.qs + 64 * j + 4 * kSliceRows * h);
+                w[j][h] = slice_low4(v);
+                w[4 + j][h] = slice_high4(v);
+            }
+            if constexpr (kFifthBit) {  // the fifth bits: bit i of the row's qh for element i
+                const Slice qh = slice_load(reinterpret_cast<const uint8_t*>(blk.qh + kSliceRows * h));
+                for (int j = 0; j < 4; ++j) {
+                    w[j][h] = slice_or(w[j][h], slice_bits_to_0x10(qh, 4 * j));
+                    w[4 + j][h] = slice_or(w[4 + j][h], slice_bits_to_0x10(qh, 16 + 4 * j));
+                }
+            }
+        }
+    }
+    vf wd[kHalves], wm[kHalves];
+    for (int h = 0; h < kHalves; ++h) {
+        wd[h] = vf_load_f16(blk.d + kSliceRows * h);
+        if constexpr (kMin) wm[h] = vf_load_f16(blk.m + kSliceRows * h);
+    }
+    for (int c = 0; c < C; ++c) {
+        const auto* xq = reinterpret_cast<const int32_t*>(x[c][b].qs);
+        const vf xd = vf_set1(x[c][b].d);
+        for (int h = 0; h < kHalves; ++h) {
+            // Two chains of dot products (even and odd slices), so their latencies overlap.
+            Slice isum[2] = {L == X16::Q4_0   ? slice_offset_sum(8, x[c][b].s)
+                             : L == X16::Q5_0 ? slice_offset_sum(16, x[c][b].s)
+                             : L == X16::Q8_0 ? slice_q8_start(x[c][b].s)
+                                              : slice_set1(0),
+                             slice_set1(0)};
+            for (int j = 0; j < 8; ++j) {
+                const Slice xb = slice_set1(xq[j]);
+                isum[j % 2] = L == X16::Q8_0 ? slice_dot_q8(isum[j % 2], w[j][h], xb)
+                                             : slice_dot_small(isum[j % 2], w[j][h], xb);
+            }
+            acc[c][h] = vf_fma(slice_to_float(slice_add(isum[0], isum[1])), vf_mul(wd[h], xd), acc[c][h]);
+            if constexpr (kMin) acc[c][h] = vf_fma(wm[h], vf_set1(x[c][b].d * float(x[c][b].s)), acc[c][h]);
+        }
+    }
+}
+
 template <X16 L, int C>
 void tile_x16(const MatmulArgs& a, int64_t n, int64_t m) {
     using Block = X16Block<L>;
-    constexpr bool kFifthBit = L == X16::Q5_0 || L == X16::Q5_1;
-    constexpr bool kMin = L == X16::Q4_1 || L == X16::Q5_1;  // value = d * q + m, codes unsigned
     const int64_t nb = a.k / kQK;
     const auto* grp = reinterpret_cast<const Block*>(a.w + n * a.w_stride);
     const block_q8_act* x[C];
@@ -139,48 +188,32 @@ void tile_x16(const MatmulArgs& a, int64_t n, int64_t m) {
     for (int64_t b = 0; b < nb; ++b) {
         prefetch_for_tile<C>(grp + nb + b, sizeof(Block));  // the next group's block b
         if constexpr (C == 1) prefetch_ahead(grp + b, sizeof(Block));
-        Slice w[8][kHalves];  // w[j][h]: elements 4j..4j+3 of rows h*kSliceRows ..
-        for (int h = 0; h < kHalves; ++h) {
-            if constexpr (L == X16::Q8_0) {
-                for (int j = 0; j < 8; ++j) w[j][h] = slice_load(grp[b].qs + 64 * j + 4 * kSliceRows * h);
-            } else {
-                for (int j = 0; j < 4; ++j) {
-                    const Slice v = slice_load(grp[b].qs + 64 * j + 4 * kSliceRows * h);
-                    w[j][h] = slice_low4(v);
-                    w[4 + j][h] = slice_high4(v);
-                }
-                if constexpr (kFifthBit) {  // the fifth bits: bit i of the row's qh for element i
-                    const Slice qh = slice_load(reinterpret_cast<const uint8_t*>(grp[b].qh + kSliceRows * h));
-                    for (int j = 0; j < 4; ++j) {
-                        w[j][h] = slice_or(w[j][h], slice_bits_to_0x10(qh, 4 * j));
-                        w[4 + j][h] = slice_or(w[4 + j][h], slice_bits_to_0x10(qh, 16 + 4 * j));
-                    }
-                }
-            }
-        }
-        vf wd[kHalves], wm[kHalves];
-        for (int h = 0; h < kHalves; ++h) {
-            wd[h] = vf_load_f16(grp[b].d + kSliceRows * h);
-            if constexpr (kMin) wm[h] = vf_load_f16(grp[b].m + kSliceRows * h);
-        }
-        for (int c = 0; c < C; ++c) {
-            const auto* xq = reinterpret_cast<const int32_t*>(x[c][b].qs);
-            const vf xd = vf_set1(x[c][b].d);
-            for (int h = 0; h < kHalves; ++h) {
-                // Two chains of dot products (even and odd slices), so their latencies overlap.
-                Slice isum[2] = {L == X16::Q4_0   ? slice_offset_sum(8, x[c][b].s)
-                                 : L == X16::Q5_0 ? slice_offset_sum(16, x[c][b].s)
-                                 : L == X16::Q8_0 ? slice_q8_start(x[c][b].s)
-                                                  : slice_set1(0),
-                                 slice_set1(0)};
-                for (int j = 0; j < 8; ++j) {
-                    const Slice xb = slice_set1(xq[j]);
-                    isum[j % 2] = L == X16::Q8_0 ? slice_dot_q8(isum[j % 2], w[j][h], xb)
-                                                 : slice_dot_small(isum[j % 2], w[j][h], xb);
-                }
-                acc[c][h] = vf_fma(slice_to_float(slice_add(isum[0], isum[1])), vf_mul(wd[h], xd), acc[c][h]);
-                if constexpr (kMin) acc[c][h] = vf_fma(wm[h], vf_set1(x[c][b].d * float(x[c][b].s)), acc[c][h]);
-            }
+        block_x16<L, C>(grp[b], x, b, acc);
+    }
+    acc.store(a, n, m);
+}
+
+// Q8_0_B16 (formats.h): the blocks the group's map keeps, Q8_0_X16's product on each; the others are
+// neither read nor multiplied. A corrupted map names no block past k nor more than the group holds.
+template <int C>
+void tile_q8_0b16(const MatmulArgs& a, int64_t n, int64_t m) {
+    const int64_t nb = a.k / kQK;
+    const size_t group_bytes = size_t(kPackRows * a.w_stride), map_bytes = block_map_bytes(nb);
+    const uint8_t* group = a.w + n * a.w_stride;
+    const auto* stored = reinterpret_cast<const block_q8_0x16*>(group + map_bytes);
+    const int64_t room = int64_t((group_bytes - map_bytes) / sizeof(block_q8_0x16));
+    const block_q8_act* x[C];
+    for (int c = 0; c < C; ++c) x[c] = a.xq + (m + c) * nb;
+    GroupAcc<C> acc;
+    int64_t i = 0;  // stored blocks so far
+    for (int64_t word = 0; word * 64 < nb; ++word) {
+        uint64_t bits;
+        std::memcpy(&bits, group + 8 * word, 8);
+        if (nb - 64 * word < 64) bits &= (uint64_t(1) << (nb - 64 * word)) - 1;
+        for (; bits && i < room; bits &= bits - 1, ++i) {
+            prefetch_for_tile<C>(reinterpret_cast<const uint8_t*>(stored + i) + group_bytes, sizeof(block_q8_0x16));
+            if constexpr (C == 1) prefetch_ahead(stored + i, sizeof(block_q8_0x16));
+            block_x16<X16::Q8_0, C>(stored[i], x, 64 * word + __builtin_ctzll(bits), acc);
         }
     }
     acc.store(a, n, m);
@@ -191,6 +224,11 @@ template <X16 L>
 struct QuantX16 {
     template <int C>
     static void tile(const MatmulArgs& a, int64_t n, int64_t m) { tile_x16<L, C>(a, n, m); }
+};
+
+struct BlocksQ8_0 {
+    template <int C>
+    static void tile(const MatmulArgs& a, int64_t n, int64_t m) { tile_q8_0b16<C>(a, n, m); }
 };
 
 // ---- float weight types: element loaders ----
@@ -320,6 +358,7 @@ void fill_matmul(KernelTable& t) {
     t.matmul_q8_0 = matmul_q8_0;
     t.matmul_q4_0 = matmul_q4_0;
     t.matmul_q8_0x16 = matmul_q8_0x16;
+    t.matmul_q8_0b16 = matmul_groups<BlocksQ8_0>;
     t.matmul_q4_0x16 = matmul_groups<QuantX16<X16::Q4_0>>;
     t.matmul_q5_0x16 = matmul_groups<QuantX16<X16::Q5_0>>;
     t.matmul_q4_1x16 = matmul_groups<QuantX16<X16::Q4_1>>;
