@@ -56,6 +56,8 @@ def main() -> int:
     ap.add_argument("--chunks", type=int, default=30)
     ap.add_argument("--types", nargs="+", default=["f32", "q8_0"], help="weight types of the pruned files")
     ap.add_argument("--dense", nargs="*", default=["q8_0", "q4_0", "q4_k_m"], help="dense rows beside F32")
+    patterns = sorted({p for _, p in PRUNINGS})
+    ap.add_argument("--patterns", nargs="+", default=patterns, choices=patterns, help="patterns (default: all)")
     ap.add_argument("--methods", nargs="+", default=["magnitude", "wanda", "sparsegpt"], help="magnitude first")
     ap.add_argument("--calib-chars", type=int, default=20000, help="wanda, sparsegpt: the text's last N characters")
     ap.add_argument("--keep", type=Path, default=None, help="keep the files in this folder")
@@ -101,7 +103,7 @@ def main() -> int:
         rep = quantize_model(args.model, path, t, progress=False)
         row(t.upper(), "dense", "-", "0", path, rep.output_bytes)
     for t in args.types:
-        for sparsity, pattern in PRUNINGS:
+        for sparsity, pattern in [(s, p) for s, p in PRUNINGS if p in args.patterns]:
             for method in args.methods:
                 path = work / f"{stem}-{t}-{pattern.replace(':', 'of')}-{sparsity}-{method}.gguf"
                 rep = sparsify_model(
