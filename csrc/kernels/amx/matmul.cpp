@@ -46,7 +46,8 @@ struct Q8_0 {
 };
 
 // The sparse layouts of Q8_0: each group decoded to Q8_0_X16 blocks first (the codes they leave out are
-// 0), then as Q8_0 - the tiles multiply the zeros too, but read the sparse bytes.
+// 0), then as Q8_0 - the tiles multiply the zeros too, but read the sparse bytes, and skip the blocks
+// that are zero in all 16 rows (Q8_0_B16's missing blocks).
 template <WeightType T>
 struct SparseQ8_0 : Q8_0 {
     static constexpr bool kSparse = true;
@@ -172,6 +173,8 @@ void matmul_int8(const MatmulArgs& a, int64_t n0, int64_t n1) {
     TileScope scope(F::kSub, F::kSub / 4);
     alignas(64) int32_t dot[2][kRows][kRows];
     thread_local std::vector<block_q8_0x16> decoded;  // a sparse group, with its zeros
+    thread_local std::vector<int64_t> live;  // the sub-blocks multiplied
+    const int64_t subs = a.k / F::kSub;
     for (int64_t n = n0; n < n1; n += kRows) {
         const auto* group = reinterpret_cast<const typename F::Block*>(a.w + n * a.w_stride);
         if constexpr (F::kSparse) {
@@ -182,6 +185,13 @@ void matmul_int8(const MatmulArgs& a, int64_t n0, int64_t n1) {
         for (int64_t b = 0; b < blocks; ++b)
             F::unpack(group[b], codes.data() + b * F::kElems * kRows, scales.data() + b * kSubs * kRows,
                       mins.data() + b * kSubs * kRows);
+        // A sparse group's sub-blocks whose 16 scales are all 0 add nothing and are skipped: Q8_0_B16's
+        // missing blocks (and any block pruned whole in the other layouts).
+        live.clear();
+        for (int64_t j = 0; j < subs; ++j) {
+            const float* dw = scales.data() + j * kRows;
+            if (!F::kSparse || std::any_of(dw, dw + kRows, [](float d) { return d != 0.0f; })) live.push_back(j);
+        }
         for (int64_t m = 0; m < a.m; m += kRows) {
             const int rows = int(std::min<int64_t>(kRows, a.m - m));
             scope.set_rows(rows);
@@ -200,17 +210,16 @@ void matmul_int8(const MatmulArgs& a, int64_t n0, int64_t n1) {
                     }
                 }
             };
-            const int64_t subs = a.k / F::kSub;
-            int64_t j = 0;
-            for (; j + 2 <= subs; j += 2) {  // two independent products in flight
-                int8_product<F, kC0, kA0, kB0>(x, j, x_stride, codes.data(), dot[0]);
-                int8_product<F, kC1, kA1, kB1>(x, j + 1, x_stride, codes.data(), dot[1]);
-                scale(j, dot[0]);
-                scale(j + 1, dot[1]);
+            size_t i = 0;
+            for (; i + 2 <= live.size(); i += 2) {  // two independent products in flight
+                int8_product<F, kC0, kA0, kB0>(x, live[i], x_stride, codes.data(), dot[0]);
+                int8_product<F, kC1, kA1, kB1>(x, live[i + 1], x_stride, codes.data(), dot[1]);
+                scale(live[i], dot[0]);
+                scale(live[i + 1], dot[1]);
             }
-            if (j < subs) {
-                int8_product<F, kC0, kA0, kB0>(x, j, x_stride, codes.data(), dot[0]);
-                scale(j, dot[0]);
+            if (i < live.size()) {
+                int8_product<F, kC0, kA0, kB0>(x, live[i], x_stride, codes.data(), dot[0]);
+                scale(live[i], dot[0]);
             }
             store_rows(acc, rows, a, m, n);
         }
