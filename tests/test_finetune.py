@@ -298,11 +298,11 @@ def _pruned_folder(src: Path, dst: Path, pattern: tuple[int, int] | None) -> Pat
     return dst
 
 
-@pytest.mark.parametrize(("method", "pattern"), [("full", None), ("lora", (2, 4))])
+@pytest.mark.parametrize(("method", "pattern"), [("full", None), ("lora", (2, 4)), ("full", "block")])
 def test_sparse_fine_tuning_keeps_the_zeros(method: str, pattern, models, files, tmp_path: Path) -> None:
     """A pruned model (every block matrix half zeros) fine-tunes with its masks fixed: the loss falls, the
     exported folder has its zeros exactly where the input had them, and the Q8_0 GGUF stores those
-    matrices sparse (Q8_0_S16, or Q8_0_24 for 2:4) with the folder's logits."""
+    matrices sparse (Q8_0_S16, Q8_0_24 for 2:4, Q8_0_B16 for whole 16 x 32 tiles) with the folder's logits."""
     from safetensors.numpy import load_file
 
     from corelm.formats.gguf import SPARSE_TENSORS, SPARSE_TYPES, load_gguf
@@ -322,7 +322,7 @@ def test_sparse_fine_tuning_keeps_the_zeros(method: str, pattern, models, files,
             assert not np.array_equal(after[name], w), name  # and it trained
     f = load_gguf(out / "model.gguf")
     assert len(f.metadata[SPARSE_TENSORS]) == 14
-    assert set(f.metadata[SPARSE_TYPES]) == {"Q8_0_S16" if pattern is None else "Q8_0_24"}
+    assert set(f.metadata[SPARSE_TYPES]) == {{None: "Q8_0_S16", (2, 4): "Q8_0_24", "block": "Q8_0_B16"}[pattern]}
     ids = corelm.load(out).tokenize("<|user|>where did ben go<|endoftext|><|assistant|>")
     want = corelm.load(out).logits(ids)
     assert np.abs(corelm.load(out / "model.gguf").logits(ids) - want).max() < 0.05 * np.abs(want).max()
