@@ -77,6 +77,9 @@ void tile_q8_0s16(const MatmulArgs& a, int64_t n, int64_t m) {
     for (int c = 0; c < C; ++c) x[c] = a.xq + (m + c) * nb;
     GroupAcc<C> acc[G];
     for (int64_t b = 0; b < nb; ++b) {
+        // Unrolled, so each group's offset chain stays in a register: looped, it went through the stack
+        // every block (Zen 4, 4 groups, 50% zeros, 1 thread: 0.53 -> 0.44 ms).
+#pragma GCC unroll 4
         for (int g = 0; g < G; ++g) {
             Slice w[kQK / 4];
             const vf wd = vf_load_f16(group[g].expand(w, C == 1).d);
