@@ -192,6 +192,8 @@ py::dict info() {
     for (const auto& [kernel, path] : kernel_paths()) paths[kernel.c_str()] = path;
     d["kernels"] = paths;
     d["tile_min_rows"] = corelm::amx::kMinRows;
+    d["decode_tuning"] = py::dict(py::arg("prefetch") = g_decode_tuning.prefetch,
+                                  py::arg("sparse_groups") = g_decode_tuning.sparse_groups);
     return d;
 }
 

@@ -33,6 +33,9 @@ def test_info_json():
     r = corelm("info", "--json")
     info = json.loads(r.stdout)
     assert info["isa"] in info["supported_isas"] and "matmul_q4_0" in info["kernels"]
+    assert info["decode_tuning"]["sparse_groups"] in (1, 4) and isinstance(info["decode_tuning"]["prefetch"], bool)
+    text = corelm("info").stdout
+    assert "decode:   one-row GEMVs" in text and f"streams {info['decode_tuning']['sparse_groups']} row group" in text
 
 
 def test_run_prints_text_and_speed():
