@@ -227,6 +227,14 @@ static_assert(sizeof(block_q8_0x16_24) == kPackRows * 22, "2:4 Q8_0 keeps 22 byt
 //   the stored blocks, Q8_0_X16's block_q8_0x16 each, in order; zeros to the end of the group.
 // A block left out is zero. Any Q8_0 matrix encodes losslessly (its all-zero blocks left out).
 constexpr size_t block_map_bytes(int64_t nb) { return size_t((nb + 511) / 512) * 64; }
+// Word `word` of a group's block map (blocks 64 word ..), the bits past nb cleared: a corrupted map
+// names no block past k. 0 for a word wholly past nb.
+inline uint64_t block_map_word(const uint8_t* group, int64_t nb, int64_t word) {
+    uint64_t bits;
+    std::memcpy(&bits, group + 8 * word, 8);
+    const int64_t left = nb - 64 * word;
+    return left >= 64 ? bits : left > 0 ? bits & ((uint64_t(1) << left) - 1) : 0;
+}
 
 // Activations quantized on the fly for the integer dot products (never stored in files).
 // d is kept in fp32 (ggml's q8_0/q8_1 round it to fp16) so activation rounding is the only
@@ -334,7 +342,8 @@ constexpr bool has_own_stride(WeightType t) {
 
 // The fewest bytes a row of an own-stride layout can have: its share of the group's headers and padding.
 constexpr size_t min_stride(WeightType t, int64_t k) {
-    if (t == WeightType::Q8_0_B16) return block_map_bytes(k / kQK) / kPackRows;
+    const TypeInfo* info = find_type(int32_t(t));
+    if (info && info->sparsity == Sparsity::Blocks) return block_map_bytes(k / kQK) / kPackRows;
     return row_bytes(t, k) + kSparsePad / kPackRows;
 }
 

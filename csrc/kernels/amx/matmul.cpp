@@ -16,6 +16,7 @@
 // so the sums are as close to fp32 as the AVX-512 path's.
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 #include <type_traits>
 #include <vector>
 
@@ -173,8 +174,10 @@ void matmul_int8(const MatmulArgs& a, int64_t n0, int64_t n1) {
     TileScope scope(F::kSub, F::kSub / 4);
     alignas(64) int32_t dot[2][kRows][kRows];
     thread_local std::vector<block_q8_0x16> decoded;  // a sparse group, with its zeros
-    thread_local std::vector<int64_t> live;  // the sub-blocks multiplied
+    thread_local std::vector<int64_t> live;  // the sub-blocks multiplied: all of them, or a sparse group's
     const int64_t subs = a.k / F::kSub;
+    live.resize(size_t(subs));
+    std::iota(live.begin(), live.end(), int64_t(0));
     for (int64_t n = n0; n < n1; n += kRows) {
         const auto* group = reinterpret_cast<const typename F::Block*>(a.w + n * a.w_stride);
         if constexpr (F::kSparse) {
@@ -187,10 +190,12 @@ void matmul_int8(const MatmulArgs& a, int64_t n0, int64_t n1) {
                       mins.data() + b * kSubs * kRows);
         // A sparse group's sub-blocks whose 16 scales are all 0 add nothing and are skipped: Q8_0_B16's
         // missing blocks (and any block pruned whole in the other layouts).
-        live.clear();
-        for (int64_t j = 0; j < subs; ++j) {
-            const float* dw = scales.data() + j * kRows;
-            if (!F::kSparse || std::any_of(dw, dw + kRows, [](float d) { return d != 0.0f; })) live.push_back(j);
+        if constexpr (F::kSparse) {
+            live.clear();
+            for (int64_t j = 0; j < subs; ++j) {
+                const float* dw = scales.data() + j * kRows;
+                if (std::any_of(dw, dw + kRows, [](float d) { return d != 0.0f; })) live.push_back(j);
+            }
         }
         for (int64_t m = 0; m < a.m; m += kRows) {
             const int rows = int(std::min<int64_t>(kRows, a.m - m));

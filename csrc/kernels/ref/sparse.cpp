@@ -166,18 +166,11 @@ void encode_blocks(const block_q8_0x16* group, int64_t k, uint8_t* out) {
     std::memcpy(out, map.data(), block_map_bytes(nb));
 }
 
-// The map's words; bits past nb cleared (a corrupted map names no block past k).
-uint64_t map_word(const uint8_t* group, int64_t nb, int64_t word) {
-    uint64_t bits;
-    std::memcpy(&bits, group + 8 * word, 8);
-    return nb - 64 * word >= 64 ? bits : bits & ((uint64_t(1) << (nb - 64 * word)) - 1);
-}
-
 void decode_blocks(const uint8_t* group, int64_t k, size_t group_bytes, block_q8_0x16* out) {
     const int64_t nb = k / kQK;
     size_t at = block_map_bytes(nb);  // the next stored block
     for (int64_t b = 0; b < nb; ++b) {
-        const bool stored = map_word(group, nb, b / 64) >> (b % 64) & 1;
+        const bool stored = block_map_word(group, nb, b / 64) >> (b % 64) & 1;
         if (stored && at + sizeof(block_q8_0x16) <= group_bytes) {
             std::memcpy(&out[b], group + at, sizeof(block_q8_0x16));
         } else {  // left out, or past the group in a corrupted one: zero
@@ -195,7 +188,7 @@ int64_t blocks_codes(const uint8_t* group, int64_t k, size_t group_bytes) {
     for (int64_t word = 0; word < int64_t(block_map_bytes(nb) / 8); ++word) {
         uint64_t bits;
         std::memcpy(&bits, group + 8 * word, 8);
-        if (bits != (word * 64 < nb ? map_word(group, nb, word) : 0)) return -1;  // a block past k
+        if (bits != block_map_word(group, nb, word)) return -1;  // a block past k
         stored += __builtin_popcountll(bits);
     }
     if (block_map_bytes(nb) + size_t(stored) * sizeof(block_q8_0x16) > group_bytes) return -1;

@@ -3,7 +3,6 @@
 // from memory serves C activation rows (decode has C = 1 and streams weights; prefill
 // reuses each weight tile across the prompt).
 #include <cmath>
-#include <cstring>
 #include <type_traits>
 
 #include "../../core/kernel_table.h"
@@ -207,10 +206,7 @@ void tile_q8_0b16(const MatmulArgs& a, int64_t n, int64_t m) {
     GroupAcc<C> acc;
     int64_t i = 0;  // stored blocks so far
     for (int64_t word = 0; word * 64 < nb; ++word) {
-        uint64_t bits;
-        std::memcpy(&bits, group + 8 * word, 8);
-        if (nb - 64 * word < 64) bits &= (uint64_t(1) << (nb - 64 * word)) - 1;
-        for (; bits && i < room; bits &= bits - 1, ++i) {
+        for (uint64_t bits = block_map_word(group, nb, word); bits && i < room; bits &= bits - 1, ++i) {
             prefetch_for_tile<C>(reinterpret_cast<const uint8_t*>(stored + i) + group_bytes, sizeof(block_q8_0x16));
             if constexpr (C == 1) prefetch_ahead(stored + i, sizeof(block_q8_0x16));
             block_x16<X16::Q8_0, C>(stored[i], x, 64 * word + __builtin_ctzll(bits), acc);
