@@ -1,23 +1,25 @@
-"""Whole-model decode under each CPU vendor's decode tuning (kernel_table.h's DecodeTuning), in one run.
+"""Whole-model decode under each CPU's decode tuning (kernel_table.h's DecodeTuning), in one run.
 
     python -m benchmarks.decode_tuning bench-models/tinyllama-sparse-dense.gguf bench-models/tinyllama-sparse-50.gguf
 
 For each model and thread count, one process loads the model and decodes --steps tokens greedily
-under Intel's tuning (4 Q8_0_S16 row groups at once, prefetch ahead) and Zen 4's (one group, no
-prefetch ahead except Q6_K), switched with _C._decode_tuning between runs and interleaved; prints
-the median tokens/s of --reps and the ratio.
+under Intel's tuning (4 Q8_0_S16 row groups at once, prefetch 2 KB ahead), Zen 4's (one group, no
+prefetch ahead except Q6_K) and Zen 5's (one group, prefetch 8 KB ahead), switched with
+_C._decode_tuning between runs and interleaved; prints the median tokens/s of --reps and each
+tuning's ratio to Intel's.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-TUNINGS = {"intel": (True, 4), "zen4": (False, 1)}
+TUNINGS = {"Intel": (2048, 4), "Zen 4": (0, 1), "Zen 5": (8192, 1)}  # (prefetch_bytes, sparse_groups)
 PROMPT = 16
 
 
@@ -59,17 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--one", nargs=2, metavar=("MODEL", "THREADS"), help=argparse.SUPPRESS)  # the child process
     args = ap.parse_args(argv)
     if args.one:
-        r = measure(args.one[0], int(args.one[1]), args.steps, args.reps)
-        print(r["intel"], r["zen4"])
+        print(json.dumps(measure(args.one[0], int(args.one[1]), args.steps, args.reps)))
         return 0
-    print("| model | threads | Intel tuning tok/s | Zen 4 tuning tok/s | Zen 4 / Intel |\n|---|---|---|---|---|")
+    print("| model | threads | " + " | ".join(f"{name} tuning tok/s" for name in TUNINGS) + " |")
+    print("|---|---|" + "---|" * len(TUNINGS))
     for t in args.threads:
         for model in args.models:
             cmd = [sys.executable, "-m", "benchmarks.decode_tuning", str(model), "--one", str(model), str(t)]
             cmd += ["--steps", str(args.steps), "--reps", str(args.reps)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
-            intel, zen4 = float(out[-2]), float(out[-1])
-            print(f"| {model.name} | {t} | {intel:.1f} | {zen4:.1f} | {zen4 / intel:.2f}x |", flush=True)
+            r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+            cells = [f"{r[name]:.1f} ({r[name] / r['Intel']:.2f}x)" for name in TUNINGS]
+            print(f"| {model.name} | {t} | " + " | ".join(cells) + " |", flush=True)
     return 0
 
 

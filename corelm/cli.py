@@ -90,9 +90,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     elif "amx-emu" in info["supported_isas"]:
         print("AMX:      not on this CPU; amx-emu runs the tile kernels on an exact emulator (for tests, not speed)")
     tuning = info["decode_tuning"]
-    prefetch = "prefetch 2 KB ahead" if tuning["prefetch"] else "leave prefetching to the CPU (Q6_K excepted)"
+    ahead = tuning["prefetch_bytes"]
+    prefetch = f"prefetch {ahead // 1024} KB ahead" if ahead else "leave prefetching to the CPU (Q6_K excepted)"
     groups = tuning["sparse_groups"]
-    print(f"decode:   one-row GEMVs {prefetch}; Q8_0_S16 streams {groups} row group(s) at once (for this CPU's vendor)")
+    print(f"decode:   one-row GEMVs {prefetch}; Q8_0_S16 streams {groups} row group(s) at once (for this CPU)")
     print("kernels:")
     for kernel, path in info["kernels"].items():
         print(f"  {kernel:14} {path}")

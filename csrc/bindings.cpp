@@ -192,7 +192,7 @@ py::dict info() {
     for (const auto& [kernel, path] : kernel_paths()) paths[kernel.c_str()] = path;
     d["kernels"] = paths;
     d["tile_min_rows"] = corelm::amx::kMinRows;
-    d["decode_tuning"] = py::dict(py::arg("prefetch") = g_decode_tuning.prefetch,
+    d["decode_tuning"] = py::dict(py::arg("prefetch_bytes") = g_decode_tuning.prefetch_bytes,
                                   py::arg("sparse_groups") = g_decode_tuning.sparse_groups);
     return d;
 }
@@ -559,17 +559,23 @@ PYBIND11_MODULE(_C, m) {
     m.def("set_isa", &set_isa, py::arg("name"),
           "Switch kernel path; returns a warning string (empty if none) when it had to fall back.");
     m.def("supported_isas", &supported_isas, "Kernel paths this CPU can run, slowest first.");
-    m.def("_decode_tuning", [](const py::object& prefetch, const py::object& sparse_groups) {
+    m.def("_decode_tuning", [](const py::object& prefetch_bytes, const py::object& sparse_groups) {
         if (!sparse_groups.is_none()) {
             const int g = sparse_groups.cast<int>();
             if (g != 1 && g != 4) fail("sparse_groups must be 1 or 4, got " + std::to_string(g));
             g_decode_tuning.sparse_groups = g;
         }
-        if (!prefetch.is_none()) g_decode_tuning.prefetch = prefetch.cast<bool>();
-        return py::dict(py::arg("prefetch") = g_decode_tuning.prefetch, py::arg("sparse_groups") = g_decode_tuning.sparse_groups);
-    }, py::arg("prefetch") = py::none(), py::arg("sparse_groups") = py::none(),
-       "How the one-row GEMVs stream the weights (chosen from the CPU's vendor at start-up): prefetch (each block "
-       "fetches 2 KB further on) and sparse_groups (Q8_0_S16 row groups at once, 1 or 4). Sets what is given; "
+        if (!prefetch_bytes.is_none()) {
+            const int ahead = prefetch_bytes.cast<int>();
+            if (ahead < 0 || ahead % 64 || ahead > (1 << 20))
+                fail("prefetch_bytes must be 0 or a multiple of 64 up to 1 MiB, got " + std::to_string(ahead));
+            g_decode_tuning.prefetch_bytes = ahead;
+        }
+        return py::dict(py::arg("prefetch_bytes") = g_decode_tuning.prefetch_bytes,
+                        py::arg("sparse_groups") = g_decode_tuning.sparse_groups);
+    }, py::arg("prefetch_bytes") = py::none(), py::arg("sparse_groups") = py::none(),
+       "How the one-row GEMVs stream the weights (chosen from the CPU at start-up): prefetch_bytes (how far on each "
+       "block fetches; 0: none) and sparse_groups (Q8_0_S16 row groups at once, 1 or 4). Sets what is given; "
        "returns the setting. For tests and benchmarks.");
     m.def("set_num_threads", &set_num_threads, py::arg("n"), "Size the thread pool (n < 1: physical cores).");
     m.def("num_threads", &num_threads);

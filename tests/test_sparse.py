@@ -4,6 +4,7 @@ the reference, the bounds a corrupted group cannot cross, the GGUF storage, and 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,15 +129,15 @@ def test_every_path_equals_the_reference(isa, layout, m, n, k):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize(("prefetch", "sparse_groups"), [(True, 4), (False, 1), (True, 1)])
-def test_decode_streams_of_row_groups(isa, threads, prefetch, sparse_groups):
+@pytest.mark.parametrize(("prefetch_bytes", "sparse_groups"), [(2048, 4), (0, 1), (8192, 1)])
+def test_decode_streams_of_row_groups(isa, threads, prefetch_bytes, sparse_groups):
     """One activation row streams 4 row groups at a time (Intel's tuning; Zen 4 takes 1), then the rest one
     by one, prefetching or not: every count of leftover groups, split over the threads, gives the dense
     layout's result."""
     x = np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)
     old, tuning = _C.num_threads(), _C._decode_tuning()
     _C.set_num_threads(threads)
-    _C._decode_tuning(prefetch, sparse_groups)
+    _C._decode_tuning(prefetch_bytes, sparse_groups)
     try:
         for groups in (4, 5, 6, 7, 9, 25):
             q = _q8_0(16 * groups, 256, 0.6, seed=groups)
@@ -150,12 +151,26 @@ def test_decode_streams_of_row_groups(isa, threads, prefetch, sparse_groups):
         _C._decode_tuning(**tuning)
 
 
-def test_decode_tuning_follows_the_vendor_and_checks_its_input():
+def _cpu_family() -> tuple[str, int]:
+    """The vendor and x86 family (base + extended) as Linux reports them."""
+    lines = Path("/proc/cpuinfo").read_text().splitlines()[:30]
+    fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in lines)}
+    return fields["vendor_id"], int(fields["cpu family"])
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="Linux reports the CPU in /proc/cpuinfo")
+def test_decode_tuning_follows_the_cpu_and_checks_its_input():
     tuning = _C._decode_tuning()
-    amd = "AMD" in _C.info()["cpu"].upper()
-    assert tuning == ({"prefetch": False, "sparse_groups": 1} if amd else {"prefetch": True, "sparse_groups": 4})
+    vendor, family = _cpu_family()
+    if vendor != "AuthenticAMD":
+        assert tuning == {"prefetch_bytes": 2048, "sparse_groups": 4}
+    else:  # Zen 5 (family 0x1A) prefetches further on; Zen 3/4 not at all
+        assert tuning == {"prefetch_bytes": 8192 if family >= 0x1A else 0, "sparse_groups": 1}
     with pytest.raises(ValueError, match="sparse_groups must be 1 or 4"):
         _C._decode_tuning(sparse_groups=2)
+    for bad in (-64, 100, True):
+        with pytest.raises(ValueError, match="prefetch_bytes must be 0 or a multiple of 64"):
+            _C._decode_tuning(prefetch_bytes=bad)
     assert _C._decode_tuning() == tuning
 
 

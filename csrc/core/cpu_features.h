@@ -9,6 +9,7 @@ namespace corelm {
 struct CpuFeatures {
     std::string model;
     bool amd = false;  // vendor AuthenticAMD: some decode tuning differs (kernels/x86/groups.h)
+    int family = 0;    // x86 family (base + extended): AMD 0x19 Zen 3/4, 0x1A Zen 5
     bool avx2 = false, fma = false, f16c = false;
     bool avx512f = false, avx512bw = false, avx512vl = false, avx512vnni = false, avx512bf16 = false;
     bool avx512vbmi = false, avx512vbmi2 = false;  // vpmultishiftqb, vpexpandb: the sparse kernels

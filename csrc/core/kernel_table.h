@@ -137,11 +137,11 @@ struct KernelTable {
 #undef CORELM_FIELD
 };
 
-// How the one-row GEMVs (decode) stream the weights: chosen from the CPU's vendor at start-up (the
-// measurements behind it: kernels/x86/groups.h); tests and benchmarks may set it (_C._decode_tuning).
+// How the one-row GEMVs (decode) stream the weights: chosen from the CPU at start-up (the measurements
+// behind it: kernels/x86/groups.h); tests and benchmarks may set it (_C._decode_tuning).
 struct DecodeTuning {
-    bool prefetch = true;   // prefetch_ahead: each block fetches the bytes 2 KB further on
-    int sparse_groups = 4;  // Q8_0_S16 row groups one tile streams at once: 4 or 1
+    int prefetch_bytes = 2048;  // prefetch_ahead: each block fetches the bytes this far on (0: none)
+    int sparse_groups = 4;      // Q8_0_S16 row groups one tile streams at once: 4 or 1
 };
 extern DecodeTuning g_decode_tuning;
 
