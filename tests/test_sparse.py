@@ -128,6 +128,18 @@ def test_every_path_equals_the_reference(isa, layout, m, n, k):
         assert np.array_equal(got, same_path_dense)
 
 
+def test_prompt_picks_are_never_another_matrix(isa):
+    """A prompt's 2:4 tiles reuse each row group's picks within one product (kernels/x86/matmul_sparse.cpp);
+    products of other matrices of the same shape, one after another, each get their own."""
+    x = np.random.default_rng(1).standard_normal((8, 256)).astype(np.float32)
+    for seed in range(4):
+        q = _q8_0(32, 256, 0.0, seed=seed, two_of_four=True)
+        got, want = matmul(x, q.sparse(WeightType.Q8_0_24)), matmul(x, q.packed())
+        if _C.info()["kernels"]["matmul_q8_0_24"] != "ref":
+            assert np.array_equal(got, want)
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize(("prefetch_bytes", "sparse_groups"), [(2048, 4), (0, 1), (8192, 1)])
 def test_decode_streams_of_row_groups(isa, threads, prefetch_bytes, sparse_groups):
