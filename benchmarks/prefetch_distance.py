@@ -1,0 +1,106 @@
+"""How far ahead one-row GEMVs should prefetch on this CPU: every 16-row weight layout, every distance.
+
+    python -m benchmarks.prefetch_distance --threads 1 2
+
+TinyLlama's FFN shape (5632 x 2048), random weights, one activation row (decode), 16 copies of each
+matrix used in turn so the weights stream from memory. Each distance is set with _C._decode_tuning
+(0: no prefetching; Q6_K then still fetches 2 KB ahead) and the distances are interleaved within
+every repetition; prints the median microseconds per matrix and each distance's speed-up over 0.
+What it measured chose the tuning in csrc/core/dispatch.cpp (the figures: csrc/kernels/x86/groups.h).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from corelm import _C
+from corelm.kernels import Weight, WeightType, matmul
+from corelm.quantize.sparsify import prune
+
+N, K = 5632, 2048
+COPIES = 16
+
+
+def _dense(t: WeightType) -> Callable[[np.ndarray], Weight]:
+    return lambda w: Weight.from_float(w, t).packed()
+
+
+def _unstructured(zeros: float) -> Callable[[np.ndarray], Weight]:
+    def make(w: np.ndarray) -> Weight:
+        w[np.random.default_rng(1).random(w.shape) < zeros] = 0
+        return Weight.from_float(w, WeightType.Q8_0).sparse()
+
+    return make
+
+
+LAYOUTS: dict[str, Callable[[np.ndarray], Weight]] = {
+    "Q8_0_X16": _dense(WeightType.Q8_0),
+    "Q4_0_X16": _dense(WeightType.Q4_0),
+    "Q4_1_X16": _dense(WeightType.Q4_1),
+    "Q4_K_X16": _dense(WeightType.Q4_K),
+    "Q6_K_X16": _dense(WeightType.Q6_K),
+    "Q8_0_S16 50%": _unstructured(0.5),
+    "Q8_0_S16 70%": _unstructured(0.7),
+    "Q8_0_24": lambda w: Weight.from_float(prune(w, 0.5, (2, 4), None), WeightType.Q8_0).sparse(WeightType.Q8_0_24),
+    "Q8_0_B16 50%": lambda w: Weight.from_float(prune(w, 0.5, "block", None), WeightType.Q8_0).sparse(
+        WeightType.Q8_0_B16
+    ),
+}
+
+
+def measure(weights: dict[str, list[Weight]], distances: list[int], reps: int) -> dict[str, dict[int, float]]:
+    """Median seconds per matrix, per layout and distance."""
+    x = np.random.default_rng(0).standard_normal((1, K)).astype(np.float32)
+    out = np.empty((1, N), np.float32)
+    times: dict[str, dict[int, list[float]]] = {name: {d: [] for d in distances} for name in weights}
+    for _ in range(reps):
+        for name, copies in weights.items():
+            for d in distances:
+                _C._decode_tuning(prefetch_bytes=d)
+                t0 = time.perf_counter()
+                for w in copies:
+                    matmul(x, w, out=out)
+                times[name][d].append((time.perf_counter() - t0) / len(copies))
+    return {name: {d: statistics.median(t) for d, t in per.items()} for name, per in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--distances", type=int, nargs="+", default=[0, 2048, 4096, 8192, 12288], help="bytes ahead")
+    ap.add_argument("--reps", type=int, default=11)
+    args = ap.parse_args(argv)
+    if 0 not in args.distances:
+        ap.error("--distances must include 0 (the baseline)")
+    print("making the matrices ...", file=sys.stderr, flush=True)
+    rng = np.random.default_rng(0)
+    weights = {
+        name: [make(rng.standard_normal((N, K)).astype(np.float32)) for _ in range(COPIES)]
+        for name, make in LAYOUTS.items()
+    }
+    tuning = _C._decode_tuning()
+    print(f"{N} x {K}, one row; us per matrix (median of {args.reps}; speed-up over no prefetch)")
+    print(f"this CPU's tuning: {tuning}\n")
+    try:
+        for t in args.threads:
+            _C.set_num_threads(t)
+            result = measure(weights, args.distances, args.reps)
+            print(f"{t} thread(s)\n\n| layout | " + " | ".join(f"{d} B" for d in args.distances) + " |")
+            print("|---|" + "---|" * len(args.distances))
+            for name, per in result.items():
+                cells = [f"{s * 1e6:.0f} ({per[0] / s:.2f}x)" for s in per.values()]
+                print(f"| {name} | " + " | ".join(cells) + " |")
+            print()
+    finally:
+        _C._decode_tuning(**tuning)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
