@@ -35,7 +35,7 @@ namespace {
 // to the group in its last blocks only (the rest cannot reach its end, whatever their masks say; the
 // clamps cost Zen 5 7% at 70% zeros): a corrupted file gives wrong numbers, not a crash (the loader
 // checks each group once and names the tensor). Headers and codes in two streams instead (the
-// header chain then holds no load) ran slower on Zen 5: 1.9x the time at 50% zeros, 1 thread.
+// header chain then holds no load) ran slower on Zen 5: 1.6-2.0x the time at 50% zeros, 1 thread.
 struct SparseGroup {
     const uint8_t* base = nullptr;
     int64_t next = 0;
@@ -167,8 +167,8 @@ struct Picks24 {
 
 Picks24 picks_24(const block_q8_0x16_24& blk) {
     // meta[t] widened to a qword per 2 rows (rows 2q, 2q+1 in bits 0-7, 8-15); byte e of row r's
-    // dword takes 8 bits from bit 2e of its meta byte: then & 3, | 8t (+ 4 for the second group of
-    // 4): the element within the block, 0..31.
+    // dword takes 8 bits from bit 2e of its meta byte: then & 3, | 4 for the second group of 4 and
+    // | 8 for an odd slice: the element among the 16 activations of slices t & ~1, t | 1.
     const __m512i shifts = _mm512_set1_epi64(0x0e0c0a0806040200);
     const __m512i three = _mm512_set1_epi8(3), offset = _mm512_set1_epi8(char(0x80));
     Picks24 p;
