@@ -4,7 +4,8 @@
 
 TinyLlama's FFN shape (5632 x 2048), random weights, one activation row (decode), 16 copies of each
 matrix used in turn so the weights stream from memory. Each distance is set with _C._decode_tuning
-(0: no prefetching; Q6_K then still fetches 2 KB ahead) and the distances are interleaved within
+(0: no prefetching; Q6_K then still fetches 2 KB ahead; Q8_0_X16 prefetches here even where the CPU's
+tuning leaves it out) and the distances are interleaved within
 every repetition; prints the median microseconds per matrix and each distance's speed-up over 0.
 What it measured chose the tuning in csrc/core/dispatch.cpp (the figures: csrc/kernels/x86/groups.h).
 """
@@ -62,7 +63,7 @@ def measure(weights: dict[str, list[Weight]], distances: list[int], reps: int) -
     for _ in range(reps):
         for name, copies in weights.items():
             for d in distances:
-                _C._decode_tuning(prefetch_bytes=d)
+                _C._decode_tuning(prefetch_bytes=d, prefetch_q8_0=True)
                 t0 = time.perf_counter()
                 for w in copies:
                     matmul(x, w, out=out)

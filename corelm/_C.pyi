@@ -131,10 +131,12 @@ def set_collectives(mpi: dict) -> None:
 def set_isa(name: str) -> str:
     """Switch kernel path; returns a warning string (empty if none) when it had to fall back."""
 
-def _decode_tuning(prefetch_bytes: int | None = None, sparse_groups: int | None = None) -> dict[str, Any]:
+def _decode_tuning(
+    prefetch_bytes: int | None = None, sparse_groups: int | None = None, prefetch_q8_0: bool | None = None
+) -> dict[str, Any]:
     """How the one-row GEMVs stream the weights (chosen from the CPU at start-up): prefetch_bytes (how far on
-    each block fetches; 0: none) and sparse_groups (Q8_0_S16 row groups at once, 1 or 4). Sets what is given;
-    returns the setting. For tests and benchmarks."""
+    each block fetches; 0: none), sparse_groups (Q8_0_S16 row groups at once, 1 or 4) and prefetch_q8_0
+    (whether Q8_0_X16 prefetches too). Sets what is given; returns the setting. For tests and benchmarks."""
 
 def set_num_threads(n: int) -> None:
     """Size the thread pool (n < 1: physical cores)."""

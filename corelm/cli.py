@@ -92,6 +92,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     tuning = info["decode_tuning"]
     ahead = tuning["prefetch_bytes"]
     prefetch = f"prefetch {ahead // 1024} KB ahead" if ahead else "leave prefetching to the CPU (Q6_K excepted)"
+    if ahead and not tuning["prefetch_q8_0"]:
+        prefetch += " (Q8_0 excepted)"
     groups = tuning["sparse_groups"]
     print(f"decode:   one-row GEMVs {prefetch}; Q8_0_S16 streams {groups} row group(s) at once (for this CPU)")
     print("kernels:")

@@ -177,6 +177,12 @@ py::array tile_op(const std::string& insn, py::array c, py::array a, py::array b
 #endif
 }
 
+py::dict decode_tuning_dict() {
+    return py::dict(py::arg("prefetch_bytes") = g_decode_tuning.prefetch_bytes,
+                    py::arg("prefetch_q8_0") = g_decode_tuning.prefetch_q8_0,
+                    py::arg("sparse_groups") = g_decode_tuning.sparse_groups);
+}
+
 py::dict info() {
     const CpuFeatures& f = cpu_features();
     py::dict d;
@@ -192,8 +198,7 @@ py::dict info() {
     for (const auto& [kernel, path] : kernel_paths()) paths[kernel.c_str()] = path;
     d["kernels"] = paths;
     d["tile_min_rows"] = corelm::amx::kMinRows;
-    d["decode_tuning"] = py::dict(py::arg("prefetch_bytes") = g_decode_tuning.prefetch_bytes,
-                                  py::arg("sparse_groups") = g_decode_tuning.sparse_groups);
+    d["decode_tuning"] = decode_tuning_dict();
     return d;
 }
 
@@ -559,7 +564,8 @@ PYBIND11_MODULE(_C, m) {
     m.def("set_isa", &set_isa, py::arg("name"),
           "Switch kernel path; returns a warning string (empty if none) when it had to fall back.");
     m.def("supported_isas", &supported_isas, "Kernel paths this CPU can run, slowest first.");
-    m.def("_decode_tuning", [](const py::object& prefetch_bytes, const py::object& sparse_groups) {
+    m.def("_decode_tuning", [](const py::object& prefetch_bytes, const py::object& sparse_groups,
+                               const py::object& prefetch_q8_0) {
         if (!sparse_groups.is_none()) {
             const int g = sparse_groups.cast<int>();
             if (g != 1 && g != 4) fail("sparse_groups must be 1 or 4, got " + std::to_string(g));
@@ -571,11 +577,12 @@ PYBIND11_MODULE(_C, m) {
                 fail("prefetch_bytes must be 0 or a multiple of 64 up to 1 MiB, got " + std::to_string(ahead));
             g_decode_tuning.prefetch_bytes = ahead;
         }
-        return py::dict(py::arg("prefetch_bytes") = g_decode_tuning.prefetch_bytes,
-                        py::arg("sparse_groups") = g_decode_tuning.sparse_groups);
-    }, py::arg("prefetch_bytes") = py::none(), py::arg("sparse_groups") = py::none(),
+        if (!prefetch_q8_0.is_none()) g_decode_tuning.prefetch_q8_0 = prefetch_q8_0.cast<bool>();
+        return decode_tuning_dict();
+    }, py::arg("prefetch_bytes") = py::none(), py::arg("sparse_groups") = py::none(), py::arg("prefetch_q8_0") = py::none(),
        "How the one-row GEMVs stream the weights (chosen from the CPU at start-up): prefetch_bytes (how far on each "
-       "block fetches; 0: none) and sparse_groups (Q8_0_S16 row groups at once, 1 or 4). Sets what is given; "
+       "block fetches; 0: none), sparse_groups (Q8_0_S16 row groups at once, 1 or 4) and prefetch_q8_0 (whether "
+       "Q8_0_X16 prefetches too). Sets what is given; "
        "returns the setting. For tests and benchmarks.");
     m.def("set_num_threads", &set_num_threads, py::arg("n"), "Size the thread pool (n < 1: physical cores).");
     m.def("num_threads", &num_threads);

@@ -141,15 +141,15 @@ def test_prompt_picks_are_never_another_matrix(isa):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize(("prefetch_bytes", "sparse_groups"), [(2048, 4), (0, 1), (8192, 1)])
-def test_decode_streams_of_row_groups(isa, threads, prefetch_bytes, sparse_groups):
-    """One activation row streams 4 row groups at a time (Intel's tuning; Zen 4 takes 1), then the rest one
-    by one, prefetching or not: every count of leftover groups, split over the threads, gives the dense
-    layout's result."""
+@pytest.mark.parametrize("tuning", [(2048, 4, True), (0, 1, True), (8192, 1, False)])
+def test_decode_streams_of_row_groups(isa, threads, tuning):
+    """One activation row streams 4 row groups at a time (Intel's tuning; AMD takes 1), then the rest one
+    by one, prefetching or not (dense Q8_0 too, or not: Zen 5's): every count of leftover groups, split over
+    the threads, gives the dense layout's result."""
     x = np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)
-    old, tuning = _C.num_threads(), _C._decode_tuning()
+    old, old_tuning = _C.num_threads(), _C._decode_tuning()
     _C.set_num_threads(threads)
-    _C._decode_tuning(prefetch_bytes, sparse_groups)
+    _C._decode_tuning(*tuning)
     try:
         for groups in (4, 5, 6, 7, 9, 25):
             q = _q8_0(16 * groups, 256, 0.6, seed=groups)
@@ -160,7 +160,7 @@ def test_decode_streams_of_row_groups(isa, threads, prefetch_bytes, sparse_group
                 assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
     finally:
         _C.set_num_threads(old)
-        _C._decode_tuning(**tuning)
+        _C._decode_tuning(**old_tuning)
 
 
 def _cpu_family() -> tuple[str, int]:
@@ -175,9 +175,11 @@ def test_decode_tuning_follows_the_cpu_and_checks_its_input():
     tuning = _C._decode_tuning()
     vendor, family = _cpu_family()
     if vendor != "AuthenticAMD":
-        assert tuning == {"prefetch_bytes": 2048, "sparse_groups": 4}
-    else:  # Zen 5 (family 0x1A) prefetches further on; Zen 3/4 not at all
-        assert tuning == {"prefetch_bytes": 8192 if family >= 0x1A else 0, "sparse_groups": 1}
+        assert tuning == {"prefetch_bytes": 2048, "prefetch_q8_0": True, "sparse_groups": 4}
+    elif family >= 0x1A:  # Zen 5 prefetches further on, but not Q8_0_X16
+        assert tuning == {"prefetch_bytes": 8192, "prefetch_q8_0": False, "sparse_groups": 1}
+    else:  # Zen 3/4 leaves it to the CPU
+        assert tuning == {"prefetch_bytes": 0, "prefetch_q8_0": True, "sparse_groups": 1}
     with pytest.raises(ValueError, match="sparse_groups must be 1 or 4"):
         _C._decode_tuning(sparse_groups=2)
     for bad in (-64, 100, True):

@@ -11,10 +11,11 @@ namespace corelm {
 
 namespace {
 // Measured per CPU (kernels/x86/groups.h): Intel prefetches 2 KB ahead and streams 4 sparse row groups;
-// Zen 3/4 leaves prefetching to the CPU; Zen 5 prefetches 8 KB ahead; AMD streams 1 sparse group.
+// Zen 3/4 leaves prefetching to the CPU; Zen 5 prefetches 8 KB ahead, Q8_0_X16 excepted; AMD streams
+// 1 sparse group.
 DecodeTuning decode_tuning_for(const CpuFeatures& f) {
     if (!f.amd) return {};
-    return f.family >= 0x1a ? DecodeTuning{8192, 1} : DecodeTuning{0, 1};
+    return f.family >= 0x1a ? DecodeTuning{8192, false, 1} : DecodeTuning{0, true, 1};
 }
 }  // namespace
 

@@ -141,6 +141,7 @@ struct KernelTable {
 // behind it: kernels/x86/groups.h); tests and benchmarks may set it (_C._decode_tuning).
 struct DecodeTuning {
     int prefetch_bytes = 2048;  // prefetch_ahead: each block fetches the bytes this far on (0: none)
+    bool prefetch_q8_0 = true;  // Q8_0_X16's GEMV prefetches too (if prefetch_bytes)
     int sparse_groups = 4;      // Q8_0_S16 row groups one tile streams at once: 4 or 1
 };
 extern DecodeTuning g_decode_tuning;

@@ -49,7 +49,8 @@ inline void prefetch_for_tile(const void* p, size_t bytes) {
 //   group at a time (50% zeros, 1 thread: 0.48 ms with 4 groups, 0.33 ms with 1).
 // - AMD EPYC (Zen 5, family 0x1A): prefetching pays again, furthest at 8 KB ahead (1 thread, against
 //   none): Q4_K_X16 2.2x, Q4_0_X16 1.2x, Q8_0_S16 1.9x (50% zeros), Q8_0_24 1.15x, Q8_0_B16 1.15x,
-//   Q8_0_X16 and Q6_K_X16 even (2 KB: Q4_K_X16 2.0x, Q8_0_S16 1.5x); one Q8_0_S16 group at a time.
+//   Q6_K_X16 even (2 KB: Q4_K_X16 2.0x, Q8_0_S16 1.5x); Q8_0_X16 0.93-0.98x / 1.01-1.07x, so it does
+//   not prefetch there (DecodeTuning::prefetch_q8_0); one Q8_0_S16 group at a time.
 //   Whole model against Zen 4's tuning (benchmarks/decode_tuning.py), 1 / 2 threads: TinyLlama Q4_K_M
 //   1.75x / 1.65x, Q8_0_S16 50% 1.26x / 1.21x, SmolLM2 Q4_1 1.13x / 1.08x, dense Q8_0 0.93x / 0.97x.
 // g_decode_tuning (kernel_table.h) holds the choice, made from the CPU's vendor and family at start-up.

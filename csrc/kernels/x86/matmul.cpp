@@ -186,7 +186,8 @@ void tile_x16(const MatmulArgs& a, int64_t n, int64_t m) {
     GroupAcc<C> acc;
     for (int64_t b = 0; b < nb; ++b) {
         prefetch_for_tile<C>(grp + nb + b, sizeof(Block));  // the next group's block b
-        if constexpr (C == 1) prefetch_ahead(grp + b, sizeof(Block));
+        if constexpr (C == 1)
+            if (L != X16::Q8_0 || g_decode_tuning.prefetch_q8_0) prefetch_ahead(grp + b, sizeof(Block));
         block_x16<L, C>(grp[b], x, b, acc);
     }
     acc.store(a, n, m);
