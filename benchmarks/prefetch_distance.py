@@ -20,38 +20,27 @@ from collections.abc import Callable
 
 import numpy as np
 
+from benchmarks import sparse_matrix
+from benchmarks.sparse_matrix import COPIES, K, N
 from corelm import _C
 from corelm.kernels import Weight, WeightType, matmul
-from corelm.quantize.sparsify import prune
-
-N, K = 5632, 2048
-COPIES = 16
 
 
-def _dense(t: WeightType) -> Callable[[np.ndarray], Weight]:
-    return lambda w: Weight.from_float(w, t).packed()
-
-
-def _unstructured(zeros: float) -> Callable[[np.ndarray], Weight]:
-    def make(w: np.ndarray) -> Weight:
-        w[np.random.default_rng(1).random(w.shape) < zeros] = 0
-        return Weight.from_float(w, WeightType.Q8_0).sparse()
+def _dense(t: WeightType) -> Callable[[int], Weight]:
+    def make(seed: int) -> Weight:
+        w = np.random.default_rng(seed).standard_normal((N, K)).astype(np.float32)
+        return Weight.from_float(w, t).packed()
 
     return make
 
 
-LAYOUTS: dict[str, Callable[[np.ndarray], Weight]] = {
-    "Q8_0_X16": _dense(WeightType.Q8_0),
-    "Q4_0_X16": _dense(WeightType.Q4_0),
-    "Q4_1_X16": _dense(WeightType.Q4_1),
-    "Q4_K_X16": _dense(WeightType.Q4_K),
-    "Q6_K_X16": _dense(WeightType.Q6_K),
-    "Q8_0_S16 50%": _unstructured(0.5),
-    "Q8_0_S16 70%": _unstructured(0.7),
-    "Q8_0_24": lambda w: Weight.from_float(prune(w, 0.5, (2, 4), None), WeightType.Q8_0).sparse(WeightType.Q8_0_24),
-    "Q8_0_B16 50%": lambda w: Weight.from_float(prune(w, 0.5, "block", None), WeightType.Q8_0).sparse(
-        WeightType.Q8_0_B16
-    ),
+# The dense 16-row layouts, then benchmarks/sparse_matrix.py's sparse ones (each made from a seed).
+LAYOUTS: dict[str, Callable[[int], Weight]] = {
+    **{
+        f"{t.name}_X16": _dense(t)
+        for t in (WeightType.Q8_0, WeightType.Q4_0, WeightType.Q4_1, WeightType.Q4_K, WeightType.Q6_K)
+    },
+    **{name: make for name, make in sparse_matrix.LAYOUTS.items() if name != "dense Q8_0"},
 }
 
 
@@ -80,11 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if 0 not in args.distances:
         ap.error("--distances must include 0 (the baseline)")
     print("making the matrices ...", file=sys.stderr, flush=True)
-    rng = np.random.default_rng(0)
-    weights = {
-        name: [make(rng.standard_normal((N, K)).astype(np.float32)) for _ in range(COPIES)]
-        for name, make in LAYOUTS.items()
-    }
+    weights = {name: [make(seed) for seed in range(COPIES)] for name, make in LAYOUTS.items()}
     tuning = _C._decode_tuning()
     print(f"{N} x {K}, one row; us per matrix (median of {args.reps}; speed-up over no prefetch)")
     print(f"this CPU's tuning: {tuning}\n")

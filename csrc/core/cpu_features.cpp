@@ -32,7 +32,8 @@ void probe_x86(CpuFeatures& f) {
     if (!__get_cpuid(0, &a, &b, &c, &d)) return;
     f.amd = b == 0x68747541 && d == 0x69746e65 && c == 0x444d4163;  // "Auth" "enti" "cAMD"
     if (!__get_cpuid(1, &a, &b, &c, &d)) return;
-    f.family = int((a >> 8) & 0xf) + ((a >> 8 & 0xf) == 0xf ? int((a >> 20) & 0xff) : 0);
+    const int base_family = int((a >> 8) & 0xf);
+    f.family = base_family + (base_family == 0xf ? int((a >> 20) & 0xff) : 0);
     const bool osxsave = c & (1u << 27);
     f.fma = c & (1u << 12);
     f.f16c = c & (1u << 29);

@@ -46,14 +46,11 @@ struct SparseGroup {
         : base(a.w + n * a.w_stride), last_load(kPackRows * a.w_stride - int64_t(kSparsePad)) {}
 
     // Rebuilds the 8 slices of the next block and returns its header (for the scales); `prefetch`
-    // (decode): fetches the 6 lines g_decode_tuning.prefetch_bytes on, if the CPU's tuning prefetches. A
+    // (decode): fetches 6 lines g_decode_tuning.prefetch_bytes on, if the CPU's tuning prefetches. A
     // fixed count, not the block's own lines: that loop's count varied block by block, and its
     // mispredicted exits cost more than the spare prefetches (Zen 5, 70% zeros, 1 thread: 205 -> 165 us).
     const block_q8_0s16& expand(Slice (&w)[kQK / 4], bool prefetch) {
-        if (prefetch && g_decode_tuning.prefetch_bytes) {
-            const char* ahead = reinterpret_cast<const char*>(base) + next + g_decode_tuning.prefetch_bytes;
-            for (int i = 0; i < 6; ++i) __builtin_prefetch(ahead + 64 * i);
-        }
+        if (prefetch) prefetch_ahead(base + next, 6 * 64);
         // A block's reads end at most kMaxBlock bytes on: short of the group's end no read needs its clamp.
         constexpr int64_t kMaxBlock = int64_t(sizeof(block_q8_0s16)) + kQK * kPackRows;
         return next + kMaxBlock <= last_load + int64_t(kSparsePad) ? expand_block<false>(w) : expand_block<true>(w);
