@@ -11,11 +11,11 @@ import pytest
 from support import run_cli, stories260k
 
 import corelm
-from corelm import _C
+from corelm import _C, kernels
 from corelm.formats import ModelFileError
 from corelm.formats.gguf import SPARSE_COLS, SPARSE_TENSORS, SPARSE_TYPES, load_gguf
 from corelm.kernels import SPARSE_LAYOUTS, Weight, WeightType, matmul
-from corelm.models import load_model
+from corelm.models import _file_backed, load_model
 from corelm.quantize.sparsify import prune, sparsify_model
 
 DEFAULT = "corelm/data/default.gguf"
@@ -306,6 +306,16 @@ def test_sparse_and_dense_files_give_the_same_logits(default_sparse, default_two
     assert a.generate("Once upon a time", max_tokens=12, temperature=0) == b.generate(
         "Once upon a time", max_tokens=12, temperature=0
     )
+
+
+def test_the_kernels_read_sparse_matrices_from_memory_not_the_file(default_sparse):
+    # A view of the file's mapping would be read in 4 KB pages (models.pack_for_kernels); a copy is the process's own.
+    if not kernels.sparse_pays(WeightType.Q8_0_S16):
+        pytest.skip("no Q8_0_S16 kernel on this CPU: the matrices are decoded to dense at load")
+    w = corelm.load(default_sparse[0]).model.w
+    sparse = [x for x in w.values() if isinstance(x, Weight) and x.type == WeightType.Q8_0_S16]
+    assert len(sparse) == 42 and not any(_file_backed(x.data) for x in sparse)
+    assert _file_backed(load_gguf(default_sparse[0]).tensors["blk.0.ffn_up.weight"].data)
 
 
 def test_a_rank_share_of_a_sparse_model(default_sparse):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import mmap
 import pkgutil
 from collections.abc import Callable
 from os import PathLike
@@ -77,7 +78,8 @@ def pack_for_kernels(model: Model) -> Model:
     """Interleave matrices into their types' 16-row layouts (kernels.WeightType's *_X16) when the active
     path has kernels for them.
 
-    Matrices used only for embedding lookups stay as they are (a lookup reads one row)."""
+    Matrices used only for embedding lookups stay as they are (a lookup reads one row); the others end up
+    in the process's own memory, never read from the file's mapping."""
     packing, lookup_only = kernels.packing_pays(), model.lookup_only_weights()
     # A sparse matrix gets its zeros back where the active path has no native kernel for its layout (the
     # reference would decode every group on each product) - said in the log.
@@ -87,8 +89,25 @@ def pack_for_kernels(model: Model) -> Model:
             if w.type in slow:
                 log.info("%s: no %s kernel on this path; decoded to dense %s", name, w.type.name, w.type.base.name)
                 w = w.unpacked()
-            model.w[name] = w.packed() if packing and name not in lookup_only else w
+            if packing and name not in lookup_only:
+                packed = w.packed()
+                # A layout the file holds as the kernels read it (the sparse ones) would stay a view of the
+                # file, in 4 KB pages; a copy is backed by 2 MB pages as the packed copies are (numpy advises
+                # them for large arrays), and the kernels stream it faster: TinyLlama-shape decode, Zen 4,
+                # 1 / 2 threads: 50% Q8_0_S16 +11% / +8%, 70% +8% / +5%, 2:4 +3% / +5%.
+                w = Weight(np.array(w.data), w.type, w.n, w.k) if packed is w and _file_backed(w.data) else packed
+            model.w[name] = w
     return model
+
+
+def _file_backed(a: np.ndarray) -> bool:
+    """Whether these bytes are a view of a mapped file rather than the process's own memory."""
+    base: object = a
+    while base is not None:
+        if isinstance(base, (np.memmap, mmap.mmap)):
+            return True
+        base = getattr(base, "base", None)
+    return False
 
 
 def _hf_name_table(names: dict[str, str], n_layer: int) -> dict[str, str]:
