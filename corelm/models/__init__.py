@@ -97,9 +97,9 @@ def _into_one_array(weights: dict[str, Any], names: list[str]) -> None:
 
     numpy asks Linux to back a large array with 2 MB pages; a matrix of its own under 4 MB, or a view of the
     file (a sparse layout is stored as the kernels read it), gets 4 KB ones, and the kernels stream the
-    weights faster from the large pages. Decode, each run its own process, interleaved, 1 / 2 threads, Zen 4
-    (medians of 3; two such runs): SmolLM2-135M Q4_1, every matrix under 4 MB, +7-15% / +6-23%; TinyLlama-shape
-    Q8_0_S16 files, whose matrices had stayed views of the file: 50% zeros +11% / +8%, 70% +8% / +5%."""
+    weights faster from the large pages. Decode on Zen 4, 1 / 2 threads (benchmarks/versions.py against separate
+    arrays): SmolLM2-135M Q4_1, every matrix under 4 MB, 1.21x / 1.01-1.05x (two runs); TinyLlama-shape Q8_0_S16
+    files, whose matrices had been views of the file, 50% zeros 1.11x / 1.08x, 70% 1.08x / 1.05x."""
     line = 64  # each matrix starts on a cache line
     sizes = [-(-weights[n].nbytes // line) * line for n in names]  # packing keeps a matrix's bytes
     arena = np.empty(sum(sizes) + line, np.uint8)
