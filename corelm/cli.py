@@ -96,6 +96,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         prefetch += " (Q8_0 excepted)"
     groups = tuning["sparse_groups"]
     print(f"decode:   one-row GEMVs {prefetch}; Q8_0_S16 streams {groups} row group(s) at once (for this CPU)")
+    pages = info["huge_pages"]
+    if pages in ("always", "madvise"):
+        print(f"memory:   weights in 2 MB pages (transparent huge pages: {pages})")
+    else:
+        print(f"memory:   weights in 4 KB pages (transparent huge pages: {pages}); with 'madvise' in")
+        print("          /sys/kernel/mm/transparent_hugepage/enabled they get 2 MB ones (decode up to 1.2x faster)")
     print("kernels:")
     for kernel, path in info["kernels"].items():
         print(f"  {kernel:14} {path}")

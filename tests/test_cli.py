@@ -36,6 +36,8 @@ def test_info_json():
     assert info["decode_tuning"]["sparse_groups"] in (1, 4) and info["decode_tuning"]["prefetch_bytes"] >= 0
     text = corelm("info").stdout
     assert "decode:   one-row GEMVs" in text and f"streams {info['decode_tuning']['sparse_groups']} row group" in text
+    assert info["huge_pages"] in ("always", "madvise", "never", "unknown")
+    assert ("2 MB pages" if info["huge_pages"] in ("always", "madvise") else "4 KB pages") in text
 
 
 def test_run_prints_text_and_speed():
