@@ -71,9 +71,9 @@ def matmul(
 
 def mul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
 def num_threads() -> int: ...
-def pack(w: np.ndarray, type: int, n: int, k: int) -> npt.NDArray[np.uint8]:
+def pack(w: np.ndarray, type: int, n: int, k: int, out: np.ndarray | None = None) -> npt.NDArray[np.uint8]:
     """GGUF-layout rows of a type to its 16-row interleaved layout (its *_X16 type): whole groups of 16 rows
-    interleaved, the rest as they are."""
+    interleaved, the rest as they are. Written into `out` (uint8 [n, row bytes], not overlapping w) if given."""
 
 def quantize(x: np.ndarray, type: int) -> npt.NDArray[np.uint8]:
     """Rows of fp32 to the raw bytes of `type` (GGUF layout): uint8[rows, row_bytes]."""
@@ -157,8 +157,8 @@ def supported_isas() -> list[str]:
     """Kernel paths this CPU can run, slowest first."""
 
 def swiglu(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
-def unpack(w: np.ndarray, type: int, n: int, k: int) -> npt.NDArray[np.uint8]:
-    """A *_X16 or sparse layout back to its GGUF type's rows."""
+def unpack(w: np.ndarray, type: int, n: int, k: int, out: np.ndarray | None = None) -> npt.NDArray[np.uint8]:
+    """A *_X16 or sparse layout back to its GGUF type's rows. Written into `out` (as pack's) if given."""
 
 def weight_types() -> list:
     """Every weight type's facts (formats.h's table): id, name, block_size, block_bytes, base (the GGUF type a

@@ -165,12 +165,17 @@ class Weight:
         """The matrix as float32 [n, k]."""
         return _C.dequantize(self.data, int(self.type), self.n, self.k)
 
-    def packed(self) -> Weight:
+    def packed(self, out: np.ndarray | None = None) -> Weight:
         """This matrix in its type's 16-row interleaved layout (itself when already packed or shorter than 16
-        rows): whole groups of 16 rows interleaved, the last n % 16 rows as they were. Same bytes, another order."""
+        rows): whole groups of 16 rows interleaved, the last n % 16 rows as they were. Same bytes, another order.
+        With `out` (uint8, this matrix's byte shape, apart from it) the result is written there, even when
+        there is nothing to interleave."""
         if self.type.packed or self.n < PACK_ROWS:
-            return self
-        return Weight(_C.pack(self.data, int(self.type), self.n, self.k), self.type.layout, self.n, self.k)
+            if out is None:
+                return self
+            out[...] = self.data.reshape(out.shape)
+            return Weight(out, self.type, self.n, self.k)
+        return Weight(_C.pack(self.data, int(self.type), self.n, self.k, out), self.type.layout, self.n, self.k)
 
     def sparse(self, layout: WeightType = WeightType.Q8_0_S16) -> Weight:
         """This Q8_0 matrix (n a multiple of 16) without its zero codes: the same values in fewer bytes.

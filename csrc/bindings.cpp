@@ -72,17 +72,21 @@ const T* vec_in(const Array& a, const char* name, int64_t n, const char* dtype_n
 }
 
 // An output array: the given one after checks, or a new one of `shape`.
-Array f32_out(const py::object& out, const std::vector<py::ssize_t>& shape) {
-    if (out.is_none()) return py::array_t<float>(shape);
+// `out` when given (checked to be a writeable, C-contiguous array of T and this shape), else a new array.
+template <typename T>
+Array array_out(const py::object& out, const std::vector<py::ssize_t>& shape, const char* dtype_name) {
+    if (out.is_none()) return py::array_t<T>(shape);
     Array o = py::cast<Array>(out);
-    check_dtype<float>(o, "out", "float32");
+    check_dtype<T>(o, "out", dtype_name);
     check_contiguous(o, "out");
     if (!o.writeable()) fail("out must be writeable");
     bool same = o.ndim() == py::ssize_t(shape.size());
     for (size_t i = 0; same && i < shape.size(); ++i) same = o.shape(py::ssize_t(i)) == shape[i];
-    if (!same) fail("out has shape " + shape_str(o) + ", expected " + shape_str(py::array_t<float>(shape)));
+    if (!same) fail("out has shape " + shape_str(o) + ", expected " + shape_str(py::array_t<T>(shape)));
     return o;
 }
+
+Array f32_out(const py::object& out, const std::vector<py::ssize_t>& shape) { return array_out<float>(out, shape, "float32"); }
 
 WeightType weight_type(int t) {
     if (!is_known_type(t)) fail("unsupported weight type id " + std::to_string(t));
@@ -702,24 +706,27 @@ PYBIND11_MODULE(_C, m) {
     }, py::arg("x"), py::arg("type"), "Rows of fp32 to the raw bytes of `type` (GGUF layout): uint8[rows, row_bytes].");
 
     auto repack = [&m](const char* name, bool to_packed, const char* doc) {
-        m.def(name, [to_packed](const Array& w, int type, int64_t n, int64_t k) {
+        m.def(name, [to_packed](const Array& w, int type, int64_t n, int64_t k, const py::object& out) {
             const WeightType t = weight_type(type);
             const WeightType packed = to_packed ? packed_of(t) : t;
             if (!is_packed(packed) || (to_packed && is_packed(t)))
                 fail(std::string(type_name(t)) + (to_packed ? " cannot be packed" : " is not a packed type"));
             const WeightBytes wb = weight_bytes(w, t, n, k);
-            py::array_t<uint8_t> out({py::ssize_t(n), py::ssize_t(row_bytes(to_packed ? t : unpacked_of(t), k))});
-            uint8_t* op = out.mutable_data();
+            const py::ssize_t rb = py::ssize_t(row_bytes(to_packed ? t : unpacked_of(t), k));
+            Array o = array_out<uint8_t>(out, {py::ssize_t(n), rb}, "uint8");
+            if (!out.is_none() && py::module_::import("numpy").attr("may_share_memory")(o, w).cast<bool>())
+                fail("out must not overlap w");
+            uint8_t* op = static_cast<uint8_t*>(o.mutable_data());
             py::gil_scoped_release nogil;
             if (to_packed) ops::pack(wb.data, packed, n, k, op);
             else ops::unpack(wb.data, packed, n, k, op, wb.stride);
-            return out;
-        }, py::arg("w"), py::arg("type"), py::arg("n"), py::arg("k"), doc);
+            return o;
+        }, py::arg("w"), py::arg("type"), py::arg("n"), py::arg("k"), py::arg("out") = py::none(), doc);
     };
     repack("pack", true,
            "GGUF-layout rows of a type to its 16-row interleaved layout (its *_X16 type): whole groups of 16 rows "
-           "interleaved, the rest as they are.");
-    repack("unpack", false, "A *_X16 or sparse layout back to its GGUF type's rows.");
+           "interleaved, the rest as they are. Written into `out` (uint8 [n, row bytes], not overlapping w) if given.");
+    repack("unpack", false, "A *_X16 or sparse layout back to its GGUF type's rows. Written into `out` (as pack's) if given.");
 
     m.def("sparse_check", [](const Array& w, int type, int64_t n, int64_t k) {
         const WeightType t = weight_type(type);

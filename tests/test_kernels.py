@@ -244,6 +244,24 @@ def test_pack_round_trip(wtype):
     assert Weight.from_float(rand(rng, 8, 96), wtype).packed().type == wtype  # no whole group: unchanged
 
 
+def test_pack_into_out():
+    """models._into_one_array packs each matrix straight into its slot of one array."""
+    rng = np.random.default_rng(12)
+    w = Weight.from_float(rand(rng, 48, 96), WeightType.Q8_0)
+    slot = np.empty((48, w.nbytes // 48), np.uint8)
+    p = w.packed(out=slot)
+    assert np.shares_memory(p.data, slot) and p.data.tobytes() == w.packed().data.tobytes()
+    short = Weight.from_float(rand(rng, 8, 96), WeightType.Q8_0)  # nothing to interleave: copied
+    copy = short.packed(out=np.empty((8, short.nbytes // 8), np.uint8))
+    assert copy.type == WeightType.Q8_0 and copy.data.tobytes() == short.data.tobytes()
+    with pytest.raises(ValueError, match="out has shape"):
+        w.packed(out=np.empty((47, w.nbytes // 48), np.uint8))
+    with pytest.raises(TypeError, match="out must have dtype uint8"):
+        w.packed(out=np.empty((48, w.nbytes // 48), np.int8))
+    with pytest.raises(ValueError, match="out must not overlap w"):
+        _C.pack(w.data, int(w.type), w.n, w.k, w.data)
+
+
 # ---- k-quants (random bytes with sane scales are valid blocks; their quantizer is checked against
 # llama.cpp's bytes in test_quantize_k.py) ----
 

@@ -93,7 +93,7 @@ def pack_for_kernels(model: Model) -> Model:
 
 
 def _into_one_array(weights: dict[str, Any], names: list[str]) -> None:
-    """Packs these matrices one by one into one array and holds them as its views.
+    """Packs these matrices one by one straight into one array and holds them as its views.
 
     numpy asks Linux to back a large array with 2 MB pages; a matrix of its own under 4 MB, or a view of the
     file (a sparse layout is stored as the kernels read it), gets 4 KB ones, and the kernels stream the
@@ -105,10 +105,8 @@ def _into_one_array(weights: dict[str, Any], names: list[str]) -> None:
     arena = np.empty(sum(sizes) + line, np.uint8)
     offset = -arena.ctypes.data % line
     for name, size in zip(names, sizes, strict=True):
-        w = weights[name].packed()
-        view = arena[offset : offset + w.nbytes].reshape(w.data.shape)
-        view[...] = w.data
-        weights[name] = Weight(view, w.type, w.n, w.k)
+        w = weights[name]
+        weights[name] = w.packed(out=arena[offset : offset + w.nbytes].reshape(w.n, -1))
         offset += size
 
 
