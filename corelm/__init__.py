@@ -27,7 +27,7 @@ __version__ = "0.1.0"
 def info() -> dict[str, Any]:
     """The CPU model, its features, the thread count, the kernel path each op takes, and ``huge_pages``:
     Linux's transparent huge page mode ("always", "madvise", "never"; "unknown" elsewhere). A model's
-    weights are streamed from 2 MB pages unless it is "never" (models._into_one_array)."""
+    weights are streamed from 2 MB pages unless it is "never" (models._into_arenas)."""
     return {**_C.info(), "huge_pages": _huge_pages()}
 
 

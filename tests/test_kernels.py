@@ -245,7 +245,7 @@ def test_pack_round_trip(wtype):
 
 
 def test_pack_into_out():
-    """models._into_one_array packs each matrix straight into its slot of one array."""
+    """models._into_arenas packs each matrix straight into its slot of an array."""
     rng = np.random.default_rng(12)
     w = Weight.from_float(rand(rng, 48, 96), WeightType.Q8_0)
     slot = np.empty((48, w.nbytes // 48), np.uint8)

@@ -315,20 +315,34 @@ def _root(a: np.ndarray) -> object:
     return a
 
 
-def test_the_kernels_stream_one_array_of_their_own(default_sparse):
+@pytest.mark.parametrize("arena_bytes", [None, 1 << 20])
+def test_the_kernels_stream_arenas_of_their_own(default_sparse, monkeypatch, arena_bytes):
     # A view of the file's mapping (4 KB pages) or a small array of its own would be streamed slower than views
-    # of one large array (models._into_one_array).
+    # of large arrays (models._into_arenas): the default's few, or many with a 1 MB arena, each matrix whole in one.
     if not kernels.packing_pays():
         pytest.skip("the kernels read the matrices as the file stores them on this path")
     for path in (default_sparse[0], DEFAULT):
-        model = corelm.load(path).model
+        want = corelm.load(path).logits(IDS) if arena_bytes else None
+        if arena_bytes:
+            monkeypatch.setattr(corelm.models, "_ARENA_BYTES", arena_bytes)
+        llm = corelm.load(path)
+        model = llm.model
         streamed = [w for n, w in model.w.items() if isinstance(w, Weight) and n not in model.lookup_only_weights()]
-        roots = {id(_root(w.data)) for w in streamed}
-        assert len(streamed) > 20 and len(roots) == 1
-        arena = _root(streamed[0].data)
-        assert type(arena) is np.ndarray and all(w.data.ctypes.data % 64 == 0 for w in streamed)
-        if path != DEFAULT and kernels.sparse_pays(WeightType.Q8_0_S16):  # the file's layout, now in the array
+        arenas: dict[int, list[Weight]] = {}
+        for w in streamed:
+            arenas.setdefault(id(_root(w.data)), []).append(w)
+        assert len(streamed) > 20 and all(type(_root(ws[0].data)) is np.ndarray for ws in arenas.values())
+        assert all(w.data.ctypes.data % 64 == 0 for w in streamed)
+        if arena_bytes:  # full arenas: a matrix goes alone only when it does not fit with the next
+            assert len(arenas) > 2
+            assert all(sum(w.nbytes for w in ws) <= arena_bytes or len(ws) == 1 for ws in arenas.values())
+        else:
+            assert len(arenas) == 1  # these models are far under the default arena size
+        if path != DEFAULT and kernels.sparse_pays(WeightType.Q8_0_S16):  # the file's layout, now in the arenas
             assert sum(w.type == WeightType.Q8_0_S16 for w in streamed) == 42
+        if arena_bytes:
+            assert np.array_equal(llm.logits(IDS), want)
+            monkeypatch.undo()
 
 
 def test_a_rank_share_of_a_sparse_model(default_sparse):

@@ -75,7 +75,7 @@ def _maybe_quantize(w: Weight, quant: WeightType | None) -> Weight:
 
 def pack_for_kernels(model: Model) -> Model:
     """Interleave matrices into their types' 16-row layouts (kernels.WeightType's *_X16) when the active
-    path has kernels for them, all of them in one array of the process's own (never the file's mapping).
+    path has kernels for them, all of them in arrays of the process's own (never the file's mapping).
 
     Matrices used only for embedding lookups stay as they are (a lookup reads one row)."""
     packing, lookup_only = kernels.packing_pays(), model.lookup_only_weights()
@@ -88,26 +88,39 @@ def pack_for_kernels(model: Model) -> Model:
             model.w[name] = w.unpacked()
     if packing:
         streamed = [n for n, w in model.w.items() if isinstance(w, Weight) and n not in lookup_only]
-        _into_one_array(model.w, streamed)
+        _into_arenas(model.w, streamed)
     return model
 
 
-def _into_one_array(weights: dict[str, Any], names: list[str]) -> None:
-    """Packs these matrices one by one straight into one array and holds them as its views.
+# Bytes per arena. Filling one 1.1 GB array took 0.2-3.7 s on the Zen 4 VMs (2 MB pages, the host backing
+# them), 64 MB arrays 0.16-0.20 s with 97% of the same pages large (16 MB: 87%).
+_ARENA_BYTES = 64 << 20
 
-    numpy asks Linux to back a large array with 2 MB pages; a matrix of its own under 4 MB, or a view of the
-    file (a sparse layout is stored as the kernels read it), gets 4 KB ones, and the kernels stream the
-    weights faster from the large pages. Decode on Zen 4, 1 / 2 threads (benchmarks/versions.py against separate
-    arrays): SmolLM2-135M Q4_1, every matrix under 4 MB, 1.21x / 1.01-1.05x (two runs); TinyLlama-shape Q8_0_S16
-    files, whose matrices had been views of the file, 50% zeros 1.11x / 1.08x, 70% 1.08x / 1.05x."""
+
+def _into_arenas(weights: dict[str, Any], names: list[str]) -> None:
+    """Packs these matrices one by one straight into arrays of about _ARENA_BYTES (a larger matrix alone),
+    in order, and holds them as their views, each 64-byte aligned.
+
+    numpy asks Linux to back an array of 4 MB or more with 2 MB pages; a matrix of its own under 4 MB, or a
+    view of the file (a sparse layout is stored as the kernels read it), gets 4 KB ones, and the kernels stream
+    the weights faster from the large pages. Decode on Zen 4, 1 / 2 threads (benchmarks/versions.py against
+    separate arrays): SmolLM2-135M Q4_1, every matrix under 4 MB, 1.21x / 1.01-1.05x (two runs); TinyLlama-shape
+    Q8_0_S16 files, whose matrices had been views of the file, 50% zeros 1.11x / 1.08x, 70% 1.08x / 1.05x."""
     line = 64  # each matrix starts on a cache line
     sizes = [-(-weights[n].nbytes // line) * line for n in names]  # packing keeps a matrix's bytes
-    arena = np.empty(sum(sizes) + line, np.uint8)
-    offset = -arena.ctypes.data % line
-    for name, size in zip(names, sizes, strict=True):
-        w = weights[name]
-        weights[name] = w.packed(out=arena[offset : offset + w.nbytes].reshape(w.n, -1))
-        offset += size
+    start = 0
+    while start < len(names):
+        end, total = start + 1, sizes[start]
+        while end < len(names) and total + sizes[end] <= _ARENA_BYTES:
+            total += sizes[end]
+            end += 1
+        arena = np.empty(total + line, np.uint8)
+        offset = -arena.ctypes.data % line
+        for name, size in zip(names[start:end], sizes[start:end], strict=True):
+            w = weights[name]
+            weights[name] = w.packed(out=arena[offset : offset + w.nbytes].reshape(w.n, -1))
+            offset += size
+        start = end
 
 
 def _hf_name_table(names: dict[str, str], n_layer: int) -> dict[str, str]:
