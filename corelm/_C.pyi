@@ -39,6 +39,10 @@ def attention(
 def collective_stats() -> dict[str, Any]:
     """Calls, bytes sent and seconds spent in the graph's collectives since the last reset."""
 
+def copy(src: np.ndarray, out: np.ndarray) -> None:
+    """Copies src's bytes (any C-contiguous array) into out (uint8, C-contiguous, as many bytes, not overlapping) on the
+    thread pool: a load's first touch of fresh pages goes as fast as the threads that fault them."""
+
 def dequantize(w: np.ndarray, type: int, n: int, k: int) -> npt.NDArray[np.float32]:
     """Raw weight bytes of n x k to fp32."""
 

@@ -173,7 +173,7 @@ class Weight:
         if self.type.packed or self.n < PACK_ROWS:
             if out is None:
                 return self
-            out[...] = self.data.reshape(out.shape)
+            _C.copy(np.ascontiguousarray(self.data), out)
             return Weight(out, self.type, self.n, self.k)
         return Weight(_C.pack(self.data, int(self.type), self.n, self.k, out), self.type.layout, self.n, self.k)
 

@@ -728,6 +728,22 @@ PYBIND11_MODULE(_C, m) {
            "interleaved, the rest as they are. Written into `out` (uint8 [n, row bytes], not overlapping w) if given.");
     repack("unpack", false, "A *_X16 or sparse layout back to its GGUF type's rows. Written into `out` (as pack's) if given.");
 
+    m.def("copy", [](const Array& src, Array out) {
+        check_contiguous(src, "src");
+        check_dtype<uint8_t>(out, "out", "uint8");
+        check_contiguous(out, "out");
+        if (!out.writeable()) fail("out must be writeable");
+        if (src.nbytes() != out.nbytes())
+            fail("out has " + std::to_string(out.nbytes()) + " bytes, src " + std::to_string(src.nbytes()));
+        if (py::module_::import("numpy").attr("may_share_memory")(src, out).cast<bool>()) fail("out must not overlap src");
+        const auto* from = static_cast<const uint8_t*>(src.data());
+        auto* to = static_cast<uint8_t*>(out.mutable_data());
+        py::gil_scoped_release nogil;
+        ops::copy(from, to, size_t(src.nbytes()));
+    }, py::arg("src"), py::arg("out"),
+       "Copies src's bytes (any C-contiguous array) into out (uint8, C-contiguous, as many bytes, not overlapping) on the "
+       "thread pool: a load's first touch of fresh pages goes as fast as the threads that fault them.");
+
     m.def("sparse_check", [](const Array& w, int type, int64_t n, int64_t k) {
         const WeightType t = weight_type(type);
         if (!is_sparse(t)) fail(std::string(type_name(t)) + " is not a sparse type");

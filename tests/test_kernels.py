@@ -262,6 +262,37 @@ def test_pack_into_out():
         _C.pack(w.data, int(w.type), w.n, w.k, w.data)
 
 
+def test_copy():
+    """_C.copy: bytes into a uint8 array of the same size on the thread pool (Weight.packed of a matrix
+    already in its layout); pieces of 1 MB, so 3 MB and a bit cover whole pieces and a partial one."""
+    src = np.random.default_rng(13).integers(0, 256, (3 << 20) + 77, np.uint8)
+    for threads in (1, 2):
+        old = _C.num_threads()
+        _C.set_num_threads(threads)
+        try:
+            out = np.zeros_like(src)
+            _C.copy(src, out)
+            assert np.array_equal(out, src)
+        finally:
+            _C.set_num_threads(old)
+    floats = np.arange(12, dtype=np.float32).reshape(3, 4)
+    raw = np.empty(48, np.uint8)
+    _C.copy(floats, raw)
+    assert raw.tobytes() == floats.tobytes()
+    with pytest.raises(ValueError, match="out has 47 bytes, src 48"):
+        _C.copy(floats, np.empty(47, np.uint8))
+    with pytest.raises(TypeError, match="out must have dtype uint8"):
+        _C.copy(floats, np.empty(12, np.float32))
+    with pytest.raises(ValueError, match="out must not overlap src"):
+        _C.copy(raw[:24], raw[12:36])
+    with pytest.raises(ValueError, match="writeable"):
+        ro = np.empty(48, np.uint8)
+        ro.flags.writeable = False
+        _C.copy(floats, ro)
+    with pytest.raises(ValueError, match="contiguous"):
+        _C.copy(floats[:, ::2], np.empty(24, np.uint8))
+
+
 # ---- k-quants (random bytes with sane scales are valid blocks; their quantizer is checked against
 # llama.cpp's bytes in test_quantize_k.py) ----
 

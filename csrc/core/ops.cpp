@@ -1,6 +1,7 @@
 #include "ops.h"
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "dispatch.h"
@@ -109,6 +110,15 @@ void pack(const uint8_t* w, WeightType packed, int64_t n, int64_t k, uint8_t* ou
     });
     const size_t tail = groups * kPackRows * stride;
     std::copy(w + tail, w + size_t(n) * stride, out + tail);
+}
+
+void copy(const uint8_t* src, uint8_t* dst, size_t bytes) {
+    constexpr int64_t kPiece = int64_t(1) << 20;
+    const int64_t pieces = (int64_t(bytes) + kPiece - 1) / kPiece;
+    parallel(pieces, 1, int64_t(bytes), [&](int64_t p0, int64_t p1) {
+        const size_t from = size_t(p0 * kPiece), to = std::min(bytes, size_t(p1 * kPiece));
+        std::memcpy(dst + from, src + from, to - from);
+    });
 }
 
 namespace {

@@ -28,6 +28,9 @@ void quantize(const float* x, WeightType t, int64_t rows, int64_t k, uint8_t* ou
 // GGUF-layout rows <-> their 16-row interleaved type (packed_of): whole groups of 16 rows interleaved, the
 // rows after the last whole group left as they are; same size.
 void pack(const uint8_t* w, WeightType packed, int64_t n, int64_t k, uint8_t* out);
+// bytes from src to dst (not overlapping), in 1 MB pieces over the thread pool: the first touch of fresh
+// pages (zeroed by the kernel) is most of a load's copying, and it goes as fast as the threads that fault.
+void copy(const uint8_t* src, uint8_t* dst, size_t bytes);
 // A packed or sparse type back to its GGUF type's rows (row_bytes(unpacked_of(t), k) bytes each).
 void unpack(const uint8_t* w, WeightType packed, int64_t n, int64_t k, uint8_t* out, size_t w_stride = 0);
 void dequantize(const uint8_t* w, WeightType t, int64_t rows, int64_t k, float* out, size_t w_stride = 0);
