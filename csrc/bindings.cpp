@@ -71,15 +71,21 @@ const T* vec_in(const Array& a, const char* name, int64_t n, const char* dtype_n
     return static_cast<const T*>(a.data());
 }
 
-// An output array: the given one after checks, or a new one of `shape`.
-// `out` when given (checked to be a writeable, C-contiguous array of T and this shape), else a new array.
+// `out` checked to be a writeable, C-contiguous array of T.
 template <typename T>
-Array array_out(const py::object& out, const std::vector<py::ssize_t>& shape, const char* dtype_name) {
-    if (out.is_none()) return py::array_t<T>(shape);
+Array writeable_out(const py::object& out, const char* dtype_name) {
     Array o = py::cast<Array>(out);
     check_dtype<T>(o, "out", dtype_name);
     check_contiguous(o, "out");
     if (!o.writeable()) fail("out must be writeable");
+    return o;
+}
+
+// An output array: `out` when given (writeable_out, and of this shape), else a new one of `shape`.
+template <typename T>
+Array array_out(const py::object& out, const std::vector<py::ssize_t>& shape, const char* dtype_name) {
+    if (out.is_none()) return py::array_t<T>(shape);
+    Array o = writeable_out<T>(out, dtype_name);
     bool same = o.ndim() == py::ssize_t(shape.size());
     for (size_t i = 0; same && i < shape.size(); ++i) same = o.shape(py::ssize_t(i)) == shape[i];
     if (!same) fail("out has shape " + shape_str(o) + ", expected " + shape_str(py::array_t<T>(shape)));
@@ -87,6 +93,12 @@ Array array_out(const py::object& out, const std::vector<py::ssize_t>& shape, co
 }
 
 Array f32_out(const py::object& out, const std::vector<py::ssize_t>& shape) { return array_out<float>(out, shape, "float32"); }
+
+// An output must not share memory with an input it is written from.
+void check_apart(const Array& out, const Array& in, const char* in_name) {
+    if (py::module_::import("numpy").attr("may_share_memory")(out, in).cast<bool>())
+        fail(std::string("out must not overlap ") + in_name);
+}
 
 WeightType weight_type(int t) {
     if (!is_known_type(t)) fail("unsupported weight type id " + std::to_string(t));
@@ -714,8 +726,7 @@ PYBIND11_MODULE(_C, m) {
             const WeightBytes wb = weight_bytes(w, t, n, k);
             const py::ssize_t rb = py::ssize_t(row_bytes(to_packed ? t : unpacked_of(t), k));
             Array o = array_out<uint8_t>(out, {py::ssize_t(n), rb}, "uint8");
-            if (!out.is_none() && py::module_::import("numpy").attr("may_share_memory")(o, w).cast<bool>())
-                fail("out must not overlap w");
+            if (!out.is_none()) check_apart(o, w, "w");
             uint8_t* op = static_cast<uint8_t*>(o.mutable_data());
             py::gil_scoped_release nogil;
             if (to_packed) ops::pack(wb.data, packed, n, k, op);
@@ -728,16 +739,14 @@ PYBIND11_MODULE(_C, m) {
            "interleaved, the rest as they are. Written into `out` (uint8 [n, row bytes], not overlapping w) if given.");
     repack("unpack", false, "A *_X16 or sparse layout back to its GGUF type's rows. Written into `out` (as pack's) if given.");
 
-    m.def("copy", [](const Array& src, Array out) {
+    m.def("copy", [](const Array& src, const py::object& out) {
         check_contiguous(src, "src");
-        check_dtype<uint8_t>(out, "out", "uint8");
-        check_contiguous(out, "out");
-        if (!out.writeable()) fail("out must be writeable");
-        if (src.nbytes() != out.nbytes())
-            fail("out has " + std::to_string(out.nbytes()) + " bytes, src " + std::to_string(src.nbytes()));
-        if (py::module_::import("numpy").attr("may_share_memory")(src, out).cast<bool>()) fail("out must not overlap src");
+        Array o = writeable_out<uint8_t>(out, "uint8");
+        if (src.nbytes() != o.nbytes())
+            fail("out has " + std::to_string(o.nbytes()) + " bytes, src " + std::to_string(src.nbytes()));
+        check_apart(o, src, "src");
         const auto* from = static_cast<const uint8_t*>(src.data());
-        auto* to = static_cast<uint8_t*>(out.mutable_data());
+        auto* to = static_cast<uint8_t*>(o.mutable_data());
         py::gil_scoped_release nogil;
         ops::copy(from, to, size_t(src.nbytes()));
     }, py::arg("src"), py::arg("out"),
