@@ -147,7 +147,7 @@ def test_tool_choice_auto_and_none(server):
 
 
 def test_streamed_tool_calls_reassemble(server):
-    """Deltas as OpenAI streams them: id, type and name first, then the arguments' text in pieces;
+    """Deltas as OpenAI streams them: id, type and name first, then the arguments' text;
     the reassembled call equals the unstreamed one for the same seed; finish_reason tool_calls."""
     client = server.client()
     args = dict(
@@ -172,7 +172,10 @@ def test_streamed_tool_calls_reassemble(server):
                     calls[d.index]["arguments"] += d.function.arguments
                     pieces += 1
             finish = choice.finish_reason or finish
-    assert finish == "tool_calls" and pieces > 1
+    # At least one arguments delta after the call's start; how many depends on timing: a writer that falls
+    # behind the scheduler merges the waiting deltas into one write (app._next), as a loaded 2-core host
+    # does. Splits of every size are test_structured.py's test_tool_stream_reassembles_any_split.
+    assert finish == "tool_calls" and pieces >= 1
     assert [(c["name"], json.loads(c["arguments"])) for _, c in sorted(calls.items())] == [
         (c.function.name, json.loads(c.function.arguments)) for c in whole
     ]
